@@ -1,0 +1,169 @@
+//! Error handling: non-zero exit, exactly one stderr line starting with
+//! `alloctrace: ` (or `error:`), no panic/backtrace, no output file.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use integration_tests::*;
+
+const ERR_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Runs the tracer in `cwd` and checks the error contract plus "no file in
+/// `cwd`" (where default outputs would go; explicit outputs also point there).
+fn expect_error(what: &str, args: &[&str], cwd: &Path) {
+    let mut cmd = tracer_command();
+    cmd.args(args).current_dir(cwd);
+    let out = run_to_completion(cmd, ERR_TIMEOUT);
+    assert_clean_error(&out, what);
+    let left = dir_entries(cwd);
+    assert!(
+        left.is_empty(),
+        "[{what}] output files were created: {left:?}\n{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn not_root() {
+    require_root();
+    let w = Workload::spawn(Mode::Stay);
+    // Copy the binary somewhere uid 65534 can execute it.
+    let bin_dir = temp_dir();
+    std::fs::set_permissions(bin_dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = bin_dir.path().join("alloctrace");
+    std::fs::copy(alloctrace_bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // An output dir the unprivileged user could write to, so "no file" means something.
+    let out_dir = temp_dir();
+    std::fs::set_permissions(out_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let report = out_dir.path().join("r.json");
+
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+    ])
+    .arg(&bin)
+    .args(["--pid", &w.pid.to_string(), "--duration", "2s", "--report"])
+    .arg(&report)
+    .current_dir(out_dir.path());
+    let out = run_to_completion(cmd, ERR_TIMEOUT);
+    assert!(
+        !out.stderr.starts_with("setpriv:"),
+        "setpriv itself failed (test environment problem):\n{}",
+        out.stderr
+    );
+    assert_clean_error(&out, "not root");
+    assert!(
+        dir_entries(out_dir.path()).is_empty(),
+        "output created: {:?}",
+        dir_entries(out_dir.path())
+    );
+}
+
+#[test]
+fn no_such_pid() {
+    require_root();
+    // Above the largest possible pid_max (2^22), so it can never exist.
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    let report = report.to_str().unwrap();
+    expect_error(
+        "pid 4194303",
+        &["--pid", "4194303", "--duration", "2s", "--report", report],
+        dir.path(),
+    );
+
+    // A child that has exited and been reaped.
+    let mut child = Command::new("true").spawn().unwrap();
+    let pid = child.id().to_string();
+    child.wait().unwrap();
+    expect_error(
+        "reaped pid",
+        &["--pid", &pid, "--duration", "2s", "--report", report],
+        dir.path(),
+    );
+}
+
+#[test]
+fn static_binary_without_libc() {
+    require_root();
+    let w = Workload::spawn_bin(&static_target_bin(), &[]);
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    let pid = w.pid.to_string();
+    expect_error(
+        "static binary",
+        &[
+            "--pid",
+            &pid,
+            "--duration",
+            "2s",
+            "--report",
+            report.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+}
+
+#[test]
+fn unwritable_output_paths() {
+    require_root();
+    assert!(
+        !Path::new("/nonexistent-dir").exists(),
+        "/nonexistent-dir must not exist"
+    );
+    let w = Workload::spawn(Mode::Stay);
+    let pid = w.pid.to_string();
+    for (flag, path) in [
+        ("--report", "/nonexistent-dir/x.json"),
+        ("--flamegraph", "/nonexistent-dir/x.svg"),
+        ("--folded", "/nonexistent-dir/x.folded"),
+    ] {
+        let dir = temp_dir();
+        expect_error(
+            &format!("{flag} {path}"),
+            &["--pid", &pid, "--duration", "2s", flag, path],
+            dir.path(),
+        );
+    }
+    assert!(
+        !Path::new("/nonexistent-dir").exists(),
+        "the tracer created /nonexistent-dir"
+    );
+}
+
+#[test]
+fn bad_flag_values() {
+    require_root();
+    let w = Workload::spawn(Mode::Stay);
+    let pid = w.pid.to_string();
+    let cases: &[&[&str]] = &[
+        &["--interval", "abc"],
+        &["--interval", "0"],
+        &["--duration", "abc"],
+        &["--min-age", "abc"],
+        &["--log-format", "xml"],
+        &["--top", "abc"],
+        &["--top", "0"],
+        &["--ring-size", "abc"],
+    ];
+    for case in cases {
+        let dir = temp_dir();
+        let report = dir.path().join("r.json");
+        let mut args = vec!["--pid", &pid, "--report", report.to_str().unwrap()];
+        args.extend_from_slice(case);
+        expect_error(&case.join(" "), &args, dir.path());
+    }
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    expect_error(
+        "--pid abc",
+        &["--pid", "abc", "--report", report.to_str().unwrap()],
+        dir.path(),
+    );
+}

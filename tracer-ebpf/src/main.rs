@@ -1,0 +1,54 @@
+//! alloctrace's kernel side: uprobes on the target's allocator functions that
+//! turn each call into an [`Event`] on a ring buffer.
+//!
+//! Every allocating function gets an entry program (`<symbol>_enter`) that
+//! parks its arguments for the calling thread, and shares one return program
+//! ([`alloc_exit`]) that pairs the result with them. `free` needs only an entry
+//! program. The programs never aggregate: the ledger lives in userspace.
+//!
+//! ## Nested and tail calls
+//! glibc's allocator calls itself: `realloc(NULL, n)` calls `malloc`,
+//! `realloc(p, 0)` calls `free`, `reallocarray` tail-jumps to `realloc`. A
+//! single per-thread "pending call" slot would be overwritten by the inner call
+//! and the outer result paired with the wrong size. So each pending call
+//! remembers the stack pointer at its entry:
+//! - an entry with a *lower* stack pointer than the pending call is nested
+//!   inside it and is ignored (the outer call reports the net effect);
+//! - an entry at the *same* stack pointer is a tail call that replaced the
+//!   caller's frame, and it takes over the pending slot (the callee's result is
+//!   the caller's result; the caller's return probe then finds nothing);
+//! - an entry with a *higher* stack pointer means the pending call's return was
+//!   missed (e.g. the probe attached mid-call): the stale slot is replaced.
+//! A return is matched to its entry when its stack pointer is the entry's plus
+//! the 8 bytes of the popped return address.
+//!
+//! ## Ordering
+//! Events are reserved in one ring buffer, whose reservations are serialized,
+//! so userspace reads them in a single order that respects causality between
+//! threads: `free` and `realloc` announce the block they give up on *entry*,
+//! before the allocator can recycle it, and allocations are announced on
+//! *return*, after the allocator chose the address. An address is therefore
+//! always freed in the stream before another thread's allocation of it appears.
+#![cfg_attr(target_arch = "bpf", no_std, no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod probes;
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    // The programs only exist for the BPF target; tracer's build script
+    // builds them. This keeps host-side workspace commands working.
+}
+
+#[cfg(all(target_arch = "bpf", not(test)))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // SAFETY: the verifier rejects programs that can reach a panic, so this is
+    // never executed; it only satisfies the `no_std` contract.
+    unsafe { core::hint::unreachable_unchecked() }
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

@@ -1,0 +1,292 @@
+//! The uprobe programs and their maps. See the crate docs for the pairing and
+//! ordering rules they implement.
+
+use aya_ebpf::{
+    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    programs::{ProbeContext, RetProbeContext},
+    EbpfContext,
+    programs::tracing::StackIdContext,
+};
+use aya_log_ebpf::{debug, warn};
+use tracer_ebpf::{COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, NO_STACK};
+
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_SIZE, 0);
+
+#[map(name = "STACKS")]
+static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+#[map(name = "COUNTERS")]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
+
+/// Allocator calls in flight, by thread id. An entry lives from a call's entry
+/// probe to its return probe, so the map holds at most one per thread.
+#[map]
+static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(65536, 0);
+
+/// What a call's return needs from its entry.
+#[derive(Clone, Copy)]
+#[repr(C)]
+struct Pending {
+    /// Stack pointer at the function's first instruction.
+    entry_sp: u64,
+    size: u64,
+    /// realloc: the block being resized; posix_memalign: where the result goes.
+    ptr_arg: u64,
+    call: Call,
+}
+
+/// How the result of a pending call is read and reported.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Call {
+    /// The block is the return value.
+    Returns = 0,
+    /// realloc and reallocarray: report the move (or failure) of `ptr_arg`.
+    Realloc = 1,
+    /// posix_memalign: the block is stored at `*ptr_arg` when it returns 0.
+    StoresThroughPointer = 2,
+}
+
+/// Once the ring holds this fraction of its size, events wake the reader.
+/// Below it they are submitted silently and userspace drains on a short
+/// timer: a wake-up per event costs more than the event itself.
+const WAKEUP_FRACTION: u64 = 4;
+
+#[uprobe]
+pub fn malloc_enter(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(0).unwrap_or(0);
+    enter(&ctx, Call::Returns, size, 0)
+}
+
+#[uprobe]
+pub fn calloc_enter(ctx: ProbeContext) -> u32 {
+    let count = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    enter(&ctx, Call::Returns, array_bytes(count, size), 0)
+}
+
+/// `valloc(size)` and `pvalloc(size)` take their size where malloc does.
+#[uprobe]
+pub fn valloc_enter(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(0).unwrap_or(0);
+    enter(&ctx, Call::Returns, size, 0)
+}
+
+/// `aligned_alloc(align, size)` and `memalign(align, size)`: one function in
+/// glibc (two names for one address, so attached once).
+#[uprobe]
+pub fn memalign_enter(ctx: ProbeContext) -> u32 {
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    enter(&ctx, Call::Returns, size, 0)
+}
+
+#[uprobe]
+pub fn posix_memalign_enter(ctx: ProbeContext) -> u32 {
+    let result_ptr = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    enter(&ctx, Call::StoresThroughPointer, size, result_ptr)
+}
+
+#[uprobe]
+pub fn realloc_enter(ctx: ProbeContext) -> u32 {
+    let old = ctx.arg::<u64>(0).unwrap_or(0);
+    let size = ctx.arg::<u64>(1).unwrap_or(0);
+    enter(&ctx, Call::Realloc, size, old)
+}
+
+#[uprobe]
+pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
+    let old = ctx.arg::<u64>(0).unwrap_or(0);
+    let count = ctx.arg::<u64>(1).unwrap_or(0);
+    let size = ctx.arg::<u64>(2).unwrap_or(0);
+    enter(&ctx, Call::Realloc, array_bytes(count, size), old)
+}
+
+/// Attached after `free`'s NULL check where the libc allows it (see the
+/// tracer's probe placement), so `free(NULL)` usually costs no trap at all.
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    let addr = ctx.arg::<u64>(0).unwrap_or(0);
+    if addr == 0 {
+        return 0;
+    }
+    let tid = current_tid();
+    // SAFETY: the map value is plain data and only read here.
+    if let Some(pending) = unsafe { PENDING.get(&tid) }
+        && stack_pointer(&ctx) <= pending.entry_sp
+    {
+        // Inside (or tail-called from) a traced call such as realloc(p, 0):
+        // that call's own events account for this block.
+        return 0;
+    }
+    emit(&ctx, EventKind::Free, addr, 0, 0, NO_STACK);
+    0
+}
+
+/// Shared return probe of every allocating function.
+#[uretprobe]
+pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    let tid = current_tid();
+    // SAFETY: the value is copied out before the entry is removed.
+    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+        bump(Counter::UnmatchedReturns);
+        return 0;
+    };
+    let return_sp = stack_pointer(&ctx);
+    let own_return_sp = pending.entry_sp.wrapping_add(8);
+    if return_sp < own_return_sp {
+        return 0; // a nested call returning inside the pending one
+    }
+    let _ = PENDING.remove(&tid);
+    if return_sp > own_return_sp {
+        bump(Counter::UnmatchedReturns);
+        debug!(&ctx, "tid {}: stale allocator call state dropped", tid);
+        return 0;
+    }
+    let returned: u64 = ctx.ret();
+    match pending.call {
+        Call::Returns => {
+            if returned != 0 {
+                emit(&ctx, EventKind::Alloc, returned, 0, pending.size, user_stack(&ctx));
+            }
+        }
+        Call::StoresThroughPointer => {
+            // posix_memalign returns an error number, 0 on success.
+            if returned as u32 == 0 {
+                // SAFETY: the pointer was the caller's out-parameter, which the
+                // call just wrote; a fault only fails the read.
+                let block = unsafe { bpf_probe_read_user(pending.ptr_arg as *const u64) };
+                if let Ok(block) = block
+                    && block != 0
+                {
+                    emit(&ctx, EventKind::Alloc, block, 0, pending.size, user_stack(&ctx));
+                }
+            }
+        }
+        Call::Realloc => {
+            let stack = if returned != 0 { user_stack(&ctx) } else { NO_STACK };
+            if returned != 0 || pending.ptr_arg != 0 {
+                emit(&ctx, EventKind::ReallocEnd, returned, pending.ptr_arg, pending.size, stack);
+            }
+        }
+    }
+    0
+}
+
+/// `count * size`, or `u64::MAX` when it overflows (the call then fails, and
+/// a failed reallocarray must not look like `realloc(p, 0)`). Checked by
+/// division because BPF has no 128-bit multiply; the bound is read through a
+/// volatile load so LLVM cannot fold the check back into one.
+fn array_bytes(count: u64, size: u64) -> u64 {
+    let max = u64::MAX;
+    // SAFETY: reads a local.
+    let max = unsafe { core::ptr::read_volatile(&max) };
+    if count != 0 && size > max / count {
+        u64::MAX
+    } else {
+        count * size
+    }
+}
+
+/// Parks a call's arguments for its return probe, applying the nesting rules.
+fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
+    let tid = current_tid();
+    let entry_sp = stack_pointer(ctx);
+    // SAFETY: the value is copied out; the slot is replaced below if at all.
+    let outer = unsafe { PENDING.get(&tid) }.copied();
+    if let Some(outer) = outer {
+        if entry_sp < outer.entry_sp {
+            return 0; // nested inside a traced call
+        }
+        if entry_sp == outer.entry_sp
+            && call == Call::Realloc
+            && outer.call == Call::Realloc
+            && outer.ptr_arg == ptr_arg
+        {
+            // reallocarray tail-calling realloc: the block was already
+            // announced; only the size (identical) would change.
+            return 0;
+        }
+    }
+    let pending = Pending { entry_sp, size, ptr_arg, call };
+    if PENDING.insert(&tid, &pending, 0).is_err() {
+        bump(Counter::UnmatchedReturns);
+        return 0;
+    }
+    if call == Call::Realloc && ptr_arg != 0 {
+        emit(ctx, EventKind::ReallocStart, 0, ptr_arg, size, NO_STACK);
+    }
+    0
+}
+
+/// Writes one event to the ring buffer, or counts it as lost.
+fn emit<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) {
+    let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
+        if bump(Counter::LostEvents) == 1 {
+            // Once per CPU: explains lost events under --verbose without
+            // flooding the log ring while the event ring is full.
+            warn!(ctx, "event ring buffer full: events lost; raise --ring-size");
+        }
+        return;
+    };
+    let pid_tgid = bpf_get_current_pid_tgid();
+    entry.write(Event {
+        kind: kind as u32,
+        tid: pid_tgid as u32,
+        pid: (pid_tgid >> 32) as u32,
+        stack_id,
+        size,
+        addr,
+        old_addr,
+        // SAFETY: a helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+    });
+    let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let capacity = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    let flags = if backlog >= capacity / WAKEUP_FRACTION {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(flags as u64);
+}
+
+/// The caller's user stack id, counting failures.
+fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
+    // SAFETY: the map is a valid stack trace map for this program type.
+    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            bump(Counter::StackErrors);
+            NO_STACK
+        }
+    }
+}
+
+/// Increments a counter and returns its new value on this CPU.
+fn bump(counter: Counter) -> u64 {
+    match COUNTERS.get_ptr_mut(counter as u32) {
+        // SAFETY: a per-CPU slot, and uprobe programs run with preemption
+        // disabled, so nothing else touches it during the increment.
+        Some(slot) => unsafe {
+            *slot += 1;
+            *slot
+        },
+        None => 0,
+    }
+}
+
+fn current_tid() -> u32 {
+    bpf_get_current_pid_tgid() as u32
+}
+
+fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe contexts are the trapped task's `pt_regs`.
+    unsafe { (*regs).rsp }
+}

@@ -1,0 +1,389 @@
+//! The ledger of outstanding allocations: which blocks are live, how big,
+//! allocated from which stack and when.
+//!
+//! It is plain data fed one [`Event`] at a time, in ring-buffer order, and
+//! knows neither aya nor blazesym, so every rule here is unit-tested. The
+//! kernel side guarantees the ordering it relies on (see `tracer-ebpf`): an
+//! address is always released in the stream before it can be allocated again,
+//! and a block being reallocated is announced (`ReallocStart`) before realloc
+//! can give it up.
+
+use std::collections::HashMap;
+
+use tracer_ebpf::{Event, EventKind};
+
+/// A kernel stack id (or [`tracer_ebpf::NO_STACK`]).
+pub type StackId = i32;
+
+/// One live block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Allocation {
+    size: u64,
+    timestamp_ns: u64,
+    stack: StackId,
+}
+
+/// A block whose realloc is in flight on some thread.
+#[derive(Clone, Copy, Debug)]
+struct InFlight {
+    old_addr: u64,
+    /// `None` when the block predates tracing.
+    allocation: Option<Allocation>,
+}
+
+/// Running counters since tracing began.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    pub allocs: u64,
+    pub frees: u64,
+    /// Frees (and reallocs) of blocks allocated before tracing began.
+    pub preexisting_frees: u64,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+}
+
+/// Outstanding allocations of one stack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StackUsage {
+    pub stack: StackId,
+    pub bytes: u64,
+    pub count: u64,
+    /// Allocation time of the oldest outstanding block (CLOCK_MONOTONIC ns).
+    pub oldest_ns: u64,
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    live: HashMap<u64, Allocation>,
+    in_flight: HashMap<u32, InFlight>,
+    totals: Totals,
+    /// Allocations seen at an address the ledger still held: only possible
+    /// when the free in between was lost, so counted to flag inexact numbers.
+    overwritten: u64,
+}
+
+impl Ledger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one event from the kernel. Unknown kinds are ignored.
+    pub fn apply(&mut self, event: &Event) {
+        match event.kind() {
+            Some(EventKind::Alloc) => self.allocate(event.addr, event),
+            Some(EventKind::Free) => self.free(event.addr),
+            Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
+            Some(EventKind::ReallocEnd) => self.end_realloc(event),
+            None => {}
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        self.totals
+    }
+
+    /// Allocations that replaced a block the ledger believed live.
+    pub fn overwritten(&self) -> u64 {
+        self.overwritten
+    }
+
+    /// Number of blocks held; the tracer's memory grows with it.
+    pub fn tracked(&self) -> usize {
+        self.live.len()
+    }
+
+    /// Per-stack outstanding usage of blocks allocated at or before
+    /// `allocated_before_ns`, largest first (ties by stack id, so output is
+    /// stable).
+    pub fn usage_by_stack(&self, allocated_before_ns: u64) -> Vec<StackUsage> {
+        let mut by_stack: HashMap<StackId, StackUsage> = HashMap::new();
+        for allocation in self.live.values() {
+            if allocation.timestamp_ns > allocated_before_ns {
+                continue;
+            }
+            let usage = by_stack.entry(allocation.stack).or_insert(StackUsage {
+                stack: allocation.stack,
+                bytes: 0,
+                count: 0,
+                oldest_ns: u64::MAX,
+            });
+            usage.bytes += allocation.size;
+            usage.count += 1;
+            usage.oldest_ns = usage.oldest_ns.min(allocation.timestamp_ns);
+        }
+        let mut usage: Vec<StackUsage> = by_stack.into_values().collect();
+        usage.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack.cmp(&b.stack)));
+        usage
+    }
+
+    fn allocate(&mut self, addr: u64, event: &Event) {
+        let allocation = Allocation {
+            size: event.size,
+            timestamp_ns: event.timestamp_ns,
+            stack: event.stack_id,
+        };
+        if let Some(previous) = self.live.insert(addr, allocation) {
+            self.overwritten += 1;
+            self.forget(previous);
+        }
+        self.totals.allocs += 1;
+        self.totals.outstanding_bytes += allocation.size;
+        self.totals.outstanding_count += 1;
+    }
+
+    fn free(&mut self, addr: u64) {
+        match self.live.remove(&addr) {
+            Some(allocation) => {
+                self.forget(allocation);
+                self.totals.frees += 1;
+            }
+            None => self.totals.preexisting_frees += 1,
+        }
+    }
+
+    /// Takes the block out of the ledger while realloc may free it, so that
+    /// another thread's allocation of the same address cannot collide with it.
+    fn start_realloc(&mut self, tid: u32, old_addr: u64) {
+        let allocation = self.live.remove(&old_addr);
+        if let Some(allocation) = allocation {
+            self.forget(allocation);
+        }
+        let in_flight = InFlight {
+            old_addr,
+            allocation,
+        };
+        if let Some(stale) = self.in_flight.insert(tid, in_flight) {
+            // The previous realloc's end was lost; its block's fate is unknown.
+            self.count_release(stale);
+        }
+    }
+
+    fn end_realloc(&mut self, event: &Event) {
+        let in_flight = match self.in_flight.remove(&event.tid) {
+            Some(in_flight) if in_flight.old_addr == event.old_addr => Some(in_flight),
+            Some(other) => {
+                self.count_release(other);
+                None
+            }
+            None => None,
+        };
+        let in_flight = in_flight.or_else(|| {
+            // No start seen (realloc(NULL, n), or a lost start event): take the
+            // block now.
+            (event.old_addr != 0).then(|| {
+                let allocation = self.live.remove(&event.old_addr);
+                if let Some(allocation) = allocation {
+                    self.forget(allocation);
+                }
+                InFlight {
+                    old_addr: event.old_addr,
+                    allocation,
+                }
+            })
+        });
+        let failed = event.addr == 0 && event.size != 0;
+        if failed {
+            // realloc failed: the old block is untouched.
+            if let Some(InFlight {
+                old_addr,
+                allocation: Some(allocation),
+            }) = in_flight
+            {
+                self.restore(old_addr, allocation);
+            }
+            return;
+        }
+        if let Some(in_flight) = in_flight {
+            self.count_release(in_flight);
+        }
+        if event.addr != 0 {
+            self.allocate(event.addr, event);
+        }
+    }
+
+    /// Counts a block realloc gave up (or whose realloc's end was lost).
+    fn count_release(&mut self, in_flight: InFlight) {
+        if in_flight.allocation.is_some() {
+            self.totals.frees += 1;
+        } else {
+            self.totals.preexisting_frees += 1;
+        }
+    }
+
+    fn restore(&mut self, addr: u64, allocation: Allocation) {
+        self.totals.outstanding_bytes += allocation.size;
+        self.totals.outstanding_count += 1;
+        if let Some(previous) = self.live.insert(addr, allocation) {
+            self.overwritten += 1;
+            self.forget(previous);
+        }
+    }
+
+    /// Removes a block's contribution to the outstanding totals.
+    fn forget(&mut self, allocation: Allocation) {
+        self.totals.outstanding_bytes -= allocation.size;
+        self.totals.outstanding_count -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_ebpf::NO_STACK;
+
+    const MAIN: u32 = 100;
+    const OTHER: u32 = 101;
+
+    fn event(kind: EventKind, tid: u32, addr: u64, old_addr: u64, size: u64, stack: i32) -> Event {
+        Event {
+            kind: kind as u32,
+            tid,
+            pid: MAIN,
+            stack_id: stack,
+            size,
+            addr,
+            old_addr,
+            timestamp_ns: 1_000,
+        }
+    }
+
+    fn alloc(addr: u64, size: u64, stack: i32) -> Event {
+        event(EventKind::Alloc, MAIN, addr, 0, size, stack)
+    }
+
+    fn free(addr: u64) -> Event {
+        event(EventKind::Free, MAIN, addr, 0, 0, NO_STACK)
+    }
+
+    fn realloc(tid: u32, old: u64, new: u64, size: u64, stack: i32) -> [Event; 2] {
+        [
+            event(EventKind::ReallocStart, tid, 0, old, size, NO_STACK),
+            event(EventKind::ReallocEnd, tid, new, old, size, stack),
+        ]
+    }
+
+    fn ledger_after(events: &[Event]) -> Ledger {
+        let mut ledger = Ledger::new();
+        events.iter().for_each(|e| ledger.apply(e));
+        ledger
+    }
+
+    fn usage(ledger: &Ledger) -> Vec<(StackId, u64, u64)> {
+        ledger
+            .usage_by_stack(u64::MAX)
+            .into_iter()
+            .map(|u| (u.stack, u.bytes, u.count))
+            .collect()
+    }
+
+    #[test]
+    fn freed_blocks_leave_nothing_outstanding() {
+        let ledger = ledger_after(&[alloc(0x10, 32, 1), alloc(0x20, 64, 1), free(0x10)]);
+        assert_eq!(usage(&ledger), vec![(1, 64, 1)]);
+        let totals = ledger.totals();
+        assert_eq!((totals.allocs, totals.frees), (2, 1));
+        assert_eq!((totals.outstanding_bytes, totals.outstanding_count), (64, 1));
+    }
+
+    #[test]
+    fn frees_of_blocks_from_before_tracing_are_counted_apart() {
+        let ledger = ledger_after(&[free(0x99), alloc(0x10, 8, 1)]);
+        let totals = ledger.totals();
+        assert_eq!((totals.frees, totals.preexisting_frees), (0, 1));
+        assert_eq!(totals.outstanding_bytes, 8);
+    }
+
+    #[test]
+    fn realloc_that_moves_reattributes_the_block_to_the_realloc_stack() {
+        let [start, end] = realloc(MAIN, 0x10, 0x80, 500, 2);
+        let ledger = ledger_after(&[alloc(0x10, 100, 1), start, end]);
+        assert_eq!(usage(&ledger), vec![(2, 500, 1)]);
+        assert_eq!(ledger.totals().outstanding_count, 1);
+    }
+
+    #[test]
+    fn realloc_in_place_growth_and_shrink_keep_one_block_at_the_new_size() {
+        let [s1, e1] = realloc(MAIN, 0x10, 0x10, 4096, 2);
+        let [s2, e2] = realloc(MAIN, 0x10, 0x10, 24, 3);
+        let ledger = ledger_after(&[alloc(0x10, 100, 1), s1, e1, s2, e2]);
+        assert_eq!(usage(&ledger), vec![(3, 24, 1)]);
+        assert_eq!(ledger.totals().outstanding_bytes, 24);
+    }
+
+    #[test]
+    fn realloc_of_null_is_an_allocation() {
+        // The kernel sends no start for realloc(NULL, n).
+        let end = event(EventKind::ReallocEnd, MAIN, 0x40, 0, 72, 5);
+        let ledger = ledger_after(&[end]);
+        assert_eq!(usage(&ledger), vec![(5, 72, 1)]);
+        assert_eq!(ledger.totals().preexisting_frees, 0);
+    }
+
+    #[test]
+    fn realloc_to_zero_frees_the_block() {
+        let [start, end] = realloc(MAIN, 0x10, 0, 0, NO_STACK);
+        let ledger = ledger_after(&[alloc(0x10, 100, 1), start, end]);
+        assert!(usage(&ledger).is_empty());
+        assert_eq!(ledger.totals().frees, 1);
+    }
+
+    #[test]
+    fn failed_realloc_leaves_the_old_block_outstanding() {
+        let [start, end] = realloc(MAIN, 0x10, 0, 1 << 40, NO_STACK);
+        let ledger = ledger_after(&[alloc(0x10, 100, 1), start, end]);
+        assert_eq!(usage(&ledger), vec![(1, 100, 1)]);
+        assert_eq!(ledger.totals().outstanding_bytes, 100);
+    }
+
+    #[test]
+    fn address_released_by_realloc_can_be_reused_by_another_thread_before_realloc_returns() {
+        // Thread MAIN moves 0x10 to 0x80; before its realloc returns, OTHER
+        // is handed 0x10. The start event took 0x10 out of the ledger first.
+        let [start, end] = realloc(MAIN, 0x10, 0x80, 200, 2);
+        let reuse = event(EventKind::Alloc, OTHER, 0x10, 0, 16, 3);
+        let ledger = ledger_after(&[alloc(0x10, 100, 1), start, reuse, end]);
+        assert_eq!(usage(&ledger), vec![(2, 200, 1), (3, 16, 1)]);
+        assert_eq!(ledger.overwritten(), 0);
+        assert_eq!(ledger.totals().outstanding_bytes, 216);
+    }
+
+    #[test]
+    fn concurrent_reallocs_on_two_threads_are_kept_apart() {
+        let [s1, e1] = realloc(MAIN, 0x10, 0x100, 300, 2);
+        let [s2, e2] = realloc(OTHER, 0x20, 0x200, 400, 3);
+        let ledger = ledger_after(&[alloc(0x10, 1, 1), alloc(0x20, 1, 1), s1, s2, e2, e1]);
+        assert_eq!(usage(&ledger), vec![(3, 400, 1), (2, 300, 1)]);
+    }
+
+    #[test]
+    fn address_reuse_after_free_tracks_the_new_block() {
+        let ledger = ledger_after(&[alloc(0x10, 8, 1), free(0x10), alloc(0x10, 16, 2)]);
+        assert_eq!(usage(&ledger), vec![(2, 16, 1)]);
+        assert_eq!(ledger.overwritten(), 0);
+    }
+
+    #[test]
+    fn allocation_over_a_live_block_is_flagged_and_replaces_it() {
+        // Only possible when the free in between was lost.
+        let ledger = ledger_after(&[alloc(0x10, 8, 1), alloc(0x10, 16, 2)]);
+        assert_eq!(usage(&ledger), vec![(2, 16, 1)]);
+        assert_eq!(ledger.overwritten(), 1);
+        assert_eq!(ledger.totals().outstanding_bytes, 16);
+    }
+
+    #[test]
+    fn usage_leaves_out_blocks_younger_than_the_cutoff() {
+        let mut young = alloc(0x20, 64, 2);
+        young.timestamp_ns = 5_000;
+        let ledger = ledger_after(&[alloc(0x10, 8, 1), young]);
+        assert_eq!(
+            ledger.usage_by_stack(2_000),
+            vec![StackUsage {
+                stack: 1,
+                bytes: 8,
+                count: 1,
+                oldest_ns: 1_000
+            }]
+        );
+    }
+}

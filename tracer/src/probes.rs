@@ -1,0 +1,142 @@
+//! Loading the kernel programs and attaching them to one process.
+//!
+//! Owns the aya [`Ebpf`] object: while it lives the probes are attached, and
+//! dropping it (or [`Probes::detach`]) removes every one of them from the
+//! target. The maps userspace reads (events, stacks, counters) are taken out
+//! first so they outlive the probes for a final drain.
+
+use std::{num::NonZeroU32, path::Path};
+
+use anyhow::{Context as _, anyhow};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
+};
+use tracer_ebpf::{COUNTERS_MAP, Counter, EVENTS_MAP, STACKS_MAP};
+
+use crate::placement::{Plan, RETURN_PROGRAM, Returns};
+
+/// The compiled kernel programs, built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Loaded and attached kernel programs.
+pub struct Probes {
+    ebpf: Ebpf,
+    /// Forwards the programs' aya-log records; must live as long as they do.
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// Maps userspace reads, detached from the programs' lifetime.
+pub struct KernelMaps {
+    pub events: RingBuf<MapData>,
+    pub stacks: StackTraceMap<MapData>,
+    pub counters: Counters,
+}
+
+impl Probes {
+    /// Loads the programs with an event ring of `ring_size` bytes.
+    pub fn load(ring_size: u32, verbose: bool) -> anyhow::Result<(Self, KernelMaps)> {
+        raise_memlock_limit();
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(EVENTS_MAP, ring_size)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
+        for (name, program) in ebpf.programs_mut() {
+            let program: &mut UProbe = program.try_into()?;
+            program
+                .load()
+                .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        let logger = if verbose {
+            Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?)
+        } else {
+            None
+        };
+        let maps = KernelMaps {
+            events: RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?,
+            stacks: StackTraceMap::try_from(take_map(&mut ebpf, STACKS_MAP)?)?,
+            counters: Counters(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?),
+        };
+        Ok((Self { ebpf, logger }, maps))
+    }
+
+    /// Attaches every probe of `plan` in `libc` (a path the tracer can open),
+    /// firing only for process `pid`.
+    pub fn attach(&mut self, plan: &Plan, libc: &Path, pid: u32) -> anyhow::Result<()> {
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
+        );
+        // Return probes first: a return without a parked entry is ignored,
+        // whereas an entry whose return probe is not there yet would leave a
+        // stale pending call behind.
+        for point in plan.points.iter().filter(|point| point.returns == Returns::Yes) {
+            let location = UProbeAttachLocation::AbsoluteOffset(point.function_offset);
+            self.program(RETURN_PROGRAM)?
+                .attach(location, libc, scope)
+                .with_context(|| format!("attaching the return probe of {}", point.functions[0]))?;
+        }
+        for point in &plan.points {
+            let location = UProbeAttachLocation::AbsoluteOffset(point.entry_offset());
+            self.program(point.entry_program)?
+                .attach(location, libc, scope)
+                .with_context(|| format!("attaching the probe of {}", point.functions[0]))?;
+        }
+        Ok(())
+    }
+
+    /// Forwards pending kernel log records (only with `--verbose`).
+    pub fn flush_log(&mut self) {
+        if let Some(logger) = &mut self.logger {
+            logger.flush();
+        }
+    }
+
+    /// Removes every probe from the target.
+    pub fn detach(mut self) {
+        self.flush_log();
+        drop(self.ebpf);
+    }
+
+    fn program(&mut self, name: &str) -> anyhow::Result<&mut UProbe> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .try_into()?)
+    }
+}
+
+/// The kernel's per-CPU counters, summed.
+pub struct Counters(PerCpuArray<MapData, u64>);
+
+impl Counters {
+    pub fn get(&self, counter: Counter) -> u64 {
+        self.0
+            .get(&(counter as u32), 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(0)
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {
+    ebpf.take_map(name)
+        .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
+}
+
+/// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK, whose default is far
+/// below an 8 MiB ring buffer; newer kernels use memory cgroups and ignore it.
+fn raise_memlock_limit() {
+    let unlimited = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit only reads the struct passed by reference.
+    let result = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &unlimited) };
+    if result != 0 {
+        log::debug!("could not raise RLIMIT_MEMLOCK; fine on kernels >= 5.11");
+    }
+}

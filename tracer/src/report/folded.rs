@@ -1,0 +1,79 @@
+//! Brendan Gregg's folded stack format: one line per stack, frames from the
+//! outermost to the leaf joined by `;`, then a space and the weight (here,
+//! outstanding bytes). This is also what the flamegraph is drawn from.
+
+use std::io::Write;
+
+use super::StackReport;
+
+/// The folded lines for `stacks`, in their order.
+pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
+    stacks
+        .iter()
+        .filter(|stack| stack.bytes > 0)
+        .map(|stack| {
+            let path: Vec<String> = if stack.frames.is_empty() {
+                vec!["[no stack]".to_owned()]
+            } else {
+                stack.frames.iter().rev().map(|frame| sanitize(&frame.label())).collect()
+            };
+            format!("{} {}", path.join(";"), stack.bytes)
+        })
+        .collect()
+}
+
+pub fn write_folded(stacks: &[StackReport], out: &mut dyn Write) -> anyhow::Result<()> {
+    for line in folded_lines(stacks) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// `;` separates frames and the last space the weight, so neither may appear
+/// inside a frame name (C++ names contain spaces: `operator new`).
+fn sanitize(label: &str) -> String {
+    label.replace(';', ":").replace(' ', "_")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::symbolize::Frame;
+
+    fn frame(function: &str) -> Frame {
+        Frame {
+            address: 0x1000,
+            function: Some(function.to_owned()),
+            module: None,
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+
+    fn stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
+        StackReport {
+            bytes,
+            count: 1,
+            oldest_age_s: 0.0,
+            frames: leaf_first.iter().map(|name| frame(name)).collect(),
+        }
+    }
+
+    #[test]
+    fn lines_run_from_the_outermost_frame_to_the_leaf() {
+        let stacks = [stack(4096, &["leak", "handle", "main"]), stack(16, &["cache_put", "main"])];
+        assert_eq!(folded_lines(&stacks), ["main;handle;leak 4096", "main;cache_put 16"]);
+    }
+
+    #[test]
+    fn separators_inside_names_are_replaced() {
+        let stacks = [stack(8, &["operator new(unsigned long)", "a;b"])];
+        assert_eq!(folded_lines(&stacks), ["a:b;operator_new(unsigned_long) 8"]);
+    }
+
+    #[test]
+    fn stacks_without_frames_are_kept_under_a_label() {
+        assert_eq!(folded_lines(&[stack(32, &[])]), ["[no stack] 32"]);
+    }
+}

@@ -1,0 +1,168 @@
+//! The periodic summary: one tick per interval, as readable lines or as one
+//! JSON object per line for log pipelines.
+
+use std::{fmt::Write as _, time::SystemTime};
+
+use serde::Serialize;
+
+use super::{StackReport, Totals};
+
+/// One interval's summary. JSON key names are a public interface.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Wall-clock time of the tick (RFC 3339).
+    pub ts: String,
+    /// Seconds since tracing began.
+    pub elapsed_s: f64,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    /// Change of the outstanding totals since the previous tick.
+    pub growth_bytes: i64,
+    pub growth_count: i64,
+    /// Totals since tracing began.
+    pub allocs: u64,
+    pub frees: u64,
+    /// Rates over the last interval.
+    pub allocs_per_s: f64,
+    pub frees_per_s: f64,
+    pub lost_events: u64,
+    pub preexisting_frees: u64,
+    /// Largest outstanding stacks.
+    pub top: Vec<StackReport>,
+}
+
+/// What a tick needs to remember of the previous one.
+#[derive(Debug, Default)]
+pub struct SummaryState {
+    previous: Totals,
+    previous_elapsed_s: f64,
+}
+
+impl SummaryState {
+    pub fn next(&mut self, totals: Totals, elapsed_s: f64, top: Vec<StackReport>) -> Summary {
+        let interval = (elapsed_s - self.previous_elapsed_s).max(1e-9);
+        let previous = std::mem::replace(&mut self.previous, totals);
+        self.previous_elapsed_s = elapsed_s;
+        Summary {
+            ts: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+            elapsed_s,
+            outstanding_bytes: totals.outstanding_bytes,
+            outstanding_count: totals.outstanding_count,
+            growth_bytes: totals.outstanding_bytes as i64 - previous.outstanding_bytes as i64,
+            growth_count: totals.outstanding_count as i64 - previous.outstanding_count as i64,
+            allocs: totals.allocs,
+            frees: totals.frees,
+            allocs_per_s: (totals.allocs - previous.allocs) as f64 / interval,
+            frees_per_s: (totals.frees - previous.frees) as f64 / interval,
+            lost_events: totals.lost_events,
+            preexisting_frees: totals.preexisting_frees,
+            top,
+        }
+    }
+}
+
+/// Frames of a stack shown in a human summary line.
+const FRAMES_SHOWN: usize = 3;
+
+impl Summary {
+    pub fn to_json_line(&self) -> String {
+        serde_json::to_string(self).expect("a summary always serializes")
+    }
+
+    pub fn to_human(&self) -> String {
+        let mut text = format!(
+            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}\n",
+            self.ts,
+            bytes(self.outstanding_bytes),
+            self.outstanding_count,
+            signed_bytes(self.growth_bytes),
+            self.growth_count,
+            self.allocs_per_s,
+            self.frees_per_s,
+            self.lost_events,
+        );
+        for (rank, stack) in self.top.iter().enumerate() {
+            let frames: Vec<String> = stack
+                .frames
+                .iter()
+                .take(FRAMES_SHOWN)
+                .map(|frame| match frame.location() {
+                    Some(location) => format!("{} ({location})", frame.label()),
+                    None => frame.label(),
+                })
+                .collect();
+            let _ = writeln!(
+                text,
+                "  #{} {} in {} blocks, oldest {:.0}s: {}",
+                rank + 1,
+                bytes(stack.bytes),
+                stack.count,
+                stack.oldest_age_s,
+                if frames.is_empty() { "[no stack]".to_owned() } else { frames.join(" < ") },
+            );
+        }
+        text
+    }
+}
+
+/// Bytes in binary units, e.g. `1.5 MiB`.
+pub fn bytes(count: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = count as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+}
+
+fn signed_bytes(delta: i64) -> String {
+    let sign = if delta < 0 { '-' } else { '+' };
+    format!("{sign}{}", bytes(delta.unsigned_abs()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn totals(allocs: u64, frees: u64, bytes: u64) -> Totals {
+        Totals {
+            allocs,
+            frees,
+            outstanding_bytes: bytes,
+            outstanding_count: allocs - frees,
+            ..Totals::default()
+        }
+    }
+
+    #[test]
+    fn ticks_report_growth_and_rates_since_the_previous_tick() {
+        let mut state = SummaryState::default();
+        let first = state.next(totals(100, 40, 6000), 10.0, vec![]);
+        assert_eq!((first.growth_bytes, first.growth_count), (6000, 60));
+        let second = state.next(totals(300, 290, 1000), 20.0, vec![]);
+        assert_eq!((second.growth_bytes, second.growth_count), (-5000, -50));
+        assert_eq!((second.allocs_per_s, second.frees_per_s), (20.0, 25.0));
+        assert_eq!((second.allocs, second.frees), (300, 290));
+    }
+
+    #[test]
+    fn json_ticks_are_one_line_with_the_documented_keys() {
+        let summary = SummaryState::default().next(totals(1, 0, 8), 1.0, vec![]);
+        let line = summary.to_json_line();
+        assert!(!line.contains('\n'));
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        for key in ["ts", "outstanding_bytes", "outstanding_count", "allocs", "frees", "lost_events", "top"] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+    }
+
+    #[test]
+    fn byte_counts_read_in_binary_units() {
+        assert_eq!(bytes(512), "512 B");
+        assert_eq!(bytes(1536), "1.5 KiB");
+        assert_eq!(bytes(3 << 20), "3.0 MiB");
+        assert_eq!(signed_bytes(-2048), "-2.0 KiB");
+    }
+}

@@ -1,0 +1,285 @@
+//! Turning kernel stack ids into readable frames: function, module,
+//! file:line, with inlined functions expanded.
+//!
+//! Stacks are fetched from the kernel's stack map and symbolized the first
+//! time an id is seen, while the target is alive, and the results are cached
+//! by address. The process's memory maps are cached too (in blazesym and in a
+//! snapshot of our own), so the final report is complete even when the target
+//! exited before it was written. An address that cannot be named still says
+//! which module and offset it is in.
+
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    path::PathBuf,
+    rc::Rc,
+};
+
+use aya::maps::{MapData, StackTraceMap};
+use blazesym::{
+    Pid,
+    symbolize::{
+        Input, Symbolized, Symbolizer,
+        cache::{self, Cache},
+        source::{Process, Source},
+    },
+};
+use serde::{Serialize, Serializer};
+
+use crate::ledger::StackId;
+
+/// One frame of a reported stack.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Frame {
+    /// Return address (instruction pointer) in the target.
+    #[serde(serialize_with = "hex")]
+    pub address: u64,
+    pub function: Option<String>,
+    pub module: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    /// True for a function inlined into the frame that follows it.
+    pub inlined: bool,
+}
+
+impl Frame {
+    /// The frame's name in folded stacks and summaries.
+    pub fn label(&self) -> String {
+        match (&self.function, &self.module) {
+            (Some(function), _) => function.clone(),
+            (None, Some(module)) => format!("[{module}]"),
+            (None, None) => "[unknown]".to_owned(),
+        }
+    }
+
+    /// `file:line` when known.
+    pub fn location(&self) -> Option<String> {
+        let file = self.file.as_deref()?;
+        let name = file.rsplit('/').next().unwrap_or(file);
+        Some(match self.line {
+            Some(line) => format!("{name}:{line}"),
+            None => name.to_owned(),
+        })
+    }
+}
+
+fn hex<S: Serializer>(address: &u64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(&format!("{address:#x}"))
+}
+
+/// Functions that only forward to the allocator; a stack's first meaningful
+/// frame is below them.
+const ALLOCATOR_WRAPPERS: &[&str] = &[
+    "operator new",
+    "operator new[]",
+    "strdup",
+    "strndup",
+    "__strdup",
+    "__libc_malloc",
+    "__libc_calloc",
+    "__libc_realloc",
+];
+
+/// A mapped file region of the target, for naming unsymbolized addresses.
+#[derive(Clone, Debug)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    path: PathBuf,
+}
+
+pub struct StackSymbolizer {
+    pid: u32,
+    symbolizer: Symbolizer,
+    stack_map: StackTraceMap<MapData>,
+    /// Return addresses of each stack id seen, leaf first.
+    stacks: HashMap<StackId, Rc<[u64]>>,
+    /// Frames of each address symbolized, leaf first (inlined expanded).
+    frames: HashMap<u64, Rc<[Frame]>>,
+    mappings: Vec<Mapping>,
+    target_alive: bool,
+}
+
+impl StackSymbolizer {
+    pub fn new(pid: u32, stack_map: StackTraceMap<MapData>) -> Self {
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .build();
+        let mut this = Self {
+            pid,
+            symbolizer,
+            stack_map,
+            stacks: HashMap::new(),
+            frames: HashMap::new(),
+            mappings: Vec::new(),
+            target_alive: true,
+        };
+        this.refresh_maps();
+        this
+    }
+
+    /// Re-reads the target's memory maps (libraries loaded since); call while
+    /// the target is alive, so later symbolization does not need it.
+    pub fn refresh_maps(&mut self) {
+        let Some(pid) = NonZeroU32::new(self.pid) else { return };
+        let cache = Cache::from(cache::Process {
+            cache_vmas: true,
+            ..cache::Process::new(Pid::Pid(pid))
+        });
+        if let Err(error) = self.symbolizer.cache(&cache) {
+            log::debug!("caching memory maps of {}: {error}", self.pid);
+        }
+        if let Some(mappings) = read_mappings(self.pid) {
+            self.mappings = mappings;
+        }
+    }
+
+    /// From now on, symbolize from cached state only.
+    pub fn target_exited(&mut self) {
+        self.target_alive = false;
+    }
+
+    /// Fetches and symbolizes stacks not seen before.
+    pub fn learn(&mut self, stack_ids: impl IntoIterator<Item = StackId>) {
+        let mut new_addresses = HashSet::new();
+        for id in stack_ids {
+            if id < 0 || self.stacks.contains_key(&id) {
+                continue;
+            }
+            let addresses: Rc<[u64]> = match self.stack_map.get(&(id as u32), 0) {
+                Ok(trace) => trace.frames().iter().map(|frame| frame.ip).collect(),
+                Err(error) => {
+                    log::debug!("reading stack {id}: {error}");
+                    Rc::from([])
+                }
+            };
+            new_addresses.extend(
+                addresses
+                    .iter()
+                    .copied()
+                    .filter(|address| !self.frames.contains_key(address)),
+            );
+            self.stacks.insert(id, addresses);
+        }
+        if !new_addresses.is_empty() {
+            self.symbolize(new_addresses.into_iter().collect());
+        }
+    }
+
+    /// The frames of a stack, leaf first, starting at the first frame that is
+    /// not an allocator wrapper.
+    pub fn frames(&self, stack: StackId) -> Vec<Frame> {
+        let Some(addresses) = self.stacks.get(&stack) else {
+            return Vec::new();
+        };
+        let frames: Vec<Frame> = addresses
+            .iter()
+            .flat_map(|address| {
+                self.frames
+                    .get(address)
+                    .map(|frames| frames.to_vec())
+                    .unwrap_or_else(|| vec![self.unnamed_frame(*address)])
+            })
+            .collect();
+        let first_meaningful = frames
+            .iter()
+            .position(|frame| {
+                !frame
+                    .function
+                    .as_deref()
+                    .is_some_and(|name| ALLOCATOR_WRAPPERS.iter().any(|w| name.starts_with(w)))
+            })
+            .unwrap_or(0);
+        frames[first_meaningful..].to_vec()
+    }
+
+    fn symbolize(&mut self, addresses: Vec<u64>) {
+        let Some(pid) = NonZeroU32::new(self.pid) else { return };
+        let source = Source::Process(Process {
+            // map_files needs the live process; after exit the cached VMAs'
+            // symbolic paths are all that is left.
+            map_files: self.target_alive,
+            ..Process::new(Pid::Pid(pid))
+        });
+        // Return addresses point after the call; the call itself is one byte
+        // back, which gives the caller's line rather than the next one.
+        let lookups: Vec<u64> = addresses.iter().map(|a| a.saturating_sub(1)).collect();
+        let results = match self.symbolizer.symbolize(&source, Input::AbsAddr(&lookups)) {
+            Ok(results) => results,
+            Err(error) => {
+                log::debug!("symbolizing {} addresses: {error}", lookups.len());
+                return;
+            }
+        };
+        let mut named = Vec::with_capacity(addresses.len());
+        for (address, result) in addresses.iter().zip(results) {
+            let frames: Rc<[Frame]> = match result {
+                Symbolized::Sym(sym) => {
+                    let module = sym.module.as_deref().map(|m| m.to_string_lossy().into_owned());
+                    let frame = |function: &str, code: Option<&blazesym::symbolize::CodeInfo>, inlined| Frame {
+                        address: *address,
+                        function: Some(function.to_owned()),
+                        module: module.clone(),
+                        file: code.map(|code| code.to_path().display().to_string()),
+                        line: code.and_then(|code| code.line),
+                        inlined,
+                    };
+                    // blazesym lists inlined calls outermost first; frames
+                    // are leaf first.
+                    sym.inlined
+                        .iter()
+                        .rev()
+                        .map(|inlined| frame(&inlined.name, inlined.code_info.as_ref(), true))
+                        .chain([frame(&sym.name, sym.code_info.as_deref(), false)])
+                        .collect()
+                }
+                Symbolized::Unknown(_) => Rc::from([self.unnamed_frame(*address)]),
+            };
+            named.push((*address, frames));
+        }
+        self.frames.extend(named);
+    }
+
+    /// A frame for an address no symbol covers: module and offset if mapped.
+    fn unnamed_frame(&self, address: u64) -> Frame {
+        let mapping = self
+            .mappings
+            .iter()
+            .find(|mapping| (mapping.start..mapping.end).contains(&address));
+        Frame {
+            address,
+            function: None,
+            module: mapping.map(|mapping| {
+                format!(
+                    "{}+{:#x}",
+                    mapping.path.display(),
+                    address - mapping.start + mapping.file_offset
+                )
+            }),
+            file: None,
+            line: None,
+            inlined: false,
+        }
+    }
+}
+
+fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
+    let process = procfs::process::Process::new(pid as i32).ok()?;
+    let maps = process.maps().ok()?;
+    Some(
+        maps.iter()
+            .filter_map(|map| match &map.pathname {
+                procfs::process::MMapPath::Path(path) => Some(Mapping {
+                    start: map.address.0,
+                    end: map.address.1,
+                    file_offset: map.offset,
+                    path: path.clone(),
+                }),
+                _ => None,
+            })
+            .collect(),
+    )
+}
