@@ -70,6 +70,16 @@ impl EventKind {
 /// `stack_id` of an event whose stack could not be collected.
 pub const NO_STACK: i32 = -1;
 
+/// `stack_id` of an event that carries its own frames: the record is an
+/// [`EventWithStack`]. The kernel's stack map places stacks in buckets by
+/// hash and refuses a new stack whose bucket is taken (`-EEXIST`); with a few
+/// hundred distinct stacks that happens often (birthday odds), so rather than
+/// lose or misattribute those allocations the frames travel in the event.
+pub const INLINE_STACK: i32 = -2;
+
+/// Frames carried by an [`EventWithStack`].
+pub const MAX_INLINE_FRAMES: usize = 64;
+
 /// One allocator call, as written to the ring buffer.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -93,6 +103,27 @@ pub struct Event {
 }
 
 const _: () = assert!(core::mem::size_of::<Event>() == 48);
+
+/// An [`Event`] with `stack_id == INLINE_STACK` and its user stack attached.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventWithStack {
+    pub event: Event,
+    /// Bytes of `frames` the kernel filled (8 per frame).
+    pub stack_bytes: u64,
+    /// Return addresses, leaf first.
+    pub frames: [u64; MAX_INLINE_FRAMES],
+}
+
+impl EventWithStack {
+    /// The frames the kernel filled.
+    pub fn frames(&self) -> &[u64] {
+        let count = (self.stack_bytes as usize / 8).min(MAX_INLINE_FRAMES);
+        &self.frames[..count]
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<EventWithStack>() == 56 + 8 * MAX_INLINE_FRAMES);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
 impl Event {

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_RB_RING_SIZE},
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
     programs::{ProbeContext, RetProbeContext},
@@ -12,7 +12,10 @@ use aya_ebpf::{
     programs::tracing::StackIdContext,
 };
 use aya_log_ebpf::{debug, warn};
-use tracer_ebpf::{COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, NO_STACK};
+use tracer_ebpf::{
+    COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack, INLINE_STACK,
+    MAX_INLINE_FRAMES, NO_STACK,
+};
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_SIZE, 0);
@@ -52,9 +55,7 @@ enum Call {
     StoresThroughPointer = 2,
 }
 
-/// Once the ring holds this fraction of its size, events wake the reader.
-/// Below it they are submitted silently and userspace drains on a short
-/// timer: a wake-up per event costs more than the event itself.
+/// Once the ring holds 1/WAKEUP_FRACTION of its size, events wake the reader.
 const WAKEUP_FRACTION: u64 = 4;
 
 #[uprobe]
@@ -152,7 +153,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     match pending.call {
         Call::Returns => {
             if returned != 0 {
-                emit(&ctx, EventKind::Alloc, returned, 0, pending.size, user_stack(&ctx));
+                emit_with_stack(&ctx, EventKind::Alloc, returned, 0, pending.size);
             }
         }
         Call::StoresThroughPointer => {
@@ -164,14 +165,15 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
                 if let Ok(block) = block
                     && block != 0
                 {
-                    emit(&ctx, EventKind::Alloc, block, 0, pending.size, user_stack(&ctx));
+                    emit_with_stack(&ctx, EventKind::Alloc, block, 0, pending.size);
                 }
             }
         }
         Call::Realloc => {
-            let stack = if returned != 0 { user_stack(&ctx) } else { NO_STACK };
-            if returned != 0 || pending.ptr_arg != 0 {
-                emit(&ctx, EventKind::ReallocEnd, returned, pending.ptr_arg, pending.size, stack);
+            if returned != 0 {
+                emit_with_stack(&ctx, EventKind::ReallocEnd, returned, pending.ptr_arg, pending.size);
+            } else if pending.ptr_arg != 0 {
+                emit(&ctx, EventKind::ReallocEnd, 0, pending.ptr_arg, pending.size, NO_STACK);
             }
         }
     }
@@ -227,15 +229,53 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
 /// Writes one event to the ring buffer, or counts it as lost.
 fn emit<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
-        if bump(Counter::LostEvents) == 1 {
-            // Once per CPU: explains lost events under --verbose without
-            // flooding the log ring while the event ring is full.
-            warn!(ctx, "event ring buffer full: events lost; raise --ring-size");
-        }
+        count_lost(ctx);
         return;
     };
+    entry.write(event(kind, addr, old_addr, size, stack_id));
+    entry.submit(wakeup_flags());
+}
+
+/// Writes an allocation event with the caller's user stack: an id in the
+/// stack map when it has room, else the frames themselves.
+fn emit_with_stack<C: EbpfContext + StackIdContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+) {
+    if let Ok(id) = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        emit(ctx, kind, addr, old_addr, size, id as i32);
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<EventWithStack>(0) else {
+        count_lost(ctx);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, writable EventWithStack; the
+    // helper writes at most the size it is given into `frames`.
+    let stack_bytes = unsafe {
+        (*record).event = event(kind, addr, old_addr, size, INLINE_STACK);
+        bpf_get_stack(
+            ctx.as_ptr(),
+            (&raw mut (*record).frames).cast(),
+            (MAX_INLINE_FRAMES * 8) as u32,
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if stack_bytes <= 0 {
+        bump(Counter::StackErrors);
+    }
+    // SAFETY: as above.
+    unsafe { (*record).stack_bytes = stack_bytes.max(0) as u64 };
+    entry.submit(wakeup_flags());
+}
+
+fn event(kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) -> Event {
     let pid_tgid = bpf_get_current_pid_tgid();
-    entry.write(Event {
+    Event {
         kind: kind as u32,
         tid: pid_tgid as u32,
         pid: (pid_tgid >> 32) as u32,
@@ -245,7 +285,21 @@ fn emit<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size
         old_addr,
         // SAFETY: a helper without preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
-    });
+    }
+}
+
+fn count_lost<C: EbpfContext>(ctx: &C) {
+    if bump(Counter::LostEvents) == 1 {
+        // Once per CPU: explains lost events under --verbose without
+        // flooding the log ring while the event ring is full.
+        warn!(ctx, "event ring buffer full: events lost; raise --ring-size");
+    }
+}
+
+/// Below a quarter full, events are submitted without waking the reader,
+/// which drains on a short timer: a wake-up per event costs more than the
+/// event itself.
+fn wakeup_flags() -> u64 {
     let backlog = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
     let capacity = EVENTS.query(BPF_RB_RING_SIZE as u64);
     let flags = if backlog >= capacity / WAKEUP_FRACTION {
@@ -253,19 +307,7 @@ fn emit<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size
     } else {
         BPF_RB_NO_WAKEUP
     };
-    entry.submit(flags as u64);
-}
-
-/// The caller's user stack id, counting failures.
-fn user_stack<C: StackIdContext>(ctx: &C) -> i32 {
-    // SAFETY: the map is a valid stack trace map for this program type.
-    match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            bump(Counter::StackErrors);
-            NO_STACK
-        }
-    }
+    flags as u64
 }
 
 /// Increments a counter and returns its new value on this CPU.

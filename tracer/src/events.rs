@@ -8,7 +8,7 @@ use std::os::fd::AsRawFd;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
-use tracer_ebpf::Event;
+use tracer_ebpf::{Event, EventWithStack};
 
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -28,18 +28,26 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands every queued event to `sink`, in ring order; returns how many.
-    pub fn drain(&mut self, mut sink: impl FnMut(&Event)) -> usize {
+    /// Hands every queued event to `sink`, in ring order, with the frames
+    /// of events that carry their own stack; returns how many.
+    pub fn drain(&mut self, mut sink: impl FnMut(&Event, Option<&[u64]>)) -> usize {
         let ring = self.ring.get_mut();
         let mut count = 0;
         while let Some(item) = ring.next() {
-            if item.len() < size_of::<Event>() {
+            if item.len() >= size_of::<EventWithStack>() {
+                // SAFETY: the kernel wrote a whole record of this type
+                // (checked length); read unaligned, as ring records are only
+                // guaranteed 8-byte alignment.
+                let record =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<EventWithStack>()) };
+                sink(&record.event, Some(record.frames()));
+            } else if item.len() >= size_of::<Event>() {
+                // SAFETY: as above.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
+                sink(&event, None);
+            } else {
                 continue;
             }
-            // SAFETY: the kernel wrote a whole `Event` (checked length); ring
-            // records are only 8-byte aligned in practice, so read unaligned.
-            let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-            sink(&event);
             count += 1;
         }
         count

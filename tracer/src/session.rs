@@ -76,11 +76,11 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         restore_default_sigint();
     }
     probes.detach();
-    session.drain();
     if stop == Stop::TargetExited {
         session.symbols.target_exited();
         eprintln!("alloctrace: pid {} exited", session.target.pid);
     }
+    session.drain();
     session.print_summary();
     session.write_outputs()
 }
@@ -143,10 +143,17 @@ impl Session {
     fn drain(&mut self) {
         let mut new_stacks = HashSet::new();
         let ledger = &mut self.ledger;
-        self.reader.drain(|event: &Event| {
-            ledger.apply(event);
-            if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
-                new_stacks.insert(event.stack_id);
+        let symbols = &mut self.symbols;
+        self.reader.drain(|event: &Event, frames| match frames {
+            Some(frames) => ledger.apply(&Event {
+                stack_id: symbols.intern(frames),
+                ..*event
+            }),
+            None => {
+                ledger.apply(event);
+                if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
+                    new_stacks.insert(event.stack_id);
+                }
             }
         });
         self.symbols.learn(new_stacks);

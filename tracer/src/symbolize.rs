@@ -67,11 +67,15 @@ fn hex<S: Serializer>(address: &u64, serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&format!("{address:#x}"))
 }
 
-/// Functions that only forward to the allocator; a stack's first meaningful
-/// frame is below them.
+/// Functions that only forward to the allocator (including inlined wrappers
+/// named like it, such as ld.so's `calloc`); a stack's first meaningful frame
+/// is below them.
 const ALLOCATOR_WRAPPERS: &[&str] = &[
-    "operator new",
-    "operator new[]",
+    "malloc",
+    "calloc",
+    "realloc",
+    "reallocarray",
+    "free",
     "strdup",
     "strndup",
     "__strdup",
@@ -79,6 +83,10 @@ const ALLOCATOR_WRAPPERS: &[&str] = &[
     "__libc_calloc",
     "__libc_realloc",
 ];
+
+fn is_allocator_wrapper(function: &str) -> bool {
+    ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
+}
 
 /// A mapped file region of the target, for naming unsymbolized addresses.
 #[derive(Clone, Debug)]
@@ -89,12 +97,18 @@ struct Mapping {
     path: PathBuf,
 }
 
+/// Ids for stacks that arrived as frames start above any id of the kernel's
+/// stack map, so the two never collide.
+const FIRST_INLINE_ID: StackId = 1 << 24;
+
 pub struct StackSymbolizer {
     pid: u32,
     symbolizer: Symbolizer,
     stack_map: StackTraceMap<MapData>,
     /// Return addresses of each stack id seen, leaf first.
     stacks: HashMap<StackId, Rc<[u64]>>,
+    /// Ids given to stacks that arrived as frames.
+    inline_ids: HashMap<Rc<[u64]>, StackId>,
     /// Frames of each address symbolized, leaf first (inlined expanded).
     frames: HashMap<u64, Rc<[Frame]>>,
     mappings: Vec<Mapping>,
@@ -113,6 +127,7 @@ impl StackSymbolizer {
             symbolizer,
             stack_map,
             stacks: HashMap::new(),
+            inline_ids: HashMap::new(),
             frames: HashMap::new(),
             mappings: Vec::new(),
             target_alive: true,
@@ -142,9 +157,23 @@ impl StackSymbolizer {
         self.target_alive = false;
     }
 
+    /// An id for a stack the kernel sent as frames (its stack map had no room
+    /// for it), shared by every identical stack; symbolized on first sight.
+    pub fn intern(&mut self, frames: &[u64]) -> StackId {
+        if let Some(&id) = self.inline_ids.get(frames) {
+            return id;
+        }
+        let id = FIRST_INLINE_ID + self.inline_ids.len() as StackId;
+        let frames: Rc<[u64]> = Rc::from(frames);
+        self.inline_ids.insert(frames.clone(), id);
+        self.stacks.insert(id, frames.clone());
+        self.symbolize_unseen(frames.iter().copied());
+        id
+    }
+
     /// Fetches and symbolizes stacks not seen before.
     pub fn learn(&mut self, stack_ids: impl IntoIterator<Item = StackId>) {
-        let mut new_addresses = HashSet::new();
+        let mut addresses_of_new_stacks = Vec::new();
         for id in stack_ids {
             if id < 0 || self.stacks.contains_key(&id) {
                 continue;
@@ -156,16 +185,20 @@ impl StackSymbolizer {
                     Rc::from([])
                 }
             };
-            new_addresses.extend(
-                addresses
-                    .iter()
-                    .copied()
-                    .filter(|address| !self.frames.contains_key(address)),
-            );
+            addresses_of_new_stacks.extend(addresses.iter().copied());
             self.stacks.insert(id, addresses);
         }
-        if !new_addresses.is_empty() {
-            self.symbolize(new_addresses.into_iter().collect());
+        self.symbolize_unseen(addresses_of_new_stacks);
+    }
+
+    /// Symbolizes, in one batch, the addresses not symbolized before.
+    fn symbolize_unseen(&mut self, addresses: impl IntoIterator<Item = u64>) {
+        let unseen: HashSet<u64> = addresses
+            .into_iter()
+            .filter(|address| !self.frames.contains_key(address))
+            .collect();
+        if !unseen.is_empty() {
+            self.symbolize(unseen.into_iter().collect());
         }
     }
 
@@ -190,7 +223,7 @@ impl StackSymbolizer {
                 !frame
                     .function
                     .as_deref()
-                    .is_some_and(|name| ALLOCATOR_WRAPPERS.iter().any(|w| name.starts_with(w)))
+                    .is_some_and(is_allocator_wrapper)
             })
             .unwrap_or(0);
         frames[first_meaningful..].to_vec()
@@ -198,22 +231,31 @@ impl StackSymbolizer {
 
     fn symbolize(&mut self, addresses: Vec<u64>) {
         let Some(pid) = NonZeroU32::new(self.pid) else { return };
-        let source = Source::Process(Process {
-            // map_files needs the live process; after exit the cached VMAs'
-            // symbolic paths are all that is left.
-            map_files: self.target_alive,
-            ..Process::new(Pid::Pid(pid))
-        });
         // Return addresses point after the call; the call itself is one byte
         // back, which gives the caller's line rather than the next one.
         let lookups: Vec<u64> = addresses.iter().map(|a| a.saturating_sub(1)).collect();
-        let results = match self.symbolizer.symbolize(&source, Input::AbsAddr(&lookups)) {
-            Ok(results) => results,
-            Err(error) => {
-                log::debug!("symbolizing {} addresses: {error}", lookups.len());
-                return;
-            }
+        // map_files (/proc/PID/map_files) reaches the exact files mapped, even
+        // in another mount namespace, but only while the process lives; after
+        // it exits the cached VMAs' symbolic paths are all that is left. The
+        // target may exit at any moment, so fall back rather than predict.
+        let with_map_files = |map_files| {
+            Source::Process(Process {
+                map_files,
+                ..Process::new(Pid::Pid(pid))
+            })
         };
+        let attempts = if self.target_alive { &[true, false][..] } else { &[false][..] };
+        let mut results = None;
+        for &map_files in attempts {
+            match self.symbolizer.symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups)) {
+                Ok(symbolized) => {
+                    results = Some(symbolized);
+                    break;
+                }
+                Err(error) => log::debug!("symbolizing {} addresses: {error}", lookups.len()),
+            }
+        }
+        let Some(results) = results else { return };
         let mut named = Vec::with_capacity(addresses.len());
         for (address, result) in addresses.iter().zip(results) {
             let frames: Rc<[Frame]> = match result {
