@@ -1,0 +1,120 @@
+//! `cargo xtask setup`: install prerequisites idempotently.
+//!
+//! Every step checks first and prints a single `ok: …` line when nothing needs
+//! doing, so a second run takes a couple of seconds.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::util::{self, probe};
+
+/// Debian packages needed to build bpf-linker against LLVM 22 and the tracer.
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "zlib1g-dev",
+    "libzstd-dev",
+    "build-essential",
+];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+const BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub fn run() -> Result<()> {
+    util::require_root()?;
+    if !Path::new(BTF).exists() {
+        bail!(
+            "{BTF} is missing: this kernel has no BTF (needs CONFIG_DEBUG_INFO_BTF=y), which alloctrace requires"
+        );
+    }
+    apt_packages()?;
+    bpf_linker()?;
+    nightly()?;
+    Ok(())
+}
+
+fn apt_installed(package: &str) -> bool {
+    probe("dpkg-query", ["-W", "-f=${Status}", package])
+        .is_some_and(|status| status.trim() == "install ok installed")
+}
+
+fn apt_packages() -> Result<()> {
+    let missing: Vec<&str> = APT_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !apt_installed(p))
+        .collect();
+    if missing.is_empty() {
+        println!("ok: apt packages installed ({})", APT_PACKAGES.join(" "));
+        return Ok(());
+    }
+    println!("installing apt packages: {}", missing.join(" "));
+    util::run(Command::new("apt-get").arg("update"))?;
+    util::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y"])
+            .args(&missing),
+    )?;
+    Ok(())
+}
+
+fn bpf_linker() -> Result<()> {
+    if let Some(version) = probe("bpf-linker", ["--version"]) {
+        println!("ok: {}", version.trim());
+        return Ok(());
+    }
+    println!("installing bpf-linker (takes a few minutes)");
+    // Without LLVM_PREFIX, bpf-linker's build cannot find -lLLVM.
+    util::run(util::cargo().env("LLVM_PREFIX", LLVM_PREFIX).args([
+        "install",
+        "bpf-linker",
+        "--no-default-features",
+        "--features",
+        "llvm-22",
+    ]))?;
+    if probe("bpf-linker", ["--version"]).is_none() {
+        bail!(
+            "bpf-linker was installed but `bpf-linker --version` fails: is ~/.cargo/bin on PATH?"
+        );
+    }
+    Ok(())
+}
+
+fn nightly() -> Result<()> {
+    let Some(toolchains) = probe("rustup", ["toolchain", "list"]) else {
+        bail!(
+            "`rustup toolchain list` failed: rustup is required (install it from https://rustup.rs)"
+        );
+    };
+    if toolchains.lines().any(|l| l.starts_with("nightly")) {
+        println!("ok: nightly toolchain installed");
+    } else {
+        util::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+
+    let components = probe(
+        "rustup",
+        ["component", "list", "--toolchain", "nightly", "--installed"],
+    )
+    .unwrap_or_default();
+    if components.lines().any(|l| l.trim().starts_with("rust-src")) {
+        println!("ok: rust-src installed for nightly");
+    } else {
+        util::run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    Ok(())
+}
