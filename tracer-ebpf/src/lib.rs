@@ -29,13 +29,19 @@ pub enum Counter {
     LostEvents = 0,
     /// Allocations whose user stack could not be collected.
     StackErrors = 1,
-    /// Allocator returns whose entry was never seen (attached mid-call) or
-    /// whose entry state went stale (the return was missed).
-    UnmatchedReturns = 2,
+    /// Allocator returns with no parked entry: the tail end of a chained
+    /// tail call, or a call in flight when the probes attached.
+    ReturnsWithoutEntry = 2,
+    /// Parked entries dropped because their return was never seen.
+    StaleEntries = 3,
+    /// Frees skipped because they ran inside a traced allocator call.
+    NestedFrees = 4,
+    /// Updates of the per-thread call map that the kernel refused.
+    MapErrors = 5,
 }
 
 /// Number of slots in [`COUNTERS_MAP`].
-pub const COUNTER_SLOTS: u32 = 3;
+pub const COUNTER_SLOTS: u32 = 6;
 
 /// What an [`Event`] records.
 #[repr(u32)]

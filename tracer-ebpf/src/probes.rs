@@ -2,14 +2,16 @@
 //! ordering rules they implement.
 
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE},
+    EbpfContext,
+    bindings::{
+        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE,
+    },
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
     maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::{ProbeContext, RetProbeContext},
-    EbpfContext,
     programs::tracing::StackIdContext,
+    programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
@@ -123,6 +125,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     {
         // Inside (or tail-called from) a traced call such as realloc(p, 0):
         // that call's own events account for this block.
+        bump(Counter::NestedFrees);
         return 0;
     }
     emit(&ctx, EventKind::Free, addr, 0, 0, NO_STACK);
@@ -135,7 +138,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     let tid = current_tid();
     // SAFETY: the value is copied out before the entry is removed.
     let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
-        bump(Counter::UnmatchedReturns);
+        bump(Counter::ReturnsWithoutEntry);
         return 0;
     };
     let return_sp = stack_pointer(&ctx);
@@ -143,9 +146,11 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     if return_sp < own_return_sp {
         return 0; // a nested call returning inside the pending one
     }
-    let _ = PENDING.remove(&tid);
+    if PENDING.remove(&tid).is_err() {
+        bump(Counter::MapErrors);
+    }
     if return_sp > own_return_sp {
-        bump(Counter::UnmatchedReturns);
+        bump(Counter::StaleEntries);
         debug!(&ctx, "tid {}: stale allocator call state dropped", tid);
         return 0;
     }
@@ -171,9 +176,22 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
         }
         Call::Realloc => {
             if returned != 0 {
-                emit_with_stack(&ctx, EventKind::ReallocEnd, returned, pending.ptr_arg, pending.size);
+                emit_with_stack(
+                    &ctx,
+                    EventKind::ReallocEnd,
+                    returned,
+                    pending.ptr_arg,
+                    pending.size,
+                );
             } else if pending.ptr_arg != 0 {
-                emit(&ctx, EventKind::ReallocEnd, 0, pending.ptr_arg, pending.size, NO_STACK);
+                emit(
+                    &ctx,
+                    EventKind::ReallocEnd,
+                    0,
+                    pending.ptr_arg,
+                    pending.size,
+                    NO_STACK,
+                );
             }
         }
     }
@@ -215,9 +233,14 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
             return 0;
         }
     }
-    let pending = Pending { entry_sp, size, ptr_arg, call };
+    let pending = Pending {
+        entry_sp,
+        size,
+        ptr_arg,
+        call,
+    };
     if PENDING.insert(&tid, &pending, 0).is_err() {
-        bump(Counter::UnmatchedReturns);
+        bump(Counter::MapErrors);
         return 0;
     }
     if call == Call::Realloc && ptr_arg != 0 {
@@ -227,7 +250,14 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
 }
 
 /// Writes one event to the ring buffer, or counts it as lost.
-fn emit<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) {
+fn emit<C: EbpfContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    stack_id: i32,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_lost(ctx);
         return;
@@ -292,7 +322,10 @@ fn count_lost<C: EbpfContext>(ctx: &C) {
     if bump(Counter::LostEvents) == 1 {
         // Once per CPU: explains lost events under --verbose without
         // flooding the log ring while the event ring is full.
-        warn!(ctx, "event ring buffer full: events lost; raise --ring-size");
+        warn!(
+            ctx,
+            "event ring buffer full: events lost; raise --ring-size"
+        );
     }
 }
 

@@ -170,9 +170,7 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     let page = 4096;
     match u32::try_from(bytes) {
         Ok(bytes) if bytes >= page && bytes.is_power_of_two() => Ok(bytes),
-        _ => Err(format!(
-            "'{text}' must be a power of two between 4K and 2G"
-        )),
+        _ => Err(format!("'{text}' must be a power of two between 4K and 2G")),
     }
 }
 

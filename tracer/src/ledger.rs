@@ -87,11 +87,6 @@ impl Ledger {
         self.overwritten
     }
 
-    /// Number of blocks held; the tracer's memory grows with it.
-    pub fn tracked(&self) -> usize {
-        self.live.len()
-    }
-
     /// Per-stack outstanding usage of blocks allocated at or before
     /// `allocated_before_ns`, largest first (ties by stack id, so output is
     /// stable).
@@ -282,7 +277,10 @@ mod tests {
         assert_eq!(usage(&ledger), vec![(1, 64, 1)]);
         let totals = ledger.totals();
         assert_eq!((totals.allocs, totals.frees), (2, 1));
-        assert_eq!((totals.outstanding_bytes, totals.outstanding_count), (64, 1));
+        assert_eq!(
+            (totals.outstanding_bytes, totals.outstanding_count),
+            (64, 1)
+        );
     }
 
     #[test]

@@ -27,7 +27,12 @@ use crate::cli::{Cli, Config};
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
-        Err(error) if matches!(error.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+        Err(error)
+            if matches!(
+                error.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) =>
+        {
             let _ = error.print();
             return ExitCode::SUCCESS;
         }
@@ -69,7 +74,9 @@ fn first_line_of_clap_error(error: &clap::Error) -> String {
 fn check_privileges() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        bail!("must run as root: loading eBPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON");
+        bail!(
+            "must run as root: loading eBPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON"
+        );
     }
     Ok(())
 }

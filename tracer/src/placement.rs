@@ -95,16 +95,18 @@ impl Plan {
                 continue;
             };
             function_count += 1;
-            let point = by_address.entry(function.address).or_insert_with(|| ProbePoint {
-                functions: Vec::new(),
-                entry_program: program,
-                function_offset: function.file_offset,
-                entry_skip: match returns {
-                    Returns::Yes => 0,
-                    Returns::No => null_check_skip(&function.code, function.address),
-                },
-                returns,
-            });
+            let point = by_address
+                .entry(function.address)
+                .or_insert_with(|| ProbePoint {
+                    functions: Vec::new(),
+                    entry_program: program,
+                    function_offset: function.file_offset,
+                    entry_skip: match returns {
+                        Returns::Yes => 0,
+                        Returns::No => null_check_skip(function.code, function.address),
+                    },
+                    returns,
+                });
             if point.entry_program != program {
                 bail!(
                     "{}: `{name}` shares its address with `{}` but needs another program",
@@ -212,14 +214,18 @@ mod tests {
         // push %r12; push %rbp; push %rbx (malloc's prologue)
         assert_eq!(null_check_skip(&[0x41, 0x54, 0x55, 0x53], BASE), 0);
         // test %rsi,%rsi; je +5; push %rbp; ...: wrong register
-        let code = [0x48, 0x85, 0xf6, 0x74, 0x05, 0x55, 0x53, 0x90, 0x90, 0x90, 0xc3];
+        let code = [
+            0x48, 0x85, 0xf6, 0x74, 0x05, 0x55, 0x53, 0x90, 0x90, 0x90, 0xc3,
+        ];
         assert_eq!(null_check_skip(&code, BASE), 0);
     }
 
     #[test]
     fn stays_at_entry_when_a_branch_lands_on_the_moved_offset() {
         // test %rdi,%rdi; je +5 (out); push %rbp; jmp back to the push; ...
-        let code = [0x48, 0x85, 0xff, 0x74, 0x05, 0x55, 0xeb, 0xfd, 0x90, 0x90, 0xc3];
+        let code = [
+            0x48, 0x85, 0xff, 0x74, 0x05, 0x55, 0xeb, 0xfd, 0x90, 0x90, 0xc3,
+        ];
         assert_eq!(null_check_skip(&code, BASE), 0);
     }
 

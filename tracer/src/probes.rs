@@ -73,7 +73,11 @@ impl Probes {
         // Return probes first: a return without a parked entry is ignored,
         // whereas an entry whose return probe is not there yet would leave a
         // stale pending call behind.
-        for point in plan.points.iter().filter(|point| point.returns == Returns::Yes) {
+        for point in plan
+            .points
+            .iter()
+            .filter(|point| point.returns == Returns::Yes)
+        {
             let location = UProbeAttachLocation::AbsoluteOffset(point.function_offset);
             self.program(RETURN_PROGRAM)?
                 .attach(location, libc, scope)

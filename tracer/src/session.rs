@@ -22,9 +22,7 @@ use crate::{
     ledger::Ledger,
     placement::Plan,
     probes::{Counters, Probes},
-    report::{
-        self, ProcessReport, Report, StackReport, SummaryState, Totals, write_atomically,
-    },
+    report::{self, ProcessReport, Report, StackReport, SummaryState, Totals, write_atomically},
     symbolize::StackSymbolizer,
     target::Target,
 };
@@ -45,6 +43,15 @@ enum Stop {
 pub async fn run(config: &Config) -> anyhow::Result<()> {
     let target = Target::resolve(config.pid)?;
     let plan = Plan::for_libc(&target.libc.host_path)?;
+    for point in &plan.points {
+        log::debug!(
+            "probe {} at file offset {:#x}+{} ({:?} return probe)",
+            point.functions.join("/"),
+            point.function_offset,
+            point.entry_skip,
+            point.returns
+        );
+    }
     let exit = ProcessExit::watch(target.pid)?;
     let (mut probes, maps) = Probes::load(config.ring_size, config.verbose)?;
     probes.attach(&plan, &target.libc.host_path, target.pid)?;
@@ -60,7 +67,6 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
 
     let mut session = Session {
         started: Instant::now(),
-        started_ns: monotonic_ns(),
         reader: EventReader::new(maps.events)?,
         symbols: StackSymbolizer::new(target.pid, maps.stacks),
         counters: maps.counters,
@@ -89,7 +95,6 @@ struct Session {
     target: Target,
     config: Config,
     started: Instant,
-    started_ns: u64,
     reader: EventReader,
     symbols: StackSymbolizer,
     counters: Counters,
@@ -179,7 +184,9 @@ impl Session {
     fn final_report(&self) -> Report {
         let now_ns = monotonic_ns();
         let min_age_ns = self.config.min_age.as_nanos() as u64;
-        let usage = self.ledger.usage_by_stack(now_ns.saturating_sub(min_age_ns));
+        let usage = self
+            .ledger
+            .usage_by_stack(now_ns.saturating_sub(min_age_ns));
         let totals = self.totals();
         Report {
             version: report::REPORT_VERSION,
@@ -219,6 +226,17 @@ impl Session {
                 eprintln!("alloctrace: wrote {}", path.display());
             }
         }
+        log::debug!(
+            "kernel counters: lost {}, stack errors {}, returns without entry {}, stale entries {}, \
+             nested frees {}, map errors {}; ledger overwrites {}",
+            self.counters.get(Counter::LostEvents),
+            self.counters.get(Counter::StackErrors),
+            self.counters.get(Counter::ReturnsWithoutEntry),
+            self.counters.get(Counter::StaleEntries),
+            self.counters.get(Counter::NestedFrees),
+            self.counters.get(Counter::MapErrors),
+            self.ledger.overwritten()
+        );
         let stack_errors = self.counters.get(Counter::StackErrors);
         if stack_errors > 0 {
             log::warn!("{stack_errors} allocations had no stack (stack map full or unreadable)");

@@ -139,7 +139,9 @@ impl StackSymbolizer {
     /// Re-reads the target's memory maps (libraries loaded since); call while
     /// the target is alive, so later symbolization does not need it.
     pub fn refresh_maps(&mut self) {
-        let Some(pid) = NonZeroU32::new(self.pid) else { return };
+        let Some(pid) = NonZeroU32::new(self.pid) else {
+            return;
+        };
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
             ..cache::Process::new(Pid::Pid(pid))
@@ -219,18 +221,15 @@ impl StackSymbolizer {
             .collect();
         let first_meaningful = frames
             .iter()
-            .position(|frame| {
-                !frame
-                    .function
-                    .as_deref()
-                    .is_some_and(is_allocator_wrapper)
-            })
+            .position(|frame| !frame.function.as_deref().is_some_and(is_allocator_wrapper))
             .unwrap_or(0);
         frames[first_meaningful..].to_vec()
     }
 
     fn symbolize(&mut self, addresses: Vec<u64>) {
-        let Some(pid) = NonZeroU32::new(self.pid) else { return };
+        let Some(pid) = NonZeroU32::new(self.pid) else {
+            return;
+        };
         // Return addresses point after the call; the call itself is one byte
         // back, which gives the caller's line rather than the next one.
         let lookups: Vec<u64> = addresses.iter().map(|a| a.saturating_sub(1)).collect();
@@ -244,10 +243,17 @@ impl StackSymbolizer {
                 ..Process::new(Pid::Pid(pid))
             })
         };
-        let attempts = if self.target_alive { &[true, false][..] } else { &[false][..] };
+        let attempts = if self.target_alive {
+            &[true, false][..]
+        } else {
+            &[false][..]
+        };
         let mut results = None;
         for &map_files in attempts {
-            match self.symbolizer.symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups)) {
+            match self
+                .symbolizer
+                .symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups))
+            {
                 Ok(symbolized) => {
                     results = Some(symbolized);
                     break;
@@ -260,8 +266,13 @@ impl StackSymbolizer {
         for (address, result) in addresses.iter().zip(results) {
             let frames: Rc<[Frame]> = match result {
                 Symbolized::Sym(sym) => {
-                    let module = sym.module.as_deref().map(|m| m.to_string_lossy().into_owned());
-                    let frame = |function: &str, code: Option<&blazesym::symbolize::CodeInfo>, inlined| Frame {
+                    let module = sym
+                        .module
+                        .as_deref()
+                        .map(|m| m.to_string_lossy().into_owned());
+                    let frame = |function: &str,
+                                 code: Option<&blazesym::symbolize::CodeInfo>,
+                                 inlined| Frame {
                         address: *address,
                         function: Some(function.to_owned()),
                         module: module.clone(),

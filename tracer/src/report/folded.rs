@@ -15,7 +15,12 @@ pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
             let path: Vec<String> = if stack.frames.is_empty() {
                 vec!["[no stack]".to_owned()]
             } else {
-                stack.frames.iter().rev().map(|frame| sanitize(&frame.label())).collect()
+                stack
+                    .frames
+                    .iter()
+                    .rev()
+                    .map(|frame| sanitize(&frame.label()))
+                    .collect()
             };
             format!("{} {}", path.join(";"), stack.bytes)
         })
@@ -62,8 +67,14 @@ mod tests {
 
     #[test]
     fn lines_run_from_the_outermost_frame_to_the_leaf() {
-        let stacks = [stack(4096, &["leak", "handle", "main"]), stack(16, &["cache_put", "main"])];
-        assert_eq!(folded_lines(&stacks), ["main;handle;leak 4096", "main;cache_put 16"]);
+        let stacks = [
+            stack(4096, &["leak", "handle", "main"]),
+            stack(16, &["cache_put", "main"]),
+        ];
+        assert_eq!(
+            folded_lines(&stacks),
+            ["main;handle;leak 4096", "main;cache_put 16"]
+        );
     }
 
     #[test]

@@ -98,7 +98,11 @@ impl Summary {
                 bytes(stack.bytes),
                 stack.count,
                 stack.oldest_age_s,
-                if frames.is_empty() { "[no stack]".to_owned() } else { frames.join(" < ") },
+                if frames.is_empty() {
+                    "[no stack]".to_owned()
+                } else {
+                    frames.join(" < ")
+                },
             );
         }
         text
@@ -114,7 +118,11 @@ pub fn bytes(count: u64) -> String {
         value /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{count} B") } else { format!("{value:.1} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{count} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 fn signed_bytes(delta: i64) -> String {
@@ -153,7 +161,15 @@ mod tests {
         let line = summary.to_json_line();
         assert!(!line.contains('\n'));
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
-        for key in ["ts", "outstanding_bytes", "outstanding_count", "allocs", "frees", "lost_events", "top"] {
+        for key in [
+            "ts",
+            "outstanding_bytes",
+            "outstanding_count",
+            "allocs",
+            "frees",
+            "lost_events",
+            "top",
+        ] {
             assert!(value.get(key).is_some(), "missing {key}");
         }
     }
