@@ -12,7 +12,7 @@ use anyhow::{Context as _, anyhow, bail};
 use tokio::{
     io::unix::AsyncFd,
     signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, interval, sleep},
+    time::{MissedTickBehavior, interval, interval_at, sleep_until},
 };
 use tracer_ebpf::{Counter, Event, EventKind};
 
@@ -110,12 +110,16 @@ impl Session {
     ) -> anyhow::Result<Stop> {
         let mut drain_timer = interval(DRAIN_PERIOD);
         drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut summary_timer = interval(self.config.interval);
+        // Both clocks run from the ready line, not from when the loop starts:
+        // setting up the symbolizer takes a moment, and --duration is a
+        // promise about how long the target is traced.
+        let started = tokio::time::Instant::from_std(self.started);
+        let mut summary_timer = interval_at(started + self.config.interval, self.config.interval);
         summary_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        summary_timer.tick().await; // the first tick is immediate
         let mut interrupt = signal(SignalKind::interrupt())?;
         let mut terminate = signal(SignalKind::terminate())?;
-        let deadline = sleep(self.config.duration.unwrap_or(Duration::MAX));
+        let deadline =
+            sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
