@@ -132,6 +132,19 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// Does nothing: attached instead of the real programs by `--floor`, so a
+/// benchmark can measure what the traps alone cost at the same probe points.
+#[uprobe]
+pub fn empty_enter(_ctx: ProbeContext) -> u32 {
+    0
+}
+
+/// The return-probe counterpart of [`empty_enter`].
+#[uretprobe]
+pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
+    0
+}
+
 /// Shared return probe of every allocating function.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {

@@ -59,6 +59,11 @@ pub struct Cli {
     /// Log attach details and kernel-side diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,
+
+    /// Benchmark aid: attach empty programs at the same probe points and
+    /// record nothing, so the cost of the traps alone can be measured.
+    #[arg(long, hide = true)]
+    pub floor: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -100,6 +105,8 @@ pub struct Config {
     pub min_age: Duration,
     pub ring_size: u32,
     pub verbose: bool,
+    /// Attach empty programs and write nothing (see `Cli::floor`).
+    pub floor: bool,
 }
 
 impl Config {
@@ -112,7 +119,7 @@ impl Config {
             folded: cli.folded,
             report: cli.report,
         };
-        let default_outputs = outputs.paths().next().is_none();
+        let default_outputs = outputs.paths().next().is_none() && !cli.floor;
         if default_outputs {
             outputs.flamegraph = Some(PathBuf::from(format!("alloctrace-{}.svg", cli.pid)));
             outputs.report = Some(PathBuf::from(format!("alloctrace-{}.json", cli.pid)));
@@ -131,6 +138,7 @@ impl Config {
             min_age: cli.min_age.unwrap_or_default(),
             ring_size: cli.ring_size,
             verbose: cli.verbose,
+            floor: cli.floor,
         })
     }
 }

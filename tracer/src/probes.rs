@@ -66,7 +66,13 @@ impl Probes {
 
     /// Attaches every probe of `plan` in `libc` (a path the tracer can open),
     /// firing only for process `pid`.
-    pub fn attach(&mut self, plan: &Plan, libc: &Path, pid: u32) -> anyhow::Result<()> {
+    pub fn attach(
+        &mut self,
+        plan: &Plan,
+        libc: &Path,
+        pid: u32,
+        programs: Programs,
+    ) -> anyhow::Result<()> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
@@ -79,13 +85,13 @@ impl Probes {
             .filter(|point| point.returns == Returns::Yes)
         {
             let location = UProbeAttachLocation::AbsoluteOffset(point.function_offset);
-            self.program(RETURN_PROGRAM)?
+            self.program(programs.exit(RETURN_PROGRAM))?
                 .attach(location, libc, scope)
                 .with_context(|| format!("attaching the return probe of {}", point.functions[0]))?;
         }
         for point in &plan.points {
             let location = UProbeAttachLocation::AbsoluteOffset(point.entry_offset());
-            self.program(point.entry_program)?
+            self.program(programs.entry(point.entry_program))?
                 .attach(location, libc, scope)
                 .with_context(|| format!("attaching the probe of {}", point.functions[0]))?;
         }
@@ -111,6 +117,31 @@ impl Probes {
             .program_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
             .try_into()?)
+    }
+}
+
+/// Which programs go on the probe points.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Programs {
+    /// The real tracing programs.
+    Tracing,
+    /// Empty programs at the same points: the cost of the traps alone.
+    Floor,
+}
+
+impl Programs {
+    fn entry(self, tracing: &'static str) -> &'static str {
+        match self {
+            Self::Tracing => tracing,
+            Self::Floor => "empty_enter",
+        }
+    }
+
+    fn exit(self, tracing: &'static str) -> &'static str {
+        match self {
+            Self::Tracing => tracing,
+            Self::Floor => "empty_exit",
+        }
     }
 }
 

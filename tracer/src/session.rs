@@ -21,7 +21,7 @@ use crate::{
     events::{EventReader, watch_readable},
     ledger::Ledger,
     placement::Plan,
-    probes::{Counters, Probes},
+    probes::{Counters, Probes, Programs},
     report::{self, ProcessReport, Report, StackReport, SummaryState, Totals, write_atomically},
     symbolize::StackSymbolizer,
     target::Target,
@@ -54,7 +54,12 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     }
     let exit = ProcessExit::watch(target.pid)?;
     let (mut probes, maps) = Probes::load(config.ring_size, config.verbose)?;
-    probes.attach(&plan, &target.libc.host_path, target.pid)?;
+    let programs = if config.floor {
+        Programs::Floor
+    } else {
+        Programs::Tracing
+    };
+    probes.attach(&plan, &target.libc.host_path, target.pid, programs)?;
     if !target.is_alive() {
         bail!("pid {} exited while alloctrace was attaching", target.pid);
     }

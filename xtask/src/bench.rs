@@ -1,15 +1,676 @@
-//! `cargo xtask bench`: placeholder, to be written.
+//! `cargo xtask bench [--rounds N] [--threads N] [--seconds S]`: measure what
+//! tracing costs the traced program.
+//!
+//! The workload is xtask/bench/churn.c, a malloc/free churn of small blocks.
+//! It is run untraced, under `alloctrace --floor` (empty programs at the same
+//! probe points: the bare uprobe trap cost), under alloctrace's full tracing,
+//! and under bcc's `memleak-bpfcc` when this machine can run it. Timings move
+//! by ±20% from run to run, so the setups are run in rotation for several
+//! rounds and medians are reported. The table goes to stdout; the raw numbers
+//! to target/bench/results.json.
 
-use anyhow::Result;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Lines, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::{Value, json};
+
+use crate::{build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Arguments for the benchmark (unused for now)
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    pub args: Vec<String>,
+    /// Rounds; each round runs every setup once, in rotation
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    pub rounds: u32,
+    /// Churn threads in the workload
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub threads: u32,
+    /// Length of each churn phase, in seconds
+    #[arg(long, default_value_t = 2.0)]
+    pub seconds: f64,
 }
 
-pub fn run(_args: &Args) -> Result<()> {
-    println!("bench: not implemented yet");
-    std::process::exit(2);
+/// How long a tracer may take to attach before the run is abandoned.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a tracer may take to finish after the workload exited.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
+/// memleak prints its only line before it attaches; give it this long.
+const BCC_SETTLE: Duration = Duration::from_secs(3);
+
+/// One way of running the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Setup {
+    Untraced,
+    Floor,
+    Ours,
+    Bcc,
+}
+
+impl Setup {
+    fn key(self) -> &'static str {
+        match self {
+            Setup::Untraced => "untraced",
+            Setup::Floor => "floor",
+            Setup::Ours => "alloctrace",
+            Setup::Bcc => "bcc_memleak",
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Setup::Untraced => "untraced",
+            Setup::Floor => "floor (`alloctrace --floor`)",
+            Setup::Ours => "alloctrace (full tracing)",
+            Setup::Bcc => "bcc memleak-bpfcc",
+        }
+    }
+}
+
+/// Everything a run needs to know.
+struct Bench {
+    churn: PathBuf,
+    tracer: PathBuf,
+    /// memleak-bpfcc, when this machine can run it.
+    memleak: Option<PathBuf>,
+    out: PathBuf,
+    threads: u32,
+    seconds: f64,
+}
+
+/// What one run measured.
+#[derive(Clone, Debug, Default)]
+struct Sample {
+    ns_per_pair: f64,
+    /// From alloctrace's report (full tracing only).
+    lost_events: Option<u64>,
+    events: Option<u64>,
+    /// Tracer CPU time from its ready line to its exit, per event.
+    cpu_ns_per_event: Option<f64>,
+}
+
+pub fn run(args: &Args) -> Result<()> {
+    util::require_root()?;
+    if !(args.seconds > 0.0 && args.seconds.is_finite()) {
+        bail!("--seconds must be a positive number");
+    }
+    let tracer = build::build(false)?;
+    let out = util::target_dir().join("bench");
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let churn = compile_churn(&out)?;
+
+    let mut setups = vec![Setup::Untraced];
+    let mut skipped = Vec::new();
+    if has_floor(&tracer) {
+        setups.push(Setup::Floor);
+    } else {
+        skipped.push((
+            Setup::Floor,
+            "this alloctrace has no --floor flag".to_string(),
+        ));
+    }
+    setups.push(Setup::Ours);
+    let memleak = match find_memleak() {
+        Ok(path) => {
+            setups.push(Setup::Bcc);
+            Some(path)
+        }
+        Err(reason) => {
+            skipped.push((Setup::Bcc, reason));
+            None
+        }
+    };
+    for (setup, reason) in &skipped {
+        eprintln!("bench: skipping {}: {reason}", setup.key());
+    }
+
+    let bench = Bench {
+        churn,
+        tracer,
+        memleak,
+        out,
+        threads: args.threads,
+        seconds: args.seconds,
+    };
+    let results = run_rounds(&bench, &setups, args.rounds)?;
+    let summary = summarize(&bench, args.rounds, &results, &skipped);
+    let json_path = bench.out.join("results.json");
+    let text = serde_json::to_string_pretty(&summary).context("serializing results")?;
+    std::fs::write(&json_path, text + "\n")
+        .with_context(|| format!("writing {}", json_path.display()))?;
+
+    println!();
+    print_table(&results, &skipped);
+    println!();
+    println!("results: {}", json_path.display());
+    Ok(())
+}
+
+/// Compile the workload into `out` and return its path.
+fn compile_churn(out: &Path) -> Result<PathBuf> {
+    let source = util::workspace_root().join("xtask/bench/churn.c");
+    let bin = out.join("churn");
+    util::run(
+        Command::new("cc")
+            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"])
+            .arg("-o")
+            .arg(&bin)
+            .arg(&source),
+    )
+    .context("compiling the churn workload")?;
+    Ok(bin)
+}
+
+/// Whether the tracer accepts the hidden `--floor` flag (clap rejects an
+/// unknown flag before it gets to `--help`).
+fn has_floor(tracer: &Path) -> bool {
+    util::probe(&tracer.to_string_lossy(), ["--floor", "--help"]).is_some()
+}
+
+/// memleak-bpfcc compiles its programs against the running kernel's headers;
+/// say in one line why it cannot run here, or return its path.
+fn find_memleak() -> Result<PathBuf, String> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .map_err(|e| format!("cannot read the kernel release: {e}"))?;
+    let headers = PathBuf::from(format!("/lib/modules/{release}/build"));
+    if !headers.exists() {
+        let package = format!("linux-headers-{release}");
+        let candidate = util::probe("apt-cache", ["policy", &package]).and_then(|policy| {
+            policy
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Candidate:").map(str::trim))
+                .filter(|c| *c != "(none)")
+                .map(str::to_string)
+        });
+        return Err(match candidate {
+            Some(version) => format!(
+                "no kernel headers at {} (apt-get install {package}={version}, then re-run)",
+                headers.display()
+            ),
+            None => format!(
+                "no kernel headers for kernel {release} ({} missing, no {package} package in apt)",
+                headers.display()
+            ),
+        });
+    }
+    let path_dirs = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path_dirs)
+        .chain([PathBuf::from("/usr/sbin")])
+        .map(|dir| dir.join("memleak-bpfcc"))
+        .find(|path| path.is_file())
+        .ok_or_else(|| "memleak-bpfcc not installed (apt-get install bpfcc-tools)".to_string())
+}
+
+/// Run every setup once per round, in rotation, and collect the samples.
+fn run_rounds(bench: &Bench, setups: &[Setup], rounds: u32) -> Result<Vec<(Setup, Vec<Sample>)>> {
+    let mut results: Vec<(Setup, Vec<Sample>)> = setups.iter().map(|&s| (s, Vec::new())).collect();
+    for round in 1..=rounds {
+        for (setup, samples) in &mut results {
+            let sample = measure(bench, *setup, round)
+                .with_context(|| format!("round {round}: {} run", setup.key()))?;
+            eprintln!(
+                "bench: round {round}/{rounds} {:<12} {:>9.1} ns/pair",
+                setup.key(),
+                sample.ns_per_pair
+            );
+            samples.push(sample);
+        }
+    }
+    Ok(results)
+}
+
+/// One run of the workload under `setup`.
+fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
+    let mut churn = Churn::start(bench)?;
+    let report = bench.out.join(format!("alloctrace-round{round}.json"));
+    let tracer = match setup {
+        Setup::Untraced => None,
+        Setup::Floor => Some(Tracer::start(
+            alloctrace(bench, churn.pid, &["--floor"]),
+            setup,
+        )?),
+        Setup::Ours => {
+            let _ = std::fs::remove_file(&report);
+            let cmd = alloctrace(
+                bench,
+                churn.pid,
+                &[OsStr::new("--report"), report.as_os_str()],
+            );
+            Some(Tracer::start(cmd, setup)?)
+        }
+        Setup::Bcc => Some(Tracer::start(memleak(bench, churn.pid)?, setup)?),
+    };
+    let ns_per_pair = churn.run()?;
+    let mut sample = Sample {
+        ns_per_pair,
+        ..Sample::default()
+    };
+    let Some(tracer) = tracer else {
+        return Ok(sample);
+    };
+    let cpu_ticks = tracer.finish(setup == Setup::Bcc)?;
+    if setup == Setup::Ours {
+        let (events, lost) = read_report(&report)?;
+        sample.events = Some(events);
+        sample.lost_events = Some(lost);
+        if events > 0 {
+            sample.cpu_ns_per_event = Some(cpu_ticks as f64 * 1e9 / clock_ticks()? / events as f64);
+        }
+    }
+    Ok(sample)
+}
+
+fn alloctrace<S: AsRef<OsStr>>(bench: &Bench, pid: u32, extra: &[S]) -> Command {
+    let mut cmd = Command::new(&bench.tracer);
+    cmd.args(["--pid", &pid.to_string()])
+        // No periodic summaries during the measurement.
+        .args(["--interval", "1h"])
+        .args(extra);
+    cmd
+}
+
+fn memleak(bench: &Bench, pid: u32) -> Result<Command> {
+    let path = bench
+        .memleak
+        .as_ref()
+        .context("memleak-bpfcc was not found")?;
+    let mut cmd = Command::new(path);
+    cmd.env("PYTHONUNBUFFERED", "1")
+        .args(["-p", &pid.to_string()])
+        // One summary at most during the measurement.
+        .arg("60");
+    Ok(cmd)
+}
+
+/// `(allocs + frees, lost_events)` from an alloctrace JSON report.
+fn read_report(path: &Path) -> Result<(u64, u64)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let report: Value =
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let field = |name: &str| {
+        report["totals"][name]
+            .as_u64()
+            .with_context(|| format!("{}: no totals.{name}", path.display()))
+    };
+    Ok((field("allocs")? + field("frees")?, field("lost_events")?))
+}
+
+/// The running workload; killed if dropped before it finishes.
+struct Churn {
+    child: Child,
+    pid: u32,
+    stdin: Option<ChildStdin>,
+    stdout: Lines<BufReader<ChildStdout>>,
+}
+
+impl Churn {
+    /// Start the workload and wait for its `ready <pid>` line.
+    fn start(bench: &Bench) -> Result<Self> {
+        let mut cmd = Command::new(&bench.churn);
+        cmd.arg(bench.threads.to_string())
+            .arg(bench.seconds.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bench.churn.display()))?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().context("churn has no stdout pipe")?;
+        let mut churn = Churn {
+            pid: child.id(),
+            child,
+            stdin,
+            stdout: BufReader::new(stdout).lines(),
+        };
+        let pid = churn.expect_line("ready")?;
+        if pid.parse::<u32>().ok() != Some(churn.pid) {
+            bail!("churn said `ready {pid}`, expected pid {}", churn.pid);
+        }
+        Ok(churn)
+    }
+
+    /// Let it churn, and return its ns per malloc+free pair once it exits.
+    fn run(&mut self) -> Result<f64> {
+        let mut stdin = self.stdin.take().context("churn was already started")?;
+        stdin.write_all(b"go\n").context("starting the churn")?;
+        drop(stdin);
+        let value = self.expect_line("ns_per_pair")?;
+        let status = self.child.wait().context("waiting for churn")?;
+        util::check(status, "churn")?;
+        value
+            .parse()
+            .with_context(|| format!("churn printed a bad ns_per_pair `{value}`"))
+    }
+
+    /// Read the next stdout line, which must be `<key> <value>`; return the value.
+    fn expect_line(&mut self, key: &str) -> Result<String> {
+        let line = self
+            .stdout
+            .next()
+            .transpose()
+            .context("reading churn's stdout")?
+            .with_context(|| format!("churn exited before printing `{key}`"))?;
+        line.strip_prefix(key)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .map(str::to_string)
+            .with_context(|| format!("churn printed `{line}`, expected `{key} ...`"))
+    }
+}
+
+impl Drop for Churn {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// A running tracer whose output lines (stdout and stderr) arrive on a channel.
+struct Tracer {
+    child: Child,
+    shown: String,
+    lines: Receiver<String>,
+    /// Lines seen so far, for error messages.
+    seen: Vec<String>,
+    /// utime+stime (clock ticks) when it became ready.
+    ready_ticks: u64,
+}
+
+impl Tracer {
+    /// Start the tracer and wait until it is attached.
+    fn start(mut cmd: Command, setup: Setup) -> Result<Self> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        util::echo(&cmd);
+        let shown = util::display(&cmd);
+        let mut child = cmd.spawn().with_context(|| format!("starting `{shown}`"))?;
+        let (sender, lines) = mpsc::channel();
+        let stdout = child.stdout.take().context("tracer has no stdout pipe")?;
+        let stderr = child.stderr.take().context("tracer has no stderr pipe")?;
+        forward_lines(stdout, sender.clone());
+        forward_lines(stderr, sender);
+        let mut tracer = Tracer {
+            child,
+            shown,
+            lines,
+            seen: Vec::new(),
+            ready_ticks: 0,
+        };
+        tracer.wait_ready(setup)?;
+        tracer.ready_ticks = cpu_ticks(tracer.child.id())?;
+        Ok(tracer)
+    }
+
+    fn wait_ready(&mut self, setup: Setup) -> Result<()> {
+        let marker = match setup {
+            Setup::Bcc => "Attaching to pid",
+            _ => "alloctrace: tracing pid",
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let ready = line.contains(marker);
+                    self.seen.push(line);
+                    if ready {
+                        break;
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(self.failure("did not get ready in time"));
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.child.wait();
+                    return Err(self.failure("exited before it was ready"));
+                }
+            }
+        }
+        if setup == Setup::Bcc {
+            // memleak prints its line before attaching, and nothing after.
+            std::thread::sleep(BCC_SETTLE);
+        }
+        Ok(())
+    }
+
+    /// Wait for the tracer to end (it stops when the workload exits; memleak
+    /// is sent SIGINT) and return the CPU ticks it used since it was ready.
+    fn finish(mut self, interrupt: bool) -> Result<u64> {
+        let pid = self.child.id();
+        if interrupt {
+            // SAFETY: kill(2) on our own child, which has not been reaped.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) };
+        }
+        if !wait_exit_unreaped(pid, EXIT_TIMEOUT)? {
+            return Err(self.failure("did not exit after the workload ended"));
+        }
+        // It is a zombie now: its stat still holds its final CPU times.
+        let ticks = cpu_ticks(pid)?;
+        let status = self.child.wait().context("reaping the tracer")?;
+        self.seen.extend(self.lines.try_iter());
+        if !status.success() && !interrupt {
+            return Err(self.failure(&format!("failed ({status})")));
+        }
+        Ok(ticks.saturating_sub(self.ready_ticks))
+    }
+
+    /// An error naming the command, with its last output lines.
+    fn failure(&mut self, what: &str) -> anyhow::Error {
+        self.seen.extend(self.lines.try_iter());
+        let tail = self.seen.len().saturating_sub(10);
+        anyhow!(
+            "`{}` {what}; its last output:\n{}",
+            self.shown,
+            self.seen[tail..].join("\n")
+        )
+    }
+}
+
+impl Drop for Tracer {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Send each line read from `stream` to `sender`, on a thread, until EOF.
+fn forward_lines<R: std::io::Read + Send + 'static>(stream: R, sender: mpsc::Sender<String>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// Wait up to `timeout` for child `pid` to exit, leaving it unreaped so its
+/// /proc entry can still be read. False on timeout.
+fn wait_exit_unreaped(pid: u32, timeout: Duration) -> Result<bool> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: zeroed siginfo_t is a valid out-parameter for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid on our own child with a valid siginfo_t pointer.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context(format!("waitid({pid})"));
+        }
+        // SAFETY: si_pid is valid to read after a successful waitid.
+        if unsafe { info.si_pid() } != 0 {
+            return Ok(true);
+        }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// utime + stime of `pid`, in clock ticks, from /proc/<pid>/stat.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // Fields after the parenthesised comm (which may contain spaces) start at
+    // field 3 (state); utime and stime are fields 14 and 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .with_context(|| format!("{path}: no comm field"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |n: usize| -> Result<u64> {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse().ok())
+            .with_context(|| format!("{path}: bad field {n}"))
+    };
+    Ok(field(14)? + field(15)?)
+}
+
+fn clock_ticks() -> Result<f64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks <= 0 {
+        bail!("sysconf(_SC_CLK_TCK) failed");
+    }
+    Ok(ticks as f64)
+}
+
+fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut values: Vec<f64> = values.into_iter().collect();
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(values[n / 2]),
+        _ => Some((values[n / 2 - 1] + values[n / 2]) / 2.0),
+    }
+}
+
+fn median_ns(results: &[(Setup, Vec<Sample>)], setup: Setup) -> Option<f64> {
+    let samples = &results.iter().find(|(s, _)| *s == setup)?.1;
+    median(samples.iter().map(|s| s.ns_per_pair))
+}
+
+fn ours(results: &[(Setup, Vec<Sample>)]) -> &[Sample] {
+    results
+        .iter()
+        .find(|(s, _)| *s == Setup::Ours)
+        .map_or(&[], |(_, samples)| samples)
+}
+
+fn ratio(results: &[(Setup, Vec<Sample>)], of: Setup, to: Setup) -> Option<f64> {
+    Some(median_ns(results, of)? / median_ns(results, to)?)
+}
+
+fn summarize(
+    bench: &Bench,
+    rounds: u32,
+    results: &[(Setup, Vec<Sample>)],
+    skipped: &[(Setup, String)],
+) -> Value {
+    let mut setups = serde_json::Map::new();
+    for (setup, samples) in results {
+        setups.insert(
+            setup.key().into(),
+            json!({
+                "median_ns_per_pair": median_ns(results, *setup),
+                "runs": samples.iter().map(|s| json!({
+                    "ns_per_pair": s.ns_per_pair,
+                    "events": s.events,
+                    "lost_events": s.lost_events,
+                    "tracer_cpu_ns_per_event": s.cpu_ns_per_event,
+                })).collect::<Vec<_>>(),
+            }),
+        );
+    }
+    for (setup, reason) in skipped {
+        setups.insert(setup.key().into(), json!({ "skipped": reason }));
+    }
+    let ours = ours(results);
+    json!({
+        "workload": {
+            "threads": bench.threads,
+            "seconds": bench.seconds,
+            "slots_per_thread": 64,
+            "sizes": "16..1040",
+        },
+        "rounds": rounds,
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string()).ok(),
+        "setups": setups,
+        "ratios": {
+            "ours_over_floor": ratio(results, Setup::Ours, Setup::Floor),
+            "ours_over_bcc": ratio(results, Setup::Ours, Setup::Bcc),
+            "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
+        },
+        "lost_events_total": ours.iter().filter_map(|s| s.lost_events).sum::<u64>(),
+        "tracer_cpu_ns_per_event_median": median(ours.iter().filter_map(|s| s.cpu_ns_per_event)),
+    })
+}
+
+fn fmt_ns(value: Option<f64>) -> String {
+    value.map_or("n/a".into(), |v| format!("{v:.1}"))
+}
+
+fn fmt_ratio(value: Option<f64>) -> String {
+    value.map_or("n/a".into(), |v| format!("{v:.2}x"))
+}
+
+fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
+    println!("| setup | median ns per malloc+free | vs untraced | runs (ns) |");
+    println!("|---|---:|---:|---|");
+    for (setup, samples) in results {
+        let runs: Vec<String> = samples
+            .iter()
+            .map(|s| format!("{:.1}", s.ns_per_pair))
+            .collect();
+        println!(
+            "| {} | {} | {} | {} |",
+            setup.label(),
+            fmt_ns(median_ns(results, *setup)),
+            fmt_ratio(ratio(results, *setup, Setup::Untraced)),
+            runs.join(", ")
+        );
+    }
+    for (setup, reason) in skipped {
+        println!("| {} | skipped | | {reason} |", setup.label());
+    }
+
+    let ours = ours(results);
+    let lost: Vec<String> = ours
+        .iter()
+        .map(|s| s.lost_events.map_or("?".into(), |l| l.to_string()))
+        .collect();
+    println!();
+    println!(
+        "- ours/floor: {}",
+        fmt_ratio(ratio(results, Setup::Ours, Setup::Floor))
+    );
+    println!(
+        "- ours/bcc: {}",
+        fmt_ratio(ratio(results, Setup::Ours, Setup::Bcc))
+    );
+    println!("- lost events (alloctrace, per run): {}", lost.join(", "));
+    println!(
+        "- alloctrace CPU per event (median; utime+stime from ready to exit / (allocs+frees)): {} ns",
+        fmt_ns(median(ours.iter().filter_map(|s| s.cpu_ns_per_event)))
+    );
 }

@@ -37,7 +37,7 @@ enum Command {
     Test(test::Args),
     /// Trace a bundled leaky demo service and write a flamegraph + report
     Demo(demo::Args),
-    /// Benchmarks (not implemented yet)
+    /// Measure tracing overhead on a malloc/free churn (untraced, floor, alloctrace, bcc)
     Bench(bench::Args),
 }
 
