@@ -1,28 +1,36 @@
-//! Exactness over time: a process that allocates and frees steadily for
-//! several seconds must end with nothing outstanding and no unknown frees.
+//! Exactness at both ends of a busy run: alloctrace attaches while the target
+//! is allocating and freeing ~1,700 times a second, and stops (`--duration`)
+//! while it still is. Nothing is leaked, so nothing may be reported
+//! outstanding and no free may be of an unknown block (but the one in flight
+//! at attach).
 //!
-//! Ignored until the defect it reproduces is fixed (see the README's
-//! "Known defect"): on the development kernel one probe program stops taking
-//! effect a few seconds into such a run in most runs. Run it with
-//! `cargo xtask test -- --ignored steady` while working on that.
+//! Probes attach and detach one at a time, tens of milliseconds apart. Before
+//! the tracer cut its final drain at the moment it decided to stop, the
+//! detach window (a free probe gone while aligned_alloc's remained, say)
+//! showed up as hundreds of phantom blocks or unknown frees in most runs.
 
 use std::time::Duration;
 
 use integration_tests::*;
 
 #[test]
-#[ignore = "reproduces the open defect where a probe stops taking effect mid-run"]
-fn steady_churn_leaves_nothing_outstanding() {
+fn busy_target_attached_and_detached_mid_churn_is_exact() {
     require_root();
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
     let bin = compile_c("steady.c", "steady", WORKLOAD_CFLAGS);
     let mut w = Workload::spawn_bin(&bin, &["6"]);
-    let tracer = Tracer::spawn(w.pid, &["--report".as_ref(), report_path.as_os_str()], None);
     w.go();
+    std::thread::sleep(Duration::from_millis(300));
+    let args = [
+        "--duration".as_ref(),
+        "5s".as_ref(),
+        "--report".as_ref(),
+        report_path.as_os_str(),
+    ];
+    let tracer = Tracer::spawn(w.pid, &args, None);
+    tracer.wait_exit(Duration::from_secs(20)).assert_success();
     w.wait_done();
-    std::thread::sleep(Duration::from_millis(200));
-    tracer.stop(libc::SIGINT).assert_success();
 
     let report = read_json(&report_path);
     let totals = report.get("totals").expect("totals");
@@ -32,9 +40,9 @@ fn steady_churn_leaves_nothing_outstanding() {
         (0, 0),
         "freed blocks reported outstanding: {totals}"
     );
-    assert_eq!(
-        as_u64(totals, "preexisting_frees"),
-        0,
+    // At most the one block in flight when the probes attached.
+    assert!(
+        as_u64(totals, "preexisting_frees") <= 1,
         "frees of unknown blocks: {totals}"
     );
     assert!(

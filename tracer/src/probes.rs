@@ -89,7 +89,21 @@ impl Probes {
                 .attach(location, libc, scope)
                 .with_context(|| format!("attaching the return probe of {}", point.functions[0]))?;
         }
-        for point in &plan.points {
+        // Then `free` before anything that allocates: probes attach one at a
+        // time while the target runs, and an allocation recorded before its
+        // free could be seen would stay outstanding forever. The other way
+        // round, a free of a block whose allocation was missed is counted as
+        // preexisting, which is what it is.
+        let frees_first = plan
+            .points
+            .iter()
+            .filter(|point| point.returns == Returns::No)
+            .chain(
+                plan.points
+                    .iter()
+                    .filter(|point| point.returns == Returns::Yes),
+            );
+        for point in frees_first {
             let location = UProbeAttachLocation::AbsoluteOffset(point.entry_offset());
             self.program(programs.entry(point.entry_program))?
                 .attach(location, libc, scope)

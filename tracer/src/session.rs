@@ -77,6 +77,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         counters: maps.counters,
         ledger: Ledger::new(),
         summaries: SummaryState::default(),
+        lost_at_cut: None,
         target,
         config: config.clone(),
     };
@@ -86,12 +87,18 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         // probes when their file descriptors close.
         restore_default_sigint();
     }
+    // Probes detach one by one over tens of milliseconds while the target
+    // keeps running, so events from that window are a partial view (a free
+    // probe gone while malloc's remains, say). Ring order is causal, so the
+    // stream up to the first event past this instant is a consistent cut.
+    let cut_ns = monotonic_ns();
+    session.lost_at_cut = Some(session.counters.get(Counter::LostEvents));
     probes.detach();
     if stop == Stop::TargetExited {
         session.symbols.target_exited();
         eprintln!("alloctrace: pid {} exited", session.target.pid);
     }
-    session.drain();
+    session.drain_until(cut_ns);
     session.print_summary();
     session.write_outputs()
 }
@@ -105,6 +112,9 @@ struct Session {
     counters: Counters,
     ledger: Ledger,
     summaries: SummaryState,
+    /// Lost events when tracing stopped; events lost while the probes were
+    /// being detached belong to the discarded window.
+    lost_at_cut: Option<u64>,
 }
 
 impl Session {
@@ -155,18 +165,31 @@ impl Session {
     /// Moves every queued event into the ledger and symbolizes new stacks
     /// while the target is still there to be read.
     fn drain(&mut self) {
+        self.drain_until(u64::MAX);
+    }
+
+    /// Like [`Session::drain`], but stops applying events at the first one
+    /// stamped after `cut_ns`, discarding it and all that follow.
+    fn drain_until(&mut self, cut_ns: u64) {
         let mut new_stacks = HashSet::new();
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
-        self.reader.drain(|event: &Event, frames| match frames {
-            Some(frames) => ledger.apply(&Event {
-                stack_id: symbols.intern(frames),
-                ..*event
-            }),
-            None => {
-                ledger.apply(event);
-                if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
-                    new_stacks.insert(event.stack_id);
+        let mut past_cut = false;
+        self.reader.drain(|event: &Event, frames| {
+            past_cut |= event.timestamp_ns > cut_ns;
+            if past_cut {
+                return;
+            }
+            match frames {
+                Some(frames) => ledger.apply(&Event {
+                    stack_id: symbols.intern(frames),
+                    ..*event
+                }),
+                None => {
+                    ledger.apply(event);
+                    if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
+                        new_stacks.insert(event.stack_id);
+                    }
                 }
             }
         });
@@ -174,7 +197,10 @@ impl Session {
     }
 
     fn totals(&self) -> Totals {
-        Totals::new(self.ledger.totals(), self.counters.get(Counter::LostEvents))
+        let lost = self
+            .lost_at_cut
+            .unwrap_or_else(|| self.counters.get(Counter::LostEvents));
+        Totals::new(self.ledger.totals(), lost)
     }
 
     fn print_summary(&mut self) {
