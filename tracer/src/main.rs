@@ -96,6 +96,9 @@ fn init_logging(verbose: bool) {
     };
     env_logger::Builder::new()
         .filter_level(level)
+        // aya's own debug output (relocations, BTF fix-ups) buries ours.
+        .filter_module("aya", log::LevelFilter::Info)
+        .filter_module("aya_obj", log::LevelFilter::Info)
         .format_timestamp(None)
         .format_target(false)
         .init();
