@@ -9,7 +9,7 @@ use aya_ebpf::{
     },
     helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
     programs::{ProbeContext, RetProbeContext},
 };
@@ -28,16 +28,20 @@ static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
 
-/// Allocator calls in flight, by thread id. An entry lives from a call's entry
-/// probe to its return probe, so the map holds at most one per thread.
+/// The allocator call in flight on each thread, by thread id. A thread's
+/// slot is created on its first call and then rewritten in place (an
+/// `entry_sp` of 0 marks it idle): inserting and deleting a hash element per
+/// call cost more than the rest of the entry program. LRU, so the slots of
+/// threads that exited make room for new ones.
 #[map]
-static PENDING: HashMap<u32, Pending> = HashMap::with_max_entries(65536, 0);
+static PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(65536, 0);
 
 /// What a call's return needs from its entry.
 #[derive(Clone, Copy)]
 #[repr(C)]
 struct Pending {
-    /// Stack pointer at the function's first instruction.
+    /// Stack pointer at the function's first instruction; 0 when the thread
+    /// has no call in flight.
     entry_sp: u64,
     size: u64,
     /// realloc: the block being resized; posix_memalign: where the result goes.
@@ -149,18 +153,24 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     let tid = current_tid();
-    // SAFETY: the value is copied out before the entry is removed.
-    let Some(pending) = (unsafe { PENDING.get(&tid) }).copied() else {
+    let slot = PENDING.get_ptr_mut(&tid);
+    // SAFETY: only this thread's programs touch its slot, one at a time.
+    let Some(pending) = slot.map(|slot| unsafe { *slot }) else {
         bump(Counter::ReturnsWithoutEntry);
         return 0;
     };
+    if pending.entry_sp == 0 {
+        bump(Counter::ReturnsWithoutEntry);
+        return 0;
+    }
     let return_sp = stack_pointer(&ctx);
     let own_return_sp = pending.entry_sp.wrapping_add(8);
     if return_sp < own_return_sp {
         return 0; // a nested call returning inside the pending one
     }
-    if PENDING.remove(&tid).is_err() {
-        bump(Counter::MapErrors);
+    if let Some(slot) = slot {
+        // SAFETY: as above.
+        unsafe { (*slot).entry_sp = 0 };
     }
     if return_sp > own_return_sp {
         bump(Counter::StaleEntries);
@@ -230,9 +240,12 @@ fn array_bytes(count: u64, size: u64) -> u64 {
 fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
     let tid = current_tid();
     let entry_sp = stack_pointer(ctx);
-    // SAFETY: the value is copied out; the slot is replaced below if at all.
-    let outer = unsafe { PENDING.get(&tid) }.copied();
-    if let Some(outer) = outer {
+    let slot = PENDING.get_ptr_mut(&tid);
+    // SAFETY: only this thread's programs touch its slot, one at a time.
+    let outer = slot.map(|slot| unsafe { *slot });
+    if let Some(outer) = outer
+        && outer.entry_sp != 0
+    {
         if entry_sp < outer.entry_sp {
             return 0; // nested inside a traced call
         }
@@ -252,9 +265,15 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
         ptr_arg,
         call,
     };
-    if PENDING.insert(&tid, &pending, 0).is_err() {
-        bump(Counter::MapErrors);
-        return 0;
+    match slot {
+        // SAFETY: as above.
+        Some(slot) => unsafe { *slot = pending },
+        None => {
+            if PENDING.insert(&tid, &pending, 0).is_err() {
+                bump(Counter::MapErrors);
+                return 0;
+            }
+        }
     }
     if call == Call::Realloc && ptr_arg != 0 {
         emit(ctx, EventKind::ReallocStart, 0, ptr_arg, size, NO_STACK);
