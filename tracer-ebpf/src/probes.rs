@@ -153,25 +153,22 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     let tid = current_tid();
-    let slot = PENDING.get_ptr_mut(&tid);
-    // SAFETY: only this thread's programs touch its slot, one at a time.
-    let Some(pending) = slot.map(|slot| unsafe { *slot }) else {
+    // SAFETY (for every access to `*slot` here): only this thread's
+    // programs touch its slot, one at a time.
+    let Some(slot) = PENDING
+        .get_ptr_mut(&tid)
+        .filter(|slot| unsafe { (**slot).entry_sp } != 0)
+    else {
         bump(Counter::ReturnsWithoutEntry);
         return 0;
     };
-    if pending.entry_sp == 0 {
-        bump(Counter::ReturnsWithoutEntry);
-        return 0;
-    }
+    let pending = unsafe { *slot };
     let return_sp = stack_pointer(&ctx);
     let own_return_sp = pending.entry_sp.wrapping_add(8);
     if return_sp < own_return_sp {
         return 0; // a nested call returning inside the pending one
     }
-    if let Some(slot) = slot {
-        // SAFETY: as above.
-        unsafe { (*slot).entry_sp = 0 };
-    }
+    unsafe { (*slot).entry_sp = 0 };
     if return_sp > own_return_sp {
         bump(Counter::StaleEntries);
         debug!(&ctx, "tid {}: stale allocator call state dropped", tid);
