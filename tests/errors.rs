@@ -90,14 +90,24 @@ fn no_such_pid() {
 }
 
 #[test]
-fn static_binary_without_libc() {
+fn stripped_static_binary_has_nothing_to_probe() {
     require_root();
-    let w = Workload::spawn_bin(&static_target_bin(), &[]);
+    // A static executable keeps its allocator's symbols unless stripped;
+    // stripped, there is no `malloc` to find.
     let dir = temp_dir();
-    let report = dir.path().join("r.json");
+    let stripped = dir.path().join("static_stripped");
+    std::fs::copy(static_target_bin(), &stripped).unwrap();
+    let status = Command::new("strip")
+        .arg(&stripped)
+        .status()
+        .expect("run strip");
+    assert!(status.success());
+    let w = Workload::spawn_bin(&stripped, &[]);
+    let out_dir = temp_dir();
+    let report = out_dir.path().join("r.json");
     let pid = w.pid.to_string();
     expect_error(
-        "static binary",
+        "stripped static binary",
         &[
             "--pid",
             &pid,
@@ -106,8 +116,66 @@ fn static_binary_without_libc() {
             "--report",
             report.to_str().unwrap(),
         ],
-        dir.path(),
+        out_dir.path(),
     );
+}
+
+#[test]
+fn launch_mode_input_errors() {
+    require_root();
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    let report = report.to_str().unwrap();
+    let w = Workload::spawn(Mode::Stay);
+    let pid = w.pid.to_string();
+    let cases: &[(&str, &[&str])] = &[
+        (
+            "--pid with a command",
+            &["--pid", &pid, "--report", report, "--", "true"],
+        ),
+        ("no target", &["--report", report]),
+        (
+            "missing command",
+            &["--report", report, "--", "/nonexistent/cmd"],
+        ),
+        (
+            "command not on PATH",
+            &["--report", report, "--", "no-such-command-xyz"],
+        ),
+        (
+            "not executable",
+            &["--report", report, "--", "/etc/hostname"],
+        ),
+        (
+            "--allocator-lib missing",
+            &[
+                "--allocator-lib",
+                "/nonexistent.so",
+                "--report",
+                report,
+                "--",
+                "true",
+            ],
+        ),
+        (
+            "--allocator-lib not mapped",
+            &[
+                "--allocator-lib",
+                "/bin/true",
+                "--pid",
+                &pid,
+                "--report",
+                report,
+            ],
+        ),
+        (
+            "bad --max-tracked",
+            &["--max-tracked", "0", "--report", report, "--", "true"],
+        ),
+    ];
+    for (what, args) in cases {
+        expect_error(what, args, dir.path());
+    }
 }
 
 #[test]

@@ -292,7 +292,51 @@ pub fn leaky_bin() -> PathBuf {
 
 /// A statically linked program (no shared libc), same ready protocol.
 pub fn static_target_bin() -> PathBuf {
-    compile_c("static_target.c", "static_target", &["-O1", "-static"])
+    compile_c(
+        "static_target.c",
+        "static_target",
+        &["-O1", "-g", "-fno-omit-frame-pointer", "-static"],
+    )
+}
+
+/// What one `go` of the static target allocates: (site, bytes, count).
+pub const STATIC_SITE: (&str, u64, u64) = ("site_static", 3 * 555, 3);
+
+/// The `lifecycle` workload binary (launch mode, fork, exec, stress).
+pub fn lifecycle_bin() -> PathBuf {
+    compile_c("lifecycle.c", "lifecycle", WORKLOAD_CFLAGS)
+}
+
+/// Runs `alloctrace <args> -- <command>` to completion and returns its
+/// output and the JSON report it wrote (`--report` is added here).
+pub fn launch<S: AsRef<OsStr>>(args: &[&str], command: &[S]) -> (TracerOutput, Value) {
+    launch_with_env(&[], args, command)
+}
+
+/// [`launch`] with extra environment variables (inherited by the command).
+pub fn launch_with_env<S: AsRef<OsStr>>(
+    env: &[(&str, &str)],
+    args: &[&str],
+    command: &[S],
+) -> (TracerOutput, Value) {
+    let dir = temp_dir();
+    let report = dir.path().join("report.json");
+    let mut cmd = tracer_command();
+    cmd.envs(env.iter().copied())
+        .args(args)
+        .arg("--report")
+        .arg(&report)
+        .arg("--")
+        .args(command);
+    let out = run_to_completion(cmd, Duration::from_secs(120));
+    assert!(
+        report.exists(),
+        "alloctrace wrote no report ({})\n--- stderr ---\n{}",
+        out.status,
+        out.stderr
+    );
+    let report = read_json(&report);
+    (out, report)
 }
 
 /// Line range (first, last) of the C function `name` in leaky.c.
@@ -576,11 +620,21 @@ impl Tracer {
             cmd.current_dir(d);
         }
         let spawned_at = Instant::now();
-        let mut child = cmd.spawn().expect("spawn alloctrace");
+        let child = cmd.spawn().expect("spawn alloctrace");
+        Self::wait_ready(child, &ready_prefix(pid), spawned_at)
+    }
+
+    /// Takes over an `alloctrace` started with [`tracer_command`] (e.g. in
+    /// launch mode, where the pid is not known in advance) and waits for its
+    /// ready line.
+    pub fn adopt(child: Child) -> Self {
+        Self::wait_ready(child, "alloctrace: tracing pid ", Instant::now())
+    }
+
+    fn wait_ready(mut child: Child, prefix: &str, spawned_at: Instant) -> Self {
         let stdout = LineReader::new(child.stdout.take().unwrap());
         let stderr = LineReader::new(child.stderr.take().unwrap());
-        let prefix = ready_prefix(pid);
-        let res = stderr.wait_for(READY_TIMEOUT, |l| l.starts_with(&prefix));
+        let res = stderr.wait_for(READY_TIMEOUT, |l| l.starts_with(prefix));
         let mut t = Tracer {
             child: Some(child),
             stdout: Some(stdout),

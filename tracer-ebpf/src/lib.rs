@@ -15,6 +15,10 @@ pub const STACKS_MAP: &str = "STACKS";
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
+/// Global (`u32`) holding the traced process's pid, set at load time: the
+/// exec tracepoint fires for every process on the host and keeps only it.
+pub const TARGET_PID_GLOBAL: &str = "TARGET_PID";
+
 /// Default size of the event ring buffer in bytes (a power of two, as the
 /// kernel requires). At 56 bytes per record it holds ~150k events: userspace
 /// drains it every few milliseconds, so this absorbs bursts of tens of
@@ -58,6 +62,9 @@ pub enum EventKind {
     /// `realloc(old_addr, size)` on thread `tid` returned `addr` (0 on failure,
     /// or when `size` is 0 and the block was freed), called from `stack_id`.
     ReallocEnd = 4,
+    /// Process `pid` replaced its program with `execve`: every block of the
+    /// old image is gone, and addresses from here on belong to the new one.
+    Exec = 5,
 }
 
 impl EventKind {
@@ -68,6 +75,7 @@ impl EventKind {
             2 => Some(Self::Free),
             3 => Some(Self::ReallocStart),
             4 => Some(Self::ReallocEnd),
+            5 => Some(Self::Exec),
             _ => None,
         }
     }

@@ -22,6 +22,12 @@
 //! A return is matched to its entry when its stack pointer is the entry's plus
 //! the 8 bytes of the popped return address.
 //!
+//! ## Exec
+//! Uprobes follow the traced process through `execve` (the kernel filters
+//! them by the task's current address space), so a BTF tracepoint on
+//! `sched_process_exec` puts an [`EventKind::Exec`] marker in the same ring:
+//! userspace sees exactly which events belong to the old image.
+//!
 //! ## Ordering
 //! Events are reserved in one ring buffer, whose reservations are serialized,
 //! so userspace reads them in a single order that respects causality between
@@ -31,6 +37,8 @@
 //! always freed in the stream before another thread's allocation of it appears.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod lifecycle;
 #[cfg(target_arch = "bpf")]
 mod probes;
 

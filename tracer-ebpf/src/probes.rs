@@ -295,6 +295,11 @@ fn emit<C: EbpfContext>(
     entry.submit(wakeup_flags());
 }
 
+/// Writes an event that concerns the whole process rather than a block.
+pub fn emit_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
+    emit(ctx, kind, 0, 0, 0, NO_STACK);
+}
+
 /// Writes an allocation event with the caller's user stack: an id in the
 /// stack map when it has room, else the frames themselves.
 fn emit_with_stack<C: EbpfContext + StackIdContext>(

@@ -3,6 +3,7 @@
 //! attached to the target.
 
 use std::{
+    ffi::OsString,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -14,10 +15,16 @@ use clap::{Parser, ValueEnum};
 /// stacks that hold outstanding (leaked) memory.
 #[derive(Debug, Parser)]
 #[command(name = "alloctrace", version)]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
 pub struct Cli {
     /// Process to trace (it keeps running; nothing is restarted).
-    #[arg(long, value_name = "PID")]
-    pub pid: u32,
+    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    pub pid: Option<u32>,
+
+    /// Command to start and trace from its first instruction (after `--`);
+    /// alloctrace exits with its exit status.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<OsString>,
 
     /// Stop after this long (e.g. 30s, 5m, 1h, or plain seconds).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -56,6 +63,17 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
     pub ring_size: u32,
 
+    /// Track at most this many outstanding allocations; beyond it new ones
+    /// are dropped and counted (`dropped_allocations`) instead of growing the
+    /// tracer's memory without bound.
+    #[arg(long, value_name = "N", default_value = "50000000", value_parser = parse_count)]
+    pub max_tracked: u64,
+
+    /// Trace the allocator in this shared library (e.g. a jemalloc or
+    /// tcmalloc build the target maps) instead of the one found automatically.
+    #[arg(long, value_name = "PATH")]
+    pub allocator_lib: Option<PathBuf>,
+
     /// Log attach details and kernel-side diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -83,6 +101,15 @@ pub struct Outputs {
 }
 
 impl Outputs {
+    /// `alloctrace-PID.svg` and `alloctrace-PID.json` in the current directory.
+    pub fn defaults_for(pid: u32) -> Self {
+        Self {
+            flamegraph: Some(PathBuf::from(format!("alloctrace-{pid}.svg"))),
+            folded: None,
+            report: Some(PathBuf::from(format!("alloctrace-{pid}.json"))),
+        }
+    }
+
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
         [&self.flamegraph, &self.folded, &self.report]
             .into_iter()
@@ -90,20 +117,31 @@ impl Outputs {
     }
 }
 
+/// What to trace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSpec {
+    /// A process that is already running.
+    Pid(u32),
+    /// A command alloctrace starts, with every probe in place before it runs.
+    Launch(Vec<OsString>),
+}
+
 /// Validated settings for one tracing session.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub pid: u32,
+    pub target: TargetSpec,
     pub duration: Option<Duration>,
     pub interval: Duration,
     pub top: usize,
     pub log_format: LogFormat,
     pub outputs: Outputs,
-    /// True when the user named no output and the defaults were chosen, so
-    /// their paths are worth printing.
+    /// True when the user named no output: the defaults, named after the
+    /// traced pid (see [`Outputs::defaults_for`]), are written and printed.
     pub default_outputs: bool,
     pub min_age: Duration,
     pub ring_size: u32,
+    pub max_tracked: u64,
+    pub allocator_lib: Option<PathBuf>,
     pub verbose: bool,
     /// Attach empty programs and write nothing (see `Cli::floor`).
     pub floor: bool,
@@ -114,21 +152,32 @@ impl Config {
         if cli.interval.is_zero() {
             bail!("--interval must be greater than zero");
         }
-        let mut outputs = Outputs {
+        let outputs = Outputs {
             flamegraph: cli.flamegraph,
             folded: cli.folded,
             report: cli.report,
         };
         let default_outputs = outputs.paths().next().is_none() && !cli.floor;
-        if default_outputs {
-            outputs.flamegraph = Some(PathBuf::from(format!("alloctrace-{}.svg", cli.pid)));
-            outputs.report = Some(PathBuf::from(format!("alloctrace-{}.json", cli.pid)));
-        }
-        for path in outputs.paths() {
+        let checked = if default_outputs {
+            // The pid of a launched command is not known yet; any name in the
+            // same directory tells whether the defaults can be written.
+            Outputs::defaults_for(0)
+        } else {
+            outputs.clone()
+        };
+        for path in checked.paths() {
             check_writable(path)?;
         }
+        if let Some(path) = &cli.allocator_lib {
+            std::fs::File::open(path)
+                .with_context(|| format!("--allocator-lib {}", path.display()))?;
+        }
+        let target = match cli.pid {
+            Some(pid) => TargetSpec::Pid(pid),
+            None => TargetSpec::Launch(cli.command),
+        };
         Ok(Self {
-            pid: cli.pid,
+            target,
             duration: cli.duration,
             interval: cli.interval,
             top: cli.top as usize,
@@ -137,6 +186,8 @@ impl Config {
             default_outputs,
             min_age: cli.min_age.unwrap_or_default(),
             ring_size: cli.ring_size,
+            max_tracked: cli.max_tracked,
+            allocator_lib: cli.allocator_lib,
             verbose: cli.verbose,
             floor: cli.floor,
         })
@@ -166,6 +217,14 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     humantime::parse_duration(text)
         .map_err(|_| format!("'{text}' is not a duration (try 30s, 5m, 1h or plain seconds)"))
+}
+
+/// Accepts counts such as `1000000`, `10M` or `1G` (decimal multiples).
+fn parse_count(text: &str) -> Result<u64, String> {
+    match parse_size::Config::new().with_decimal().parse_size(text) {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(format!("'{text}' is not a positive count (try 10M)")),
+    }
 }
 
 /// Accepts sizes such as `8M`, `16MiB` or `4194304`; the kernel requires a

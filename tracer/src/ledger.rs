@@ -15,13 +15,21 @@ use tracer_ebpf::{Event, EventKind};
 /// A kernel stack id (or [`tracer_ebpf::NO_STACK`]).
 pub type StackId = i32;
 
-/// One live block.
+/// One live block. Kept to 16 bytes (24 with its address key) because the
+/// ledger holds one per outstanding allocation of the target: tens of
+/// millions in a big leak, and the tracer's memory per tracked block is a
+/// number users budget for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Allocation {
     size: u64,
-    timestamp_ns: u64,
     stack: StackId,
+    /// Milliseconds since the ledger's epoch (49 days fit).
+    time_ms: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<Allocation>() == 16);
+
+const NS_PER_MS: u64 = 1_000_000;
 
 /// A block whose realloc is in flight on some thread.
 #[derive(Clone, Copy, Debug)]
@@ -40,6 +48,9 @@ pub struct Totals {
     pub preexisting_frees: u64,
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,
+    /// Allocations not tracked because the ledger held `max_tracked` blocks.
+    pub dropped_allocations: u64,
+    pub dropped_bytes: u64,
 }
 
 /// Outstanding allocations of one stack.
@@ -48,13 +59,23 @@ pub struct StackUsage {
     pub stack: StackId,
     pub bytes: u64,
     pub count: u64,
-    /// Allocation time of the oldest outstanding block (CLOCK_MONOTONIC ns).
+    /// Allocation time of the oldest outstanding block (CLOCK_MONOTONIC ns,
+    /// to the millisecond).
     pub oldest_ns: u64,
+    /// Some of these blocks were live when events were lost, so their free
+    /// may have been missed: the numbers are an upper bound.
+    pub approximate: bool,
 }
 
-#[derive(Default)]
 pub struct Ledger {
     live: HashMap<u64, Allocation>,
+    /// Cap on `live`'s length; allocations beyond it are dropped and counted.
+    max_tracked: u64,
+    /// CLOCK_MONOTONIC ns that `Allocation::time_ms` counts from; set from
+    /// the first event.
+    epoch_ns: Option<u64>,
+    /// Latest moment at which the kernel is known to have lost events.
+    last_loss_ns: Option<u64>,
     in_flight: HashMap<u32, InFlight>,
     totals: Totals,
     /// Allocations seen at an address the ledger still held: only possible
@@ -63,8 +84,23 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    pub fn new() -> Self {
-        Self::default()
+    /// An empty ledger that tracks at most `max_tracked` live blocks.
+    pub fn new(max_tracked: u64) -> Self {
+        Self {
+            live: HashMap::new(),
+            max_tracked,
+            epoch_ns: None,
+            last_loss_ns: None,
+            in_flight: HashMap::new(),
+            totals: Totals::default(),
+            overwritten: 0,
+        }
+    }
+
+    /// Records that the kernel lost events at or before `at_ns`: blocks
+    /// live then may have been freed unseen.
+    pub fn note_loss(&mut self, at_ns: u64) {
+        self.last_loss_ns = Some(at_ns);
     }
 
     /// Applies one event from the kernel. Unknown kinds are ignored.
@@ -74,7 +110,7 @@ impl Ledger {
             Some(EventKind::Free) => self.free(event.addr),
             Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
             Some(EventKind::ReallocEnd) => self.end_realloc(event),
-            None => {}
+            Some(EventKind::Exec) | None => {}
         }
     }
 
@@ -93,7 +129,8 @@ impl Ledger {
     pub fn usage_by_stack(&self, allocated_before_ns: u64) -> Vec<StackUsage> {
         let mut by_stack: HashMap<StackId, StackUsage> = HashMap::new();
         for allocation in self.live.values() {
-            if allocation.timestamp_ns > allocated_before_ns {
+            let allocated_ns = self.time_ns(allocation.time_ms);
+            if allocated_ns > allocated_before_ns {
                 continue;
             }
             let usage = by_stack.entry(allocation.stack).or_insert(StackUsage {
@@ -101,12 +138,18 @@ impl Ledger {
                 bytes: 0,
                 count: 0,
                 oldest_ns: u64::MAX,
+                approximate: false,
             });
             usage.bytes += allocation.size;
             usage.count += 1;
-            usage.oldest_ns = usage.oldest_ns.min(allocation.timestamp_ns);
+            usage.oldest_ns = usage.oldest_ns.min(allocated_ns);
         }
         let mut usage: Vec<StackUsage> = by_stack.into_values().collect();
+        if let Some(loss_ns) = self.last_loss_ns {
+            for usage in &mut usage {
+                usage.approximate = usage.oldest_ns <= loss_ns;
+            }
+        }
         usage.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.stack.cmp(&b.stack)));
         usage
     }
@@ -114,9 +157,15 @@ impl Ledger {
     fn allocate(&mut self, addr: u64, event: &Event) {
         let allocation = Allocation {
             size: event.size,
-            timestamp_ns: event.timestamp_ns,
             stack: event.stack_id,
+            time_ms: self.time_ms(event.timestamp_ns),
         };
+        let full = self.live.len() as u64 >= self.max_tracked;
+        if full && !self.live.contains_key(&addr) {
+            self.totals.dropped_allocations += 1;
+            self.totals.dropped_bytes += allocation.size;
+            return;
+        }
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
             self.forget(previous);
@@ -214,6 +263,20 @@ impl Ledger {
         }
     }
 
+    fn time_ms(&mut self, timestamp_ns: u64) -> u32 {
+        // Events reach the ring slightly out of timestamp order across CPUs;
+        // a second of slack keeps early stragglers from clamping to 0.
+        let epoch_ns = *self
+            .epoch_ns
+            .get_or_insert_with(|| timestamp_ns.saturating_sub(1_000_000_000));
+        let ms = timestamp_ns.saturating_sub(epoch_ns) / NS_PER_MS;
+        u32::try_from(ms).unwrap_or(u32::MAX)
+    }
+
+    fn time_ns(&self, time_ms: u32) -> u64 {
+        self.epoch_ns.unwrap_or(0) + u64::from(time_ms) * NS_PER_MS
+    }
+
     /// Removes a block's contribution to the outstanding totals.
     fn forget(&mut self, allocation: Allocation) {
         self.totals.outstanding_bytes -= allocation.size;
@@ -227,6 +290,7 @@ mod tests {
     use tracer_ebpf::NO_STACK;
 
     const MAIN: u32 = 100;
+    const SECOND: u64 = 1_000_000_000;
     const OTHER: u32 = 101;
 
     fn event(kind: EventKind, tid: u32, addr: u64, old_addr: u64, size: u64, stack: i32) -> Event {
@@ -238,7 +302,7 @@ mod tests {
             size,
             addr,
             old_addr,
-            timestamp_ns: 1_000,
+            timestamp_ns: 10 * SECOND,
         }
     }
 
@@ -258,7 +322,7 @@ mod tests {
     }
 
     fn ledger_after(events: &[Event]) -> Ledger {
-        let mut ledger = Ledger::new();
+        let mut ledger = Ledger::new(u64::MAX);
         events.iter().for_each(|e| ledger.apply(e));
         ledger
     }
@@ -372,16 +436,47 @@ mod tests {
     #[test]
     fn usage_leaves_out_blocks_younger_than_the_cutoff() {
         let mut young = alloc(0x20, 64, 2);
-        young.timestamp_ns = 5_000;
+        young.timestamp_ns = 15 * SECOND;
         let ledger = ledger_after(&[alloc(0x10, 8, 1), young]);
         assert_eq!(
-            ledger.usage_by_stack(2_000),
+            ledger.usage_by_stack(12 * SECOND),
             vec![StackUsage {
                 stack: 1,
                 bytes: 8,
                 count: 1,
-                oldest_ns: 1_000
+                oldest_ns: 10 * SECOND,
+                approximate: false,
             }]
         );
+    }
+
+    #[test]
+    fn beyond_max_tracked_allocations_are_dropped_and_counted() {
+        let mut ledger = Ledger::new(2);
+        for e in [alloc(0x10, 8, 1), alloc(0x20, 8, 1), alloc(0x30, 100, 2)] {
+            ledger.apply(&e);
+        }
+        assert_eq!(usage(&ledger), vec![(1, 16, 2)]);
+        let totals = ledger.totals();
+        assert_eq!((totals.dropped_allocations, totals.dropped_bytes), (1, 100));
+        // Room again after a free.
+        ledger.apply(&free(0x10));
+        ledger.apply(&alloc(0x30, 100, 2));
+        assert_eq!(usage(&ledger), vec![(2, 100, 1), (1, 8, 1)]);
+    }
+
+    #[test]
+    fn stacks_with_blocks_live_at_a_loss_are_approximate() {
+        let mut late = alloc(0x20, 64, 2);
+        late.timestamp_ns = 20 * SECOND;
+        let mut ledger = ledger_after(&[alloc(0x10, 8, 1)]);
+        ledger.note_loss(15 * SECOND);
+        ledger.apply(&late);
+        let approximate: Vec<(StackId, bool)> = ledger
+            .usage_by_stack(u64::MAX)
+            .iter()
+            .map(|u| (u.stack, u.approximate))
+            .collect();
+        assert_eq!(approximate, vec![(2, false), (1, true)]);
     }
 }

@@ -9,6 +9,7 @@
 
 mod cli;
 mod events;
+mod launch;
 mod ledger;
 mod placement;
 mod probes;
@@ -40,12 +41,13 @@ fn main() -> ExitCode {
     };
     init_logging(cli.verbose);
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(status) => ExitCode::from(status),
         Err(error) => fail(&format!("{error:#}"), 1),
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+/// Returns the exit status: 0, or in launch mode the command's.
+fn run(cli: Cli) -> anyhow::Result<u8> {
     check_privileges()?;
     check_kernel()?;
     let config = Config::from_cli(cli)?;

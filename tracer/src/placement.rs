@@ -1,4 +1,5 @@
-//! Probe placement: where in the target's libc each program attaches.
+//! Probe placement: where in the target's allocator (its libc, a replacement
+//! allocator library, or a static executable) each program attaches.
 //!
 //! A uprobe costs one trap per hit, and what the kernel does at the trap
 //! depends on the instruction under it: most instructions must be
@@ -69,7 +70,21 @@ impl ProbePoint {
     }
 }
 
-/// Where to attach in one libc file.
+/// Whether the ELF file at `path` defines `malloc` and `free` (in its
+/// dynamic or full symbol table), i.e. has an allocator to probe.
+pub fn defines_allocator(path: &Path) -> bool {
+    let Ok(data) = std::fs::read(path) else {
+        return false;
+    };
+    let Ok(elf) = object::File::parse(&*data) else {
+        return false;
+    };
+    REQUIRED
+        .iter()
+        .all(|name| matches!(find_function(&elf, name), Ok(Some(_))))
+}
+
+/// Where to attach in one allocator object.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub points: Vec<ProbePoint>,
@@ -78,7 +93,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn for_libc(path: &Path) -> anyhow::Result<Self> {
+    pub fn for_object(path: &Path) -> anyhow::Result<Self> {
         let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let elf = object::File::parse(&*data)
             .with_context(|| format!("{} is not an ELF file", path.display()))?;
@@ -231,10 +246,11 @@ mod tests {
 
     #[test]
     fn plans_every_allocator_function_of_this_machines_libc() {
-        let libc = crate::target::Target::resolve(std::process::id())
+        let libc = crate::target::Target::resolve(std::process::id(), None)
             .expect("resolve self")
-            .libc;
-        let plan = Plan::for_libc(&libc.host_path).expect("plan");
+            .allocator;
+        assert!(defines_allocator(&libc.host_path));
+        let plan = Plan::for_object(&libc.host_path).expect("plan");
         let free = plan
             .points
             .iter()

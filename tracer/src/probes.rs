@@ -9,19 +9,23 @@ use std::{num::NonZeroU32, path::Path};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
-        UProbe,
+        BtfTracePoint, Program, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use tracer_ebpf::{COUNTERS_MAP, Counter, EVENTS_MAP, STACKS_MAP};
+use tracer_ebpf::{COUNTERS_MAP, Counter, EVENTS_MAP, STACKS_MAP, TARGET_PID_GLOBAL};
 
 use crate::placement::{Plan, RETURN_PROGRAM, Returns};
 
 /// The compiled kernel programs, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// The BTF tracepoint that marks the target's `execve` in the event stream.
+const EXEC_PROGRAM: &str = "process_exec";
+const EXEC_TRACEPOINT: &str = "sched_process_exec";
 
 /// Loaded and attached kernel programs.
 pub struct Probes {
@@ -38,18 +42,25 @@ pub struct KernelMaps {
 }
 
 impl Probes {
-    /// Loads the programs with an event ring of `ring_size` bytes.
-    pub fn load(ring_size: u32, verbose: bool) -> anyhow::Result<(Self, KernelMaps)> {
+    /// Loads the programs for process `pid` with an event ring of
+    /// `ring_size` bytes.
+    pub fn load(pid: u32, ring_size: u32, verbose: bool) -> anyhow::Result<(Self, KernelMaps)> {
         raise_memlock_limit();
+        let btf = Btf::from_sys_fs().context(
+            "reading the kernel's BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)",
+        )?;
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_size)
+            .override_global(TARGET_PID_GLOBAL, &pid, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
         for (name, program) in ebpf.programs_mut() {
-            let program: &mut UProbe = program.try_into()?;
-            program
-                .load()
-                .with_context(|| format!("loading program {name} into the kernel"))?;
+            match program {
+                Program::UProbe(program) => program.load(),
+                Program::BtfTracePoint(program) => program.load(EXEC_TRACEPOINT, &btf),
+                _ => return Err(anyhow!("unexpected program type for {name}")),
+            }
+            .with_context(|| format!("loading program {name} into the kernel"))?;
         }
         let logger = if verbose {
             Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?)
@@ -76,6 +87,14 @@ impl Probes {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
+        // Before the first uprobe, so no event of a new image can precede
+        // the marker that tells it apart.
+        let exec: &mut BtfTracePoint = self
+            .ebpf
+            .program_mut(EXEC_PROGRAM)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {EXEC_PROGRAM}"))?
+            .try_into()?;
+        exec.attach().context("attaching the exec tracepoint")?;
         // Return probes first: a return without a parked entry is ignored,
         // whereas an entry whose return probe is not there yet would leave a
         // stale pending call behind.

@@ -17,8 +17,9 @@ use tokio::{
 use tracer_ebpf::{Counter, Event, EventKind};
 
 use crate::{
-    cli::{Config, LogFormat},
+    cli::{Config, LogFormat, Outputs, TargetSpec},
     events::{EventReader, watch_readable},
+    launch::Launched,
     ledger::Ledger,
     placement::Plan,
     probes::{Counters, Probes, Programs},
@@ -34,15 +35,28 @@ const DRAIN_PERIOD: Duration = Duration::from_millis(10);
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stop {
-    Signal,
+    Signal(i32),
     Duration,
     TargetExited,
+    /// The target replaced its program (`execve`) at this instant.
+    TargetExeced(u64),
 }
 
-/// Traces `config.pid` until stopped, then writes the final outputs.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
-    let target = Target::resolve(config.pid)?;
-    let plan = Plan::for_libc(&target.libc.host_path)?;
+/// Traces the configured target until stopped, writes the final outputs, and
+/// returns the exit status alloctrace should end with: 0, or in launch mode
+/// the command's own.
+pub async fn run(config: &Config) -> anyhow::Result<u8> {
+    let allocator_lib = config.allocator_lib.as_deref();
+    let mut launched = match &config.target {
+        TargetSpec::Pid(_) => None,
+        TargetSpec::Launch(command) => Some(Launched::start(command)?),
+    };
+    let target = match (&config.target, &launched) {
+        (_, Some(launched)) => Target::for_command(launched.pid(), launched.exe(), allocator_lib)?,
+        (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
+        (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
+    };
+    let plan = Plan::for_object(&target.allocator.host_path)?;
     for point in &plan.points {
         log::debug!(
             "probe {} at file offset {:#x}+{} ({:?} return probe)",
@@ -53,36 +67,55 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
     let exit = ProcessExit::watch(target.pid)?;
-    let (mut probes, maps) = Probes::load(config.ring_size, config.verbose)?;
+    // Before the ready line: a signal sent as soon as it appears must stop
+    // tracing cleanly, not kill the tracer.
+    let mut stop_signals = StopSignals::install()?;
+    let (mut probes, maps) = Probes::load(target.pid, config.ring_size, config.verbose)?;
     let programs = if config.floor {
         Programs::Floor
     } else {
         Programs::Tracing
     };
-    probes.attach(&plan, &target.libc.host_path, target.pid, programs)?;
-    if !target.is_alive() {
+    probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+    if launched.is_none() && !target.is_alive() {
         bail!("pid {} exited while alloctrace was attaching", target.pid);
     }
     eprintln!(
-        "alloctrace: tracing pid {} (libc {}, {} functions)",
+        "alloctrace: tracing pid {} ({} {}, {} functions)",
         target.pid,
-        target.libc.path.display(),
+        target.allocator.kind.describe(),
+        target.allocator.path.display(),
         plan.function_count
     );
+    if let Some(launched) = &mut launched {
+        launched.release()?;
+    }
 
+    let outputs = if config.default_outputs {
+        Outputs::defaults_for(target.pid)
+    } else {
+        config.outputs.clone()
+    };
     let mut session = Session {
         started: Instant::now(),
         reader: EventReader::new(maps.events)?,
         symbols: StackSymbolizer::new(target.pid, maps.stacks),
         counters: maps.counters,
-        ledger: Ledger::new(),
+        ledger: Ledger::new(config.max_tracked),
         summaries: SummaryState::default(),
-        lost_at_cut: None,
+        cut: None,
+        lost_seen: 0,
+        warned_dropping: false,
+        // The launched command's own execve is the start of tracing.
+        execs_expected: u32::from(launched.is_some()),
         target,
         config: config.clone(),
+        outputs,
     };
-    let stop = session.trace_until_stopped(&mut probes, &exit).await?;
-    if stop == Stop::Signal {
+    let stop = session
+        .trace_until_stopped(&mut probes, &exit, &mut stop_signals)
+        .await?;
+    if matches!(stop, Stop::Signal(_)) {
         // A second Ctrl-C ends the tracer at once; the kernel removes the
         // probes when their file descriptors close.
         restore_default_sigint();
@@ -91,30 +124,67 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     // keeps running, so events from that window are a partial view (a free
     // probe gone while malloc's remains, say). Ring order is causal, so the
     // stream up to the first event past this instant is a consistent cut.
-    let cut_ns = monotonic_ns();
-    session.lost_at_cut = Some(session.counters.get(Counter::LostEvents));
+    let cut_ns = match stop {
+        Stop::TargetExeced(at_ns) => at_ns,
+        _ => monotonic_ns(),
+    };
+    session.cut = Some(Cut {
+        at_ns: cut_ns,
+        lost_events: session.counters.get(Counter::LostEvents),
+    });
     probes.detach();
-    if stop == Stop::TargetExited {
-        session.symbols.target_exited();
-        eprintln!("alloctrace: pid {} exited", session.target.pid);
+    let pid = session.target.pid;
+    match stop {
+        Stop::TargetExited => {
+            session.symbols.target_exited();
+            eprintln!("alloctrace: pid {pid} exited");
+        }
+        Stop::TargetExeced(_) => eprintln!(
+            "alloctrace: pid {pid} ran execve; stopped tracing (outstanding blocks are those of the \
+             old program at that moment)"
+        ),
+        _ => {}
     }
     session.drain_until(cut_ns);
     session.print_summary();
-    session.write_outputs()
+    session.write_outputs()?;
+    let Some(mut launched) = launched else {
+        return Ok(0);
+    };
+    if let Stop::Signal(signal) = stop {
+        // The command shares our terminal and usually got the signal too;
+        // send it anyway for a `kill` aimed at alloctrace alone.
+        launched.signal(signal);
+    }
+    launched.wait()
+}
+
+/// The moment tracing stopped: the final outputs describe the target then.
+#[derive(Clone, Copy)]
+struct Cut {
+    at_ns: u64,
+    /// Events lost by then; those lost while the probes were being detached
+    /// belong to the discarded window.
+    lost_events: u64,
 }
 
 struct Session {
     target: Target,
     config: Config,
+    outputs: Outputs,
+    /// `execve`s of the target that do not end tracing (launch mode's own).
+    execs_expected: u32,
     started: Instant,
     reader: EventReader,
     symbols: StackSymbolizer,
     counters: Counters,
     ledger: Ledger,
     summaries: SummaryState,
-    /// Lost events when tracing stopped; events lost while the probes were
-    /// being detached belong to the discarded window.
-    lost_at_cut: Option<u64>,
+    /// Where the final drain stops, once tracing has stopped.
+    cut: Option<Cut>,
+    /// Lost events already noted in the ledger.
+    lost_seen: u64,
+    warned_dropping: bool,
 }
 
 impl Session {
@@ -122,6 +192,7 @@ impl Session {
         &mut self,
         probes: &mut Probes,
         exit: &ProcessExit,
+        stop_signals: &mut StopSignals,
     ) -> anyhow::Result<Stop> {
         let mut drain_timer = interval(DRAIN_PERIOD);
         drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -131,28 +202,30 @@ impl Session {
         let started = tokio::time::Instant::from_std(self.started);
         let mut summary_timer = interval_at(started + self.config.interval, self.config.interval);
         summary_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut interrupt = signal(SignalKind::interrupt())?;
-        let mut terminate = signal(SignalKind::terminate())?;
         let deadline =
             sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
         tokio::pin!(deadline);
         loop {
             tokio::select! {
                 _ = drain_timer.tick() => {
-                    self.drain();
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
                     probes.flush_log();
                 }
                 filling = self.reader.filling() => {
                     filling?;
-                    self.drain();
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
                 }
                 _ = summary_timer.tick() => {
                     self.drain();
                     self.symbols.refresh_maps();
                     self.print_summary();
                 }
-                _ = interrupt.recv() => return Ok(Stop::Signal),
-                _ = terminate.recv() => return Ok(Stop::Signal),
+                _ = stop_signals.interrupt.recv() => return Ok(Stop::Signal(libc::SIGINT)),
+                _ = stop_signals.terminate.recv() => return Ok(Stop::Signal(libc::SIGTERM)),
                 _ = &mut deadline, if self.config.duration.is_some() => return Ok(Stop::Duration),
                 exited = exit.exited() => {
                     exited?;
@@ -163,21 +236,31 @@ impl Session {
     }
 
     /// Moves every queued event into the ledger and symbolizes new stacks
-    /// while the target is still there to be read.
-    fn drain(&mut self) {
-        self.drain_until(u64::MAX);
+    /// while the target is still there to be read. Returns the time of an
+    /// unexpected `execve` of the target, after which nothing is applied.
+    fn drain(&mut self) -> Option<u64> {
+        self.drain_until(u64::MAX)
     }
 
     /// Like [`Session::drain`], but stops applying events at the first one
     /// stamped after `cut_ns`, discarding it and all that follow.
-    fn drain_until(&mut self, cut_ns: u64) {
+    fn drain_until(&mut self, cut_ns: u64) -> Option<u64> {
         let mut new_stacks = HashSet::new();
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
+        let execs_expected = &mut self.execs_expected;
+        let mut exec_ns = None;
         let mut past_cut = false;
         self.reader.drain(|event: &Event, frames| {
-            past_cut |= event.timestamp_ns > cut_ns;
+            past_cut |= event.timestamp_ns > cut_ns || exec_ns.is_some();
             if past_cut {
+                return;
+            }
+            if event.kind() == Some(EventKind::Exec) {
+                match execs_expected.checked_sub(1) {
+                    Some(left) => *execs_expected = left,
+                    None => exec_ns = Some(event.timestamp_ns),
+                }
                 return;
             }
             match frames {
@@ -194,11 +277,32 @@ impl Session {
             }
         });
         self.symbols.learn(new_stacks);
+        self.note_losses();
+        exec_ns
+    }
+
+    /// Tells the ledger when the kernel lost events, and the user when the
+    /// ledger started dropping allocations: both make numbers inexact.
+    fn note_losses(&mut self) {
+        let lost = self.counters.get(Counter::LostEvents);
+        if lost > self.lost_seen {
+            self.lost_seen = lost;
+            self.ledger.note_loss(monotonic_ns());
+        }
+        if !self.warned_dropping && self.ledger.totals().dropped_allocations > 0 {
+            self.warned_dropping = true;
+            eprintln!(
+                "alloctrace: tracking {} allocations (--max-tracked): newer ones are dropped and \
+                 counted as dropped_allocations",
+                self.config.max_tracked
+            );
+        }
     }
 
     fn totals(&self) -> Totals {
         let lost = self
-            .lost_at_cut
+            .cut
+            .map(|cut| cut.lost_events)
             .unwrap_or_else(|| self.counters.get(Counter::LostEvents));
         Totals::new(self.ledger.totals(), lost)
     }
@@ -217,7 +321,7 @@ impl Session {
     }
 
     fn final_report(&self) -> Report {
-        let now_ns = monotonic_ns();
+        let now_ns = self.cut.map_or_else(monotonic_ns, |cut| cut.at_ns);
         let min_age_ns = self.config.min_age.as_nanos() as u64;
         let usage = self
             .ledger
@@ -232,7 +336,7 @@ impl Session {
                 pid: self.target.pid,
                 comm: self.target.comm.clone(),
                 exe: self.target.exe.display().to_string(),
-                libc: self.target.libc.path.display().to_string(),
+                libc: self.target.allocator.path.display().to_string(),
                 totals,
                 stacks: StackReport::from_usage(&usage, &self.symbols, now_ns),
             }],
@@ -242,7 +346,7 @@ impl Session {
     fn write_outputs(&self) -> anyhow::Result<()> {
         let report = self.final_report();
         let stacks = &report.processes[0].stacks;
-        let outputs = &self.config.outputs;
+        let outputs = &self.outputs;
         if let Some(path) = &outputs.report {
             write_atomically(path, |out| report::write_json(&report, out))?;
         }
@@ -277,6 +381,21 @@ impl Session {
             log::warn!("{stack_errors} allocations had no stack (stack map full or unreadable)");
         }
         Ok(())
+    }
+}
+
+/// SIGINT and SIGTERM, caught from before the ready line on.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
     }
 }
 

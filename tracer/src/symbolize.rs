@@ -200,6 +200,13 @@ impl StackSymbolizer {
             .filter(|address| !self.frames.contains_key(address))
             .collect();
         if !unseen.is_empty() {
+            // New code may have been mapped since the last look (a launched
+            // command's libraries appear right after its exec), and a
+            // short-lived target may be gone by the next tick: read the maps
+            // now, while the stack is fresh.
+            if self.target_alive {
+                self.refresh_maps();
+            }
             self.symbolize(unseen.into_iter().collect());
         }
     }

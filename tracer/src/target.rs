@@ -1,14 +1,28 @@
-//! Target resolution: from a PID to the process's name, executable and the
-//! libc it actually maps, read from `/proc`.
+//! Target resolution: from a PID (or a command about to run) to the process's
+//! name, executable and the allocator it really uses.
+//!
+//! The allocator is found among the objects the process maps (or, for a
+//! command not yet started, the objects its dynamic loader would map): a
+//! library named with `--allocator-lib`, else a known replacement allocator
+//! (jemalloc, tcmalloc, mimalloc, which interpose glibc's `malloc`), else the
+//! C library, else the executable itself when it is statically linked with
+//! its allocator's symbols.
 //!
 //! Paths are opened through `/proc/PID/root`, so a process in a container
 //! (another mount namespace, its own copy of libc) resolves to the file it
 //! really uses, not to the host's libc at the same path.
 
-use std::path::{Path, PathBuf};
+use std::{
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
+use object::read::elf::ProgramHeader as _;
 use procfs::{ProcError, process::MMapPath};
 use thiserror::Error;
+
+use crate::placement;
 
 /// A process to trace.
 #[derive(Debug, Clone)]
@@ -17,34 +31,64 @@ pub struct Target {
     pub comm: String,
     /// The executable, as the process names it.
     pub exe: PathBuf,
-    pub libc: Libc,
+    pub allocator: Allocator,
 }
 
-/// The C library a target maps.
+/// The object whose allocator functions are probed.
 #[derive(Debug, Clone)]
-pub struct Libc {
+pub struct Allocator {
     /// Path as it appears in the target's mount namespace.
     pub path: PathBuf,
     /// The same file, reachable from the tracer's namespace.
     pub host_path: PathBuf,
+    pub kind: AllocatorKind,
 }
 
-/// Why a PID cannot be traced; callers turn these into one-line messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocatorKind {
+    /// The C library (glibc or musl).
+    Libc,
+    /// A replacement allocator library found by name (jemalloc...).
+    Replacement(&'static str),
+    /// The library given with `--allocator-lib`.
+    Named,
+    /// A statically linked executable's own allocator.
+    StaticExecutable,
+}
+
+impl AllocatorKind {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Libc => "libc",
+            Self::Replacement(name) => name,
+            Self::Named => "--allocator-lib",
+            Self::StaticExecutable => "static executable",
+        }
+    }
+}
+
+/// Why a process cannot be traced; callers turn these into one-line messages.
 #[derive(Debug, Error)]
 pub enum TargetError {
     #[error("no process with pid {0}")]
     NoSuchProcess(u32),
     #[error(
-        "pid {pid} ({exe}) does not map a dynamic libc (statically linked or another C library); \
-         alloctrace traces glibc's allocator through its shared library"
+        "{exe} has no allocator alloctrace can probe: it maps no glibc, musl, jemalloc, tcmalloc or \
+         mimalloc library, and its executable has no `malloc` and `free` symbols (stripped static \
+         binary?); name the allocator's shared library with --allocator-lib PATH"
     )]
-    NoLibc { pid: u32, exe: String },
+    NoAllocator { exe: String },
+    #[error("pid {pid} does not map --allocator-lib {path}")]
+    AllocatorNotMapped { pid: u32, path: String },
     #[error("cannot read /proc/{pid}: {source}")]
     Proc { pid: u32, source: ProcError },
+    #[error("cannot list the libraries of {exe}: {reason}")]
+    Libraries { exe: String, reason: String },
 }
 
 impl Target {
-    pub fn resolve(pid: u32) -> Result<Self, TargetError> {
+    /// Resolves a running process.
+    pub fn resolve(pid: u32, allocator_lib: Option<&Path>) -> Result<Self, TargetError> {
         let proc_err = |source: ProcError| match source {
             ProcError::NotFound(_) => TargetError::NoSuchProcess(pid),
             source => TargetError::Proc { pid, source },
@@ -57,26 +101,62 @@ impl Target {
         }
         let exe = process.exe().unwrap_or_else(|_| PathBuf::from(&stat.comm));
         let maps = process.maps().map_err(proc_err)?;
-        let libc_path = maps
-            .iter()
-            .filter_map(|map| match &map.pathname {
-                MMapPath::Path(path) => Some(path),
-                _ => None,
-            })
-            .find(|path| is_glibc(path))
-            .cloned()
-            .ok_or_else(|| TargetError::NoLibc {
-                pid,
-                exe: exe.display().to_string(),
-            })?;
+        let mut objects: Vec<PathBuf> = Vec::new();
+        for map in maps.iter() {
+            if let MMapPath::Path(path) = &map.pathname
+                && !objects.contains(path)
+            {
+                objects.push(path.clone());
+            }
+        }
+        let root = |path: &Path| in_process_root(pid, path);
+        let allocator = match allocator_lib {
+            Some(named) => {
+                let mapped = objects.iter().any(|object| same_file(&root(object), named));
+                if !mapped {
+                    return Err(TargetError::AllocatorNotMapped {
+                        pid,
+                        path: named.display().to_string(),
+                    });
+                }
+                named_allocator(named)
+            }
+            None => {
+                let host_exe = PathBuf::from(format!("/proc/{pid}/exe"));
+                find_allocator(&objects, &root, &exe, &host_exe)?
+            }
+        };
         Ok(Self {
             pid,
             comm: stat.comm,
             exe,
-            libc: Libc {
-                host_path: in_process_root(pid, &libc_path),
-                path: libc_path,
-            },
+            allocator,
+        })
+    }
+
+    /// Resolves a command that is about to be started as `pid`, from the
+    /// objects its dynamic loader will map (in this namespace).
+    pub fn for_command(
+        pid: u32,
+        exe: &Path,
+        allocator_lib: Option<&Path>,
+    ) -> Result<Self, TargetError> {
+        let allocator = match allocator_lib {
+            Some(named) => named_allocator(named),
+            None => {
+                let objects = objects_loaded_by(exe)?;
+                find_allocator(&objects, &|path: &Path| path.to_path_buf(), exe, exe)?
+            }
+        };
+        let comm = exe
+            .file_name()
+            .map(|name| name.to_string_lossy().chars().take(15).collect())
+            .unwrap_or_default();
+        Ok(Self {
+            pid,
+            comm,
+            exe: exe.to_path_buf(),
+            allocator,
         })
     }
 
@@ -94,13 +174,133 @@ pub fn in_process_root(pid: u32, path: &Path) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/root")).join(relative)
 }
 
-/// glibc's shared object: `libc.so.6` (and the older `libc-2.NN.so`).
-fn is_glibc(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|name| name.to_str())
-        .is_some_and(|name| {
-            name == "libc.so.6" || (name.starts_with("libc-") && name.ends_with(".so"))
+fn named_allocator(path: &Path) -> Allocator {
+    Allocator {
+        path: path.to_path_buf(),
+        host_path: path.to_path_buf(),
+        kind: AllocatorKind::Named,
+    }
+}
+
+/// The allocator among `objects` (paths as the target names them; `root`
+/// makes them openable here), falling back to the executable's own symbols.
+fn find_allocator(
+    objects: &[PathBuf],
+    root: &dyn Fn(&Path) -> PathBuf,
+    exe: &Path,
+    host_exe: &Path,
+) -> Result<Allocator, TargetError> {
+    let found = |path: &PathBuf, kind| Allocator {
+        host_path: root(path),
+        path: path.clone(),
+        kind,
+    };
+    // A replacement allocator interposes libc's functions, so libc's see
+    // (almost) nothing: it wins whenever it is mapped.
+    let replacement = objects
+        .iter()
+        .find_map(|path| replacement_allocator(path).map(|name| (path, name)));
+    if let Some((path, name)) = replacement {
+        return Ok(found(path, AllocatorKind::Replacement(name)));
+    }
+    if let Some(libc) = objects.iter().find(|path| is_libc(path)) {
+        return Ok(found(libc, AllocatorKind::Libc));
+    }
+    if placement::defines_allocator(host_exe) {
+        return Ok(Allocator {
+            path: exe.to_path_buf(),
+            host_path: host_exe.to_path_buf(),
+            kind: AllocatorKind::StaticExecutable,
+        });
+    }
+    Err(TargetError::NoAllocator {
+        exe: exe.display().to_string(),
+    })
+}
+
+/// glibc's `libc.so.6` (or the older `libc-2.NN.so`), or musl's libc.
+fn is_libc(path: &Path) -> bool {
+    file_name(path).is_some_and(|name| {
+        name == "libc.so.6"
+            || (name.starts_with("libc-") && name.ends_with(".so"))
+            || (name.starts_with("libc.musl-") || name.starts_with("ld-musl-"))
+    })
+}
+
+/// Allocators that replace glibc's by exporting `malloc` and friends.
+fn replacement_allocator(path: &Path) -> Option<&'static str> {
+    let name = file_name(path)?;
+    [
+        ("libjemalloc", "jemalloc"),
+        ("libtcmalloc", "tcmalloc"),
+        ("libmimalloc", "mimalloc"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| name.starts_with(prefix) && name.contains(".so"))
+    .map(|(_, allocator)| allocator)
+}
+
+fn file_name(path: &Path) -> Option<&str> {
+    path.file_name()?.to_str()
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// The shared objects `exe` will map, as its dynamic loader resolves them in
+/// this environment (`LD_PRELOAD` and `LD_LIBRARY_PATH` included), without
+/// running any of its code: the loader's `--list` mode is what `ldd` uses.
+/// Empty for a statically linked executable.
+fn objects_loaded_by(exe: &Path) -> Result<Vec<PathBuf>, TargetError> {
+    let error = |reason: String| TargetError::Libraries {
+        exe: exe.display().to_string(),
+        reason,
+    };
+    let Some(interpreter) = interpreter_of(exe).map_err(error)? else {
+        return Ok(Vec::new());
+    };
+    let output = Command::new(&interpreter)
+        .arg("--list")
+        .arg(exe)
+        .output()
+        .map_err(|e| error(format!("running {}: {e}", interpreter.display())))?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        return Err(error(stderr.lines().next().unwrap_or("failed").to_string()));
+    }
+    Ok(parse_loader_list(&String::from_utf8_lossy(&output.stdout)))
+}
+
+/// The ELF interpreter (`PT_INTERP`) of `exe`, or `None` when static.
+fn interpreter_of(exe: &Path) -> Result<Option<PathBuf>, String> {
+    let data = std::fs::read(exe).map_err(|e| e.to_string())?;
+    let elf = object::read::elf::ElfFile64::<object::Endianness>::parse(&*data)
+        .map_err(|_| "not a 64-bit ELF executable".to_string())?;
+    let endian = elf.endian();
+    for header in elf.elf_program_headers() {
+        if let Ok(Some(interpreter)) = header.interpreter(endian, &*data) {
+            let interpreter = String::from_utf8_lossy(interpreter);
+            return Ok(Some(PathBuf::from(interpreter.trim_end_matches('\0'))));
+        }
+    }
+    Ok(None)
+}
+
+/// Paths from the loader's list: `name => /path (0x…)` and `/path (0x…)`.
+fn parse_loader_list(listing: &str) -> Vec<PathBuf> {
+    listing
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim();
+            let path = line.split_once(" => ").map_or(line, |(_, path)| path);
+            let path = path.split(" (").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
         })
+        .collect()
 }
 
 #[cfg(test)]
@@ -108,11 +308,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn recognises_glibc_file_names() {
-        assert!(is_glibc(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6")));
-        assert!(is_glibc(Path::new("/lib64/libc-2.17.so")));
-        assert!(!is_glibc(Path::new("/usr/lib/libcrypto.so.3")));
-        assert!(!is_glibc(Path::new("/usr/lib/libc.so.6.bak")));
+    fn recognises_libc_file_names() {
+        assert!(is_libc(Path::new("/usr/lib/x86_64-linux-gnu/libc.so.6")));
+        assert!(is_libc(Path::new("/lib64/libc-2.17.so")));
+        assert!(is_libc(Path::new("/lib/ld-musl-x86_64.so.1")));
+        assert!(!is_libc(Path::new("/usr/lib/libcrypto.so.3")));
+        assert!(!is_libc(Path::new("/usr/lib/libc.so.6.bak")));
+    }
+
+    #[test]
+    fn recognises_replacement_allocators() {
+        let name = |path: &str| replacement_allocator(Path::new(path));
+        assert_eq!(
+            name("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+            Some("jemalloc")
+        );
+        assert_eq!(
+            name("/usr/lib/libtcmalloc_minimal.so.4.5.9"),
+            Some("tcmalloc")
+        );
+        assert_eq!(name("/usr/lib/libmimalloc.so.2.0"), Some("mimalloc"));
+        assert_eq!(name("/usr/lib/libc.so.6"), None);
+    }
+
+    #[test]
+    fn reads_the_loaders_list() {
+        let listing = "\tlinux-vdso.so.1 (0x00007ffc)\n\
+                       \tlibjemalloc.so.2 => /lib/x86_64-linux-gnu/libjemalloc.so.2 (0x00007f01)\n\
+                       \tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x00007f02)\n\
+                       \tlibmissing.so => not found\n\
+                       \t/lib64/ld-linux-x86-64.so.2 (0x00007f03)\n";
+        assert_eq!(
+            parse_loader_list(listing),
+            vec![
+                PathBuf::from("/lib/x86_64-linux-gnu/libjemalloc.so.2"),
+                PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
+                PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+            ]
+        );
     }
 
     #[test]
@@ -125,8 +358,21 @@ mod tests {
 
     #[test]
     fn resolves_this_process_and_its_libc() {
-        let target = Target::resolve(std::process::id()).expect("resolve self");
-        assert!(target.libc.host_path.exists());
+        let target = Target::resolve(std::process::id(), None).expect("resolve self");
+        assert_eq!(target.allocator.kind, AllocatorKind::Libc);
+        assert!(target.allocator.host_path.exists());
         assert!(target.is_alive());
+    }
+
+    #[test]
+    fn a_command_resolves_to_the_libc_its_loader_maps() {
+        let exe = std::env::current_exe().expect("current exe");
+        let target = Target::for_command(1, &exe, None).expect("resolve command");
+        assert_eq!(target.allocator.kind, AllocatorKind::Libc);
+        let ours = Target::resolve(std::process::id(), None).expect("resolve self");
+        assert!(same_file(
+            &target.allocator.host_path,
+            &ours.allocator.host_path
+        ));
     }
 }

@@ -10,13 +10,17 @@ use anyhow::{Result, bail};
 
 use crate::util::{self, probe};
 
-/// Debian packages needed to build bpf-linker against LLVM 22 and the tracer.
+/// Debian packages needed to build bpf-linker against LLVM 22 and the
+/// tracer, and the replacement allocators the integration tests trace.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
     "build-essential",
+    "libjemalloc2",
+    "libgoogle-perftools4",
+    "libmimalloc2.0",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

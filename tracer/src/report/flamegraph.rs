@@ -55,6 +55,7 @@ mod tests {
             bytes: 1 << 20,
             count: 2,
             oldest_age_s: 1.0,
+            approximate: false,
             frames: vec![frame("leaky_site"), frame("main")],
         }];
         let mut svg = Vec::new();

@@ -61,6 +61,7 @@ mod tests {
             bytes,
             count: 1,
             oldest_age_s: 0.0,
+            approximate: false,
             frames: leaf_first.iter().map(|name| frame(name)).collect(),
         }
     }

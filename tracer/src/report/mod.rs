@@ -57,6 +57,10 @@ pub struct Totals {
     pub outstanding_count: u64,
     pub lost_events: u64,
     pub preexisting_frees: u64,
+    /// Allocations left untracked beyond `--max-tracked` (their later frees
+    /// count as `preexisting_frees`).
+    pub dropped_allocations: u64,
+    pub dropped_bytes: u64,
 }
 
 impl Totals {
@@ -68,6 +72,8 @@ impl Totals {
             outstanding_count: ledger.outstanding_count,
             lost_events,
             preexisting_frees: ledger.preexisting_frees,
+            dropped_allocations: ledger.dropped_allocations,
+            dropped_bytes: ledger.dropped_bytes,
         }
     }
 }
@@ -77,6 +83,9 @@ pub struct StackReport {
     pub bytes: u64,
     pub count: u64,
     pub oldest_age_s: f64,
+    /// Events were lost while some of these blocks were live, so some may
+    /// have been freed unseen: `bytes` and `count` are upper bounds.
+    pub approximate: bool,
     /// Leaf first: the allocator's caller first.
     pub frames: Vec<Frame>,
 }
@@ -90,6 +99,7 @@ impl StackReport {
                 bytes: usage.bytes,
                 count: usage.count,
                 oldest_age_s: now_ns.saturating_sub(usage.oldest_ns) as f64 / 1e9,
+                approximate: usage.approximate,
                 frames: symbols.frames(usage.stack),
             })
             .collect()

@@ -27,6 +27,7 @@ pub struct Summary {
     pub frees_per_s: f64,
     pub lost_events: u64,
     pub preexisting_frees: u64,
+    pub dropped_allocations: u64,
     /// Largest outstanding stacks.
     pub top: Vec<StackReport>,
 }
@@ -56,6 +57,7 @@ impl SummaryState {
             frees_per_s: (totals.frees - previous.frees) as f64 / interval,
             lost_events: totals.lost_events,
             preexisting_frees: totals.preexisting_frees,
+            dropped_allocations: totals.dropped_allocations,
             top,
         }
     }
@@ -71,7 +73,7 @@ impl Summary {
 
     pub fn to_human(&self) -> String {
         let mut text = format!(
-            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}\n",
+            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}\n",
             self.ts,
             bytes(self.outstanding_bytes),
             self.outstanding_count,
@@ -80,6 +82,11 @@ impl Summary {
             self.allocs_per_s,
             self.frees_per_s,
             self.lost_events,
+            if self.dropped_allocations > 0 {
+                format!(" | dropped {} (--max-tracked)", self.dropped_allocations)
+            } else {
+                String::new()
+            },
         );
         for (rank, stack) in self.top.iter().enumerate() {
             let frames: Vec<String> = stack
@@ -93,8 +100,10 @@ impl Summary {
                 .collect();
             let _ = writeln!(
                 text,
-                "  #{} {} in {} blocks, oldest {:.0}s: {}",
+                "  #{} {}{} in {} blocks, oldest {:.0}s: {}",
                 rank + 1,
+                // Events were lost while these blocks were live: at most.
+                if stack.approximate { "<=" } else { "" },
                 bytes(stack.bytes),
                 stack.count,
                 stack.oldest_age_s,
