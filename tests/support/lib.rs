@@ -299,6 +299,11 @@ pub fn static_target_bin() -> PathBuf {
     )
 }
 
+/// The `churn_meter` workload: measures its malloc+free speed on request.
+pub fn churn_meter_bin() -> PathBuf {
+    compile_c("churn_meter.c", "churn_meter", WORKLOAD_CFLAGS)
+}
+
 /// What one `go` of the static target allocates: (site, bytes, count).
 pub const STATIC_SITE: (&str, u64, u64) = ("site_static", 3 * 555, 3);
 
@@ -505,11 +510,23 @@ impl Workload {
 
     /// Sends `go`.
     pub fn go(&mut self) {
+        self.send("go");
+    }
+
+    /// Sends one line on the workload's stdin.
+    pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin already closed");
         stdin
-            .write_all(b"go\n")
+            .write_all(format!("{line}\n").as_bytes())
             .and_then(|_| stdin.flush())
-            .expect("write go");
+            .expect("write to workload");
+    }
+
+    /// Waits for the next stdout line starting with `prefix`; returns it.
+    pub fn expect_line(&mut self, prefix: &str, timeout: Duration) -> String {
+        self.stdout
+            .wait_for(timeout, |l| l.starts_with(prefix))
+            .unwrap_or_else(|e| panic!("workload pid {} never printed {prefix}: {e}", self.pid))
     }
 
     /// Waits for `done` (all allocations performed).
