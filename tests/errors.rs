@@ -66,6 +66,66 @@ fn not_root() {
 }
 
 #[test]
+fn root_without_bpf_capabilities() {
+    require_root();
+    let w = Workload::spawn(Mode::Stay);
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--inh-caps=-bpf,-perfmon,-sys_admin",
+        "--bounding-set=-bpf,-perfmon,-sys_admin",
+    ])
+    .arg(alloctrace_bin())
+    .args(["--pid", &w.pid.to_string(), "--duration", "2s", "--report"])
+    .arg(&report)
+    .current_dir(dir.path());
+    let out = run_to_completion(cmd, ERR_TIMEOUT);
+    assert!(
+        !out.stderr.starts_with("setpriv:"),
+        "setpriv itself failed (test environment problem):\n{}",
+        out.stderr
+    );
+    assert_clean_error(&out, "root without CAP_BPF");
+    assert!(out.stderr.contains("CAP_BPF"), "{}", out.stderr);
+    assert!(dir_entries(dir.path()).is_empty());
+}
+
+#[test]
+fn pid_exiting_around_attach_ends_cleanly() {
+    require_root();
+    // Targets that exit before, during or just after the attach: each run
+    // must end in a one-line error with no output, or a complete report of
+    // a target that exited while traced; never a panic or a hang.
+    let mut outcomes = Vec::new();
+    for delay_ms in [0, 2, 5, 10, 20, 40, 80, 160, 320] {
+        let dir = temp_dir();
+        let report = dir.path().join("r.json");
+        let mut target = Command::new("sleep")
+            .arg(format!("{}", delay_ms as f64 / 1000.0))
+            .spawn()
+            .unwrap();
+        let mut cmd = tracer_command();
+        cmd.args(["--pid", &target.id().to_string(), "--report"])
+            .arg(&report)
+            .current_dir(dir.path());
+        let out = run_to_completion(cmd, ERR_TIMEOUT);
+        target.wait().unwrap();
+        if out.status.success() {
+            let report = read_json(&report);
+            assert_eq!(processes(&report).len(), 1, "{report}");
+            assert!(out.stderr.contains("exited"), "{}", out.stderr);
+            outcomes.push(format!("{delay_ms}ms: traced until exit"));
+        } else {
+            assert_clean_error(&out, &format!("target exiting after {delay_ms} ms"));
+            assert!(dir_entries(dir.path()).is_empty());
+            outcomes.push(format!("{delay_ms}ms: {}", out.stderr.trim()));
+        }
+    }
+    println!("{}", outcomes.join("\n"));
+}
+
+#[test]
 fn no_such_pid() {
     require_root();
     // Above the largest possible pid_max (2^22), so it can never exist.

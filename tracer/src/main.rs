@@ -80,12 +80,31 @@ fn check_privileges() -> anyhow::Result<()> {
             "must run as root: loading eBPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON"
         );
     }
+    // Root in a container or under a capability-dropping wrapper may lack
+    // them; without this check the kernel's refusal reads as a BPF error.
+    let effective = |cap| caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(true);
+    let admin = effective(caps::Capability::CAP_SYS_ADMIN);
+    let bpf = effective(caps::Capability::CAP_BPF);
+    let perfmon = effective(caps::Capability::CAP_PERFMON);
+    if !admin && !(bpf && perfmon) {
+        bail!(
+            "running as root but without CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) in the \
+             effective capability set; run alloctrace with those capabilities (e.g. a privileged \
+             container, or capsh/setpriv without dropping them)"
+        );
+    }
     Ok(())
 }
 
 fn check_kernel() -> anyhow::Result<()> {
     if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
         bail!("this kernel has no uprobe support (CONFIG_UPROBE_EVENTS); alloctrace needs it");
+    }
+    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        bail!(
+            "this kernel exposes no BTF (/sys/kernel/btf/vmlinux; CONFIG_DEBUG_INFO_BTF); \
+             alloctrace needs it to watch the target's execve"
+        );
     }
     Ok(())
 }

@@ -22,7 +22,7 @@ use crate::{
     launch::Launched,
     ledger::Ledger,
     placement::Plan,
-    probes::{Counters, Probes, Programs},
+    probes::{Counters, KernelMaps, Probes, Programs},
     report::{self, ProcessReport, Report, StackReport, SummaryState, Totals, write_atomically},
     symbolize::StackSymbolizer,
     target::Target,
@@ -46,40 +46,21 @@ enum Stop {
 /// returns the exit status alloctrace should end with: 0, or in launch mode
 /// the command's own.
 pub async fn run(config: &Config) -> anyhow::Result<u8> {
-    let allocator_lib = config.allocator_lib.as_deref();
     let mut launched = match &config.target {
         TargetSpec::Pid(_) => None,
         TargetSpec::Launch(command) => Some(Launched::start(command)?),
     };
-    let target = match (&config.target, &launched) {
-        (_, Some(launched)) => Target::for_command(launched.pid(), launched.exe(), allocator_lib)?,
-        (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
-        (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
+    let Attached {
+        target,
+        plan,
+        mut probes,
+        maps,
+        exit,
+        mut stop_signals,
+    } = match Attached::attach(config, launched.as_ref()) {
+        Ok(attached) => attached,
+        Err(error) => return Err(explain_attach_failure(config, error)),
     };
-    let plan = Plan::for_object(&target.allocator.host_path)?;
-    for point in &plan.points {
-        log::debug!(
-            "probe {} at file offset {:#x}+{} ({:?} return probe)",
-            point.functions.join("/"),
-            point.function_offset,
-            point.entry_skip,
-            point.returns
-        );
-    }
-    let exit = ProcessExit::watch(target.pid)?;
-    // Before the ready line: a signal sent as soon as it appears must stop
-    // tracing cleanly, not kill the tracer.
-    let mut stop_signals = StopSignals::install()?;
-    let (mut probes, maps) = Probes::load(target.pid, config.ring_size, config.verbose)?;
-    let programs = if config.floor {
-        Programs::Floor
-    } else {
-        Programs::Tracing
-    };
-    probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
-    if launched.is_none() && !target.is_alive() {
-        bail!("pid {} exited while alloctrace was attaching", target.pid);
-    }
     eprintln!(
         "alloctrace: tracing pid {} ({} {}, {} functions)",
         target.pid,
@@ -166,6 +147,82 @@ struct Cut {
     /// Events lost by then; those lost while the probes were being detached
     /// belong to the discarded window.
     lost_events: u64,
+}
+
+/// Everything set up before the ready line.
+struct Attached {
+    target: Target,
+    plan: Plan,
+    probes: Probes,
+    maps: KernelMaps,
+    exit: ProcessExit,
+    stop_signals: StopSignals,
+}
+
+impl Attached {
+    fn attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
+        let allocator_lib = config.allocator_lib.as_deref();
+        let target = match (&config.target, launched) {
+            (_, Some(launched)) => {
+                Target::for_command(launched.pid(), launched.exe(), allocator_lib)?
+            }
+            (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
+            (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
+        };
+        let plan = Plan::for_object(&target.allocator.host_path)?;
+        for point in &plan.points {
+            log::debug!(
+                "probe {} at file offset {:#x}+{} ({:?} return probe)",
+                point.functions.join("/"),
+                point.function_offset,
+                point.entry_skip,
+                point.returns
+            );
+        }
+        let exit = ProcessExit::watch(target.pid)?;
+        // Before the ready line: a signal sent as soon as it appears must
+        // stop tracing cleanly, not kill the tracer.
+        let stop_signals = StopSignals::install()?;
+        let (mut probes, maps) = Probes::load(target.pid, config.ring_size, config.verbose)?;
+        let programs = if config.floor {
+            Programs::Floor
+        } else {
+            Programs::Tracing
+        };
+        probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+        if launched.is_none() && !target.is_alive() {
+            bail!("pid {} exited while alloctrace was attaching", target.pid);
+        }
+        Ok(Self {
+            target,
+            plan,
+            probes,
+            maps,
+            exit,
+            stop_signals,
+        })
+    }
+}
+
+/// A process that exits while being resolved or attached to makes any step
+/// fail (its maps read empty, perf_event_open says ESRCH...): say what
+/// really happened rather than the step's symptom.
+fn explain_attach_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
+    let TargetSpec::Pid(pid) = config.target else {
+        return error;
+    };
+    let gone = procfs::process::Process::new(pid as i32)
+        .and_then(|process| process.stat())
+        .map_or(true, |stat| stat.state == 'Z');
+    let already_said = matches!(
+        error.downcast_ref::<crate::target::TargetError>(),
+        Some(crate::target::TargetError::NoSuchProcess(_))
+    ) || error.to_string().contains("exited while");
+    if gone && !already_said {
+        anyhow!("pid {pid} exited while alloctrace was attaching")
+    } else {
+        error
+    }
 }
 
 struct Session {

@@ -16,6 +16,7 @@ use std::{
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use object::read::elf::ProgramHeader as _;
@@ -23,6 +24,11 @@ use procfs::{ProcError, process::MMapPath};
 use thiserror::Error;
 
 use crate::placement;
+
+/// How long a dynamically linked process without a mapped allocator is
+/// given to finish loading, and how often it is looked at meanwhile.
+const LOADER_PATIENCE: Duration = Duration::from_secs(1);
+const LOADER_POLL: Duration = Duration::from_millis(5);
 
 /// A process to trace.
 #[derive(Debug, Clone)]
@@ -89,6 +95,25 @@ pub enum TargetError {
 impl Target {
     /// Resolves a running process.
     pub fn resolve(pid: u32, allocator_lib: Option<&Path>) -> Result<Self, TargetError> {
+        // A dynamically linked process caught within its first milliseconds
+        // has not had its libraries mapped by the dynamic loader yet: give
+        // the loader a moment before concluding there is no allocator.
+        let host_exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let mut patience = LOADER_PATIENCE;
+        loop {
+            match Self::resolve_now(pid, allocator_lib) {
+                Err(TargetError::NoAllocator { .. })
+                    if !patience.is_zero() && matches!(interpreter_of(&host_exe), Ok(Some(_))) =>
+                {
+                    std::thread::sleep(LOADER_POLL);
+                    patience = patience.saturating_sub(LOADER_POLL);
+                }
+                result => return result,
+            }
+        }
+    }
+
+    fn resolve_now(pid: u32, allocator_lib: Option<&Path>) -> Result<Self, TargetError> {
         let proc_err = |source: ProcError| match source {
             ProcError::NotFound(_) => TargetError::NoSuchProcess(pid),
             source => TargetError::Proc { pid, source },
