@@ -66,7 +66,7 @@ pub struct Cli {
     /// Track at most this many outstanding allocations; beyond it new ones
     /// are dropped and counted (`dropped_allocations`) instead of growing the
     /// tracer's memory without bound.
-    #[arg(long, value_name = "N", default_value = "50000000", value_parser = parse_count)]
+    #[arg(long, value_name = "N", default_value = "20000000", value_parser = parse_count)]
     pub max_tracked: u64,
 
     /// Trace the allocator in this shared library (e.g. a jemalloc or

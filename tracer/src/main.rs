@@ -86,7 +86,7 @@ fn check_privileges() -> anyhow::Result<()> {
     let admin = effective(caps::Capability::CAP_SYS_ADMIN);
     let bpf = effective(caps::Capability::CAP_BPF);
     let perfmon = effective(caps::Capability::CAP_PERFMON);
-    if !admin && !(bpf && perfmon) {
+    if !(admin || bpf && perfmon) {
         bail!(
             "running as root but without CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) in the \
              effective capability set; run alloctrace with those capabilities (e.g. a privileged \

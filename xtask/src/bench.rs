@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{build, util};
+use crate::{bench_memory, build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,6 +32,9 @@ pub struct Args {
     /// Length of each churn phase, in seconds
     #[arg(long, default_value_t = 2.0)]
     pub seconds: f64,
+    /// Outstanding allocations for the tracer-memory measurement (0 skips it)
+    #[arg(long, default_value_t = 10_000_000)]
+    pub tracked: u64,
 }
 
 /// How long a tracer may take to attach before the run is abandoned.
@@ -136,7 +139,14 @@ pub fn run(args: &Args) -> Result<()> {
         seconds: args.seconds,
     };
     let results = run_rounds(&bench, &setups, args.rounds)?;
-    let summary = summarize(&bench, args.rounds, &results, &skipped);
+    let memory = match args.tracked {
+        0 => None,
+        count => Some(bench_memory::measure(&bench.tracer, &bench.out, count)?),
+    };
+    let mut summary = summarize(&bench, args.rounds, &results, &skipped);
+    if let Some(memory) = &memory {
+        summary["memory"] = memory.to_json();
+    }
     let json_path = bench.out.join("results.json");
     let text = serde_json::to_string_pretty(&summary).context("serializing results")?;
     std::fs::write(&json_path, text + "\n")
@@ -144,6 +154,9 @@ pub fn run(args: &Args) -> Result<()> {
 
     println!();
     print_table(&results, &skipped);
+    if let Some(memory) = &memory {
+        memory.print();
+    }
     println!();
     println!("results: {}", json_path.display());
     Ok(())
