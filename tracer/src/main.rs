@@ -69,7 +69,14 @@ fn fail(message: &str, code: u8) -> ExitCode {
 /// wrong.
 fn first_line_of_clap_error(error: &clap::Error) -> String {
     let rendered = error.render().to_string();
-    let line = rendered.lines().next().unwrap_or("invalid arguments");
+    let mut lines = rendered.lines().map(str::trim);
+    let mut line = lines.next().unwrap_or("invalid arguments").to_string();
+    if line.ends_with(':') {
+        // "the following required arguments were not provided:" lists them
+        // on the lines below.
+        let listed: Vec<&str> = lines.take_while(|l| !l.is_empty()).collect();
+        line = format!("{line} {}", listed.join(", "));
+    }
     format!("{} (see --help)", line.trim_start_matches("error: "))
 }
 
