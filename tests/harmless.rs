@@ -100,3 +100,33 @@ fn sigkill_of_the_tracer_leaves_the_target_untouched_and_at_full_speed() {
     );
     assert!(w.is_alive());
 }
+
+#[test]
+fn a_second_sigint_ends_the_tracer_at_once_and_still_leaves_no_probe() {
+    require_root();
+    let w = Workload::spawn_bin(&churn_meter_bin(), &[]);
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    let tracer = Tracer::spawn(w.pid, &[std::path::Path::new("--report"), &report], None);
+    let pid = tracer.pid() as i32;
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    // The first SIGINT starts an orderly stop (detaching takes a while);
+    // the second one must not wait for it.
+    std::thread::sleep(Duration::from_millis(50));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGINT) };
+    let out = tracer.wait_exit(Duration::from_secs(10));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&out.status),
+        Some(libc::SIGINT),
+        "the second SIGINT should have ended alloctrace ({})\n{}",
+        out.status,
+        out.stderr
+    );
+    assert!(!report.exists(), "an interrupted stop wrote a report");
+    assert!(
+        libc_code_matches_the_file(w.pid),
+        "a probe was left in the target after the second SIGINT"
+    );
+}

@@ -77,6 +77,26 @@ fn exec_stops_tracing_with_the_old_programs_blocks() {
 }
 
 #[test]
+fn failed_allocations_are_not_recorded() {
+    require_root();
+    let (out, report) = lifecycle("failures");
+    out.assert_success();
+    assert_site(&report, "site_fail_survivor", (100, 1));
+    assert_site(&report, "site_failing_calls", (0, 0));
+    // Only the constructor's, its thread's and the survivor's blocks (plus
+    // glibc's own) were allocated; nine failed calls added nothing.
+    let (early, early_report) = lifecycle("early");
+    assert_eq!(early.status.code(), Some(3));
+    let allocs = |report: &Value| as_u64(totals(report), "allocs");
+    assert_eq!(
+        allocs(&report),
+        allocs(&early_report) - 4 + 1,
+        "early mode's 4 site_main blocks vs one survivor\n{}",
+        summarize_report(&report)
+    );
+}
+
+#[test]
 fn address_reuse_across_threads_never_confuses_blocks() {
     require_root();
     // 4 producers x 25000 blocks of 48 B, 1 in 100 kept, the rest freed by

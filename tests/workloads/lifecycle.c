@@ -13,6 +13,8 @@
  *           and leaks its own; the parent waits, then leaks again.
  *   exec    leaks, then execs itself as `lifecycle after-exec`, which
  *           leaks at another site and exits 0.
+ *   failures  allocations that fail (NULL, EINVAL, ENOMEM) from every
+ *           entry point; only site_fail_survivor's block is outstanding.
  *   stress  STRESS_PRODUCERS threads allocate same-size blocks and hand them
  *           to STRESS_CONSUMERS threads that free them (addresses are reused
  *           across threads and CPUs all the time); every 100th block leaks.
@@ -22,6 +24,7 @@
  * KEEP IN SYNC with the constants in tests/lifecycle.rs.
  */
 #define _GNU_SOURCE
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -163,6 +166,33 @@ static int run_after_exec(void)
     return 0;
 }
 
+/* ---- failures --------------------------------------------------------- */
+
+#define HUGE ((size_t)1 << 62)
+
+/* 1 x 100 B: the block a failed realloc must leave where it was */
+NOINLINE void *site_fail_survivor(void) { return keep(malloc(100)); }
+
+/* each of these fails and must not be recorded */
+NOINLINE void site_failing_calls(void *survivor)
+{
+    void *p = NULL;
+    if (malloc(HUGE) != NULL || calloc(HUGE, 16) != NULL ||
+        realloc(survivor, HUGE) != NULL || reallocarray(NULL, HUGE, 16) != NULL ||
+        aligned_alloc(64, HUGE) != NULL || memalign(64, HUGE) != NULL ||
+        valloc(HUGE) != NULL || posix_memalign(&p, 3, 64) == 0 ||
+        posix_memalign(&p, 64, HUGE) == 0) {
+        fprintf(stderr, "lifecycle: an allocation that should fail succeeded\n");
+        exit(2);
+    }
+}
+
+static int run_failures(void)
+{
+    site_failing_calls(site_fail_survivor());
+    return 0;
+}
+
 /* ---- stress ----------------------------------------------------------- */
 
 #define STRESS_PRODUCERS 4
@@ -250,6 +280,8 @@ int main(int argc, char **argv)
         status = run_exec(argv[0]);
     else if (strcmp(mode, "after-exec") == 0)
         status = run_after_exec();
+    else if (strcmp(mode, "failures") == 0)
+        status = run_failures();
     else if (strcmp(mode, "stress") == 0)
         status = run_stress();
     else {
