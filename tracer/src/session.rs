@@ -1,11 +1,13 @@
 //! One tracing session, start to finish: resolve the target, attach, feed
-//! events to the ledger, print a summary every interval, and on stop detach
-//! first, then drain what is left and write the final outputs.
+//! events to the ledger, print a summary every interval (and keep the
+//! per-stack history leak suspects are ranked from), and on stop detach
+//! first, then drain what is left, write the final outputs and judge the
+//! leak gate.
 
 use std::{
     collections::HashSet,
     os::fd::{FromRawFd as _, OwnedFd},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{Context as _, anyhow, bail};
@@ -17,12 +19,17 @@ use tokio::{
 use tracer_ebpf::{Counter, Event, EventKind};
 
 use crate::{
+    analysis::{History, LeakGate, history::DEFAULT_WINDOW, rank_suspects},
     cli::{Config, LogFormat},
     events::{EventReader, watch_readable},
     ledger::Ledger,
+    metrics::{Metrics, MetricsSnapshot, SuspectMetric},
     placement::Plan,
     probes::{Counters, Probes, Programs},
-    report::{self, ProcessReport, Report, StackReport, SummaryState, Totals, write_atomically},
+    report::{
+        self, PprofInput, ProcessReport, Report, StackView, SummaryState, SuspectReport, Totals,
+        write_atomically,
+    },
     symbolize::StackSymbolizer,
     target::Target,
 };
@@ -39,9 +46,22 @@ enum Stop {
     TargetExited,
 }
 
+/// How a session that ran to its end turned out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// `--fail-on-growth` found stacks that grew too much (printed).
+    LeakGateFailed,
+}
+
 /// Traces `config.pid` until stopped, then writes the final outputs.
-pub async fn run(config: &Config) -> anyhow::Result<()> {
+pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
     let target = Target::resolve(config.pid)?;
+    // Bound before attaching, so a taken port costs the target nothing.
+    let metrics = match config.watch.metrics_addr {
+        Some(addr) => Some(Metrics::serve(addr).await?),
+        None => None,
+    };
     let plan = Plan::for_libc(&target.libc.host_path)?;
     for point in &plan.points {
         log::debug!(
@@ -78,6 +98,15 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         ledger: Ledger::new(),
         summaries: SummaryState::default(),
         lost_at_cut: None,
+        history: History::new(DEFAULT_WINDOW),
+        gate: config
+            .watch
+            .gate
+            .map(|gate| LeakGate::new(gate.threshold_bytes, gate.after)),
+        metrics,
+        events: 0,
+        wall_started: SystemTime::now(),
+        stopped_at: None,
         target,
         config: config.clone(),
     };
@@ -93,6 +122,7 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     // stream up to the first event past this instant is a consistent cut.
     let cut_ns = monotonic_ns();
     session.lost_at_cut = Some(session.counters.get(Counter::LostEvents));
+    session.stopped_at = Some(Instant::now());
     probes.detach();
     if stop == Stop::TargetExited {
         session.symbols.target_exited();
@@ -100,7 +130,8 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
     }
     session.drain_until(cut_ns);
     session.print_summary();
-    session.write_outputs()
+    session.write_outputs()?;
+    session.judge_leak_gate()
 }
 
 struct Session {
@@ -115,6 +146,16 @@ struct Session {
     /// Lost events when tracing stopped; events lost while the probes were
     /// being detached belong to the discarded window.
     lost_at_cut: Option<u64>,
+    /// Each stack's outstanding bytes at the last ticks.
+    history: History,
+    gate: Option<LeakGate>,
+    metrics: Option<Metrics>,
+    /// Events applied to the ledger.
+    events: u64,
+    wall_started: SystemTime,
+    /// When tracing stopped: the moment the final numbers describe, however
+    /// long detaching takes after it.
+    stopped_at: Option<Instant>,
 }
 
 impl Session {
@@ -136,6 +177,12 @@ impl Session {
         let deadline =
             sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
         tokio::pin!(deadline);
+        let warm_up = sleep_until(started + self.gate.as_ref().map_or(Duration::ZERO, LeakGate::after));
+        tokio::pin!(warm_up);
+        let snapshot_every = self.config.watch.snapshots.as_ref().map(|s| s.every);
+        let every = snapshot_every.unwrap_or(Duration::from_secs(1 << 40));
+        let mut snapshot_timer = interval_at(started + every, every);
+        snapshot_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = drain_timer.tick() => {
@@ -150,6 +197,14 @@ impl Session {
                     self.drain();
                     self.symbols.refresh_maps();
                     self.print_summary();
+                }
+                _ = &mut warm_up, if self.gate.as_ref().is_some_and(LeakGate::waiting_for_baseline) => {
+                    self.drain();
+                    self.take_gate_baseline();
+                }
+                _ = snapshot_timer.tick(), if snapshot_every.is_some() => {
+                    self.drain();
+                    self.write_snapshot();
                 }
                 _ = interrupt.recv() => return Ok(Stop::Signal),
                 _ = terminate.recv() => return Ok(Stop::Signal),
@@ -175,11 +230,13 @@ impl Session {
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
         let mut past_cut = false;
+        let mut events = 0;
         self.reader.drain(|event: &Event, frames| {
             past_cut |= event.timestamp_ns > cut_ns;
             if past_cut {
                 return;
             }
+            events += 1;
             match frames {
                 Some(frames) => ledger.apply(&Event {
                     stack_id: symbols.intern(frames),
@@ -193,6 +250,7 @@ impl Session {
                 }
             }
         });
+        self.events += events;
         self.symbols.learn(new_stacks);
     }
 
@@ -203,25 +261,65 @@ impl Session {
         Totals::new(self.ledger.totals(), lost)
     }
 
+    /// One tick: records every stack in the history, then prints the
+    /// largest and the most suspicious stacks and publishes the metrics.
     fn print_summary(&mut self) {
-        let now_ns = monotonic_ns();
-        let mut usage = self.ledger.usage_by_stack(u64::MAX);
-        usage.truncate(self.config.top);
-        let top = StackReport::from_usage(&usage, &self.symbols, now_ns);
-        let elapsed = self.started.elapsed().as_secs_f64();
-        let summary = self.summaries.next(self.totals(), elapsed, top);
+        let view = StackView::of(&self.ledger, monotonic_ns(), u64::MAX);
+        let elapsed = self
+            .stopped_at
+            .unwrap_or_else(Instant::now)
+            .duration_since(self.started)
+            .as_secs_f64();
+        self.history.record(elapsed, &view.usage);
+        let top = view.largest(&self.symbols, self.config.top);
+        let suspects = self.suspects(&view, self.config.top);
+        let totals = self.totals();
+        self.publish_metrics(totals, &view, &suspects);
+        let summary = self
+            .summaries
+            .next(totals, elapsed, top, view.total_ages(), suspects);
         match self.config.log_format {
             LogFormat::Human => print!("{}", summary.to_human()),
             LogFormat::Json => println!("{}", summary.to_json_line()),
         }
     }
 
+    /// The most suspicious stacks of `view`, per the history so far.
+    fn suspects(&self, view: &StackView, limit: usize) -> Vec<SuspectReport> {
+        let ranked = rank_suspects(&self.history, &view.usage, view.now_ns);
+        view.suspects(&ranked, &self.symbols, self.target.pid, limit)
+    }
+
+    fn publish_metrics(&self, totals: Totals, view: &StackView, suspects: &[SuspectReport]) {
+        let Some(metrics) = &self.metrics else { return };
+        metrics.publish(MetricsSnapshot {
+            pid: self.target.pid,
+            comm: self.target.comm.clone(),
+            totals,
+            events: self.events,
+            age_bytes: view.total_ages(),
+            suspects: suspects
+                .iter()
+                .map(|suspect| SuspectMetric {
+                    frame: suspect
+                        .stack
+                        .frames
+                        .first()
+                        .map_or_else(|| "[no stack]".to_owned(), |frame| frame.label()),
+                    bytes: suspect.stack.bytes,
+                    growth_bytes_per_s: suspect.growth_bytes_per_s,
+                })
+                .collect(),
+        });
+    }
+
+    /// The report as of now: the final one, and each snapshot.
     fn final_report(&self) -> Report {
         let now_ns = monotonic_ns();
         let min_age_ns = self.config.min_age.as_nanos() as u64;
-        let usage = self
-            .ledger
-            .usage_by_stack(now_ns.saturating_sub(min_age_ns));
+        let view = StackView::of(&self.ledger, now_ns, now_ns.saturating_sub(min_age_ns));
+        // Suspects are about all blocks, as the history is.
+        let suspects = self.suspects(&StackView::of(&self.ledger, now_ns, u64::MAX), usize::MAX);
         let totals = self.totals();
         Report {
             version: report::REPORT_VERSION,
@@ -234,8 +332,86 @@ impl Session {
                 exe: self.target.exe.display().to_string(),
                 libc: self.target.libc.path.display().to_string(),
                 totals,
-                stacks: StackReport::from_usage(&usage, &self.symbols, now_ns),
+                age_bytes: view.total_ages(),
+                stacks: view.largest(&self.symbols, usize::MAX),
             }],
+            suspects,
+        }
+    }
+
+    /// Writes a timestamped report into the snapshot directory. A failure is
+    /// logged, not fatal: tracing matters more than one snapshot.
+    fn write_snapshot(&mut self) {
+        let Some(snapshots) = &self.config.watch.snapshots else {
+            return;
+        };
+        let path = report::snapshot_path(&snapshots.dir, self.target.pid, SystemTime::now());
+        let report = self.final_report();
+        if let Err(error) = write_atomically(&path, |out| report::write_json(&report, out)) {
+            log::warn!("snapshot {}: {error:#}", path.display());
+        }
+    }
+
+    fn take_gate_baseline(&mut self) {
+        let usage = self.ledger.usage_by_stack(u64::MAX);
+        if let Some(gate) = &mut self.gate {
+            gate.take_baseline(&usage);
+        }
+    }
+
+    /// Judges the leak gate on the ledger as it was when tracing stopped,
+    /// printing the offending stacks to stderr.
+    fn judge_leak_gate(&self) -> anyhow::Result<Outcome> {
+        let Some(gate) = &self.gate else {
+            return Ok(Outcome::Done);
+        };
+        let offenders = gate.judge(&self.ledger.usage_by_stack(u64::MAX))?;
+        if offenders.is_empty() {
+            return Ok(Outcome::Done);
+        }
+        let named: Vec<_> = offenders
+            .into_iter()
+            .map(|offender| (offender, self.symbols.frames(offender.stack)))
+            .collect();
+        eprint!(
+            "{}",
+            report::gate_failure(&named, gate.threshold_bytes(), gate.after())
+        );
+        Ok(Outcome::LeakGateFailed)
+    }
+
+    /// The pprof profile's input: every stack that allocated, with its
+    /// outstanding numbers as in the report's stacks.
+    fn pprof_input(&self, stacks_view: &StackView) -> PprofInput<'_> {
+        let outstanding: std::collections::HashMap<_, _> = stacks_view
+            .usage
+            .iter()
+            .map(|usage| (usage.stack, usage))
+            .collect();
+        let mut stacks: Vec<_> = self.ledger.allocated_by_stack().iter().collect();
+        stacks.sort_by_key(|(stack, _)| **stack);
+        PprofInput {
+            pid: self.target.pid,
+            comm: self.target.comm.clone(),
+            stacks: stacks
+                .into_iter()
+                .map(|(stack, allocated)| {
+                    let usage = outstanding.get(stack);
+                    report::PprofStack {
+                        frames: self.symbols.frames(*stack),
+                        inuse_bytes: usage.map_or(0, |u| u.bytes),
+                        inuse_count: usage.map_or(0, |u| u.count),
+                        alloc_bytes: allocated.bytes,
+                        alloc_count: allocated.count,
+                    }
+                })
+                .collect(),
+            mappings: self.symbols.mappings(),
+            time_nanos: self
+                .wall_started
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |since| since.as_nanos() as i64),
+            duration_nanos: self.started.elapsed().as_nanos() as i64,
         }
     }
 
@@ -248,6 +424,13 @@ impl Session {
         }
         if let Some(path) = &outputs.folded {
             write_atomically(path, |out| report::write_folded(stacks, out))?;
+        }
+        if let Some(path) = &outputs.pprof {
+            let now_ns = monotonic_ns();
+            let min_age_ns = self.config.min_age.as_nanos() as u64;
+            let view = StackView::of(&self.ledger, now_ns, now_ns.saturating_sub(min_age_ns));
+            let input = self.pprof_input(&view);
+            write_atomically(path, |out| report::write_pprof(&input, out))?;
         }
         if let Some(path) = &outputs.flamegraph {
             let title = format!(
