@@ -13,7 +13,9 @@ use anyhow::Context as _;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::report::{bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph};
+use crate::report::{
+    bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph,
+};
 
 /// Compare two alloctrace JSON reports: the stacks whose outstanding bytes
 /// changed most, largest change first.
@@ -66,7 +68,9 @@ impl FrameFile {
         match (&self.function, &self.module) {
             (Some(function), _) => function.clone(),
             (None, Some(module)) => {
-                let path = module.rsplit_once("+0x").map_or(module.as_str(), |(path, _)| path);
+                let path = module
+                    .rsplit_once("+0x")
+                    .map_or(module.as_str(), |(path, _)| path);
                 format!("[{path}]")
             }
             (None, None) => "[unknown]".to_owned(),
@@ -122,7 +126,8 @@ pub fn run(cli: &DiffCli) -> anyhow::Result<()> {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<ReportFile> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text)
         .with_context(|| format!("{} is not an alloctrace JSON report", path.display()))
 }
@@ -154,7 +159,8 @@ fn compare(old: &ReportFile, new: &ReportFile) -> Vec<StackDelta> {
 }
 
 fn print_deltas(deltas: &[StackDelta], top: usize, out: &mut dyn Write) -> anyhow::Result<()> {
-    let total = |usage: fn(&StackDelta) -> Usage| deltas.iter().map(|d| usage(d).bytes).sum::<u64>();
+    let total =
+        |usage: fn(&StackDelta) -> Usage| deltas.iter().map(|d| usage(d).bytes).sum::<u64>();
     let (old_total, new_total) = (total(|d| d.old), total(|d| d.new));
     writeln!(
         out,
@@ -172,7 +178,11 @@ fn print_deltas(deltas: &[StackDelta], top: usize, out: &mut dyn Write) -> anyho
             delta.new.count as i64 - delta.old.count as i64,
             bytes(delta.old.bytes),
             bytes(delta.new.bytes),
-            if frames.is_empty() { "[no stack]".to_owned() } else { frames.join(" < ") },
+            if frames.is_empty() {
+                "[no stack]".to_owned()
+            } else {
+                frames.join(" < ")
+            },
         )?;
     }
     Ok(())
@@ -213,7 +223,16 @@ mod tests {
         assert_eq!(deltas[0].frames, ["leak", "[/app]"]);
         assert_eq!(
             (deltas[0].old, deltas[0].new),
-            (Usage { bytes: 100, count: 1 }, Usage { bytes: 900, count: 9 })
+            (
+                Usage {
+                    bytes: 100,
+                    count: 1
+                },
+                Usage {
+                    bytes: 900,
+                    count: 9
+                }
+            )
         );
         assert_eq!(deltas[1].frames, ["new_site"]);
         assert_eq!(deltas[2].bytes_change(), 0);
@@ -221,13 +240,19 @@ mod tests {
 
     #[test]
     fn stacks_of_several_processes_are_pooled_and_vanished_ones_shrink() {
-        let stack = |bytes: u64| {
-            serde_json::json!({"bytes": bytes, "count": 1, "frames": [frame("0x1", Some("f"), "/a")]})
-        };
-        let old = report(serde_json::json!({"processes": [{"stacks": [stack(10)]}, {"stacks": [stack(20)]}]}));
+        let stack = |bytes: u64| serde_json::json!({"bytes": bytes, "count": 1, "frames": [frame("0x1", Some("f"), "/a")]});
+        let old = report(
+            serde_json::json!({"processes": [{"stacks": [stack(10)]}, {"stacks": [stack(20)]}]}),
+        );
         let new = report(serde_json::json!({"processes": [{"stacks": []}]}));
         let deltas = compare(&old, &new);
-        assert_eq!(deltas[0].old, Usage { bytes: 30, count: 2 });
+        assert_eq!(
+            deltas[0].old,
+            Usage {
+                bytes: 30,
+                count: 2
+            }
+        );
         assert_eq!(deltas[0].bytes_change(), -30);
         let mut text = Vec::new();
         print_deltas(&deltas, 10, &mut text).unwrap();

@@ -323,10 +323,28 @@ mod tests {
     #[test]
     fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
         let [start, end] = realloc(MAIN, 0x10, 0x80, 500, 2);
-        let ledger = ledger_after(&[alloc(0x10, 100, 1), free(0x10), alloc(0x10, 30, 1), start, end]);
+        let ledger = ledger_after(&[
+            alloc(0x10, 100, 1),
+            free(0x10),
+            alloc(0x10, 30, 1),
+            start,
+            end,
+        ]);
         let allocated = ledger.allocated_by_stack();
-        assert_eq!(allocated[&1], Allocated { bytes: 130, count: 2 });
-        assert_eq!(allocated[&2], Allocated { bytes: 500, count: 1 });
+        assert_eq!(
+            allocated[&1],
+            Allocated {
+                bytes: 130,
+                count: 2
+            }
+        );
+        assert_eq!(
+            allocated[&2],
+            Allocated {
+                bytes: 500,
+                count: 1
+            }
+        );
         assert_eq!(ledger.totals().allocated_bytes, 630);
         let live: Vec<LiveBlock> = ledger.live_blocks().collect();
         assert_eq!(

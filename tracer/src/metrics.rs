@@ -74,11 +74,17 @@ impl Metrics {
     }
 
     pub fn publish(&self, snapshot: MetricsSnapshot) {
-        *self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = snapshot;
     }
 
     fn render(&self) -> String {
-        let snapshot = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let snapshot = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         render(&snapshot)
     }
 }
@@ -155,17 +161,47 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         family.get_or_create(&process).set(value as i64);
         registry.register(name, help, family);
     };
-    gauge(&mut registry, "alloctrace_outstanding_bytes", "Bytes allocated and not freed", totals.outstanding_bytes);
-    gauge(&mut registry, "alloctrace_outstanding_allocations", "Blocks allocated and not freed", totals.outstanding_count);
+    gauge(
+        &mut registry,
+        "alloctrace_outstanding_bytes",
+        "Bytes allocated and not freed",
+        totals.outstanding_bytes,
+    );
+    gauge(
+        &mut registry,
+        "alloctrace_outstanding_allocations",
+        "Blocks allocated and not freed",
+        totals.outstanding_count,
+    );
     let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
         let family = Family::<Labels, Counter>::default();
         family.get_or_create(&process).inc_by(value);
         registry.register(name, help, family);
     };
-    counter(&mut registry, "alloctrace_events", "Events read from the kernel", snapshot.events);
-    counter(&mut registry, "alloctrace_lost_events", "Events the kernel dropped (ring buffer full)", totals.lost_events);
-    counter(&mut registry, "alloctrace_allocations", "Allocations seen", totals.allocs);
-    counter(&mut registry, "alloctrace_frees", "Frees of blocks allocated while tracing", totals.frees);
+    counter(
+        &mut registry,
+        "alloctrace_events",
+        "Events read from the kernel",
+        snapshot.events,
+    );
+    counter(
+        &mut registry,
+        "alloctrace_lost_events",
+        "Events the kernel dropped (ring buffer full)",
+        totals.lost_events,
+    );
+    counter(
+        &mut registry,
+        "alloctrace_allocations",
+        "Allocations seen",
+        totals.allocs,
+    );
+    counter(
+        &mut registry,
+        "alloctrace_frees",
+        "Frees of blocks allocated while tracing",
+        totals.frees,
+    );
 
     let by_age = Family::<Labels, Gauge>::default();
     for (age, bytes) in [
@@ -178,7 +214,11 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         labels.push(("age".to_owned(), age.to_owned()));
         by_age.get_or_create(&labels).set(bytes as i64);
     }
-    registry.register("alloctrace_outstanding_bytes_by_age", "Outstanding bytes by allocation age", by_age);
+    registry.register(
+        "alloctrace_outstanding_bytes_by_age",
+        "Outstanding bytes by allocation age",
+        by_age,
+    );
 
     let suspect_bytes = Family::<Labels, Gauge>::default();
     let suspect_growth = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
@@ -186,10 +226,18 @@ pub fn render(snapshot: &MetricsSnapshot) -> String {
         let mut labels = process.clone();
         labels.push(("rank".to_owned(), (rank + 1).to_string()));
         labels.push(("frame".to_owned(), suspect.frame.clone()));
-        suspect_bytes.get_or_create(&labels).set(suspect.bytes as i64);
-        suspect_growth.get_or_create(&labels).set(suspect.growth_bytes_per_s);
+        suspect_bytes
+            .get_or_create(&labels)
+            .set(suspect.bytes as i64);
+        suspect_growth
+            .get_or_create(&labels)
+            .set(suspect.growth_bytes_per_s);
     }
-    registry.register("alloctrace_suspect_outstanding_bytes", "Outstanding bytes of each leak suspect", suspect_bytes);
+    registry.register(
+        "alloctrace_suspect_outstanding_bytes",
+        "Outstanding bytes of each leak suspect",
+        suspect_bytes,
+    );
     registry.register(
         "alloctrace_suspect_growth_bytes_per_second",
         "Growth rate of each leak suspect (Theil-Sen slope)",

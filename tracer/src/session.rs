@@ -177,7 +177,8 @@ impl Session {
         let deadline =
             sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
         tokio::pin!(deadline);
-        let warm_up = sleep_until(started + self.gate.as_ref().map_or(Duration::ZERO, LeakGate::after));
+        let warm_up =
+            sleep_until(started + self.gate.as_ref().map_or(Duration::ZERO, LeakGate::after));
         tokio::pin!(warm_up);
         let snapshot_every = self.config.watch.snapshots.as_ref().map(|s| s.every);
         let every = snapshot_every.unwrap_or(Duration::from_secs(1 << 40));

@@ -35,8 +35,10 @@ impl History {
     /// Records one tick: every stack in `usage` at its bytes, every stack
     /// already tracked but absent from `usage` at zero.
     pub fn record(&mut self, elapsed_s: f64, usage: &[StackUsage]) {
-        let mut bytes_now: HashMap<StackId, u64> =
-            usage.iter().map(|usage| (usage.stack, usage.bytes)).collect();
+        let mut bytes_now: HashMap<StackId, u64> = usage
+            .iter()
+            .map(|usage| (usage.stack, usage.bytes))
+            .collect();
         for (stack, samples) in &mut self.stacks {
             let bytes = bytes_now.remove(stack).unwrap_or(0);
             samples.push_back(Sample { elapsed_s, bytes });

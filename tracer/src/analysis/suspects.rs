@@ -92,14 +92,19 @@ pub fn evaluate(samples: &[Sample], oldest_age_s: f64) -> Option<Evidence> {
         return None;
     }
     let steps = samples.len() - 1;
-    let increasing_steps = samples.windows(2).filter(|w| w[1].bytes > w[0].bytes).count();
-    let decreasing_steps = samples.windows(2).filter(|w| w[1].bytes < w[0].bytes).count();
+    let increasing_steps = samples
+        .windows(2)
+        .filter(|w| w[1].bytes > w[0].bytes)
+        .count();
+    let decreasing_steps = samples
+        .windows(2)
+        .filter(|w| w[1].bytes < w[0].bytes)
+        .count();
     let decreasing_fraction = decreasing_steps as f64 / steps as f64;
     let slope = theil_sen_slope(samples);
     let r_squared = r_squared(samples);
-    let qualifies = slope > 0.0
-        && r_squared >= MIN_R_SQUARED
-        && decreasing_fraction <= MAX_DECREASING_FRACTION;
+    let qualifies =
+        slope > 0.0 && r_squared >= MIN_R_SQUARED && decreasing_fraction <= MAX_DECREASING_FRACTION;
     if !qualifies {
         return None;
     }
@@ -202,7 +207,10 @@ mod tests {
     fn a_steady_leak_is_a_suspect_growing_at_its_rate() {
         let evidence = evaluate(&steady_leak(), 19.5).expect("a steady leak is a suspect");
         let rate = (80 * KIB) as f64;
-        assert!((evidence.slope_bytes_per_s - rate).abs() < rate * 0.02, "{evidence:?}");
+        assert!(
+            (evidence.slope_bytes_per_s - rate).abs() < rate * 0.02,
+            "{evidence:?}"
+        );
         assert!(evidence.r_squared > 0.99, "{evidence:?}");
         assert_eq!((evidence.ticks, evidence.decreasing_steps), (20, 0));
         assert_eq!(evidence.retention, 1.0);

@@ -114,7 +114,11 @@ mod tests {
             rect[fill..fill + rect[fill..].find('"').unwrap()].to_owned()
         };
         // inferno: red (255, x, x) for growth, blue (x, x, 255) for shrink.
-        assert!(fill_of("leak").starts_with("rgb(255,"), "{}", fill_of("leak"));
+        assert!(
+            fill_of("leak").starts_with("rgb(255,"),
+            "{}",
+            fill_of("leak")
+        );
         assert!(fill_of("cache").ends_with(",255)"), "{}", fill_of("cache"));
     }
 

@@ -23,7 +23,11 @@ pub fn folded_line(leaf_first: &[String], weight: u64) -> String {
     let path: Vec<String> = if leaf_first.is_empty() {
         vec!["[no stack]".to_owned()]
     } else {
-        leaf_first.iter().rev().map(|label| sanitize(label)).collect()
+        leaf_first
+            .iter()
+            .rev()
+            .map(|label| sanitize(label))
+            .collect()
     };
     format!("{} {weight}", path.join(";"))
 }

@@ -8,7 +8,11 @@ use crate::{analysis::gate::Offender, symbolize::Frame};
 
 /// The text printed when the gate fails: a headline, then one line per
 /// offending stack, largest growth first.
-pub fn gate_failure(offenders: &[(Offender, Vec<Frame>)], threshold: u64, after: Duration) -> String {
+pub fn gate_failure(
+    offenders: &[(Offender, Vec<Frame>)],
+    threshold: u64,
+    after: Duration,
+) -> String {
     let since = if after.is_zero() {
         "since attach".to_owned()
     } else {

@@ -185,9 +185,21 @@ mod tests {
     #[test]
     fn ticks_report_growth_and_rates_since_the_previous_tick() {
         let mut state = SummaryState::default();
-        let first = state.next(totals(100, 40, 6000), 10.0, vec![], AgeBuckets::default(), vec![]);
+        let first = state.next(
+            totals(100, 40, 6000),
+            10.0,
+            vec![],
+            AgeBuckets::default(),
+            vec![],
+        );
         assert_eq!((first.growth_bytes, first.growth_count), (6000, 60));
-        let second = state.next(totals(300, 290, 1000), 20.0, vec![], AgeBuckets::default(), vec![]);
+        let second = state.next(
+            totals(300, 290, 1000),
+            20.0,
+            vec![],
+            AgeBuckets::default(),
+            vec![],
+        );
         assert_eq!((second.growth_bytes, second.growth_count), (-5000, -50));
         assert_eq!((second.allocs_per_s, second.frees_per_s), (20.0, 25.0));
         assert_eq!((second.allocs, second.frees), (300, 290));
