@@ -31,6 +31,15 @@ fn trace_growth<S: AsRef<std::ffi::OsStr>>(
     (w, tracer)
 }
 
+/// Traces `growth leak STEPS` until it quiesced, waiting `interval` twice
+/// more so ticks see the quiet ledger, then stops the tracer with SIGINT.
+fn trace_growth_until_quiet(args: &[std::ffi::OsString], interval: Duration) -> Workload {
+    let (mut w, tracer) = trace_growth("leak", STEPS, args);
+    quiesce(&mut w, interval);
+    tracer.stop(libc::SIGINT).assert_success();
+    w
+}
+
 /// `frames[0].function` of every suspect of a report or tick.
 fn suspect_sites(value: &Value) -> Vec<String> {
     value["suspects"]
@@ -68,23 +77,23 @@ fn assert_ground_truth(report: &Value, leak_steps: u64) {
 fn a_steady_leak_ranks_first_and_a_large_stable_cache_is_no_suspect() {
     require_root();
     let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
     // The tracer stops while the leak still grows (200 steps = 10 s).
-    let args = [
-        "--interval".as_ref(),
-        "250ms".as_ref(),
-        "--duration".as_ref(),
-        "4s".as_ref(),
-        "--log-format".as_ref(),
-        "json".as_ref(),
-        "--report".as_ref(),
-        report_path.as_os_str(),
-    ];
+    let args = with_report(
+        &[
+            "--interval",
+            "250ms",
+            "--duration",
+            "4s",
+            "--log-format",
+            "json",
+        ],
+        dir.path(),
+    );
     let (_w, tracer) = trace_growth("leak", 200, &args);
     let out = tracer.wait_exit(Duration::from_secs(30));
     out.assert_success();
 
-    let report = read_json(&report_path);
+    let report = read_json(&dir.path().join("report.json"));
     let suspects = suspect_sites(&report);
     assert_eq!(
         suspects.first().map(String::as_str),
@@ -123,22 +132,25 @@ fn a_steady_leak_ranks_first_and_a_large_stable_cache_is_no_suspect() {
         "{last}"
     );
     for tick in &ticks {
-        let ages = &tick["age_bytes"];
-        let aged: u64 = ["under_10s", "under_1m", "under_10m", "older"]
-            .iter()
-            .map(|k| as_u64(ages, k))
-            .sum();
-        assert_eq!(aged, as_u64(tick, "outstanding_bytes"), "{tick}");
+        assert_eq!(
+            aged_bytes(tick),
+            as_u64(tick, "outstanding_bytes"),
+            "{tick}"
+        );
     }
     // Per stack, too, the age buckets add up to the stack's bytes.
     for stack in all_stacks(&report) {
-        let ages = &stack["age_bytes"];
-        let aged: u64 = ["under_10s", "under_1m", "under_10m", "older"]
-            .iter()
-            .map(|k| as_u64(ages, k))
-            .sum();
-        assert_eq!(aged, as_u64(stack, "bytes"), "{stack}");
+        assert_eq!(aged_bytes(stack), as_u64(stack, "bytes"), "{stack}");
     }
+}
+
+/// The sum of `age_bytes` over its buckets.
+fn aged_bytes(value: &Value) -> u64 {
+    let ages = &value["age_bytes"];
+    ["under_10s", "under_1m", "under_10m", "older"]
+        .iter()
+        .map(|k| as_u64(ages, k))
+        .sum()
 }
 
 /// `--fail-on-growth 96K --after 1s`: the leak grows ~240 KiB in the 3 s
@@ -200,6 +212,7 @@ fn leak_gate_passes_on_a_clean_workload() {
     assert_eq!(site_totals(&report, "leak_site"), (0, 0));
 }
 
+/// `args` and `--report DIR/report.json`.
 fn with_report(args: &[&str], dir: &Path) -> Vec<std::ffi::OsString> {
     let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
     args.push("--report".into());
@@ -211,19 +224,11 @@ fn with_report(args: &[&str], dir: &Path) -> Vec<std::ffi::OsString> {
 fn pprof_profile_decodes_and_adds_up_to_the_json_report() {
     require_root();
     let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
     let pprof_path = dir.path().join("heap.pb.gz");
-    let args = [
-        "--report".as_ref(),
-        report_path.as_os_str(),
-        "--pprof".as_ref(),
-        pprof_path.as_os_str(),
-    ];
-    let (mut w, tracer) = trace_growth("leak", STEPS, &args);
-    quiesce(&mut w, Duration::ZERO);
-    tracer.stop(libc::SIGINT).assert_success();
+    let args = with_report(&["--pprof", pprof_path.to_str().unwrap()], dir.path());
+    trace_growth_until_quiet(&args, Duration::ZERO);
 
-    let report = read_json(&report_path);
+    let report = read_json(&dir.path().join("report.json"));
     assert_ground_truth(&report, STEPS);
     let profile = read_pprof(&pprof_path);
     let name = |index: i64| profile.string_table[index as usize].as_str();
@@ -289,22 +294,18 @@ fn pprof_profile_decodes_and_adds_up_to_the_json_report() {
 fn metrics_endpoint_serves_the_numbers_the_report_has() {
     require_root();
     let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
     let addr = format!("127.0.0.1:{}", free_port());
     let interval = Duration::from_millis(250);
-    let args = [
-        "--interval".as_ref(),
-        "250ms".as_ref(),
-        "--metrics-addr".as_ref(),
-        addr.as_ref(),
-        "--report".as_ref(),
-        report_path.as_os_str(),
-    ];
+    let args = with_report(
+        &["--interval", "250ms", "--metrics-addr", &addr],
+        dir.path(),
+    );
     let (mut w, tracer) = trace_growth("leak", STEPS, &args);
     quiesce(&mut w, interval);
     let (status, body) = http_get(&addr, "/metrics");
     let (missing, _) = http_get(&addr, "/nothing");
     tracer.stop(libc::SIGINT).assert_success();
+    let report_path = dir.path().join("report.json");
 
     assert!(status.contains(" 200 "), "{status}\n{body}");
     assert!(missing.contains(" 404 "), "{missing}");
@@ -317,22 +318,15 @@ fn metrics_endpoint_serves_the_numbers_the_report_has() {
             .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{body}"))
     };
     let totals = &report["totals"];
-    assert_eq!(
-        metric("alloctrace_outstanding_bytes", &process) as u64,
-        as_u64(totals, "outstanding_bytes")
-    );
-    assert_eq!(
-        metric("alloctrace_outstanding_allocations", &process) as u64,
-        as_u64(totals, "outstanding_count")
-    );
-    assert_eq!(
-        metric("alloctrace_allocations_total", &process) as u64,
-        as_u64(totals, "allocs")
-    );
-    assert_eq!(
-        metric("alloctrace_lost_events_total", &process) as u64,
-        as_u64(totals, "lost_events")
-    );
+    for (name, key) in [
+        ("alloctrace_outstanding_bytes", "outstanding_bytes"),
+        ("alloctrace_outstanding_allocations", "outstanding_count"),
+        ("alloctrace_allocations_total", "allocs"),
+        ("alloctrace_frees_total", "frees"),
+        ("alloctrace_lost_events_total", "lost_events"),
+    ] {
+        assert_eq!(metric(name, &process) as u64, as_u64(totals, key), "{name}");
+    }
     // Each allocation and each free is at least one event.
     assert!(
         metric("alloctrace_events_total", &process) as u64
@@ -363,17 +357,16 @@ fn snapshots_are_reports_and_diff_names_the_leak_between_them() {
     let snapshots = dir.path().join("snaps");
     let svg = dir.path().join("diff.svg");
     let report_path = dir.path().join("report.json");
-    let args = [
-        "--snapshot-every".as_ref(),
-        "1s".as_ref(),
-        "--snapshot-dir".as_ref(),
-        snapshots.as_os_str(),
-        "--report".as_ref(),
-        report_path.as_os_str(),
-    ];
-    let (mut w, tracer) = trace_growth("leak", STEPS, &args);
-    quiesce(&mut w, Duration::ZERO);
-    tracer.stop(libc::SIGINT).assert_success();
+    let args = with_report(
+        &[
+            "--snapshot-every",
+            "1s",
+            "--snapshot-dir",
+            snapshots.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let w = trace_growth_until_quiet(&args, Duration::ZERO);
 
     let names = dir_entries(&snapshots);
     assert!(names.len() >= 3, "snapshots: {names:?}");

@@ -101,15 +101,7 @@ impl LeakGate {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn usage(stack: StackId, bytes: u64) -> StackUsage {
-        StackUsage {
-            stack,
-            bytes,
-            count: 1,
-            oldest_ns: 0,
-        }
-    }
+    use crate::analysis::usage;
 
     #[test]
     fn growth_counts_from_the_end_of_the_warm_up() {

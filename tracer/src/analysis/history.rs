@@ -73,15 +73,7 @@ impl History {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn usage(stack: StackId, bytes: u64) -> StackUsage {
-        StackUsage {
-            stack,
-            bytes,
-            count: 1,
-            oldest_ns: 0,
-        }
-    }
+    use crate::analysis::usage;
 
     fn samples_of(history: &History, stack: StackId) -> Vec<u64> {
         history

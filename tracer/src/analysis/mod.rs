@@ -15,3 +15,14 @@ pub use age::AgeBuckets;
 pub use gate::LeakGate;
 pub use history::History;
 pub use suspects::{Evidence, Suspect, rank_suspects};
+
+/// A stack's usage with one block allocated at time zero, for the tests.
+#[cfg(test)]
+fn usage(stack: crate::ledger::StackId, bytes: u64) -> crate::ledger::StackUsage {
+    crate::ledger::StackUsage {
+        stack,
+        bytes,
+        count: 1,
+        oldest_ns: 0,
+    }
+}

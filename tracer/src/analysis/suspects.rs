@@ -168,6 +168,7 @@ fn r_squared(samples: &[Sample]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::analysis::usage;
 
     const KIB: u64 = 1024;
     const MIB: u64 = 1024 * KIB;
@@ -249,23 +250,13 @@ mod tests {
             let usage: Vec<StackUsage> = [leak, cache, pool]
                 .into_iter()
                 .zip(&series)
-                .map(|(stack, samples)| StackUsage {
-                    stack,
-                    bytes: samples[tick].bytes,
-                    count: 1,
-                    oldest_ns: 0,
-                })
+                .map(|(stack, samples)| usage(stack, samples[tick].bytes))
                 .collect();
             history.record(tick as f64, &usage);
         }
         let now_ns = 20_000_000_000;
-        let usage = [leak, cache, pool].map(|stack| StackUsage {
-            stack,
-            bytes: 1,
-            count: 1,
-            oldest_ns: 0,
-        });
-        let suspects = rank_suspects(&history, &usage, now_ns);
+        let now = [leak, cache, pool].map(|stack| usage(stack, 1));
+        let suspects = rank_suspects(&history, &now, now_ns);
         let ranked: Vec<StackId> = suspects.iter().map(|s| s.stack).collect();
         assert_eq!(ranked, [leak]);
     }
