@@ -122,7 +122,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
     // stream up to the first event past this instant is a consistent cut.
     let cut_ns = monotonic_ns();
     session.lost_at_cut = Some(session.counters.get(Counter::LostEvents));
-    session.stopped_at = Some(Instant::now());
+    session.stopped_at = Some((Instant::now(), cut_ns));
     probes.detach();
     if stop == Stop::TargetExited {
         session.symbols.target_exited();
@@ -153,9 +153,10 @@ struct Session {
     /// Events applied to the ledger.
     events: u64,
     wall_started: SystemTime,
-    /// When tracing stopped: the moment the final numbers describe, however
-    /// long detaching takes after it.
-    stopped_at: Option<Instant>,
+    /// When tracing stopped (and the same moment in CLOCK_MONOTONIC ns): the
+    /// moment the final numbers, ages and history describe, however long
+    /// detaching takes after it.
+    stopped_at: Option<(Instant, u64)>,
 }
 
 impl Session {
@@ -265,10 +266,10 @@ impl Session {
     /// One tick: records every stack in the history, then prints the
     /// largest and the most suspicious stacks and publishes the metrics.
     fn print_summary(&mut self) {
-        let view = StackView::of(&self.ledger, monotonic_ns(), u64::MAX);
+        let view = StackView::of(&self.ledger, self.now_ns(), u64::MAX);
         let elapsed = self
             .stopped_at
-            .unwrap_or_else(Instant::now)
+            .map_or_else(Instant::now, |(at, _)| at)
             .duration_since(self.started)
             .as_secs_f64();
         self.history.record(elapsed, &view.usage);
@@ -314,9 +315,14 @@ impl Session {
         });
     }
 
+    /// Now, or the moment tracing stopped once it has.
+    fn now_ns(&self) -> u64 {
+        self.stopped_at.map_or_else(monotonic_ns, |(_, ns)| ns)
+    }
+
     /// The report as of now: the final one, and each snapshot.
     fn final_report(&self) -> Report {
-        let now_ns = monotonic_ns();
+        let now_ns = self.now_ns();
         let min_age_ns = self.config.min_age.as_nanos() as u64;
         let view = StackView::of(&self.ledger, now_ns, now_ns.saturating_sub(min_age_ns));
         // Suspects are about all blocks, as the history is.
@@ -427,7 +433,7 @@ impl Session {
             write_atomically(path, |out| report::write_folded(stacks, out))?;
         }
         if let Some(path) = &outputs.pprof {
-            let now_ns = monotonic_ns();
+            let now_ns = self.now_ns();
             let min_age_ns = self.config.min_age.as_nanos() as u64;
             let view = StackView::of(&self.ledger, now_ns, now_ns.saturating_sub(min_age_ns));
             let input = self.pprof_input(&view);
