@@ -8,9 +8,27 @@
 //! another target" (artifact dependencies are unstable), so aya-build runs a
 //! nested `cargo +nightly build` for it. `cargo xtask setup` installs the
 //! nightly `rust-src` and `bpf-linker` this needs.
+//!
+//! It also generates the pprof types (`report/pprof.rs` includes them) from
+//! the published `proto/profile.proto`, with protox, a protobuf compiler in
+//! Rust, so building needs no `protoc` on the machine.
 use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
+    generate_pprof_types()?;
+    build_ebpf()
+}
+
+fn generate_pprof_types() -> anyhow::Result<()> {
+    println!("cargo::rerun-if-changed=proto/profile.proto");
+    let descriptors = protox::compile(["profile.proto"], ["proto"])
+        .map_err(|error| anyhow!("compiling proto/profile.proto: {error}"))?;
+    prost_build::Config::new()
+        .compile_fds(descriptors)
+        .context("generating the pprof types")
+}
+
+fn build_ebpf() -> anyhow::Result<()> {
     let metadata = cargo_metadata::MetadataCommand::new()
         .no_deps()
         .exec()

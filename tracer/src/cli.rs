@@ -4,6 +4,7 @@
 
 use std::{
     ffi::OsString,
+    net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -82,6 +83,41 @@ pub struct Cli {
     /// record nothing, so the cost of the traps alone can be measured.
     #[arg(long, hide = true)]
     pub floor: bool,
+
+    #[command(flatten)]
+    pub watch: WatchArgs,
+}
+
+/// Leak hunting over time: snapshots, the CI leak gate and exports.
+#[derive(Debug, clap::Args)]
+pub struct WatchArgs {
+    /// Write a timestamped JSON report into --snapshot-dir this often.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          requires = "snapshot_dir")]
+    pub snapshot_every: Option<Duration>,
+
+    /// Directory for --snapshot-every (created if missing).
+    #[arg(long, value_name = "DIR", requires = "snapshot_every")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// Leak gate: exit with status 3 if any stack's outstanding bytes grew
+    /// by more than this (e.g. 1M) after --after.
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    pub fail_on_growth: Option<u64>,
+
+    /// Warm-up before --fail-on-growth counts growth (default: none).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration,
+          requires = "fail_on_growth")]
+    pub after: Option<Duration>,
+
+    /// Write the outstanding allocations as a gzipped pprof profile.
+    #[arg(long, value_name = "FILE.pb.gz")]
+    pub pprof: Option<PathBuf>,
+
+    /// Serve Prometheus metrics at http://ADDR/metrics; a bare port binds
+    /// 127.0.0.1 only.
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -98,6 +134,7 @@ pub struct Outputs {
     pub flamegraph: Option<PathBuf>,
     pub folded: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub pprof: Option<PathBuf>,
 }
 
 impl Outputs {
@@ -107,11 +144,12 @@ impl Outputs {
             flamegraph: Some(PathBuf::from(format!("alloctrace-{pid}.svg"))),
             folded: None,
             report: Some(PathBuf::from(format!("alloctrace-{pid}.json"))),
+            pprof: None,
         }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        [&self.flamegraph, &self.folded, &self.report]
+        [&self.flamegraph, &self.folded, &self.report, &self.pprof]
             .into_iter()
             .filter_map(|path| path.as_deref())
     }
@@ -145,10 +183,62 @@ pub struct Config {
     pub verbose: bool,
     /// Attach empty programs and write nothing (see `Cli::floor`).
     pub floor: bool,
+    pub watch: Watch,
+}
+
+/// Validated [`WatchArgs`].
+#[derive(Debug, Clone, Default)]
+pub struct Watch {
+    pub snapshots: Option<Snapshots>,
+    pub gate: Option<GateSettings>,
+    pub metrics_addr: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Snapshots {
+    pub every: Duration,
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct GateSettings {
+    pub threshold_bytes: u64,
+    pub after: Duration,
+}
+
+impl Watch {
+    fn from_args(args: WatchArgs, duration: Option<Duration>) -> anyhow::Result<Self> {
+        let snapshots = match (args.snapshot_every, args.snapshot_dir) {
+            (Some(every), Some(dir)) => {
+                if every.is_zero() {
+                    bail!("--snapshot-every must be greater than zero");
+                }
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create --snapshot-dir {}", dir.display()))?;
+                check_writable(&dir.join("snapshot.json"))?;
+                Some(Snapshots { every, dir })
+            }
+            _ => None,
+        };
+        let gate = args.fail_on_growth.map(|threshold_bytes| GateSettings {
+            threshold_bytes,
+            after: args.after.unwrap_or_default(),
+        });
+        if let (Some(gate), Some(duration)) = (gate, duration)
+            && gate.after >= duration
+        {
+            bail!("--after must be shorter than --duration, or the leak gate has nothing to judge");
+        }
+        Ok(Self {
+            snapshots,
+            gate,
+            metrics_addr: args.metrics_addr,
+        })
+    }
 }
 
 impl Config {
-    pub fn from_cli(cli: Cli) -> anyhow::Result<Self> {
+    pub fn from_cli(mut cli: Cli) -> anyhow::Result<Self> {
         if cli.interval.is_zero() {
             bail!("--interval must be greater than zero");
         }
@@ -156,6 +246,7 @@ impl Config {
             flamegraph: cli.flamegraph,
             folded: cli.folded,
             report: cli.report,
+            pprof: cli.watch.pprof.take(),
         };
         let default_outputs = outputs.paths().next().is_none() && !cli.floor;
         let checked = if default_outputs {
@@ -190,6 +281,7 @@ impl Config {
             allocator_lib: cli.allocator_lib,
             verbose: cli.verbose,
             floor: cli.floor,
+            watch: Watch::from_args(cli.watch, cli.duration)?,
         })
     }
 }
@@ -227,13 +319,18 @@ fn parse_count(text: &str) -> Result<u64, String> {
     }
 }
 
+/// Accepts sizes such as `512K`, `1M`, `16MiB` or `4096` (binary units).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|_| format!("'{text}' is not a size (try 1M)"))
+}
+
 /// Accepts sizes such as `8M`, `16MiB` or `4194304`; the kernel requires a
 /// power of two of at least one page.
 fn parse_ring_size(text: &str) -> Result<u32, String> {
-    let bytes = parse_size::Config::new()
-        .with_binary()
-        .parse_size(text)
-        .map_err(|_| format!("'{text}' is not a size (try 8M)"))?;
+    let bytes = parse_bytes(text)?;
     let page = 4096;
     match u32::try_from(bytes) {
         Ok(bytes) if bytes >= page && bytes.is_power_of_two() => Ok(bytes),

@@ -51,6 +51,8 @@ pub struct Totals {
     /// Allocations not tracked because the ledger held `max_tracked` blocks.
     pub dropped_allocations: u64,
     pub dropped_bytes: u64,
+    /// Bytes of every allocation since tracing began, freed or not.
+    pub allocated_bytes: u64,
 }
 
 /// Outstanding allocations of one stack.
@@ -123,6 +125,21 @@ impl LiveBlocks {
     }
 }
 
+/// One outstanding block, as [`Ledger::live_blocks`] lists it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LiveBlock {
+    pub stack: StackId,
+    pub size: u64,
+    pub timestamp_ns: u64,
+}
+
+/// Everything a stack allocated since tracing began, freed or not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Allocated {
+    pub bytes: u64,
+    pub count: u64,
+}
+
 pub struct Ledger {
     live: LiveBlocks,
     /// Cap on `live`'s length; allocations beyond it are dropped and counted.
@@ -137,6 +154,8 @@ pub struct Ledger {
     /// Allocations seen at an address the ledger still held: only possible
     /// when the free in between was lost, so counted to flag inexact numbers.
     overwritten: u64,
+    /// Per-stack totals of all allocations (pprof's `alloc_space`).
+    allocated: HashMap<StackId, Allocated>,
 }
 
 impl Ledger {
@@ -150,6 +169,7 @@ impl Ledger {
             in_flight: HashMap::new(),
             totals: Totals::default(),
             overwritten: 0,
+            allocated: HashMap::new(),
         }
     }
 
@@ -210,6 +230,20 @@ impl Ledger {
         usage
     }
 
+    /// Every outstanding block, in no particular order.
+    pub fn live_blocks(&self) -> impl Iterator<Item = LiveBlock> + '_ {
+        self.live.values().map(|allocation| LiveBlock {
+            stack: allocation.stack,
+            size: allocation.size,
+            timestamp_ns: self.time_ns(allocation.time_ms),
+        })
+    }
+
+    /// Per-stack totals of everything allocated since tracing began.
+    pub fn allocated_by_stack(&self) -> &HashMap<StackId, Allocated> {
+        &self.allocated
+    }
+
     fn allocate(&mut self, addr: u64, event: &Event) {
         let allocation = Allocation {
             size: event.size,
@@ -227,8 +261,12 @@ impl Ledger {
             self.forget(previous);
         }
         self.totals.allocs += 1;
+        self.totals.allocated_bytes += allocation.size;
         self.totals.outstanding_bytes += allocation.size;
         self.totals.outstanding_count += 1;
+        let allocated = self.allocated.entry(allocation.stack).or_default();
+        allocated.bytes += allocation.size;
+        allocated.count += 1;
     }
 
     fn free(&mut self, addr: u64) {
@@ -400,6 +438,43 @@ mod tests {
         assert_eq!(
             (totals.outstanding_bytes, totals.outstanding_count),
             (64, 1)
+        );
+    }
+
+    #[test]
+    fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
+        let [start, end] = realloc(MAIN, 0x10, 0x80, 500, 2);
+        let ledger = ledger_after(&[
+            alloc(0x10, 100, 1),
+            free(0x10),
+            alloc(0x10, 30, 1),
+            start,
+            end,
+        ]);
+        let allocated = ledger.allocated_by_stack();
+        assert_eq!(
+            allocated[&1],
+            Allocated {
+                bytes: 130,
+                count: 2
+            }
+        );
+        assert_eq!(
+            allocated[&2],
+            Allocated {
+                bytes: 500,
+                count: 1
+            }
+        );
+        assert_eq!(ledger.totals().allocated_bytes, 630);
+        let live: Vec<LiveBlock> = ledger.live_blocks().collect();
+        assert_eq!(
+            live,
+            [LiveBlock {
+                stack: 2,
+                size: 500,
+                timestamp_ns: 10 * SECOND
+            }]
         );
     }
 

@@ -5,12 +5,18 @@
 //! attached to the target's libc at offsets chosen by [`placement`]) →
 //! [`events`] (the ring buffer) → [`ledger`] (outstanding allocations) →
 //! [`symbolize`] (stack ids to frames) → [`report`] (summaries and final
-//! outputs). [`session`] runs them; this file only maps errors to exit codes.
+//! outputs). [`analysis`] follows the ledger over time (leak suspects, the CI
+//! leak gate) and [`metrics`] serves it to Prometheus. [`session`] runs them;
+//! [`diff`] compares two reports. This file only picks the command and maps
+//! errors to exit codes.
 
+mod analysis;
 mod cli;
+mod diff;
 mod events;
 mod launch;
 mod ledger;
+mod metrics;
 mod placement;
 mod probes;
 mod report;
@@ -21,33 +27,60 @@ mod target;
 use std::{path::Path, process::ExitCode};
 
 use anyhow::bail;
-use clap::{Parser as _, error::ErrorKind};
+use clap::error::ErrorKind;
 
-use crate::cli::{Cli, Config};
+use crate::{
+    analysis::gate::EXIT_LEAK_GATE_FAILED,
+    cli::{Cli, Config},
+    diff::DiffCli,
+    session::Outcome,
+};
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // `diff` has its own parser rather than being a subcommand, so that
+    // tracing keeps its flat `alloctrace --pid PID` form.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "diff") {
+        let args = std::env::args_os().skip(1);
+        return match parse::<DiffCli>(args) {
+            Ok(cli) => exit_code(diff::run(&cli).map(|()| Outcome::default())),
+            Err(code) => code,
+        };
+    }
+    let cli = match parse::<Cli>(std::env::args_os()) {
         Ok(cli) => cli,
-        Err(error)
-            if matches!(
-                error.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) =>
-        {
-            let _ = error.print();
-            return ExitCode::SUCCESS;
-        }
-        Err(error) => return fail(&first_line_of_clap_error(&error), 2),
+        Err(code) => return code,
     };
     init_logging(cli.verbose);
-    match run(cli) {
-        Ok(status) => ExitCode::from(status),
+    exit_code(run(cli))
+}
+
+/// Parses `args`; help and version print and exit 0, errors exit 2.
+fn parse<P: clap::Parser>(
+    args: impl IntoIterator<Item = std::ffi::OsString>,
+) -> Result<P, ExitCode> {
+    P::try_parse_from(args).map_err(|error| match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = error.print();
+            ExitCode::SUCCESS
+        }
+        _ => fail(&first_line_of_clap_error(&error), 2),
+    })
+}
+
+/// 3 when the leak gate failed, else the launched command's status, else 0;
+/// 1 on an error (2 is clap's usage errors).
+fn exit_code(result: anyhow::Result<Outcome>) -> ExitCode {
+    match result {
+        Ok(Outcome {
+            leak_gate_failed: true,
+            ..
+        }) => ExitCode::from(EXIT_LEAK_GATE_FAILED),
+        Ok(Outcome { command_status, .. }) => ExitCode::from(command_status.unwrap_or(0)),
         Err(error) => fail(&format!("{error:#}"), 1),
     }
 }
 
-/// Returns the exit status: 0, or in launch mode the command's.
-fn run(cli: Cli) -> anyhow::Result<u8> {
+fn run(cli: Cli) -> anyhow::Result<Outcome> {
     check_privileges()?;
     check_kernel()?;
     let config = Config::from_cli(cli)?;

@@ -88,13 +88,14 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
-/// A mapped file region of the target, for naming unsymbolized addresses.
-#[derive(Clone, Debug)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    file_offset: u64,
-    path: PathBuf,
+/// A mapped file region of the target, for naming unsymbolized addresses
+/// (and for the pprof profile's mappings).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    pub path: PathBuf,
 }
 
 /// Ids for stacks that arrived as frames start above any id of the kernel's
@@ -152,6 +153,11 @@ impl StackSymbolizer {
         if let Some(mappings) = read_mappings(self.pid) {
             self.mappings = mappings;
         }
+    }
+
+    /// The target's file-backed mappings, as last read.
+    pub fn mappings(&self) -> &[Mapping] {
+        &self.mappings
     }
 
     /// From now on, symbolize from cached state only.

@@ -12,19 +12,24 @@ pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
         .iter()
         .filter(|stack| stack.bytes > 0)
         .map(|stack| {
-            let path: Vec<String> = if stack.frames.is_empty() {
-                vec!["[no stack]".to_owned()]
-            } else {
-                stack
-                    .frames
-                    .iter()
-                    .rev()
-                    .map(|frame| sanitize(&frame.label()))
-                    .collect()
-            };
-            format!("{} {}", path.join(";"), stack.bytes)
+            let labels: Vec<String> = stack.frames.iter().map(|frame| frame.label()).collect();
+            folded_line(&labels, stack.bytes)
         })
         .collect()
+}
+
+/// One folded line for a stack given by its frame labels, leaf first.
+pub fn folded_line(leaf_first: &[String], weight: u64) -> String {
+    let path: Vec<String> = if leaf_first.is_empty() {
+        vec!["[no stack]".to_owned()]
+    } else {
+        leaf_first
+            .iter()
+            .rev()
+            .map(|label| sanitize(label))
+            .collect()
+    };
+    format!("{} {weight}", path.join(";"))
 }
 
 pub fn write_folded(stacks: &[StackReport], out: &mut dyn Write) -> anyhow::Result<()> {
@@ -62,6 +67,7 @@ mod tests {
             count: 1,
             oldest_age_s: 0.0,
             approximate: false,
+            age_bytes: Default::default(),
             frames: leaf_first.iter().map(|name| frame(name)).collect(),
         }
     }

@@ -1,6 +1,6 @@
 //! Reports: the model of what the tracer found, and the formats it is written
-//! in — the JSON report, folded stacks, the flamegraph (final outputs) and the
-//! periodic summary.
+//! in — the JSON report, folded stacks, the flamegraph, the pprof profile
+//! (final outputs), the periodic summary and the leak gate's verdict.
 //!
 //! The model is built from the ledger and the symbolizer and is the only
 //! thing the formats see, so each format is a small pure function with its own
@@ -8,19 +8,29 @@
 
 mod flamegraph;
 mod folded;
+mod gate;
+mod pprof;
 mod summary;
 
-use std::{io::Write, path::Path};
+use std::{
+    collections::HashMap,
+    io::Write,
+    path::{Path, PathBuf},
+    time::SystemTime,
+};
 
 use anyhow::Context as _;
 use serde::Serialize;
 
-pub use flamegraph::write_flamegraph;
-pub use folded::write_folded;
-pub use summary::SummaryState;
+pub use flamegraph::{write_differential_flamegraph, write_flamegraph};
+pub use folded::{folded_line, write_folded};
+pub use gate::gate_failure;
+pub use pprof::{PprofInput, PprofStack, write_pprof};
+pub use summary::{SummaryState, bytes, signed_bytes};
 
 use crate::{
-    ledger::{self, StackUsage},
+    analysis::{AgeBuckets, Evidence, Suspect},
+    ledger::{self, Ledger, StackId, StackUsage},
     symbolize::{Frame, StackSymbolizer},
 };
 
@@ -36,6 +46,8 @@ pub struct Report {
     pub min_age_s: f64,
     pub totals: Totals,
     pub processes: Vec<ProcessReport>,
+    /// Stacks whose outstanding bytes grow steadily, most suspicious first.
+    pub suspects: Vec<SuspectReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -45,6 +57,8 @@ pub struct ProcessReport {
     pub exe: String,
     pub libc: String,
     pub totals: Totals,
+    /// Outstanding bytes of the stacks below by age.
+    pub age_bytes: AgeBuckets,
     /// Outstanding allocations by stack, largest first.
     pub stacks: Vec<StackReport>,
 }
@@ -61,6 +75,8 @@ pub struct Totals {
     /// count as `preexisting_frees`).
     pub dropped_allocations: u64,
     pub dropped_bytes: u64,
+    /// Bytes of every allocation seen, freed or not.
+    pub allocated_bytes: u64,
 }
 
 impl Totals {
@@ -74,6 +90,7 @@ impl Totals {
             preexisting_frees: ledger.preexisting_frees,
             dropped_allocations: ledger.dropped_allocations,
             dropped_bytes: ledger.dropped_bytes,
+            allocated_bytes: ledger.allocated_bytes,
         }
     }
 }
@@ -86,23 +103,91 @@ pub struct StackReport {
     /// Events were lost while some of these blocks were live, so some may
     /// have been freed unseen: `bytes` and `count` are upper bounds.
     pub approximate: bool,
+    /// The stack's outstanding bytes by age.
+    pub age_bytes: AgeBuckets,
     /// Leaf first: the allocator's caller first.
     pub frames: Vec<Frame>,
 }
 
-impl StackReport {
-    /// Symbolized stacks for `usage`, ages measured at `now_ns`.
-    pub fn from_usage(usage: &[StackUsage], symbols: &StackSymbolizer, now_ns: u64) -> Vec<Self> {
-        usage
+/// A stack suspected of leaking, with the evidence.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct SuspectReport {
+    pub pid: u32,
+    /// Theil–Sen growth of the stack's outstanding bytes.
+    pub growth_bytes_per_s: f64,
+    #[serde(flatten)]
+    pub stack: StackReport,
+    pub evidence: Evidence,
+}
+
+/// The ledger by stack at one moment: what ticks, snapshots and the final
+/// report are all built from.
+pub struct StackView {
+    /// Largest first.
+    pub usage: Vec<StackUsage>,
+    ages: HashMap<StackId, AgeBuckets>,
+    pub now_ns: u64,
+}
+
+impl StackView {
+    /// The ledger at `now_ns`, leaving out blocks allocated after
+    /// `allocated_before_ns`.
+    pub fn of(ledger: &Ledger, now_ns: u64, allocated_before_ns: u64) -> Self {
+        Self {
+            usage: ledger.usage_by_stack(allocated_before_ns),
+            ages: AgeBuckets::by_stack(ledger.live_blocks(), now_ns, allocated_before_ns),
+            now_ns,
+        }
+    }
+
+    /// The `limit` largest stacks, symbolized.
+    pub fn largest(&self, symbols: &StackSymbolizer, limit: usize) -> Vec<StackReport> {
+        self.usage
             .iter()
-            .map(|usage| Self {
-                bytes: usage.bytes,
-                count: usage.count,
-                oldest_age_s: now_ns.saturating_sub(usage.oldest_ns) as f64 / 1e9,
-                approximate: usage.approximate,
-                frames: symbols.frames(usage.stack),
-            })
+            .take(limit)
+            .map(|usage| self.stack_report(usage, symbols))
             .collect()
+    }
+
+    /// Outstanding bytes of all stacks by age.
+    pub fn total_ages(&self) -> AgeBuckets {
+        let mut total = AgeBuckets::default();
+        self.ages.values().for_each(|ages| total.merge(ages));
+        total
+    }
+
+    /// The first `limit` of `suspects` (ranked on this view), symbolized.
+    pub fn suspects(
+        &self,
+        suspects: &[Suspect],
+        symbols: &StackSymbolizer,
+        pid: u32,
+        limit: usize,
+    ) -> Vec<SuspectReport> {
+        suspects
+            .iter()
+            .filter_map(|suspect| {
+                let usage = self.usage.iter().find(|u| u.stack == suspect.stack)?;
+                Some(SuspectReport {
+                    pid,
+                    growth_bytes_per_s: suspect.evidence.slope_bytes_per_s,
+                    stack: self.stack_report(usage, symbols),
+                    evidence: suspect.evidence,
+                })
+            })
+            .take(limit)
+            .collect()
+    }
+
+    fn stack_report(&self, usage: &StackUsage, symbols: &StackSymbolizer) -> StackReport {
+        StackReport {
+            bytes: usage.bytes,
+            count: usage.count,
+            oldest_age_s: self.now_ns.saturating_sub(usage.oldest_ns) as f64 / 1e9,
+            approximate: usage.approximate,
+            age_bytes: self.ages.get(&usage.stack).copied().unwrap_or_default(),
+            frames: symbols.frames(usage.stack),
+        }
     }
 }
 
@@ -135,4 +220,28 @@ pub fn write_json(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     serde_json::to_writer_pretty(&mut *out, report)?;
     writeln!(out)?;
     Ok(())
+}
+
+/// `DIR/alloctrace-PID-YYYY-MM-DDTHH-MM-SS.mmmZ.json`: sorts by time, and
+/// has no `:` (awkward in shells and some file systems).
+pub fn snapshot_path(dir: &Path, pid: u32, at: SystemTime) -> PathBuf {
+    let stamp = humantime::format_rfc3339_millis(at)
+        .to_string()
+        .replace(':', "-");
+    dir.join(format!("alloctrace-{pid}-{stamp}.json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_names_sort_by_time_and_avoid_colons() {
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
+        let path = snapshot_path(Path::new("/snaps"), 42, at);
+        assert_eq!(
+            path,
+            Path::new("/snaps/alloctrace-42-2023-11-14T22-13-20.123Z.json")
+        );
+    }
 }

@@ -5,7 +5,8 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use serde::Serialize;
 
-use super::{StackReport, Totals};
+use super::{StackReport, SuspectReport, Totals};
+use crate::{analysis::AgeBuckets, symbolize::Frame};
 
 /// One interval's summary. JSON key names are a public interface.
 #[derive(Debug, Serialize)]
@@ -30,6 +31,10 @@ pub struct Summary {
     pub dropped_allocations: u64,
     /// Largest outstanding stacks.
     pub top: Vec<StackReport>,
+    /// Outstanding bytes of all stacks by age.
+    pub age_bytes: AgeBuckets,
+    /// Stacks growing steadily, most suspicious first.
+    pub suspects: Vec<SuspectReport>,
 }
 
 /// What a tick needs to remember of the previous one.
@@ -40,7 +45,14 @@ pub struct SummaryState {
 }
 
 impl SummaryState {
-    pub fn next(&mut self, totals: Totals, elapsed_s: f64, top: Vec<StackReport>) -> Summary {
+    pub fn next(
+        &mut self,
+        totals: Totals,
+        elapsed_s: f64,
+        top: Vec<StackReport>,
+        age_bytes: AgeBuckets,
+        suspects: Vec<SuspectReport>,
+    ) -> Summary {
         let interval = (elapsed_s - self.previous_elapsed_s).max(1e-9);
         let previous = std::mem::replace(&mut self.previous, totals);
         self.previous_elapsed_s = elapsed_s;
@@ -59,6 +71,8 @@ impl SummaryState {
             preexisting_frees: totals.preexisting_frees,
             dropped_allocations: totals.dropped_allocations,
             top,
+            age_bytes,
+            suspects,
         }
     }
 }
@@ -88,16 +102,14 @@ impl Summary {
                 String::new()
             },
         );
+        let ages: Vec<String> = self
+            .age_bytes
+            .labelled()
+            .iter()
+            .map(|(label, count)| format!("{label} {}", bytes(*count)))
+            .collect();
+        let _ = writeln!(text, "  by age: {}", ages.join(", "));
         for (rank, stack) in self.top.iter().enumerate() {
-            let frames: Vec<String> = stack
-                .frames
-                .iter()
-                .take(FRAMES_SHOWN)
-                .map(|frame| match frame.location() {
-                    Some(location) => format!("{} ({location})", frame.label()),
-                    None => frame.label(),
-                })
-                .collect();
             let _ = writeln!(
                 text,
                 "  #{} {}{} in {} blocks, oldest {:.0}s: {}",
@@ -107,15 +119,41 @@ impl Summary {
                 bytes(stack.bytes),
                 stack.count,
                 stack.oldest_age_s,
-                if frames.is_empty() {
-                    "[no stack]".to_owned()
-                } else {
-                    frames.join(" < ")
-                },
+                describe_frames(&stack.frames),
+            );
+        }
+        for (rank, suspect) in self.suspects.iter().enumerate() {
+            let _ = writeln!(
+                text,
+                "  suspect #{} {}/s over {} ticks (R² {:.2}), {} in {} blocks, oldest {:.0}s: {}",
+                rank + 1,
+                signed_bytes(suspect.growth_bytes_per_s.round() as i64),
+                suspect.evidence.ticks,
+                suspect.evidence.r_squared,
+                bytes(suspect.stack.bytes),
+                suspect.stack.count,
+                suspect.stack.oldest_age_s,
+                describe_frames(&suspect.stack.frames),
             );
         }
         text
     }
+}
+
+/// The first frames of a stack on one line: `leaf (file:line) < caller ...`.
+pub fn describe_frames(frames: &[Frame]) -> String {
+    if frames.is_empty() {
+        return "[no stack]".to_owned();
+    }
+    let shown: Vec<String> = frames
+        .iter()
+        .take(FRAMES_SHOWN)
+        .map(|frame| match frame.location() {
+            Some(location) => format!("{} ({location})", frame.label()),
+            None => frame.label(),
+        })
+        .collect();
+    shown.join(" < ")
 }
 
 /// Bytes in binary units, e.g. `1.5 MiB`.
@@ -134,7 +172,7 @@ pub fn bytes(count: u64) -> String {
     }
 }
 
-fn signed_bytes(delta: i64) -> String {
+pub fn signed_bytes(delta: i64) -> String {
     let sign = if delta < 0 { '-' } else { '+' };
     format!("{sign}{}", bytes(delta.unsigned_abs()))
 }
@@ -156,9 +194,21 @@ mod tests {
     #[test]
     fn ticks_report_growth_and_rates_since_the_previous_tick() {
         let mut state = SummaryState::default();
-        let first = state.next(totals(100, 40, 6000), 10.0, vec![]);
+        let first = state.next(
+            totals(100, 40, 6000),
+            10.0,
+            vec![],
+            AgeBuckets::default(),
+            vec![],
+        );
         assert_eq!((first.growth_bytes, first.growth_count), (6000, 60));
-        let second = state.next(totals(300, 290, 1000), 20.0, vec![]);
+        let second = state.next(
+            totals(300, 290, 1000),
+            20.0,
+            vec![],
+            AgeBuckets::default(),
+            vec![],
+        );
         assert_eq!((second.growth_bytes, second.growth_count), (-5000, -50));
         assert_eq!((second.allocs_per_s, second.frees_per_s), (20.0, 25.0));
         assert_eq!((second.allocs, second.frees), (300, 290));
@@ -166,7 +216,13 @@ mod tests {
 
     #[test]
     fn json_ticks_are_one_line_with_the_documented_keys() {
-        let summary = SummaryState::default().next(totals(1, 0, 8), 1.0, vec![]);
+        let summary = SummaryState::default().next(
+            totals(1, 0, 8),
+            1.0,
+            vec![],
+            AgeBuckets::default(),
+            vec![],
+        );
         let line = summary.to_json_line();
         assert!(!line.contains('\n'));
         let value: serde_json::Value = serde_json::from_str(&line).unwrap();
@@ -178,6 +234,8 @@ mod tests {
             "frees",
             "lost_events",
             "top",
+            "age_bytes",
+            "suspects",
         ] {
             assert!(value.get(key).is_some(), "missing {key}");
         }

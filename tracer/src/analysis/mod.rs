@@ -1,0 +1,29 @@
+//! Leak analysis over time, on top of the ledger: which stacks keep growing
+//! ([`suspects`], from a bounded per-stack [`history`] of ticks), how old the
+//! outstanding bytes are ([`age`]), and the CI leak [`gate`].
+//!
+//! Like the ledger, everything here is plain data (no aya, no blazesym), fed
+//! by the session and unit-tested on synthetic histories; naming stacks and
+//! writing reports is left to `report`.
+
+pub mod age;
+pub mod gate;
+pub mod history;
+pub mod suspects;
+
+pub use age::AgeBuckets;
+pub use gate::LeakGate;
+pub use history::History;
+pub use suspects::{Evidence, Suspect, rank_suspects};
+
+/// A stack's usage with one block allocated at time zero, for the tests.
+#[cfg(test)]
+fn usage(stack: crate::ledger::StackId, bytes: u64) -> crate::ledger::StackUsage {
+    crate::ledger::StackUsage {
+        stack,
+        bytes,
+        count: 1,
+        oldest_ns: 0,
+        approximate: false,
+    }
+}

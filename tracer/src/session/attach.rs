@@ -1,0 +1,142 @@
+//! Setting a session up, up to the ready line: resolve the target, load and
+//! attach the probes, and arm what tells the session to stop (the target's
+//! exit, SIGINT and SIGTERM).
+
+use std::os::fd::{FromRawFd as _, OwnedFd};
+
+use anyhow::{Context as _, anyhow, bail};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{Signal, SignalKind, signal},
+};
+
+use crate::{
+    cli::{Config, TargetSpec},
+    events::watch_readable,
+    launch::Launched,
+    placement::Plan,
+    probes::{KernelMaps, Probes, Programs},
+    target::{Target, TargetError},
+};
+
+/// Everything set up before the ready line.
+pub(super) struct Attached {
+    pub target: Target,
+    pub plan: Plan,
+    pub probes: Probes,
+    pub maps: KernelMaps,
+    pub exit: ProcessExit,
+    pub stop_signals: StopSignals,
+}
+
+impl Attached {
+    /// Attaches to `config`'s target: the running process, or the
+    /// `launched` command still held before its exec.
+    pub fn attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
+        Self::try_attach(config, launched).map_err(|error| explain_failure(config, error))
+    }
+
+    fn try_attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
+        let allocator_lib = config.allocator_lib.as_deref();
+        let target = match (&config.target, launched) {
+            (_, Some(launched)) => {
+                Target::for_command(launched.pid(), launched.exe(), allocator_lib)?
+            }
+            (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
+            (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
+        };
+        let plan = Plan::for_object(&target.allocator.host_path)?;
+        for point in &plan.points {
+            log::debug!(
+                "probe {} at file offset {:#x}+{} ({:?} return probe)",
+                point.functions.join("/"),
+                point.function_offset,
+                point.entry_skip,
+                point.returns
+            );
+        }
+        let exit = ProcessExit::watch(target.pid)?;
+        // Before the ready line: a signal sent as soon as it appears must
+        // stop tracing cleanly, not kill the tracer.
+        let stop_signals = StopSignals::install()?;
+        let (mut probes, maps) = Probes::load(target.pid, config.ring_size, config.verbose)?;
+        let programs = if config.floor {
+            Programs::Floor
+        } else {
+            Programs::Tracing
+        };
+        probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+        if launched.is_none() && !target.is_alive() {
+            bail!("pid {} exited while alloctrace was attaching", target.pid);
+        }
+        Ok(Self {
+            target,
+            plan,
+            probes,
+            maps,
+            exit,
+            stop_signals,
+        })
+    }
+}
+
+/// A process that exits while being resolved or attached to makes any step
+/// fail (its maps read empty, perf_event_open says ESRCH...): say what
+/// really happened rather than the step's symptom.
+fn explain_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
+    let TargetSpec::Pid(pid) = config.target else {
+        return error;
+    };
+    let gone = procfs::process::Process::new(pid as i32)
+        .and_then(|process| process.stat())
+        .map_or(true, |stat| stat.state == 'Z');
+    let already_said = matches!(
+        error.downcast_ref::<TargetError>(),
+        Some(TargetError::NoSuchProcess(_))
+    ) || error.to_string().contains("exited while");
+    if gone && !already_said {
+        anyhow!("pid {pid} exited while alloctrace was attaching")
+    } else {
+        error
+    }
+}
+
+/// SIGINT and SIGTERM, caught from before the ready line on.
+pub(super) struct StopSignals {
+    pub interrupt: Signal,
+    pub terminate: Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<Self> {
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+        })
+    }
+}
+
+/// Becomes ready when a process exits, through a pidfd (no polling of /proc).
+pub(super) struct ProcessExit(AsyncFd<OwnedFd>);
+
+impl ProcessExit {
+    fn watch(pid: u32) -> anyhow::Result<Self> {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        if fd < 0 {
+            let error = std::io::Error::last_os_error();
+            if error.raw_os_error() == Some(libc::ESRCH) {
+                return Err(anyhow!(TargetError::NoSuchProcess(pid)));
+            }
+            return Err(error).context("pidfd_open (needs Linux 5.3 or newer)");
+        }
+        // SAFETY: the fd was just created and nothing else owns it.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(Self(watch_readable(fd)?))
+    }
+
+    pub async fn exited(&self) -> anyhow::Result<()> {
+        let _ready = self.0.readable().await?;
+        Ok(())
+    }
+}

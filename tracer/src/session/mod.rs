@@ -1,0 +1,386 @@
+//! One tracing session, start to finish: attach (or launch and attach), feed
+//! events to the ledger, print a summary every interval (and keep the
+//! per-stack history leak suspects are ranked from), and on stop detach
+//! first, then drain what is left, write the final outputs and judge the
+//! leak gate.
+//!
+//! [`attach`] sets a session up to its ready line; [`outputs`] holds what a
+//! session writes.
+
+mod attach;
+mod outputs;
+
+use std::{
+    collections::HashSet,
+    time::{Duration, Instant, SystemTime},
+};
+
+use tokio::time::{MissedTickBehavior, interval, interval_at, sleep_until};
+use tracer_ebpf::{Counter, Event, EventKind};
+
+use self::attach::{Attached, ProcessExit, StopSignals};
+use crate::{
+    analysis::{History, LeakGate, history::DEFAULT_WINDOW},
+    cli::{Config, Outputs, TargetSpec},
+    events::EventReader,
+    launch::Launched,
+    ledger::Ledger,
+    metrics::Metrics,
+    probes::{Counters, Probes},
+    report::{SummaryState, Totals},
+    symbolize::StackSymbolizer,
+    target::Target,
+};
+
+/// How often the ring buffer is drained when the kernel does not wake us:
+/// short enough that an 8 MiB ring cannot fill at realistic call rates.
+const DRAIN_PERIOD: Duration = Duration::from_millis(10);
+
+/// Why tracing stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Signal(i32),
+    Duration,
+    TargetExited,
+    /// The target replaced its program (`execve`) at this instant.
+    TargetExeced(u64),
+}
+
+/// How a session that ran to its end turned out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcome {
+    /// `--fail-on-growth` found stacks that grew too much (printed).
+    pub leak_gate_failed: bool,
+    /// Launch mode: the command's exit status as a shell reports it.
+    pub command_status: Option<u8>,
+}
+
+/// Traces the configured target until stopped, writes the final outputs,
+/// and says how it went.
+pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
+    // Bound before attaching, so a taken port costs the target nothing.
+    let metrics = match config.watch.metrics_addr {
+        Some(addr) => Some(Metrics::serve(addr).await?),
+        None => None,
+    };
+    let mut launched = match &config.target {
+        TargetSpec::Pid(_) => None,
+        TargetSpec::Launch(command) => Some(Launched::start(command)?),
+    };
+    let Attached {
+        target,
+        plan,
+        mut probes,
+        maps,
+        exit,
+        mut stop_signals,
+    } = Attached::attach(config, launched.as_ref())?;
+    eprintln!(
+        "alloctrace: tracing pid {} ({} {}, {} functions)",
+        target.pid,
+        target.allocator.kind.describe(),
+        target.allocator.path.display(),
+        plan.function_count
+    );
+    if let Some(launched) = &mut launched {
+        launched.release()?;
+    }
+
+    let outputs = if config.default_outputs {
+        Outputs::defaults_for(target.pid)
+    } else {
+        config.outputs.clone()
+    };
+    let mut session = Session {
+        started: Instant::now(),
+        reader: EventReader::new(maps.events)?,
+        symbols: StackSymbolizer::new(target.pid, maps.stacks),
+        counters: maps.counters,
+        ledger: Ledger::new(config.max_tracked),
+        summaries: SummaryState::default(),
+        cut: None,
+        lost_seen: 0,
+        warned_dropping: false,
+        // The launched command's own execve is the start of tracing.
+        execs_expected: u32::from(launched.is_some()),
+        history: History::new(DEFAULT_WINDOW),
+        gate: config
+            .watch
+            .gate
+            .map(|gate| LeakGate::new(gate.threshold_bytes, gate.after)),
+        metrics,
+        events: 0,
+        wall_started: SystemTime::now(),
+        target,
+        config: config.clone(),
+        outputs,
+    };
+    let stop = session
+        .trace_until_stopped(&mut probes, &exit, &mut stop_signals)
+        .await?;
+    if matches!(stop, Stop::Signal(_)) {
+        // A second Ctrl-C ends the tracer at once; the kernel removes the
+        // probes when their file descriptors close.
+        restore_default_sigint();
+    }
+    // Probes detach one by one over tens of milliseconds while the target
+    // keeps running, so events from that window are a partial view (a free
+    // probe gone while malloc's remains, say). Ring order is causal, so the
+    // stream up to the first event past this instant is a consistent cut.
+    let at_ns = match stop {
+        Stop::TargetExeced(at_ns) => at_ns,
+        _ => monotonic_ns(),
+    };
+    session.cut = Some(Cut {
+        at: Instant::now(),
+        at_ns,
+        lost_events: session.counters.get(Counter::LostEvents),
+    });
+    probes.detach();
+    let pid = session.target.pid;
+    match stop {
+        Stop::TargetExited => {
+            session.symbols.target_exited();
+            eprintln!("alloctrace: pid {pid} exited");
+        }
+        Stop::TargetExeced(_) => eprintln!(
+            "alloctrace: pid {pid} ran execve; stopped tracing (outstanding blocks are those of the \
+             old program at that moment)"
+        ),
+        _ => {}
+    }
+    session.drain_until(at_ns);
+    session.print_summary();
+    session.write_outputs()?;
+    let leak_gate_failed = session.judge_leak_gate()?;
+    let command_status = match launched {
+        Some(mut launched) => {
+            if let Stop::Signal(signal) = stop {
+                // The command shares our terminal and usually got the
+                // signal too; send it anyway for a `kill` aimed at
+                // alloctrace alone.
+                launched.signal(signal);
+            }
+            Some(launched.wait()?)
+        }
+        None => None,
+    };
+    Ok(Outcome {
+        leak_gate_failed,
+        command_status,
+    })
+}
+
+/// The moment tracing stopped: the final numbers, ages and history describe
+/// the target then, however long detaching takes after it.
+#[derive(Clone, Copy)]
+struct Cut {
+    at: Instant,
+    /// The same moment in CLOCK_MONOTONIC ns, the clock of the events.
+    at_ns: u64,
+    /// Events lost by then; those lost while the probes were being detached
+    /// belong to the discarded window.
+    lost_events: u64,
+}
+
+struct Session {
+    target: Target,
+    config: Config,
+    outputs: Outputs,
+    started: Instant,
+    wall_started: SystemTime,
+    reader: EventReader,
+    symbols: StackSymbolizer,
+    counters: Counters,
+    ledger: Ledger,
+    summaries: SummaryState,
+    /// Where the final drain stops, once tracing has stopped.
+    cut: Option<Cut>,
+    /// Lost events already noted in the ledger.
+    lost_seen: u64,
+    warned_dropping: bool,
+    /// `execve`s of the target that do not end tracing (launch mode's own).
+    execs_expected: u32,
+    /// Each stack's outstanding bytes at the last ticks.
+    history: History,
+    gate: Option<LeakGate>,
+    metrics: Option<Metrics>,
+    /// Events applied to the ledger.
+    events: u64,
+}
+
+impl Session {
+    async fn trace_until_stopped(
+        &mut self,
+        probes: &mut Probes,
+        exit: &ProcessExit,
+        stop_signals: &mut StopSignals,
+    ) -> anyhow::Result<Stop> {
+        let mut drain_timer = interval(DRAIN_PERIOD);
+        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Every clock runs from the ready line, not from when the loop
+        // starts: setting up the symbolizer takes a moment, and --duration
+        // is a promise about how long the target is traced.
+        let started = tokio::time::Instant::from_std(self.started);
+        let mut summary_timer = interval_at(started + self.config.interval, self.config.interval);
+        summary_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let deadline =
+            sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
+        tokio::pin!(deadline);
+        let warm_up =
+            sleep_until(started + self.gate.as_ref().map_or(Duration::ZERO, LeakGate::after));
+        tokio::pin!(warm_up);
+        let snapshot_every = self.config.watch.snapshots.as_ref().map(|s| s.every);
+        let every = snapshot_every.unwrap_or(Duration::from_secs(1 << 40));
+        let mut snapshot_timer = interval_at(started + every, every);
+        snapshot_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = drain_timer.tick() => {
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
+                    probes.flush_log();
+                }
+                filling = self.reader.filling() => {
+                    filling?;
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
+                }
+                _ = summary_timer.tick() => {
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
+                    self.symbols.refresh_maps();
+                    self.print_summary();
+                }
+                _ = &mut warm_up, if self.gate.as_ref().is_some_and(LeakGate::waiting_for_baseline) => {
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
+                    self.take_gate_baseline();
+                }
+                _ = snapshot_timer.tick(), if snapshot_every.is_some() => {
+                    if let Some(exec_ns) = self.drain() {
+                        return Ok(Stop::TargetExeced(exec_ns));
+                    }
+                    self.write_snapshot();
+                }
+                _ = stop_signals.interrupt.recv() => return Ok(Stop::Signal(libc::SIGINT)),
+                _ = stop_signals.terminate.recv() => return Ok(Stop::Signal(libc::SIGTERM)),
+                _ = &mut deadline, if self.config.duration.is_some() => return Ok(Stop::Duration),
+                exited = exit.exited() => {
+                    exited?;
+                    return Ok(Stop::TargetExited);
+                }
+            }
+        }
+    }
+
+    /// Moves every queued event into the ledger and symbolizes new stacks
+    /// while the target is still there to be read. Returns the time of an
+    /// unexpected `execve` of the target, after which nothing is applied.
+    fn drain(&mut self) -> Option<u64> {
+        self.drain_until(u64::MAX)
+    }
+
+    /// Like [`Session::drain`], but stops applying events at the first one
+    /// stamped after `cut_ns`, discarding it and all that follow.
+    fn drain_until(&mut self, cut_ns: u64) -> Option<u64> {
+        let mut new_stacks = HashSet::new();
+        let ledger = &mut self.ledger;
+        let symbols = &mut self.symbols;
+        let execs_expected = &mut self.execs_expected;
+        let mut exec_ns = None;
+        let mut past_cut = false;
+        let mut events = 0;
+        self.reader.drain(|event: &Event, frames| {
+            past_cut |= event.timestamp_ns > cut_ns || exec_ns.is_some();
+            if past_cut {
+                return;
+            }
+            if event.kind() == Some(EventKind::Exec) {
+                match execs_expected.checked_sub(1) {
+                    Some(left) => *execs_expected = left,
+                    None => exec_ns = Some(event.timestamp_ns),
+                }
+                return;
+            }
+            events += 1;
+            match frames {
+                Some(frames) => ledger.apply(&Event {
+                    stack_id: symbols.intern(frames),
+                    ..*event
+                }),
+                None => {
+                    ledger.apply(event);
+                    if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
+                        new_stacks.insert(event.stack_id);
+                    }
+                }
+            }
+        });
+        self.events += events;
+        self.symbols.learn(new_stacks);
+        self.note_losses();
+        exec_ns
+    }
+
+    /// Tells the ledger when the kernel lost events, and the user when the
+    /// ledger started dropping allocations: both make numbers inexact.
+    fn note_losses(&mut self) {
+        let lost = self.counters.get(Counter::LostEvents);
+        if lost > self.lost_seen {
+            self.lost_seen = lost;
+            self.ledger.note_loss(monotonic_ns());
+        }
+        if !self.warned_dropping && self.ledger.totals().dropped_allocations > 0 {
+            self.warned_dropping = true;
+            eprintln!(
+                "alloctrace: tracking {} allocations (--max-tracked): newer ones are dropped and \
+                 counted as dropped_allocations",
+                self.config.max_tracked
+            );
+        }
+    }
+
+    fn totals(&self) -> Totals {
+        let lost = self
+            .cut
+            .map(|cut| cut.lost_events)
+            .unwrap_or_else(|| self.counters.get(Counter::LostEvents));
+        Totals::new(self.ledger.totals(), lost)
+    }
+
+    /// Now, or the moment tracing stopped once it has.
+    fn now_ns(&self) -> u64 {
+        self.cut.map_or_else(monotonic_ns, |cut| cut.at_ns)
+    }
+
+    /// Seconds traced: until now, or until tracing stopped.
+    fn elapsed_s(&self) -> f64 {
+        self.cut
+            .map_or_else(Instant::now, |cut| cut.at)
+            .duration_since(self.started)
+            .as_secs_f64()
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which
+/// stamps the events.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the struct passed by pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+fn restore_default_sigint() {
+    // SAFETY: resetting a signal disposition to its default has no
+    // preconditions.
+    unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+}
