@@ -2,12 +2,14 @@
 //! ordering rules they implement.
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     bindings::{
         BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_RB_RING_SIZE,
     },
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, generated,
+    },
     macros::{map, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
@@ -15,8 +17,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
-    COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack, INLINE_STACK,
-    MAX_INLINE_FRAMES, NO_STACK,
+    COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack,
+    EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES,
+    MIN_STACK_COPY_BYTES, NO_STACK, STACK_COPY,
 };
 
 #[map(name = "EVENTS")]
@@ -60,6 +63,14 @@ enum Call {
     /// posix_memalign: the block is stored at `*ptr_arg` when it returns 0.
     StoresThroughPointer = 2,
 }
+
+/// Bytes of user stack copied into each allocation event for userspace's
+/// DWARF unwinder; 0 keeps the kernel's frame-pointer walk. Userspace sets it
+/// at load time (`tracer_ebpf::STACK_COPY_BYTES_GLOBAL`): it lives in
+/// read-only data, so the verifier knows its value, prunes the unused path
+/// and accepts it as a ring-buffer reservation size.
+#[unsafe(no_mangle)]
+static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
 /// Once the ring holds 1/WAKEUP_FRACTION of its size, events wake the reader.
 const WAKEUP_FRACTION: u64 = 4;
@@ -295,8 +306,10 @@ fn emit<C: EbpfContext>(
     entry.submit(wakeup_flags());
 }
 
-/// Writes an allocation event with the caller's user stack: an id in the
-/// stack map when it has room, else the frames themselves.
+/// Writes an allocation event with the caller's user stack: a copy of the
+/// stack for userspace to unwind in DWARF mode; otherwise the kernel's
+/// frame-pointer walk, as an id in the stack map when it has room, else the
+/// frames themselves.
 fn emit_with_stack<C: EbpfContext + StackIdContext>(
     ctx: &C,
     kind: EventKind,
@@ -304,6 +317,11 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
     old_addr: u64,
     size: u64,
 ) {
+    let copy_bytes = STACK_COPY_BYTES.load();
+    if copy_bytes != 0 {
+        emit_with_stack_copy(ctx, kind, addr, old_addr, size, copy_bytes);
+        return;
+    }
     if let Ok(id) = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         emit(ctx, kind, addr, old_addr, size, id as i32);
         return;
@@ -329,6 +347,60 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
     }
     // SAFETY: as above.
     unsafe { (*record).stack_bytes = stack_bytes.max(0) as u64 };
+    entry.submit(wakeup_flags());
+}
+
+/// Writes an allocation event followed by the caller's registers and the top
+/// `copy_bytes` of its user stack. A thread's stack may end less than
+/// `copy_bytes` above `sp` (the main thread's, above `main`, holds only the
+/// environment), and a read crossing its end faults as a whole, so the copy
+/// is halved until it fits: at least half of what is there is kept.
+fn emit_with_stack_copy<C: EbpfContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    copy_bytes: u32,
+) {
+    const HEADER: usize = size_of::<EventWithStackCopy>();
+    let copy = copy_bytes.min(MAX_STACK_COPY_BYTES) as usize;
+    let Some(mut entry) = EVENTS.reserve_bytes(HEADER + copy, 0) else {
+        count_lost(ctx);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe contexts are the trapped task's `pt_regs`.
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+    let mut len = copy;
+    while len != 0 {
+        // SAFETY: the destination is the `copy` bytes reserved after the
+        // header and `len <= copy`; the helper faults safely on bad sources.
+        let read = unsafe {
+            generated::bpf_probe_read_user(record.add(HEADER).cast(), len as u32, sp as *const _)
+        };
+        if read == 0 {
+            break;
+        }
+        len /= 2;
+        if len < MIN_STACK_COPY_BYTES as usize {
+            len = 0;
+        }
+    }
+    if len == 0 {
+        bump(Counter::StackErrors);
+    }
+    let header = EventWithStackCopy {
+        event: event(kind, addr, old_addr, size, STACK_COPY),
+        ip,
+        sp,
+        bp,
+        stack_len: len as u64,
+    };
+    // SAFETY: the reservation starts with room for the header, and ring
+    // records are 8-byte aligned.
+    unsafe { record.cast::<EventWithStackCopy>().write(header) };
     entry.submit(wakeup_flags());
 }
 

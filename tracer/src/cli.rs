@@ -52,9 +52,23 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
 
-    /// Size of the kernel-to-tracer event ring buffer (e.g. 8M; a power of two).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    /// Size of the kernel-to-tracer event ring buffer (e.g. 8M; a power of
+    /// two) [default: 8M, or 64M with DWARF unwinding]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
+
+    /// How user stacks are collected: `fp` walks frame pointers in the
+    /// kernel (cheapest; breaks at code built without them), `dwarf` copies
+    /// the top of the stack and unwinds it with DWARF CFI (falling back to
+    /// frame pointers per frame, e.g. in JIT code), `auto` picks `dwarf`
+    /// when the target's executable is built without frame pointers.
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
+
+    /// Bytes of user stack copied per allocation for DWARF unwinding (frames
+    /// beyond them are cut off).
+    #[arg(long, value_name = "BYTES", default_value = "16K", value_parser = parse_stack_bytes)]
+    pub stack_bytes: u32,
 
     /// Log attach details and kernel-side diagnostics to stderr.
     #[arg(short, long)]
@@ -72,6 +86,14 @@ pub enum LogFormat {
     Human,
     /// One JSON object per interval, one per line.
     Json,
+}
+
+/// How user stacks are collected (see `Cli::unwind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UnwindMode {
+    Fp,
+    Dwarf,
+    Auto,
 }
 
 /// Where the final outputs go.
@@ -103,7 +125,10 @@ pub struct Config {
     /// their paths are worth printing.
     pub default_outputs: bool,
     pub min_age: Duration,
-    pub ring_size: u32,
+    /// `None`: the default for the unwinding mode chosen.
+    pub ring_size: Option<u32>,
+    pub unwind: UnwindMode,
+    pub stack_bytes: u32,
     pub verbose: bool,
     /// Attach empty programs and write nothing (see `Cli::floor`).
     pub floor: bool,
@@ -137,6 +162,8 @@ impl Config {
             default_outputs,
             min_age: cli.min_age.unwrap_or_default(),
             ring_size: cli.ring_size,
+            unwind: cli.unwind,
+            stack_bytes: cli.stack_bytes,
             verbose: cli.verbose,
             floor: cli.floor,
         })
@@ -182,6 +209,23 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Accepts sizes such as `16K` or `8192`: a multiple of 8 bytes between
+/// 1K and the kernel programs' limit.
+fn parse_stack_bytes(text: &str) -> Result<u32, String> {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|_| format!("'{text}' is not a size (try 16K)"))?;
+    let max = tracer_ebpf::MAX_STACK_COPY_BYTES;
+    match u32::try_from(bytes) {
+        Ok(bytes) if (1024..=max).contains(&bytes) && bytes % 8 == 0 => Ok(bytes),
+        _ => Err(format!(
+            "'{text}' must be a multiple of 8 between 1K and {}K",
+            max >> 10
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,5 +249,15 @@ mod tests {
         assert!(parse_ring_size("3M").is_err());
         assert!(parse_ring_size("1K").is_err());
         assert!(parse_ring_size("big").is_err());
+    }
+
+    #[test]
+    fn stack_bytes_are_bounded_multiples_of_eight() {
+        assert_eq!(parse_stack_bytes("16K"), Ok(16384));
+        assert_eq!(parse_stack_bytes("1024"), Ok(1024));
+        assert_eq!(parse_stack_bytes("64K"), Ok(65536));
+        assert!(parse_stack_bytes("65K").is_err());
+        assert!(parse_stack_bytes("512").is_err());
+        assert!(parse_stack_bytes("1025").is_err());
     }
 }

@@ -4,18 +4,21 @@
 //! The data flows through one module per stage: [`probes`] (kernel programs,
 //! attached to the target's libc at offsets chosen by [`placement`]) →
 //! [`events`] (the ring buffer) → [`ledger`] (outstanding allocations) →
+//! [`unwind`] (copied stacks to addresses, with `--unwind dwarf`) →
 //! [`symbolize`] (stack ids to frames) → [`report`] (summaries and final
 //! outputs). [`session`] runs them; this file only maps errors to exit codes.
 
 mod cli;
 mod events;
 mod ledger;
+mod maps;
 mod placement;
 mod probes;
 mod report;
 mod session;
 mod symbolize;
 mod target;
+mod unwind;
 
 use std::{path::Path, process::ExitCode};
 

@@ -16,7 +16,7 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use tracer_ebpf::{COUNTERS_MAP, Counter, EVENTS_MAP, STACKS_MAP};
+use tracer_ebpf::{COUNTERS_MAP, Counter, EVENTS_MAP, STACK_COPY_BYTES_GLOBAL, STACKS_MAP};
 
 use crate::placement::{Plan, RETURN_PROGRAM, Returns};
 
@@ -38,11 +38,18 @@ pub struct KernelMaps {
 }
 
 impl Probes {
-    /// Loads the programs with an event ring of `ring_size` bytes.
-    pub fn load(ring_size: u32, verbose: bool) -> anyhow::Result<(Self, KernelMaps)> {
+    /// Loads the programs with an event ring of `ring_size` bytes. With a
+    /// non-zero `stack_copy_bytes`, allocation events carry that much of the
+    /// user stack for DWARF unwinding instead of a frame-pointer stack id.
+    pub fn load(
+        ring_size: u32,
+        stack_copy_bytes: u32,
+        verbose: bool,
+    ) -> anyhow::Result<(Self, KernelMaps)> {
         raise_memlock_limit();
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_size)
+            .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
         for (name, program) in ebpf.programs_mut() {

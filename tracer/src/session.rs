@@ -18,13 +18,14 @@ use tracer_ebpf::{Counter, Event, EventKind};
 
 use crate::{
     cli::{Config, LogFormat},
-    events::{EventReader, watch_readable},
+    events::{Carried, EventReader, watch_readable},
     ledger::Ledger,
     placement::Plan,
     probes::{Counters, Probes, Programs},
     report::{self, ProcessReport, Report, StackReport, SummaryState, Totals, write_atomically},
     symbolize::StackSymbolizer,
     target::Target,
+    unwind::{self, StackUnwinder},
 };
 
 /// How often the ring buffer is drained when the kernel does not wake us:
@@ -53,7 +54,13 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         );
     }
     let exit = ProcessExit::watch(target.pid)?;
-    let (mut probes, maps) = Probes::load(config.ring_size, config.verbose)?;
+    let stack_copy_bytes = unwind::stack_copy_bytes(config.unwind, config.stack_bytes, target.pid);
+    let ring_size = config.ring_size.unwrap_or(if stack_copy_bytes == 0 {
+        tracer_ebpf::DEFAULT_RING_SIZE
+    } else {
+        tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
+    });
+    let (mut probes, maps) = Probes::load(ring_size, stack_copy_bytes, config.verbose)?;
     let programs = if config.floor {
         Programs::Floor
     } else {
@@ -64,16 +71,22 @@ pub async fn run(config: &Config) -> anyhow::Result<()> {
         bail!("pid {} exited while alloctrace was attaching", target.pid);
     }
     eprintln!(
-        "alloctrace: tracing pid {} (libc {}, {} functions)",
+        "alloctrace: tracing pid {} (libc {}, {} functions, {} unwinding)",
         target.pid,
         target.libc.path.display(),
-        plan.function_count
+        plan.function_count,
+        if stack_copy_bytes == 0 {
+            "frame-pointer"
+        } else {
+            "DWARF"
+        }
     );
 
     let mut session = Session {
         started: Instant::now(),
         reader: EventReader::new(maps.events)?,
         symbols: StackSymbolizer::new(target.pid, maps.stacks),
+        unwinder: StackUnwinder::new(target.pid),
         counters: maps.counters,
         ledger: Ledger::new(),
         summaries: SummaryState::default(),
@@ -109,6 +122,7 @@ struct Session {
     started: Instant,
     reader: EventReader,
     symbols: StackSymbolizer,
+    unwinder: StackUnwinder,
     counters: Counters,
     ledger: Ledger,
     summaries: SummaryState,
@@ -174,18 +188,23 @@ impl Session {
         let mut new_stacks = HashSet::new();
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
+        let unwinder = &mut self.unwinder;
         let mut past_cut = false;
-        self.reader.drain(|event: &Event, frames| {
+        self.reader.drain(|event: &Event, carried| {
             past_cut |= event.timestamp_ns > cut_ns;
             if past_cut {
                 return;
             }
-            match frames {
-                Some(frames) => ledger.apply(&Event {
+            match carried {
+                Carried::Frames(frames) => ledger.apply(&Event {
                     stack_id: symbols.intern(frames),
                     ..*event
                 }),
-                None => {
+                Carried::StackCopy(copy) => ledger.apply(&Event {
+                    stack_id: symbols.intern(&unwinder.unwind(&copy)),
+                    ..*event
+                }),
+                Carried::Nothing => {
                     ledger.apply(event);
                     if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
                         new_stacks.insert(event.stack_id);

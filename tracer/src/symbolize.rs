@@ -11,7 +11,6 @@
 use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
-    path::PathBuf,
     rc::Rc,
 };
 
@@ -26,7 +25,14 @@ use blazesym::{
 };
 use serde::{Serialize, Serializer};
 
-use crate::ledger::StackId;
+use crate::{
+    ledger::StackId,
+    maps::{self, Backing, Mapping},
+};
+
+/// Module name of frames in JIT-compiled code (anonymous executable memory),
+/// named from the runtime's perf map.
+const JIT_MODULE: &str = "[jit]";
 
 /// One frame of a reported stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,15 +94,6 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
-/// A mapped file region of the target, for naming unsymbolized addresses.
-#[derive(Clone, Debug)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    file_offset: u64,
-    path: PathBuf,
-}
-
 /// Ids for stacks that arrived as frames start above any id of the kernel's
 /// stack map, so the two never collide.
 const FIRST_INLINE_ID: StackId = 1 << 24;
@@ -149,7 +146,7 @@ impl StackSymbolizer {
         if let Err(error) = self.symbolizer.cache(&cache) {
             log::debug!("caching memory maps of {}: {error}", self.pid);
         }
-        if let Some(mappings) = read_mappings(self.pid) {
+        if let Some(mappings) = maps::read(self.pid) {
             self.mappings = mappings;
         }
     }
@@ -226,9 +223,29 @@ impl StackSymbolizer {
         frames[first_meaningful..].to_vec()
     }
 
+    /// Symbolizes `addresses`, once more after re-reading the target's
+    /// memory map and perf map for those outside any mapped file: JIT code
+    /// is mapped, and named in the perf map, as the runtime compiles it.
     fn symbolize(&mut self, addresses: Vec<u64>) {
+        let unnamed = self.symbolize_once(addresses);
+        let outside_files: Vec<u64> = unnamed
+            .into_iter()
+            .filter(|&address| {
+                !maps::find(&self.mappings, address)
+                    .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
+            })
+            .collect();
+        if !outside_files.is_empty() && self.target_alive {
+            self.refresh_maps();
+            self.symbolize_once(outside_files);
+        }
+    }
+
+    /// Symbolizes `addresses` into `self.frames`; returns those no symbol
+    /// covered.
+    fn symbolize_once(&mut self, addresses: Vec<u64>) -> Vec<u64> {
         let Some(pid) = NonZeroU32::new(self.pid) else {
-            return;
+            return Vec::new();
         };
         // Return addresses point after the call; the call itself is one byte
         // back, which gives the caller's line rather than the next one.
@@ -261,15 +278,19 @@ impl StackSymbolizer {
                 Err(error) => log::debug!("symbolizing {} addresses: {error}", lookups.len()),
             }
         }
-        let Some(results) = results else { return };
+        let Some(results) = results else {
+            return Vec::new();
+        };
         let mut named = Vec::with_capacity(addresses.len());
+        let mut unnamed = Vec::new();
         for (address, result) in addresses.iter().zip(results) {
             let frames: Rc<[Frame]> = match result {
                 Symbolized::Sym(sym) => {
-                    let module = sym
-                        .module
-                        .as_deref()
-                        .map(|m| m.to_string_lossy().into_owned());
+                    // Only perf-map symbols come without a module.
+                    let module = Some(sym.module.as_deref().map_or_else(
+                        || JIT_MODULE.to_owned(),
+                        |m| m.to_string_lossy().into_owned(),
+                    ));
                     let frame = |function: &str,
                                  code: Option<&blazesym::symbolize::CodeInfo>,
                                  inlined| Frame {
@@ -289,50 +310,26 @@ impl StackSymbolizer {
                         .chain([frame(&sym.name, sym.code_info.as_deref(), false)])
                         .collect()
                 }
-                Symbolized::Unknown(_) => Rc::from([self.unnamed_frame(*address)]),
+                Symbolized::Unknown(_) => {
+                    unnamed.push(*address);
+                    Rc::from([self.unnamed_frame(*address)])
+                }
             };
             named.push((*address, frames));
         }
         self.frames.extend(named);
+        unnamed
     }
 
     /// A frame for an address no symbol covers: module and offset if mapped.
     fn unnamed_frame(&self, address: u64) -> Frame {
-        let mapping = self
-            .mappings
-            .iter()
-            .find(|mapping| (mapping.start..mapping.end).contains(&address));
         Frame {
             address,
             function: None,
-            module: mapping.map(|mapping| {
-                format!(
-                    "{}+{:#x}",
-                    mapping.path.display(),
-                    address - mapping.start + mapping.file_offset
-                )
-            }),
+            module: maps::find(&self.mappings, address).map(|mapping| mapping.describe(address)),
             file: None,
             line: None,
             inlined: false,
         }
     }
-}
-
-fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
-    let process = procfs::process::Process::new(pid as i32).ok()?;
-    let maps = process.maps().ok()?;
-    Some(
-        maps.iter()
-            .filter_map(|map| match &map.pathname {
-                procfs::process::MMapPath::Path(path) => Some(Mapping {
-                    start: map.address.0,
-                    end: map.address.1,
-                    file_offset: map.offset,
-                    path: path.clone(),
-                }),
-                _ => None,
-            })
-            .collect(),
-    )
 }
