@@ -1,6 +1,9 @@
 // leak.js - a Node.js workload that leaks Buffers from one named JS
 // function, for the JIT frame test (tests/jit.rs). Run with
-// `node --perf-basic-prof leak.js`, so V8 writes /tmp/perf-PID.map.
+// `node --perf-basic-prof --interpreted-frames-native-stack leak.js`: V8
+// then writes /tmp/perf-PID.map and names interpreted functions in it too
+// (without the second flag, calls made before the function is compiled run
+// inside one shared interpreter trampoline that the map cannot tell apart).
 //
 // Protocol: stdout "ready <pid>"; on the first stdin line, call
 // leakyJsFunction LEAKS times and print "done"; exit when stdin closes.
