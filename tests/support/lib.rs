@@ -615,6 +615,12 @@ impl Tracer {
         if let Some(d) = cwd {
             cmd.current_dir(d);
         }
+        Self::spawn_command(cmd, pid)
+    }
+
+    /// Runs `cmd` (a [`tracer_command`] with its arguments, environment...)
+    /// tracing `pid` and waits for the ready line, like [`Tracer::spawn`].
+    pub fn spawn_command(mut cmd: Command, pid: u32) -> Self {
         let spawned_at = Instant::now();
         let mut child = cmd.spawn().expect("spawn alloctrace");
         let stdout = LineReader::new(child.stdout.take().unwrap());

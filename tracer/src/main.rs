@@ -9,6 +9,7 @@
 //! outputs). [`session`] runs them; this file only maps errors to exit codes.
 
 mod cli;
+mod debuginfo;
 mod events;
 mod ledger;
 mod maps;

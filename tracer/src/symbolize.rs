@@ -26,6 +26,7 @@ use blazesym::{
 use serde::{Serialize, Serializer};
 
 use crate::{
+    debuginfo,
     ledger::StackId,
     maps::{self, Backing, Mapping},
 };
@@ -118,6 +119,7 @@ impl StackSymbolizer {
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
+            .set_process_dispatcher(debuginfo::dispatcher(debuginfo::cache_dirs()))
             .build();
         let mut this = Self {
             pid,
@@ -286,11 +288,7 @@ impl StackSymbolizer {
         for (address, result) in addresses.iter().zip(results) {
             let frames: Rc<[Frame]> = match result {
                 Symbolized::Sym(sym) => {
-                    // Only perf-map symbols come without a module.
-                    let module = Some(sym.module.as_deref().map_or_else(
-                        || JIT_MODULE.to_owned(),
-                        |m| m.to_string_lossy().into_owned(),
-                    ));
+                    let module = Some(self.module_name(*address, sym.module.as_deref()));
                     let frame = |function: &str,
                                  code: Option<&blazesym::symbolize::CodeInfo>,
                                  inlined| Frame {
@@ -319,6 +317,19 @@ impl StackSymbolizer {
         }
         self.frames.extend(named);
         unnamed
+    }
+
+    /// The module of a symbolized address: the file mapped there as the
+    /// target names it (not the debug file its symbols may have come from);
+    /// for perf-map symbols, which come without one, JIT code.
+    fn module_name(&self, address: u64, symbolized_in: Option<&std::ffi::OsStr>) -> String {
+        match maps::find(&self.mappings, address).map(|mapping| &mapping.backing) {
+            Some(Backing::File(path)) => path.display().to_string(),
+            _ => symbolized_in.map_or_else(
+                || JIT_MODULE.to_owned(),
+                |module| module.to_string_lossy().into_owned(),
+            ),
+        }
     }
 
     /// A frame for an address no symbol covers: module and offset if mapped.
