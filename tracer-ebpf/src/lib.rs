@@ -22,9 +22,9 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
 
 /// Default ring size when events carry stack copies (`--unwind dwarf`):
-/// records are then ~16 KiB instead of 56 bytes, and this holds ~4000 of
-/// them, enough for the bursts of the tests' workloads while the tracer
-/// symbolizes a large binary for the first time.
+/// records are then `--stack-bytes` (8 KiB by default) instead of 56 bytes,
+/// and this holds ~8000 of them: enough for the bursts of the tests'
+/// workloads while the tracer symbolizes a large binary for the first time.
 pub const DEFAULT_STACK_COPY_RING_SIZE: u32 = 64 << 20;
 
 /// Slots of the per-CPU counter array.
@@ -105,9 +105,14 @@ pub const STACK_COPY_BYTES_GLOBAL: &str = "STACK_COPY_BYTES";
 /// fit the ring buffer many times over, and the verifier needs a bound.
 pub const MAX_STACK_COPY_BYTES: u32 = 64 << 10;
 
-/// Smallest stack copy tried when the full copy faults: the copy is halved
-/// down to this size until it fits below the top of the stack.
-pub const MIN_STACK_COPY_BYTES: u32 = 512;
+/// Stack copies are read page by page, upwards from `sp`, and
+/// `--stack-bytes` is a multiple of the page size. A thread's stack may end
+/// less than `--stack-bytes` above `sp` (the main thread's holds only the
+/// environment above `main`), and a read crossing its end fails as a whole
+/// (after copying up to the fault and zeroing the rest), so one big read
+/// would fail exactly when the stack is shallow; page by page, the copy stops
+/// at the first unmapped page, having paid for at most one failed read.
+pub const STACK_COPY_CHUNK: u32 = 4096;
 
 /// Frames carried by an [`EventWithStack`].
 pub const MAX_INLINE_FRAMES: usize = 64;

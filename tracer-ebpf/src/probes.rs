@@ -18,8 +18,8 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
     COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack,
-    EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES,
-    MIN_STACK_COPY_BYTES, NO_STACK, STACK_COPY,
+    EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, NO_STACK,
+    STACK_COPY, STACK_COPY_CHUNK,
 };
 
 #[map(name = "EVENTS")]
@@ -350,11 +350,9 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
     entry.submit(wakeup_flags());
 }
 
-/// Writes an allocation event followed by the caller's registers and the top
-/// `copy_bytes` of its user stack. A thread's stack may end less than
-/// `copy_bytes` above `sp` (the main thread's, above `main`, holds only the
-/// environment), and a read crossing its end faults as a whole, so the copy
-/// is halved until it fits: at least half of what is there is kept.
+/// Writes an allocation event followed by the caller's registers and up to
+/// `copy_bytes` of its user stack, read page by page up to the first page
+/// that is not mapped (see [`STACK_COPY_CHUNK`] for why).
 fn emit_with_stack_copy<C: EbpfContext>(
     ctx: &C,
     kind: EventKind,
@@ -364,8 +362,10 @@ fn emit_with_stack_copy<C: EbpfContext>(
     copy_bytes: u32,
 ) {
     const HEADER: usize = size_of::<EventWithStackCopy>();
-    let copy = copy_bytes.min(MAX_STACK_COPY_BYTES) as usize;
-    let Some(mut entry) = EVENTS.reserve_bytes(HEADER + copy, 0) else {
+    const CHUNK: usize = STACK_COPY_CHUNK as usize;
+    const MAX_CHUNKS: usize = (MAX_STACK_COPY_BYTES / STACK_COPY_CHUNK) as usize;
+    let chunks = copy_bytes.min(MAX_STACK_COPY_BYTES) as usize / CHUNK;
+    let Some(mut entry) = EVENTS.reserve_bytes(HEADER + chunks * CHUNK, 0) else {
         count_lost(ctx);
         return;
     };
@@ -373,20 +373,32 @@ fn emit_with_stack_copy<C: EbpfContext>(
     let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: uprobe contexts are the trapped task's `pt_regs`.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
-    let mut len = copy;
-    while len != 0 {
-        // SAFETY: the destination is the `copy` bytes reserved after the
-        // header and `len <= copy`; the helper faults safely on bad sources.
-        let read = unsafe {
-            generated::bpf_probe_read_user(record.add(HEADER).cast(), len as u32, sp as *const _)
-        };
-        if read == 0 {
+    // The first chunk runs up to the page boundary above `sp`, the others
+    // are whole pages: a chunk then faults exactly when its page is not
+    // mapped, and everything below the stack's end is kept.
+    let first = CHUNK - (sp as usize & (CHUNK - 1));
+    // SAFETY (both reads): the destination lies within the `chunks` chunks
+    // reserved after the header (`first <= CHUNK`, and the loop stops one
+    // chunk early); the helper faults safely on bad sources.
+    let read = unsafe {
+        generated::bpf_probe_read_user(record.add(HEADER).cast(), first as u32, sp as *const _)
+    };
+    let mut len = if read == 0 { first } else { 0 };
+    for chunk in 1..MAX_CHUNKS {
+        if len == 0 || chunk >= chunks {
             break;
         }
-        len /= 2;
-        if len < MIN_STACK_COPY_BYTES as usize {
-            len = 0;
+        let read = unsafe {
+            generated::bpf_probe_read_user(
+                record.add(HEADER + len).cast(),
+                CHUNK as u32,
+                (sp + len as u64) as *const _,
+            )
+        };
+        if read != 0 {
+            break;
         }
+        len += CHUNK;
     }
     if len == 0 {
         bump(Counter::StackErrors);

@@ -65,9 +65,9 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
 
-    /// Bytes of user stack copied per allocation for DWARF unwinding (frames
-    /// beyond them are cut off).
-    #[arg(long, value_name = "BYTES", default_value = "16K", value_parser = parse_stack_bytes)]
+    /// Bytes of user stack copied per allocation for DWARF unwinding, a
+    /// multiple of 4K (frames beyond them are cut off).
+    #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes)]
     pub stack_bytes: u32,
 
     /// Log attach details and kernel-side diagnostics to stderr.
@@ -209,18 +209,22 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Accepts sizes such as `16K` or `8192`: a multiple of 8 bytes between
-/// 1K and the kernel programs' limit.
+/// Accepts sizes such as `16K` or `8192`: a multiple of the kernel
+/// programs' 4K copy chunk, up to their limit.
 fn parse_stack_bytes(text: &str) -> Result<u32, String> {
     let bytes = parse_size::Config::new()
         .with_binary()
         .parse_size(text)
         .map_err(|_| format!("'{text}' is not a size (try 16K)"))?;
-    let max = tracer_ebpf::MAX_STACK_COPY_BYTES;
+    let (chunk, max) = (
+        tracer_ebpf::STACK_COPY_CHUNK,
+        tracer_ebpf::MAX_STACK_COPY_BYTES,
+    );
     match u32::try_from(bytes) {
-        Ok(bytes) if (1024..=max).contains(&bytes) && bytes % 8 == 0 => Ok(bytes),
+        Ok(bytes) if (chunk..=max).contains(&bytes) && bytes % chunk == 0 => Ok(bytes),
         _ => Err(format!(
-            "'{text}' must be a multiple of 8 between 1K and {}K",
+            "'{text}' must be a multiple of {}K up to {}K",
+            chunk >> 10,
             max >> 10
         )),
     }
@@ -252,12 +256,12 @@ mod tests {
     }
 
     #[test]
-    fn stack_bytes_are_bounded_multiples_of_eight() {
+    fn stack_bytes_are_bounded_multiples_of_the_chunk() {
         assert_eq!(parse_stack_bytes("16K"), Ok(16384));
-        assert_eq!(parse_stack_bytes("1024"), Ok(1024));
+        assert_eq!(parse_stack_bytes("4096"), Ok(4096));
         assert_eq!(parse_stack_bytes("64K"), Ok(65536));
-        assert!(parse_stack_bytes("65K").is_err());
-        assert!(parse_stack_bytes("512").is_err());
-        assert!(parse_stack_bytes("1025").is_err());
+        assert!(parse_stack_bytes("68K").is_err());
+        assert!(parse_stack_bytes("2K").is_err());
+        assert!(parse_stack_bytes("6K").is_err());
     }
 }
