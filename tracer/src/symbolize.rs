@@ -1,12 +1,17 @@
-//! Turning kernel stack ids into readable frames: function, module,
-//! file:line, with inlined functions expanded.
+//! Turning stacks into readable frames: function, module, file:line, with
+//! inlined functions expanded.
 //!
-//! Stacks are fetched from the kernel's stack map and symbolized the first
-//! time an id is seen, while the target is alive, and the results are cached
-//! by address. The process's memory maps are cached too (in blazesym and in a
-//! snapshot of our own), so the final report is complete even when the target
-//! exited before it was written. An address that cannot be named still says
-//! which module and offset it is in.
+//! Stacks arrive as kernel stack-map ids, or as address lists (frames the
+//! kernel sent inline, stacks unwound from copies) that [`StackSymbolizer::intern`]
+//! turns into ids, one per distinct stack. Each is symbolized the first time
+//! it is seen, while the target is alive, and the results are cached by
+//! address. The process's memory maps are cached too (in blazesym and in a
+//! snapshot of our own), so the final report is complete even when the
+//! target exited before it was written. JIT frames are named from the
+//! runtime's perf map, re-read with the memory map when an address outside
+//! every mapped file turns up; separate debug files come from
+//! [`crate::debuginfo`] as well as blazesym's own debug-link search. An
+//! address that cannot be named still says which module and offset it is in.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -95,8 +100,8 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
-/// Ids for stacks that arrived as frames start above any id of the kernel's
-/// stack map, so the two never collide.
+/// Ids for stacks that arrived as addresses start above any id of the
+/// kernel's stack map, so the two never collide.
 const FIRST_INLINE_ID: StackId = 1 << 24;
 
 pub struct StackSymbolizer {
@@ -105,7 +110,7 @@ pub struct StackSymbolizer {
     stack_map: StackTraceMap<MapData>,
     /// Return addresses of each stack id seen, leaf first.
     stacks: HashMap<StackId, Rc<[u64]>>,
-    /// Ids given to stacks that arrived as frames.
+    /// Ids given to stacks that arrived as addresses.
     inline_ids: HashMap<Rc<[u64]>, StackId>,
     /// Frames of each address symbolized, leaf first (inlined expanded).
     frames: HashMap<u64, Rc<[Frame]>>,
@@ -158,8 +163,10 @@ impl StackSymbolizer {
         self.target_alive = false;
     }
 
-    /// An id for a stack the kernel sent as frames (its stack map had no room
-    /// for it), shared by every identical stack; symbolized on first sight.
+    /// An id for a stack given as return addresses, leaf first (frames the
+    /// kernel sent because its stack map had no room, or a stack unwound
+    /// from a copy), shared by every identical stack, so the ledger counts
+    /// each distinct stack once; symbolized on first sight.
     pub fn intern(&mut self, frames: &[u64]) -> StackId {
         if let Some(&id) = self.inline_ids.get(frames) {
             return id;

@@ -10,13 +10,15 @@ use anyhow::{Result, bail};
 
 use crate::util::{self, probe};
 
-/// Debian packages needed to build bpf-linker against LLVM 22 and the tracer.
+/// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
+/// and Node.js, whose JIT frames the integration tests trace (tests/jit.rs).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",
     "libzstd-dev",
     "build-essential",
+    "nodejs",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
