@@ -35,13 +35,15 @@ fn node_buffers_are_attributed_to_the_js_function_that_leaks_them() {
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
     let script = workload_source("leak.js");
-    let mut w = Workload::spawn_bin(
+    // In the temporary directory: V8 leaves an isolate log in its cwd.
+    let mut w = Workload::spawn_bin_in(
         Path::new(node()),
         &[
             "--perf-basic-prof",
             "--interpreted-frames-native-stack",
             script.to_str().unwrap(),
         ],
+        Some(dir.path()),
     );
     let perf_map = format!("/tmp/perf-{}.map", w.pid);
     let args = [

@@ -475,7 +475,17 @@ impl Workload {
 
     /// Starts any program using the same protocol and waits for `ready <pid>`.
     pub fn spawn_bin(bin: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(bin)
+        Self::spawn_bin_in(bin, args, None)
+    }
+
+    /// Like [`Workload::spawn_bin`], running in `cwd` when given (for
+    /// programs that leave files in their working directory).
+    pub fn spawn_bin_in(bin: &Path, args: &[&str], cwd: Option<&Path>) -> Self {
+        let mut command = Command::new(bin);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
