@@ -350,6 +350,46 @@ pub fn launch_with_env<S: AsRef<OsStr>>(
     (out, report)
 }
 
+/// Flags of the workloads that must be unwound without frame pointers:
+/// optimised like a distro build, with debug info for names and lines.
+pub const NO_FRAME_POINTER_CFLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-pthread"];
+
+/// The deep call-chain workload, built without frame pointers.
+pub fn deep_nofp_bin() -> PathBuf {
+    compile_c("deep_nofp.c", "deep_nofp", NO_FRAME_POINTER_CFLAGS)
+}
+
+/// The inlined-allocation workload.
+pub fn inline_bin() -> PathBuf {
+    compile_c("inline.c", "inline", NO_FRAME_POINTER_CFLAGS)
+}
+
+/// Path of a file in `tests/workloads/`.
+pub fn workload_source(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(name)
+}
+
+/// The 1-based line of `tests/workloads/<file>` that contains `marker`
+/// (exactly one must).
+pub fn marker_line(file: &str, marker: &str) -> u64 {
+    let src =
+        fs::read_to_string(workload_source(file)).unwrap_or_else(|e| panic!("read {file}: {e}"));
+    let lines: Vec<usize> = src
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(marker))
+        .map(|(i, _)| i + 1)
+        .collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{marker:?} must be on exactly one line of {file}"
+    );
+    lines[0] as u64
+}
+
 /// Line range (first, last) of the C function `name` in leaky.c.
 pub fn leaky_function_lines(name: &str) -> (u64, u64) {
     let src = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("workloads/leaky.c"))
@@ -490,7 +530,17 @@ impl Workload {
 
     /// Starts any program using the same protocol and waits for `ready <pid>`.
     pub fn spawn_bin(bin: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(bin)
+        Self::spawn_bin_in(bin, args, None)
+    }
+
+    /// Like [`Workload::spawn_bin`], running in `cwd` when given (for
+    /// programs that leave files in their working directory).
+    pub fn spawn_bin_in(bin: &Path, args: &[&str], cwd: Option<&Path>) -> Self {
+        let mut command = Command::new(bin);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -642,6 +692,12 @@ impl Tracer {
         if let Some(d) = cwd {
             cmd.current_dir(d);
         }
+        Self::spawn_command(cmd, pid)
+    }
+
+    /// Runs `cmd` (a [`tracer_command`] with its arguments, environment...)
+    /// tracing `pid` and waits for the ready line, like [`Tracer::spawn`].
+    pub fn spawn_command(mut cmd: Command, pid: u32) -> Self {
         let spawned_at = Instant::now();
         let child = cmd.spawn().expect("spawn alloctrace");
         Self::wait_ready(child, &ready_prefix(pid), spawned_at)
@@ -865,6 +921,14 @@ pub fn frames(stack: &Value) -> &Vec<Value> {
         .get("frames")
         .and_then(Value::as_array)
         .unwrap_or_else(|| panic!("stack without `frames` array: {stack}"))
+}
+
+/// `function` of every frame of a stack, leaf first (`"?"` when unnamed).
+pub fn frame_functions(stack: &Value) -> Vec<&str> {
+    frames(stack)
+        .iter()
+        .map(|f| f.get("function").and_then(Value::as_str).unwrap_or("?"))
+        .collect()
 }
 
 /// `frames[0].function` of a stack.

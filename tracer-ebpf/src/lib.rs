@@ -25,6 +25,12 @@ pub const TARGET_PID_GLOBAL: &str = "TARGET_PID";
 /// millions of calls per second before anything is lost.
 pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
 
+/// Default ring size when events carry stack copies (`--unwind dwarf`):
+/// records are then `--stack-bytes` (8 KiB by default) instead of 56 bytes,
+/// and this holds ~8000 of them: enough for the bursts of the tests'
+/// workloads while the tracer symbolizes a large binary for the first time.
+pub const DEFAULT_STACK_COPY_RING_SIZE: u32 = 64 << 20;
+
 /// Slots of the per-CPU counter array.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +97,31 @@ pub const NO_STACK: i32 = -1;
 /// lose or misattribute those allocations the frames travel in the event.
 pub const INLINE_STACK: i32 = -2;
 
+/// `stack_id` of an event that carries a copy of the caller's registers and
+/// the top of its user stack, for userspace to unwind with DWARF CFI: the
+/// record is an [`EventWithStackCopy`] followed by `stack_len` stack bytes.
+/// Only sent when [`STACK_COPY_BYTES_GLOBAL`] is non-zero (`--unwind dwarf`).
+pub const STACK_COPY: i32 = -3;
+
+/// Name of the kernel programs' `u32` global holding how many bytes of user
+/// stack to copy into each allocation event; 0 (the default) keeps the
+/// kernel's frame-pointer walk. Set at load time, so the verifier sees it as
+/// a constant and the size of every reservation is known.
+pub const STACK_COPY_BYTES_GLOBAL: &str = "STACK_COPY_BYTES";
+
+/// Largest stack copy the programs accept (`--stack-bytes`): a record must
+/// fit the ring buffer many times over, and the verifier needs a bound.
+pub const MAX_STACK_COPY_BYTES: u32 = 64 << 10;
+
+/// Stack copies are read page by page, upwards from `sp`, and
+/// `--stack-bytes` is a multiple of the page size. A thread's stack may end
+/// less than `--stack-bytes` above `sp` (the main thread's holds only the
+/// environment above `main`), and a read crossing its end fails as a whole
+/// (after copying up to the fault and zeroing the rest), so one big read
+/// would fail exactly when the stack is shallow; page by page, the copy stops
+/// at the first unmapped page, having paid for at most one failed read.
+pub const STACK_COPY_CHUNK: u32 = 4096;
+
 /// Frames carried by an [`EventWithStack`].
 pub const MAX_INLINE_FRAMES: usize = 64;
 
@@ -138,6 +169,27 @@ impl EventWithStack {
 }
 
 const _: () = assert!(core::mem::size_of::<EventWithStack>() == 56 + 8 * MAX_INLINE_FRAMES);
+
+/// The header of an [`Event`] with `stack_id == STACK_COPY`: the user
+/// registers an unwinder starts from, then `stack_len` bytes copied from the
+/// user stack at `sp` upwards.
+///
+/// The event is made in the allocator's return probe, so the registers are
+/// those of the caller right after the call returned: `ip` is the return
+/// address in the caller (its current pc), `sp` its stack pointer, `bp` its
+/// frame pointer (callee-saved, so restored by the allocator).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventWithStackCopy {
+    pub event: Event,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of stack that follow this header (0 if none could be read).
+    pub stack_len: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<EventWithStackCopy>() == 48 + 32);
 const _: () = assert!(core::mem::align_of::<Event>() == 8);
 
 impl Event {

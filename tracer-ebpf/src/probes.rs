@@ -2,12 +2,14 @@
 //! ordering rules they implement.
 
 use aya_ebpf::{
-    EbpfContext,
+    EbpfContext, Global,
     bindings::{
         BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
         BPF_RB_RING_SIZE,
     },
-    helpers::{bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, generated,
+    },
     macros::{map, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
@@ -15,8 +17,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
-    COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack, INLINE_STACK,
-    MAX_INLINE_FRAMES, NO_STACK,
+    COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack,
+    EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, NO_STACK,
+    STACK_COPY, STACK_COPY_CHUNK,
 };
 
 #[map(name = "EVENTS")]
@@ -60,6 +63,14 @@ enum Call {
     /// posix_memalign: the block is stored at `*ptr_arg` when it returns 0.
     StoresThroughPointer = 2,
 }
+
+/// Bytes of user stack copied into each allocation event for userspace's
+/// DWARF unwinder; 0 keeps the kernel's frame-pointer walk. Userspace sets it
+/// at load time (`tracer_ebpf::STACK_COPY_BYTES_GLOBAL`): it lives in
+/// read-only data, so the verifier knows its value, prunes the unused path
+/// and accepts it as a ring-buffer reservation size.
+#[unsafe(no_mangle)]
+static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
 /// Once the ring holds 1/WAKEUP_FRACTION of its size, events wake the reader.
 const WAKEUP_FRACTION: u64 = 4;
@@ -300,8 +311,10 @@ pub fn emit_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
     emit(ctx, kind, 0, 0, 0, NO_STACK);
 }
 
-/// Writes an allocation event with the caller's user stack: an id in the
-/// stack map when it has room, else the frames themselves.
+/// Writes an allocation event with the caller's user stack: a copy of the
+/// stack for userspace to unwind in DWARF mode; otherwise the kernel's
+/// frame-pointer walk, as an id in the stack map when it has room, else the
+/// frames themselves.
 fn emit_with_stack<C: EbpfContext + StackIdContext>(
     ctx: &C,
     kind: EventKind,
@@ -309,6 +322,11 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
     old_addr: u64,
     size: u64,
 ) {
+    let copy_bytes = STACK_COPY_BYTES.load();
+    if copy_bytes != 0 {
+        emit_with_stack_copy(ctx, kind, addr, old_addr, size, copy_bytes);
+        return;
+    }
     if let Ok(id) = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
         emit(ctx, kind, addr, old_addr, size, id as i32);
         return;
@@ -334,6 +352,72 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
     }
     // SAFETY: as above.
     unsafe { (*record).stack_bytes = stack_bytes.max(0) as u64 };
+    entry.submit(wakeup_flags());
+}
+
+/// Writes an allocation event followed by the caller's registers and up to
+/// `copy_bytes` of its user stack, read page by page up to the first page
+/// that is not mapped (see [`STACK_COPY_CHUNK`] for why).
+fn emit_with_stack_copy<C: EbpfContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    copy_bytes: u32,
+) {
+    const HEADER: usize = size_of::<EventWithStackCopy>();
+    const CHUNK: usize = STACK_COPY_CHUNK as usize;
+    const MAX_CHUNKS: usize = (MAX_STACK_COPY_BYTES / STACK_COPY_CHUNK) as usize;
+    let chunks = copy_bytes.min(MAX_STACK_COPY_BYTES) as usize / CHUNK;
+    let Some(mut entry) = EVENTS.reserve_bytes(HEADER + chunks * CHUNK, 0) else {
+        count_lost(ctx);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe contexts are the trapped task's `pt_regs`.
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
+    // The first chunk runs up to the page boundary above `sp`, the others
+    // are whole pages: a chunk then faults exactly when its page is not
+    // mapped, and everything below the stack's end is kept.
+    let first = CHUNK - (sp as usize & (CHUNK - 1));
+    // SAFETY (both reads): the destination lies within the `chunks` chunks
+    // reserved after the header (`first <= CHUNK`, and the loop stops one
+    // chunk early); the helper faults safely on bad sources.
+    let read = unsafe {
+        generated::bpf_probe_read_user(record.add(HEADER).cast(), first as u32, sp as *const _)
+    };
+    let mut len = if read == 0 { first } else { 0 };
+    for chunk in 1..MAX_CHUNKS {
+        if len == 0 || chunk >= chunks {
+            break;
+        }
+        let read = unsafe {
+            generated::bpf_probe_read_user(
+                record.add(HEADER + len).cast(),
+                CHUNK as u32,
+                (sp + len as u64) as *const _,
+            )
+        };
+        if read != 0 {
+            break;
+        }
+        len += CHUNK;
+    }
+    if len == 0 {
+        bump(Counter::StackErrors);
+    }
+    let header = EventWithStackCopy {
+        event: event(kind, addr, old_addr, size, STACK_COPY),
+        ip,
+        sp,
+        bp,
+        stack_len: len as u64,
+    };
+    // SAFETY: the reservation starts with room for the header, and ring
+    // records are 8-byte aligned.
+    unsafe { record.cast::<EventWithStackCopy>().write(header) };
     entry.submit(wakeup_flags());
 }
 

@@ -60,9 +60,23 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
 
-    /// Size of the kernel-to-tracer event ring buffer (e.g. 8M; a power of two).
-    #[arg(long, value_name = "BYTES", default_value = "8M", value_parser = parse_ring_size)]
-    pub ring_size: u32,
+    /// Size of the kernel-to-tracer event ring buffer (e.g. 8M; a power of
+    /// two) [default: 8M, or 64M with DWARF unwinding]
+    #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
+    pub ring_size: Option<u32>,
+
+    /// How user stacks are collected: `fp` walks frame pointers in the
+    /// kernel (cheapest; breaks at code built without them), `dwarf` copies
+    /// the top of the stack and unwinds it with DWARF CFI (falling back to
+    /// frame pointers per frame, e.g. in JIT code), `auto` picks `dwarf`
+    /// when the target's executable is built without frame pointers.
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
+    pub unwind: UnwindMode,
+
+    /// Bytes of user stack copied per allocation for DWARF unwinding, a
+    /// multiple of 4K (frames beyond them are cut off).
+    #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes)]
+    pub stack_bytes: u32,
 
     /// Track at most this many outstanding allocations; beyond it new ones
     /// are dropped and counted (`dropped_allocations`) instead of growing the
@@ -128,6 +142,14 @@ pub enum LogFormat {
     Json,
 }
 
+/// How user stacks are collected (see `Cli::unwind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum UnwindMode {
+    Fp,
+    Dwarf,
+    Auto,
+}
+
 /// Where the final outputs go.
 #[derive(Debug, Clone, Default)]
 pub struct Outputs {
@@ -177,7 +199,10 @@ pub struct Config {
     /// traced pid (see [`Outputs::defaults_for`]), are written and printed.
     pub default_outputs: bool,
     pub min_age: Duration,
-    pub ring_size: u32,
+    /// `None`: the default for the unwinding mode chosen.
+    pub ring_size: Option<u32>,
+    pub unwind: UnwindMode,
+    pub stack_bytes: u32,
     pub max_tracked: u64,
     pub allocator_lib: Option<PathBuf>,
     pub verbose: bool,
@@ -277,6 +302,8 @@ impl Config {
             default_outputs,
             min_age: cli.min_age.unwrap_or_default(),
             ring_size: cli.ring_size,
+            unwind: cli.unwind,
+            stack_bytes: cli.stack_bytes,
             max_tracked: cli.max_tracked,
             allocator_lib: cli.allocator_lib,
             verbose: cli.verbose,
@@ -338,6 +365,27 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
+/// Accepts sizes such as `16K` or `8192`: a multiple of the kernel
+/// programs' 4K copy chunk, up to their limit.
+fn parse_stack_bytes(text: &str) -> Result<u32, String> {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|_| format!("'{text}' is not a size (try 16K)"))?;
+    let (chunk, max) = (
+        tracer_ebpf::STACK_COPY_CHUNK,
+        tracer_ebpf::MAX_STACK_COPY_BYTES,
+    );
+    match u32::try_from(bytes) {
+        Ok(bytes) if (chunk..=max).contains(&bytes) && bytes % chunk == 0 => Ok(bytes),
+        _ => Err(format!(
+            "'{text}' must be a multiple of {}K up to {}K",
+            chunk >> 10,
+            max >> 10
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,5 +409,15 @@ mod tests {
         assert!(parse_ring_size("3M").is_err());
         assert!(parse_ring_size("1K").is_err());
         assert!(parse_ring_size("big").is_err());
+    }
+
+    #[test]
+    fn stack_bytes_are_bounded_multiples_of_the_chunk() {
+        assert_eq!(parse_stack_bytes("16K"), Ok(16384));
+        assert_eq!(parse_stack_bytes("4096"), Ok(4096));
+        assert_eq!(parse_stack_bytes("64K"), Ok(65536));
+        assert!(parse_stack_bytes("68K").is_err());
+        assert!(parse_stack_bytes("2K").is_err());
+        assert!(parse_stack_bytes("6K").is_err());
     }
 }

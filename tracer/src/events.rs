@@ -8,7 +8,26 @@ use std::os::fd::AsRawFd;
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
-use tracer_ebpf::{Event, EventWithStack};
+use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, STACK_COPY};
+
+/// The stack an event brought along, beyond a stack-map id.
+pub enum Carried<'a> {
+    /// Nothing: the event's `stack_id` (if any) is in the kernel's map.
+    Nothing,
+    /// Return addresses from the kernel's frame-pointer walk, leaf first.
+    Frames(&'a [u64]),
+    /// Registers and stack bytes for userspace to unwind.
+    StackCopy(StackCopy<'a>),
+}
+
+/// The caller's registers at the allocator's return and the top of its stack.
+pub struct StackCopy<'a> {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes copied from the user stack starting at `sp`.
+    pub stack: &'a [u8],
+}
 
 pub struct EventReader {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -28,30 +47,53 @@ impl EventReader {
         Ok(())
     }
 
-    /// Hands every queued event to `sink`, in ring order, with the frames
-    /// of events that carry their own stack; returns how many.
-    pub fn drain(&mut self, mut sink: impl FnMut(&Event, Option<&[u64]>)) -> usize {
+    /// Hands every queued event to `sink`, in ring order, with the stack
+    /// it carries; returns how many.
+    pub fn drain(&mut self, mut sink: impl FnMut(&Event, Carried<'_>)) -> usize {
         let ring = self.ring.get_mut();
         let mut count = 0;
         while let Some(item) = ring.next() {
-            if item.len() >= size_of::<EventWithStack>() {
-                // SAFETY: the kernel wrote a whole record of this type
-                // (checked length); read unaligned, as ring records are only
-                // guaranteed 8-byte alignment.
-                let record =
-                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<EventWithStack>()) };
-                sink(&record.event, Some(record.frames()));
-            } else if item.len() >= size_of::<Event>() {
-                // SAFETY: as above.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-                sink(&event, None);
-            } else {
+            let Some(event) = read_record::<Event>(&item) else {
                 continue;
+            };
+            match event.stack_id {
+                INLINE_STACK => {
+                    let Some(record) = read_record::<EventWithStack>(&item) else {
+                        continue;
+                    };
+                    sink(&event, Carried::Frames(record.frames()));
+                }
+                STACK_COPY => {
+                    let Some(record) = read_record::<EventWithStackCopy>(&item) else {
+                        continue;
+                    };
+                    let stack = &item[size_of::<EventWithStackCopy>()..];
+                    let stack = &stack[..(record.stack_len as usize).min(stack.len())];
+                    let copy = StackCopy {
+                        ip: record.ip,
+                        sp: record.sp,
+                        bp: record.bp,
+                        stack,
+                    };
+                    sink(&event, Carried::StackCopy(copy));
+                }
+                _ => sink(&event, Carried::Nothing),
             }
             count += 1;
         }
         count
     }
+}
+
+/// The record of type `T` at the start of a ring item, if the item is that
+/// long. Every record starts with an [`Event`] whose `stack_id` says which.
+fn read_record<T: Copy>(item: &[u8]) -> Option<T> {
+    (item.len() >= size_of::<T>()).then(|| {
+        // SAFETY: the kernel wrote a whole record of this plain-data type
+        // (checked length); read unaligned, as ring records are only
+        // guaranteed 8-byte alignment.
+        unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<T>()) }
+    })
 }
 
 /// Registers an owned file descriptor with the runtime for readability.

@@ -4,6 +4,7 @@
 //! The data flows through one module per stage: [`probes`] (kernel programs,
 //! attached to the target's libc at offsets chosen by [`placement`]) →
 //! [`events`] (the ring buffer) → [`ledger`] (outstanding allocations) →
+//! [`unwind`] (copied stacks to addresses, with `--unwind dwarf`) →
 //! [`symbolize`] (stack ids to frames) → [`report`] (summaries and final
 //! outputs). [`analysis`] follows the ledger over time (leak suspects, the CI
 //! leak gate) and [`metrics`] serves it to Prometheus. [`session`] runs them;
@@ -12,10 +13,12 @@
 
 mod analysis;
 mod cli;
+mod debuginfo;
 mod diff;
 mod events;
 mod launch;
 mod ledger;
+mod maps;
 mod metrics;
 mod placement;
 mod probes;
@@ -23,6 +26,7 @@ mod report;
 mod session;
 mod symbolize;
 mod target;
+mod unwind;
 
 use std::{path::Path, process::ExitCode};
 

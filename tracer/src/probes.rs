@@ -16,7 +16,9 @@ use aya::{
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
-use tracer_ebpf::{COUNTERS_MAP, Counter, EVENTS_MAP, STACKS_MAP, TARGET_PID_GLOBAL};
+use tracer_ebpf::{
+    COUNTERS_MAP, Counter, EVENTS_MAP, STACK_COPY_BYTES_GLOBAL, STACKS_MAP, TARGET_PID_GLOBAL,
+};
 
 use crate::placement::{Plan, RETURN_PROGRAM, Returns};
 
@@ -43,8 +45,15 @@ pub struct KernelMaps {
 
 impl Probes {
     /// Loads the programs for process `pid` with an event ring of
-    /// `ring_size` bytes.
-    pub fn load(pid: u32, ring_size: u32, verbose: bool) -> anyhow::Result<(Self, KernelMaps)> {
+    /// `ring_size` bytes. With a non-zero `stack_copy_bytes`, allocation
+    /// events carry that much of the user stack for DWARF unwinding instead
+    /// of a frame-pointer stack id.
+    pub fn load(
+        pid: u32,
+        ring_size: u32,
+        stack_copy_bytes: u32,
+        verbose: bool,
+    ) -> anyhow::Result<(Self, KernelMaps)> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().context(
             "reading the kernel's BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)",
@@ -52,6 +61,7 @@ impl Probes {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(EVENTS_MAP, ring_size)
             .override_global(TARGET_PID_GLOBAL, &pid, true)
+            .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
         for (name, program) in ebpf.programs_mut() {

@@ -1,17 +1,21 @@
-//! Turning kernel stack ids into readable frames: function, module,
-//! file:line, with inlined functions expanded.
+//! Turning stacks into readable frames: function, module, file:line, with
+//! inlined functions expanded.
 //!
-//! Stacks are fetched from the kernel's stack map and symbolized the first
-//! time an id is seen, while the target is alive, and the results are cached
-//! by address. The process's memory maps are cached too (in blazesym and in a
-//! snapshot of our own), so the final report is complete even when the target
-//! exited before it was written. An address that cannot be named still says
-//! which module and offset it is in.
+//! Stacks arrive as kernel stack-map ids, or as address lists (frames the
+//! kernel sent inline, stacks unwound from copies) that [`StackSymbolizer::intern`]
+//! turns into ids, one per distinct stack. Each is symbolized the first time
+//! it is seen, while the target is alive, and the results are cached by
+//! address. The process's memory maps are cached too (in blazesym and in a
+//! snapshot of our own), so the final report is complete even when the
+//! target exited before it was written. JIT frames are named from the
+//! runtime's perf map, re-read with the memory map when an address outside
+//! every mapped file turns up; separate debug files come from
+//! [`crate::debuginfo`] as well as blazesym's own debug-link search. An
+//! address that cannot be named still says which module and offset it is in.
 
 use std::{
     collections::{HashMap, HashSet},
     num::NonZeroU32,
-    path::PathBuf,
     rc::Rc,
 };
 
@@ -26,7 +30,15 @@ use blazesym::{
 };
 use serde::{Serialize, Serializer};
 
-use crate::ledger::StackId;
+use crate::{
+    debuginfo,
+    ledger::StackId,
+    maps::{self, Backing, Mapping},
+};
+
+/// Module name of frames in JIT-compiled code (anonymous executable memory),
+/// named from the runtime's perf map.
+const JIT_MODULE: &str = "[jit]";
 
 /// One frame of a reported stack.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -88,18 +100,8 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
-/// A mapped file region of the target, for naming unsymbolized addresses
-/// (and for the pprof profile's mappings).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mapping {
-    pub start: u64,
-    pub end: u64,
-    pub file_offset: u64,
-    pub path: PathBuf,
-}
-
-/// Ids for stacks that arrived as frames start above any id of the kernel's
-/// stack map, so the two never collide.
+/// Ids for stacks that arrived as addresses start above any id of the
+/// kernel's stack map, so the two never collide.
 const FIRST_INLINE_ID: StackId = 1 << 24;
 
 pub struct StackSymbolizer {
@@ -108,7 +110,7 @@ pub struct StackSymbolizer {
     stack_map: StackTraceMap<MapData>,
     /// Return addresses of each stack id seen, leaf first.
     stacks: HashMap<StackId, Rc<[u64]>>,
-    /// Ids given to stacks that arrived as frames.
+    /// Ids given to stacks that arrived as addresses.
     inline_ids: HashMap<Rc<[u64]>, StackId>,
     /// Frames of each address symbolized, leaf first (inlined expanded).
     frames: HashMap<u64, Rc<[Frame]>>,
@@ -122,6 +124,7 @@ impl StackSymbolizer {
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
+            .set_process_dispatcher(debuginfo::dispatcher(debuginfo::cache_dirs()))
             .build();
         let mut this = Self {
             pid,
@@ -143,15 +146,19 @@ impl StackSymbolizer {
         let Some(pid) = NonZeroU32::new(self.pid) else {
             return;
         };
+        // A process that has exited (a zombie, until it is reaped) reads as
+        // having no maps at all; caching that would replace the last good
+        // view, the only one left to symbolize its stacks with.
+        let Some(mappings) = maps::read(self.pid).filter(|mappings| !mappings.is_empty()) else {
+            return;
+        };
+        self.mappings = mappings;
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
             ..cache::Process::new(Pid::Pid(pid))
         });
         if let Err(error) = self.symbolizer.cache(&cache) {
             log::debug!("caching memory maps of {}: {error}", self.pid);
-        }
-        if let Some(mappings) = read_mappings(self.pid) {
-            self.mappings = mappings;
         }
     }
 
@@ -165,8 +172,10 @@ impl StackSymbolizer {
         self.target_alive = false;
     }
 
-    /// An id for a stack the kernel sent as frames (its stack map had no room
-    /// for it), shared by every identical stack; symbolized on first sight.
+    /// An id for a stack given as return addresses, leaf first (frames the
+    /// kernel sent because its stack map had no room, or a stack unwound
+    /// from a copy), shared by every identical stack, so the ledger counts
+    /// each distinct stack once; symbolized on first sight.
     pub fn intern(&mut self, frames: &[u64]) -> StackId {
         if let Some(&id) = self.inline_ids.get(frames) {
             return id;
@@ -239,9 +248,29 @@ impl StackSymbolizer {
         frames[first_meaningful..].to_vec()
     }
 
+    /// Symbolizes `addresses`, once more after re-reading the target's
+    /// memory map and perf map for those outside any mapped file: JIT code
+    /// is mapped, and named in the perf map, as the runtime compiles it.
     fn symbolize(&mut self, addresses: Vec<u64>) {
+        let unnamed = self.symbolize_once(addresses);
+        let outside_files: Vec<u64> = unnamed
+            .into_iter()
+            .filter(|&address| {
+                !maps::find(&self.mappings, address)
+                    .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
+            })
+            .collect();
+        if !outside_files.is_empty() && self.target_alive {
+            self.refresh_maps();
+            self.symbolize_once(outside_files);
+        }
+    }
+
+    /// Symbolizes `addresses` into `self.frames`; returns those no symbol
+    /// covered.
+    fn symbolize_once(&mut self, addresses: Vec<u64>) -> Vec<u64> {
         let Some(pid) = NonZeroU32::new(self.pid) else {
-            return;
+            return Vec::new();
         };
         // Return addresses point after the call; the call itself is one byte
         // back, which gives the caller's line rather than the next one.
@@ -274,15 +303,15 @@ impl StackSymbolizer {
                 Err(error) => log::debug!("symbolizing {} addresses: {error}", lookups.len()),
             }
         }
-        let Some(results) = results else { return };
+        let Some(results) = results else {
+            return Vec::new();
+        };
         let mut named = Vec::with_capacity(addresses.len());
+        let mut unnamed = Vec::new();
         for (address, result) in addresses.iter().zip(results) {
             let frames: Rc<[Frame]> = match result {
                 Symbolized::Sym(sym) => {
-                    let module = sym
-                        .module
-                        .as_deref()
-                        .map(|m| m.to_string_lossy().into_owned());
+                    let module = Some(self.module_name(*address, sym.module.as_deref()));
                     let frame = |function: &str,
                                  code: Option<&blazesym::symbolize::CodeInfo>,
                                  inlined| Frame {
@@ -302,50 +331,39 @@ impl StackSymbolizer {
                         .chain([frame(&sym.name, sym.code_info.as_deref(), false)])
                         .collect()
                 }
-                Symbolized::Unknown(_) => Rc::from([self.unnamed_frame(*address)]),
+                Symbolized::Unknown(_) => {
+                    unnamed.push(*address);
+                    Rc::from([self.unnamed_frame(*address)])
+                }
             };
             named.push((*address, frames));
         }
         self.frames.extend(named);
+        unnamed
+    }
+
+    /// The module of a symbolized address: the file mapped there as the
+    /// target names it (not the debug file its symbols may have come from);
+    /// for perf-map symbols, which come without one, JIT code.
+    fn module_name(&self, address: u64, symbolized_in: Option<&std::ffi::OsStr>) -> String {
+        match maps::find(&self.mappings, address).map(|mapping| &mapping.backing) {
+            Some(Backing::File(path)) => path.display().to_string(),
+            _ => symbolized_in.map_or_else(
+                || JIT_MODULE.to_owned(),
+                |module| module.to_string_lossy().into_owned(),
+            ),
+        }
     }
 
     /// A frame for an address no symbol covers: module and offset if mapped.
     fn unnamed_frame(&self, address: u64) -> Frame {
-        let mapping = self
-            .mappings
-            .iter()
-            .find(|mapping| (mapping.start..mapping.end).contains(&address));
         Frame {
             address,
             function: None,
-            module: mapping.map(|mapping| {
-                format!(
-                    "{}+{:#x}",
-                    mapping.path.display(),
-                    address - mapping.start + mapping.file_offset
-                )
-            }),
+            module: maps::find(&self.mappings, address).map(|mapping| mapping.describe(address)),
             file: None,
             line: None,
             inlined: false,
         }
     }
-}
-
-fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
-    let process = procfs::process::Process::new(pid as i32).ok()?;
-    let maps = process.maps().ok()?;
-    Some(
-        maps.iter()
-            .filter_map(|map| match &map.pathname {
-                procfs::process::MMapPath::Path(path) => Some(Mapping {
-                    start: map.address.0,
-                    end: map.address.1,
-                    file_offset: map.offset,
-                    path: path.clone(),
-                }),
-                _ => None,
-            })
-            .collect(),
-    )
 }

@@ -37,6 +37,8 @@ pub struct Target {
     pub comm: String,
     /// The executable, as the process names it.
     pub exe: PathBuf,
+    /// The same file, reachable from the tracer's namespace.
+    pub host_exe: PathBuf,
     pub allocator: Allocator,
 }
 
@@ -155,6 +157,7 @@ impl Target {
             pid,
             comm: stat.comm,
             exe,
+            host_exe: PathBuf::from(format!("/proc/{pid}/exe")),
             allocator,
         })
     }
@@ -181,6 +184,7 @@ impl Target {
             pid,
             comm,
             exe: exe.to_path_buf(),
+            host_exe: exe.to_path_buf(),
             allocator,
         })
     }

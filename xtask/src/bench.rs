@@ -3,8 +3,10 @@
 //!
 //! The workload is xtask/bench/churn.c, a malloc/free churn of small blocks.
 //! It is run untraced, under `alloctrace --floor` (empty programs at the same
-//! probe points: the bare uprobe trap cost), under alloctrace's full tracing,
-//! and under bcc's `memleak-bpfcc` when this machine can run it. Timings move
+//! probe points: the bare uprobe trap cost), under alloctrace's full tracing
+//! with the kernel's frame-pointer walk (`--unwind fp`) and with stack copies
+//! unwound in userspace (`--unwind dwarf`, the unwinding cost), and under
+//! bcc's `memleak-bpfcc` when this machine can run it. Timings move
 //! by ±20% from run to run, so the setups are run in rotation for several
 //! rounds and medians are reported. The table goes to stdout; the raw numbers
 //! to target/bench/results.json.
@@ -50,6 +52,7 @@ enum Setup {
     Untraced,
     Floor,
     Ours,
+    OursDwarf,
     Bcc,
 }
 
@@ -59,6 +62,7 @@ impl Setup {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor",
             Setup::Ours => "alloctrace",
+            Setup::OursDwarf => "alloctrace_dwarf",
             Setup::Bcc => "bcc_memleak",
         }
     }
@@ -67,7 +71,8 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor (`alloctrace --floor`)",
-            Setup::Ours => "alloctrace (full tracing)",
+            Setup::Ours => "alloctrace (full tracing, `--unwind fp`)",
+            Setup::OursDwarf => "alloctrace (full tracing, `--unwind dwarf`)",
             Setup::Bcc => "bcc memleak-bpfcc",
         }
     }
@@ -116,6 +121,7 @@ pub fn run(args: &Args) -> Result<()> {
         ));
     }
     setups.push(Setup::Ours);
+    setups.push(Setup::OursDwarf);
     let memleak = match find_memleak() {
         Ok(path) => {
             setups.push(Setup::Bcc);
@@ -246,12 +252,18 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
             alloctrace(bench, churn.pid, &["--floor"]),
             setup,
         )?),
-        Setup::Ours => {
+        Setup::Ours | Setup::OursDwarf => {
             let _ = std::fs::remove_file(&report);
+            let unwind = if setup == Setup::Ours { "fp" } else { "dwarf" };
             let cmd = alloctrace(
                 bench,
                 churn.pid,
-                &[OsStr::new("--report"), report.as_os_str()],
+                &[
+                    OsStr::new("--unwind"),
+                    OsStr::new(unwind),
+                    OsStr::new("--report"),
+                    report.as_os_str(),
+                ],
             );
             Some(Tracer::start(cmd, setup)?)
         }
@@ -266,7 +278,7 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
         return Ok(sample);
     };
     let cpu_ticks = tracer.finish(setup == Setup::Bcc)?;
-    if setup == Setup::Ours {
+    if matches!(setup, Setup::Ours | Setup::OursDwarf) {
         let (events, lost) = read_report(&report)?;
         sample.events = Some(events);
         sample.lost_events = Some(lost);
@@ -582,11 +594,16 @@ fn median_ns(results: &[(Setup, Vec<Sample>)], setup: Setup) -> Option<f64> {
     median(samples.iter().map(|s| s.ns_per_pair))
 }
 
-fn ours(results: &[(Setup, Vec<Sample>)]) -> &[Sample] {
+fn samples(results: &[(Setup, Vec<Sample>)], setup: Setup) -> &[Sample] {
     results
         .iter()
-        .find(|(s, _)| *s == Setup::Ours)
+        .find(|(s, _)| *s == setup)
         .map_or(&[], |(_, samples)| samples)
+}
+
+/// What DWARF unwinding adds per malloc+free pair over the frame-pointer walk.
+fn unwinding_cost(results: &[(Setup, Vec<Sample>)]) -> Option<f64> {
+    Some(median_ns(results, Setup::OursDwarf)? - median_ns(results, Setup::Ours)?)
 }
 
 fn ratio(results: &[(Setup, Vec<Sample>)], of: Setup, to: Setup) -> Option<f64> {
@@ -617,7 +634,8 @@ fn summarize(
     for (setup, reason) in skipped {
         setups.insert(setup.key().into(), json!({ "skipped": reason }));
     }
-    let ours = ours(results);
+    let ours = samples(results, Setup::Ours);
+    let dwarf = samples(results, Setup::OursDwarf);
     json!({
         "workload": {
             "threads": bench.threads,
@@ -633,9 +651,14 @@ fn summarize(
             "ours_over_floor": ratio(results, Setup::Ours, Setup::Floor),
             "ours_over_bcc": ratio(results, Setup::Ours, Setup::Bcc),
             "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
+            "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
         },
+        "dwarf_unwinding_ns_per_pair": unwinding_cost(results),
         "lost_events_total": ours.iter().filter_map(|s| s.lost_events).sum::<u64>(),
         "tracer_cpu_ns_per_event_median": median(ours.iter().filter_map(|s| s.cpu_ns_per_event)),
+        "dwarf_lost_events_total": dwarf.iter().filter_map(|s| s.lost_events).sum::<u64>(),
+        "dwarf_tracer_cpu_ns_per_event_median":
+            median(dwarf.iter().filter_map(|s| s.cpu_ns_per_event)),
     })
 }
 
@@ -667,11 +690,15 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
         println!("| {} | skipped | | {reason} |", setup.label());
     }
 
-    let ours = ours(results);
-    let lost: Vec<String> = ours
-        .iter()
-        .map(|s| s.lost_events.map_or("?".into(), |l| l.to_string()))
-        .collect();
+    let ours = samples(results, Setup::Ours);
+    let dwarf = samples(results, Setup::OursDwarf);
+    let lost = |samples: &[Sample]| {
+        samples
+            .iter()
+            .map(|s| s.lost_events.map_or("?".into(), |l| l.to_string()))
+            .collect::<Vec<String>>()
+            .join(", ")
+    };
     println!();
     println!(
         "- ours/floor: {}",
@@ -681,9 +708,17 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
         "- ours/bcc: {}",
         fmt_ratio(ratio(results, Setup::Ours, Setup::Bcc))
     );
-    println!("- lost events (alloctrace, per run): {}", lost.join(", "));
     println!(
-        "- alloctrace CPU per event (median; utime+stime from ready to exit / (allocs+frees)): {} ns",
-        fmt_ns(median(ours.iter().filter_map(|s| s.cpu_ns_per_event)))
+        "- unwinding cost (`--unwind dwarf` minus `--unwind fp`, medians): {} ns per pair ({})",
+        fmt_ns(unwinding_cost(results)),
+        fmt_ratio(ratio(results, Setup::OursDwarf, Setup::Ours))
+    );
+    println!("- lost events (alloctrace fp, per run): {}", lost(ours));
+    println!("- lost events (alloctrace dwarf, per run): {}", lost(dwarf));
+    println!(
+        "- alloctrace CPU per event (median; utime+stime from ready to exit / (allocs+frees)): \
+         fp {} ns, dwarf {} ns",
+        fmt_ns(median(ours.iter().filter_map(|s| s.cpu_ns_per_event))),
+        fmt_ns(median(dwarf.iter().filter_map(|s| s.cpu_ns_per_event)))
     );
 }

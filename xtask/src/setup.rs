@@ -10,8 +10,9 @@ use anyhow::{Result, bail};
 
 use crate::util::{self, probe};
 
-/// Debian packages needed to build bpf-linker against LLVM 22 and the
-/// tracer, and the replacement allocators the integration tests trace.
+/// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
+/// and what the integration tests trace: replacement allocators and Node.js
+/// (whose JIT frames tests/jit.rs names).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -21,6 +22,7 @@ const APT_PACKAGES: &[&str] = &[
     "libjemalloc2",
     "libgoogle-perftools4",
     "libmimalloc2.0",
+    "nodejs",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -17,6 +17,7 @@ use crate::{
     placement::Plan,
     probes::{KernelMaps, Probes, Programs},
     target::{Target, TargetError},
+    unwind,
 };
 
 /// Everything set up before the ready line.
@@ -27,6 +28,8 @@ pub(super) struct Attached {
     pub maps: KernelMaps,
     pub exit: ProcessExit,
     pub stop_signals: StopSignals,
+    /// Allocation events carry stack copies for DWARF unwinding.
+    pub dwarf_unwinding: bool,
 }
 
 impl Attached {
@@ -59,7 +62,15 @@ impl Attached {
         // Before the ready line: a signal sent as soon as it appears must
         // stop tracing cleanly, not kill the tracer.
         let stop_signals = StopSignals::install()?;
-        let (mut probes, maps) = Probes::load(target.pid, config.ring_size, config.verbose)?;
+        let stack_copy_bytes =
+            unwind::stack_copy_bytes(config.unwind, config.stack_bytes, &target.host_exe);
+        let ring_size = config.ring_size.unwrap_or(if stack_copy_bytes == 0 {
+            tracer_ebpf::DEFAULT_RING_SIZE
+        } else {
+            tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
+        });
+        let (mut probes, maps) =
+            Probes::load(target.pid, ring_size, stack_copy_bytes, config.verbose)?;
         let programs = if config.floor {
             Programs::Floor
         } else {
@@ -76,6 +87,7 @@ impl Attached {
             maps,
             exit,
             stop_signals,
+            dwarf_unwinding: stack_copy_bytes > 0,
         })
     }
 }

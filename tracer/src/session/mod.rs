@@ -22,7 +22,7 @@ use self::attach::{Attached, ProcessExit, StopSignals};
 use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
-    events::EventReader,
+    events::{Carried, EventReader},
     launch::Launched,
     ledger::Ledger,
     metrics::Metrics,
@@ -30,6 +30,7 @@ use crate::{
     report::{SummaryState, Totals},
     symbolize::StackSymbolizer,
     target::Target,
+    unwind::StackUnwinder,
 };
 
 /// How often the ring buffer is drained when the kernel does not wake us:
@@ -74,13 +75,19 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         maps,
         exit,
         mut stop_signals,
+        dwarf_unwinding,
     } = Attached::attach(config, launched.as_ref())?;
     eprintln!(
-        "alloctrace: tracing pid {} ({} {}, {} functions)",
+        "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding)",
         target.pid,
         target.allocator.kind.describe(),
         target.allocator.path.display(),
-        plan.function_count
+        plan.function_count,
+        if dwarf_unwinding {
+            "DWARF"
+        } else {
+            "frame-pointer"
+        }
     );
     if let Some(launched) = &mut launched {
         launched.release()?;
@@ -95,6 +102,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         started: Instant::now(),
         reader: EventReader::new(maps.events)?,
         symbols: StackSymbolizer::new(target.pid, maps.stacks),
+        unwinder: StackUnwinder::new(target.pid),
         counters: maps.counters,
         ledger: Ledger::new(config.max_tracked),
         summaries: SummaryState::default(),
@@ -191,6 +199,7 @@ struct Session {
     wall_started: SystemTime,
     reader: EventReader,
     symbols: StackSymbolizer,
+    unwinder: StackUnwinder,
     counters: Counters,
     ledger: Ledger,
     summaries: SummaryState,
@@ -291,11 +300,12 @@ impl Session {
         let mut new_stacks = HashSet::new();
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
+        let unwinder = &mut self.unwinder;
         let execs_expected = &mut self.execs_expected;
         let mut exec_ns = None;
         let mut past_cut = false;
         let mut events = 0;
-        self.reader.drain(|event: &Event, frames| {
+        self.reader.drain(|event: &Event, carried| {
             past_cut |= event.timestamp_ns > cut_ns || exec_ns.is_some();
             if past_cut {
                 return;
@@ -308,12 +318,16 @@ impl Session {
                 return;
             }
             events += 1;
-            match frames {
-                Some(frames) => ledger.apply(&Event {
+            match carried {
+                Carried::Frames(frames) => ledger.apply(&Event {
                     stack_id: symbols.intern(frames),
                     ..*event
                 }),
-                None => {
+                Carried::StackCopy(copy) => ledger.apply(&Event {
+                    stack_id: symbols.intern(&unwinder.unwind(&copy)),
+                    ..*event
+                }),
+                Carried::Nothing => {
                     ledger.apply(event);
                     if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
                         new_stacks.insert(event.stack_id);

@@ -1,0 +1,185 @@
+//! Full stacks without frame pointers: DWARF unwinding of copied user
+//! stacks (`--unwind dwarf`, chosen by `--unwind auto` for such builds),
+//! and inlined frames with their own file:line.
+
+use std::path::Path;
+
+use integration_tests::*;
+use serde_json::Value;
+
+/// One leak site of `tests/workloads/deep_nofp.c`: the whole call chain from
+/// the allocator's caller outwards, and what stays outstanding there.
+struct DeepSite {
+    chain: &'static [&'static str],
+    bytes: u64,
+    count: u64,
+}
+
+/// KEEP IN SYNC with tests/workloads/deep_nofp.c.
+const DEEP_SITES: &[DeepSite] = &[
+    DeepSite {
+        chain: &[
+            "deep_a4", "deep_a3", "deep_a2", "deep_a1", "run_all", "main",
+        ],
+        bytes: 6 * 1000,
+        count: 6,
+    },
+    DeepSite {
+        chain: &[
+            "deep_b6", "deep_b5", "deep_b4", "deep_b3", "deep_b2", "deep_b1", "run_all", "main",
+        ],
+        bytes: 3 * 40 * 50,
+        count: 3,
+    },
+    DeepSite {
+        chain: &["deep_c4", "deep_c3", "deep_c2", "deep_c1", "thread_main"],
+        bytes: 4 * 3000,
+        count: 4,
+    },
+];
+
+/// Runs `bin` (ready/go/done protocol) under `alloctrace <args>` and returns
+/// the ready line and the final report.
+fn trace(bin: &Path, args: &[&str]) -> (String, Value) {
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut w = Workload::spawn_bin(bin, &[]);
+    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+    all.extend(["--report".as_ref(), report_path.as_os_str()]);
+    let tracer = Tracer::spawn(w.pid, &all, None);
+    w.run();
+    std::thread::sleep(SETTLE);
+    let ready = tracer.ready_line.clone();
+    tracer.stop(libc::SIGINT).assert_success();
+    (ready, read_json(&report_path))
+}
+
+fn stacks_with_leaf<'a>(report: &'a Value, leaf: &str) -> Vec<&'a Value> {
+    all_stacks(report)
+        .into_iter()
+        .filter(|s| leaf_function(s) == Some(leaf))
+        .collect()
+}
+
+/// Built with -O2 and no frame pointers, every leak site's stack holds its
+/// whole call chain in order, with exact bytes and counts; `--unwind auto`
+/// (the default) sees the missing frame pointers and unwinds with DWARF.
+#[test]
+fn dwarf_unwinding_recovers_whole_chains_without_frame_pointers() {
+    require_root();
+    let (ready, report) = trace(&deep_nofp_bin(), &[]);
+    assert!(
+        ready.contains("DWARF unwinding"),
+        "auto should pick DWARF for a build without frame pointers: {ready}"
+    );
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    for site in DEEP_SITES {
+        let stacks = stacks_with_leaf(&report, site.chain[0]);
+        assert!(
+            !stacks.is_empty(),
+            "no stack for {}:\n{}",
+            site.chain[0],
+            summarize_report(&report)
+        );
+        let (mut bytes, mut count) = (0, 0);
+        for stack in stacks {
+            let functions = frame_functions(stack);
+            assert!(
+                functions.starts_with(site.chain),
+                "stack of {} is not the whole chain {:?}: {functions:?}",
+                site.chain[0],
+                site.chain
+            );
+            bytes += as_u64(stack, "bytes");
+            count += as_u64(stack, "count");
+        }
+        assert_eq!(
+            (bytes, count),
+            (site.bytes, site.count),
+            "outstanding at {}",
+            site.chain[0]
+        );
+    }
+}
+
+/// Why DWARF is needed: the kernel's frame-pointer walk cannot get past the
+/// allocator's caller in this build (none of these functions sets up %rbp,
+/// so it never points at their frames), although it counts the same bytes.
+#[test]
+fn frame_pointer_walk_breaks_chains_without_frame_pointers() {
+    require_root();
+    let (ready, report) = trace(&deep_nofp_bin(), &["--unwind", "fp"]);
+    assert!(ready.contains("frame-pointer unwinding"), "{ready}");
+    for site in DEEP_SITES {
+        let stacks = stacks_with_leaf(&report, site.chain[0]);
+        let bytes: u64 = stacks.iter().map(|s| as_u64(s, "bytes")).sum();
+        assert_eq!(bytes, site.bytes, "outstanding at {}", site.chain[0]);
+        for stack in stacks {
+            let functions = frame_functions(stack);
+            assert_ne!(
+                functions.get(1),
+                Some(&site.chain[1]),
+                "the frame-pointer walk unexpectedly found {}'s caller: {functions:?}",
+                site.chain[0]
+            );
+        }
+    }
+}
+
+/// `--unwind auto` keeps the cheap kernel walk for a build with frame pointers.
+#[test]
+fn auto_keeps_frame_pointers_when_the_build_has_them() {
+    require_root();
+    let (ready, report) = trace(&leaky_bin(), &["--unwind", "auto"]);
+    assert!(ready.contains("frame-pointer unwinding"), "{ready}");
+    assert_sites_exact(&report);
+}
+
+/// An allocation inside two inlined functions shows both, innermost first,
+/// each marked inlined and with the line of its own call, above the real
+/// function they were inlined into.
+#[test]
+fn inlined_frames_carry_their_own_lines() {
+    require_root();
+    let (_, report) = trace(&inline_bin(), &["--unwind", "dwarf"]);
+    let expected = [
+        (
+            "alloc_payload",
+            true,
+            marker_line("inline.c", "LINE:malloc"),
+        ),
+        (
+            "new_record",
+            true,
+            marker_line("inline.c", "LINE:alloc_payload"),
+        ),
+        (
+            "add_record",
+            false,
+            marker_line("inline.c", "LINE:new_record"),
+        ),
+    ];
+    let stacks = stacks_with_leaf(&report, "alloc_payload");
+    let bytes: u64 = stacks.iter().map(|s| as_u64(s, "bytes")).sum();
+    let count: u64 = stacks.iter().map(|s| as_u64(s, "count")).sum();
+    assert_eq!(
+        (bytes, count),
+        (5 * 700, 5),
+        "outstanding under alloc_payload:\n{}",
+        summarize_report(&report)
+    );
+    for stack in stacks {
+        for (frame, (function, inlined, line)) in frames(stack).iter().zip(expected) {
+            assert_eq!(frame["function"].as_str(), Some(function), "{stack}");
+            assert_eq!(frame["inlined"].as_bool(), Some(inlined), "{frame}");
+            assert_eq!(frame["line"].as_u64(), Some(line), "{frame}");
+            assert!(
+                frame["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("inline.c")),
+                "{frame}"
+            );
+        }
+        assert_eq!(frame_functions(stack).get(3), Some(&"main"), "{stack}");
+    }
+}
