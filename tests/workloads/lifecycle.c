@@ -15,6 +15,9 @@
  *           leaks at another site and exits 0.
  *   failures  allocations that fail (NULL, EINVAL, ENOMEM) from every
  *           entry point; only site_fail_survivor's block is outstanding.
+ *   sampling  SAMPLE_SMALL_BLOCKS small blocks and SAMPLE_LARGE_BLOCKS large
+ *           ones kept, and as many small ones freed right away: ground truth
+ *           for --sample-rate's estimates.
  *   stress  STRESS_PRODUCERS threads allocate same-size blocks and hand them
  *           to STRESS_CONSUMERS threads that free them (addresses are reused
  *           across threads and CPUs all the time); every 100th block leaks.
@@ -193,6 +196,32 @@ static int run_failures(void)
     return 0;
 }
 
+/* ---- sampling ---------------------------------------------------------- */
+
+#define SAMPLE_SMALL_BLOCKS 200000
+#define SAMPLE_SMALL_SIZE 64
+#define SAMPLE_LARGE_BLOCKS 20
+#define SAMPLE_LARGE_SIZE (1 << 20)
+
+static void *sample_kept[SAMPLE_SMALL_BLOCKS + SAMPLE_LARGE_BLOCKS];
+
+NOINLINE void *site_sample_small(void) { return malloc(SAMPLE_SMALL_SIZE); }
+NOINLINE void *site_sample_large(void) { return malloc(SAMPLE_LARGE_SIZE); }
+NOINLINE void *site_sample_churn(void) { return malloc(SAMPLE_SMALL_SIZE); }
+
+static int run_sampling(void)
+{
+    for (int i = 0; i < SAMPLE_SMALL_BLOCKS; i++) {
+        sample_kept[i] = site_sample_small();
+        void *churned = site_sample_churn();
+        memset(churned, i, SAMPLE_SMALL_SIZE);
+        free(churned);
+    }
+    for (int i = 0; i < SAMPLE_LARGE_BLOCKS; i++)
+        sample_kept[SAMPLE_SMALL_BLOCKS + i] = site_sample_large();
+    return 0;
+}
+
 /* ---- stress ----------------------------------------------------------- */
 
 #define STRESS_PRODUCERS 4
@@ -280,6 +309,8 @@ int main(int argc, char **argv)
         status = run_exec(argv[0]);
     else if (strcmp(mode, "after-exec") == 0)
         status = run_after_exec();
+    else if (strcmp(mode, "sampling") == 0)
+        status = run_sampling();
     else if (strcmp(mode, "failures") == 0)
         status = run_failures();
     else if (strcmp(mode, "stress") == 0)

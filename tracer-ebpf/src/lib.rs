@@ -19,6 +19,33 @@ pub const COUNTERS_MAP: &str = "COUNTERS";
 /// exec tracepoint fires for every process on the host and keeps only it.
 pub const TARGET_PID_GLOBAL: &str = "TARGET_PID";
 
+/// Global (`u64`): with `--sample-rate R`, the width in bytes of one slot of
+/// [`SAMPLE_TABLE_MAP`] (`R / SAMPLE_SLOTS_PER_RATE`); 0 traces every call.
+pub const SAMPLE_STEP_GLOBAL: &str = "SAMPLE_STEP";
+
+/// Array of `u64` thresholds: an allocation of `size` bytes is sampled when
+/// `bpf_get_prandom_u32() < table[sample_slot(size, step)]`. Userspace
+/// computes the table (Poisson sampling by bytes: `p = 1 - exp(-size/R)`,
+/// scaled to 2^32) and weighs each sampled block by the same `p`, so the
+/// estimates are unbiased whatever the rounding of the slots.
+pub const SAMPLE_TABLE_MAP: &str = "SAMPLE_TABLE";
+/// Slots of [`SAMPLE_TABLE_MAP`].
+pub const SAMPLE_TABLE_SLOTS: u32 = 1024;
+/// Slots per sample rate: sizes up to `SAMPLE_TABLE_SLOTS / SAMPLE_SLOTS_PER_RATE`
+/// times the rate get their own slot; larger ones share the last (p ≈ 1).
+pub const SAMPLE_SLOTS_PER_RATE: u64 = 64;
+
+/// The [`SAMPLE_TABLE_MAP`] slot of an allocation of `size` bytes; `step`
+/// is [`SAMPLE_STEP_GLOBAL`] (never 0 when sampling).
+pub const fn sample_slot(size: u64, step: u64) -> u32 {
+    let slot = size / step;
+    if slot >= SAMPLE_TABLE_SLOTS as u64 {
+        SAMPLE_TABLE_SLOTS - 1
+    } else {
+        slot as u32
+    }
+}
+
 /// Default size of the event ring buffer in bytes (a power of two, as the
 /// kernel requires). At 56 bytes per record it holds ~150k events: userspace
 /// drains it every few milliseconds, so this absorbs bursts of tens of

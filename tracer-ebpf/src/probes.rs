@@ -8,10 +8,11 @@ use aya_ebpf::{
         BPF_RB_RING_SIZE,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, generated,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user, generated,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
     programs::tracing::StackIdContext,
     programs::{ProbeContext, RetProbeContext},
 };
@@ -19,7 +20,7 @@ use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
     COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack,
     EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, NO_STACK,
-    STACK_COPY, STACK_COPY_CHUNK,
+    SAMPLE_TABLE_SLOTS, STACK_COPY, STACK_COPY_CHUNK, sample_slot,
 };
 
 #[map(name = "EVENTS")]
@@ -71,6 +72,21 @@ enum Call {
 /// and accepts it as a ring-buffer reservation size.
 #[unsafe(no_mangle)]
 static STACK_COPY_BYTES: Global<u32> = Global::new(0);
+
+/// With `--sample-rate`, the width of one slot of [`SAMPLE_TABLE`] in bytes;
+/// 0 (the default) reports every call. Set at load time, so the verifier
+/// prunes the sampling code from exact tracing.
+#[unsafe(no_mangle)]
+static SAMPLE_STEP: Global<u64> = Global::new(0);
+
+/// Sampling thresholds by size slot (see `tracer_ebpf::SAMPLE_TABLE_MAP`).
+#[map(name = "SAMPLE_TABLE")]
+static SAMPLE_TABLE: Array<u64> = Array::with_max_entries(SAMPLE_TABLE_SLOTS, 0);
+
+/// Sampled blocks still live: in sampled mode `free` reports only these, so
+/// the frees of unsampled blocks cost a failed delete and no event.
+#[map]
+static SAMPLED: HashMap<u64, u8> = HashMap::with_max_entries(1 << 20, 0);
 
 /// Once the ring holds 1/WAKEUP_FRACTION of its size, events wake the reader.
 const WAKEUP_FRACTION: u64 = 4;
@@ -143,7 +159,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         bump(Counter::NestedFrees);
         return 0;
     }
-    emit(&ctx, EventKind::Free, addr, 0, 0, NO_STACK);
+    if was_sampled(addr) {
+        emit(&ctx, EventKind::Free, addr, 0, 0, NO_STACK);
+    }
     0
 }
 
@@ -188,7 +206,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     let returned: u64 = ctx.ret();
     match pending.call {
         Call::Returns => {
-            if returned != 0 {
+            if returned != 0 && sample(returned, pending.size) {
                 emit_with_stack(&ctx, EventKind::Alloc, returned, 0, pending.size);
             }
         }
@@ -200,9 +218,17 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
                 let block = unsafe { bpf_probe_read_user(pending.ptr_arg as *const u64) };
                 if let Ok(block) = block
                     && block != 0
+                    && sample(block, pending.size)
                 {
                     emit_with_stack(&ctx, EventKind::Alloc, block, 0, pending.size);
                 }
+            }
+        }
+        Call::Realloc if SAMPLE_STEP.load() != 0 => {
+            // Sampled mode reports a realloc as a free of the old block (at
+            // entry) and an allocation of the new one.
+            if returned != 0 && sample(returned, pending.size) {
+                emit_with_stack(&ctx, EventKind::Alloc, returned, 0, pending.size);
             }
         }
         Call::Realloc => {
@@ -284,9 +310,43 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
         }
     }
     if call == Call::Realloc && ptr_arg != 0 {
-        emit(ctx, EventKind::ReallocStart, 0, ptr_arg, size, NO_STACK);
+        if SAMPLE_STEP.load() == 0 {
+            emit(ctx, EventKind::ReallocStart, 0, ptr_arg, size, NO_STACK);
+        } else if was_sampled(ptr_arg) {
+            emit(ctx, EventKind::Free, ptr_arg, 0, 0, NO_STACK);
+        }
     }
     0
+}
+
+/// Whether to report the allocation of `size` bytes at `addr`: always when
+/// tracing every call; with `--sample-rate`, with the probability of its
+/// size slot, remembering the block so its free is reported too.
+fn sample(addr: u64, size: u64) -> bool {
+    let step = SAMPLE_STEP.load();
+    if step == 0 {
+        return true;
+    }
+    let threshold = SAMPLE_TABLE
+        .get(sample_slot(size, step))
+        .copied()
+        .unwrap_or(1 << 32);
+    // SAFETY: a helper without preconditions.
+    let draw = u64::from(unsafe { bpf_get_prandom_u32() });
+    if draw >= threshold {
+        return false;
+    }
+    if SAMPLED.insert(&addr, &1, 0).is_err() {
+        bump(Counter::MapErrors);
+        return false;
+    }
+    true
+}
+
+/// Whether a block being released was reported: always when tracing every
+/// call; with `--sample-rate`, when it was sampled (and is forgotten now).
+fn was_sampled(addr: u64) -> bool {
+    SAMPLE_STEP.load() == 0 || SAMPLED.remove(&addr).is_ok()
 }
 
 /// Writes one event to the ring buffer, or counts it as lost.

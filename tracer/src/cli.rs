@@ -12,6 +12,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Parser, ValueEnum};
 
+use crate::sampling::Sampling;
+
 /// Trace a live process's heap allocations with eBPF and report the call
 /// stacks that hold outstanding (leaked) memory.
 #[derive(Debug, Parser)]
@@ -83,6 +85,13 @@ pub struct Cli {
     /// tracer's memory without bound.
     #[arg(long, value_name = "N", default_value = "20000000", value_parser = parse_count)]
     pub max_tracked: u64,
+
+    /// Sample allocations instead of tracing every one: a mean of one
+    /// reported block per BYTES allocated (Poisson sampling by bytes, as
+    /// heapprofd does); every number is then an unbiased estimate. Cheaper
+    /// for the kernel and the tracer; every call still traps.
+    #[arg(long, value_name = "BYTES", value_parser = parse_sample_rate)]
+    pub sample_rate: Option<u64>,
 
     /// Trace the allocator in this shared library (e.g. a jemalloc or
     /// tcmalloc build the target maps) instead of the one found automatically.
@@ -204,6 +213,8 @@ pub struct Config {
     pub unwind: UnwindMode,
     pub stack_bytes: u32,
     pub max_tracked: u64,
+    /// `--sample-rate`: the kernel reports a sample, the ledger weighs it up.
+    pub sampling: Option<Sampling>,
     pub allocator_lib: Option<PathBuf>,
     pub verbose: bool,
     /// Attach empty programs and write nothing (see `Cli::floor`).
@@ -305,6 +316,7 @@ impl Config {
             unwind: cli.unwind,
             stack_bytes: cli.stack_bytes,
             max_tracked: cli.max_tracked,
+            sampling: cli.sample_rate.map(Sampling::new),
             allocator_lib: cli.allocator_lib,
             verbose: cli.verbose,
             floor: cli.floor,
@@ -352,6 +364,16 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
         .with_binary()
         .parse_size(text)
         .map_err(|_| format!("'{text}' is not a size (try 1M)"))
+}
+
+/// Accepts sizes such as `64K` or `1M`, at least 64 bytes.
+fn parse_sample_rate(text: &str) -> Result<u64, String> {
+    match parse_bytes(text)? {
+        rate if rate >= 64 => Ok(rate),
+        _ => Err(format!(
+            "'{text}' is below the smallest sample rate, 64 bytes"
+        )),
+    }
 }
 
 /// Accepts sizes such as `8M`, `16MiB` or `4194304`; the kernel requires a

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 
 use tracer_ebpf::{Event, EventKind};
 
+use crate::sampling::Sampling;
+
 /// A kernel stack id (or [`tracer_ebpf::NO_STACK`]).
 pub type StackId = i32;
 
@@ -140,8 +142,40 @@ pub struct Allocated {
     pub count: u64,
 }
 
+/// What a live block counts for: itself when every call is traced; with
+/// sampling, the blocks it stands for (counts in 1/COUNT_UNIT of a block).
+#[derive(Clone, Copy, Debug, Default)]
+struct Weight {
+    bytes: u64,
+    units: u64,
+}
+
+/// Counts are kept in fractions of a block so that sampled blocks, each
+/// standing for `1/p` blocks, add up without rounding bias; exact tracing
+/// uses whole units.
+const COUNT_UNIT: u64 = 1 << 16;
+
+fn blocks(units: u64) -> u64 {
+    (units + COUNT_UNIT / 2) / COUNT_UNIT
+}
+
+/// The running totals in weighted units (see [`Totals`] for the meaning).
+#[derive(Clone, Copy, Debug, Default)]
+struct Tally {
+    alloc_units: u64,
+    free_units: u64,
+    preexisting_frees: u64,
+    outstanding_bytes: u64,
+    outstanding_units: u64,
+    dropped_allocations: u64,
+    dropped_bytes: u64,
+    allocated_bytes: u64,
+}
+
 pub struct Ledger {
     live: LiveBlocks,
+    /// `--sample-rate`: the blocks recorded are a sample, weighed up.
+    sampling: Option<Sampling>,
     /// Cap on `live`'s length; allocations beyond it are dropped and counted.
     max_tracked: u64,
     /// CLOCK_MONOTONIC ns that `Allocation::time_ms` counts from; set from
@@ -150,7 +184,7 @@ pub struct Ledger {
     /// Latest moment at which the kernel is known to have lost events.
     last_loss_ns: Option<u64>,
     in_flight: HashMap<u32, InFlight>,
-    totals: Totals,
+    tally: Tally,
     /// Allocations seen at an address the ledger still held: only possible
     /// when the free in between was lost, so counted to flag inexact numbers.
     overwritten: u64,
@@ -159,15 +193,18 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// An empty ledger that tracks at most `max_tracked` live blocks.
-    pub fn new(max_tracked: u64) -> Self {
+    /// An empty ledger that tracks at most `max_tracked` live blocks. With
+    /// `sampling`, it holds the blocks a sampled kernel reported, and every
+    /// number it gives is an estimate for all blocks.
+    pub fn new(max_tracked: u64, sampling: Option<Sampling>) -> Self {
         Self {
             live: LiveBlocks::new(),
+            sampling,
             max_tracked,
             epoch_ns: None,
             last_loss_ns: None,
             in_flight: HashMap::new(),
-            totals: Totals::default(),
+            tally: Tally::default(),
             overwritten: 0,
             allocated: HashMap::new(),
         }
@@ -191,7 +228,33 @@ impl Ledger {
     }
 
     pub fn totals(&self) -> Totals {
-        self.totals
+        let tally = self.tally;
+        Totals {
+            allocs: blocks(tally.alloc_units),
+            frees: blocks(tally.free_units),
+            preexisting_frees: tally.preexisting_frees,
+            outstanding_bytes: tally.outstanding_bytes,
+            outstanding_count: blocks(tally.outstanding_units),
+            dropped_allocations: tally.dropped_allocations,
+            dropped_bytes: tally.dropped_bytes,
+            allocated_bytes: tally.allocated_bytes,
+        }
+    }
+
+    fn weigh(&self, size: u64) -> Weight {
+        match &self.sampling {
+            None => Weight {
+                bytes: size,
+                units: COUNT_UNIT,
+            },
+            Some(sampling) => {
+                let p = sampling.probability(size);
+                Weight {
+                    bytes: (size as f64 / p).round() as u64,
+                    units: (COUNT_UNIT as f64 / p).round() as u64,
+                }
+            }
+        }
     }
 
     /// Allocations that replaced a block the ledger believed live.
@@ -203,24 +266,34 @@ impl Ledger {
     /// `allocated_before_ns`, largest first (ties by stack id, so output is
     /// stable).
     pub fn usage_by_stack(&self, allocated_before_ns: u64) -> Vec<StackUsage> {
-        let mut by_stack: HashMap<StackId, StackUsage> = HashMap::new();
+        let mut by_stack: HashMap<StackId, (StackUsage, u64)> = HashMap::new();
         for allocation in self.live.values() {
             let allocated_ns = self.time_ns(allocation.time_ms);
             if allocated_ns > allocated_before_ns {
                 continue;
             }
-            let usage = by_stack.entry(allocation.stack).or_insert(StackUsage {
-                stack: allocation.stack,
-                bytes: 0,
-                count: 0,
-                oldest_ns: u64::MAX,
-                approximate: false,
-            });
-            usage.bytes += allocation.size;
-            usage.count += 1;
+            let weight = self.weigh(allocation.size);
+            let (usage, units) = by_stack.entry(allocation.stack).or_insert((
+                StackUsage {
+                    stack: allocation.stack,
+                    bytes: 0,
+                    count: 0,
+                    oldest_ns: u64::MAX,
+                    approximate: false,
+                },
+                0,
+            ));
+            usage.bytes += weight.bytes;
+            *units += weight.units;
             usage.oldest_ns = usage.oldest_ns.min(allocated_ns);
         }
-        let mut usage: Vec<StackUsage> = by_stack.into_values().collect();
+        let mut usage: Vec<StackUsage> = by_stack
+            .into_values()
+            .map(|(usage, units)| StackUsage {
+                count: blocks(units),
+                ..usage
+            })
+            .collect();
         if let Some(loss_ns) = self.last_loss_ns {
             for usage in &mut usage {
                 usage.approximate = usage.oldest_ns <= loss_ns;
@@ -234,14 +307,26 @@ impl Ledger {
     pub fn live_blocks(&self) -> impl Iterator<Item = LiveBlock> + '_ {
         self.live.values().map(|allocation| LiveBlock {
             stack: allocation.stack,
-            size: allocation.size,
+            size: self.weigh(allocation.size).bytes,
             timestamp_ns: self.time_ns(allocation.time_ms),
         })
     }
 
     /// Per-stack totals of everything allocated since tracing began.
-    pub fn allocated_by_stack(&self) -> &HashMap<StackId, Allocated> {
-        &self.allocated
+    pub fn allocated_by_stack(&self) -> HashMap<StackId, Allocated> {
+        self.allocated
+            .iter()
+            .map(|(&stack, allocated)| {
+                let count = blocks(allocated.count);
+                (
+                    stack,
+                    Allocated {
+                        count,
+                        ..*allocated
+                    },
+                )
+            })
+            .collect()
     }
 
     fn allocate(&mut self, addr: u64, event: &Event) {
@@ -252,30 +337,32 @@ impl Ledger {
         };
         let full = self.live.len() as u64 >= self.max_tracked;
         if full && !self.live.contains_key(&addr) {
-            self.totals.dropped_allocations += 1;
-            self.totals.dropped_bytes += allocation.size;
+            self.tally.dropped_allocations += 1;
+            self.tally.dropped_bytes += allocation.size;
             return;
         }
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
             self.forget(previous);
         }
-        self.totals.allocs += 1;
-        self.totals.allocated_bytes += allocation.size;
-        self.totals.outstanding_bytes += allocation.size;
-        self.totals.outstanding_count += 1;
+        let weight = self.weigh(allocation.size);
+        self.tally.alloc_units += weight.units;
+        self.tally.allocated_bytes += weight.bytes;
+        self.tally.outstanding_bytes += weight.bytes;
+        self.tally.outstanding_units += weight.units;
+        // `count` in units until `allocated_by_stack` converts it.
         let allocated = self.allocated.entry(allocation.stack).or_default();
-        allocated.bytes += allocation.size;
-        allocated.count += 1;
+        allocated.bytes += weight.bytes;
+        allocated.count += weight.units;
     }
 
     fn free(&mut self, addr: u64) {
         match self.live.remove(&addr) {
             Some(allocation) => {
                 self.forget(allocation);
-                self.totals.frees += 1;
+                self.tally.free_units += self.weigh(allocation.size).units;
             }
-            None => self.totals.preexisting_frees += 1,
+            None => self.tally.preexisting_frees += 1,
         }
     }
 
@@ -341,16 +428,16 @@ impl Ledger {
 
     /// Counts a block realloc gave up (or whose realloc's end was lost).
     fn count_release(&mut self, in_flight: InFlight) {
-        if in_flight.allocation.is_some() {
-            self.totals.frees += 1;
-        } else {
-            self.totals.preexisting_frees += 1;
+        match in_flight.allocation {
+            Some(allocation) => self.tally.free_units += self.weigh(allocation.size).units,
+            None => self.tally.preexisting_frees += 1,
         }
     }
 
     fn restore(&mut self, addr: u64, allocation: Allocation) {
-        self.totals.outstanding_bytes += allocation.size;
-        self.totals.outstanding_count += 1;
+        let weight = self.weigh(allocation.size);
+        self.tally.outstanding_bytes += weight.bytes;
+        self.tally.outstanding_units += weight.units;
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
             self.forget(previous);
@@ -373,8 +460,9 @@ impl Ledger {
 
     /// Removes a block's contribution to the outstanding totals.
     fn forget(&mut self, allocation: Allocation) {
-        self.totals.outstanding_bytes -= allocation.size;
-        self.totals.outstanding_count -= 1;
+        let weight = self.weigh(allocation.size);
+        self.tally.outstanding_bytes -= weight.bytes;
+        self.tally.outstanding_units -= weight.units;
     }
 }
 
@@ -416,7 +504,7 @@ mod tests {
     }
 
     fn ledger_after(events: &[Event]) -> Ledger {
-        let mut ledger = Ledger::new(u64::MAX);
+        let mut ledger = Ledger::new(u64::MAX, None);
         events.iter().for_each(|e| ledger.apply(e));
         ledger
     }
@@ -583,7 +671,7 @@ mod tests {
 
     #[test]
     fn beyond_max_tracked_allocations_are_dropped_and_counted() {
-        let mut ledger = Ledger::new(2);
+        let mut ledger = Ledger::new(2, None);
         for e in [alloc(0x10, 8, 1), alloc(0x20, 8, 1), alloc(0x30, 100, 2)] {
             ledger.apply(&e);
         }

@@ -23,6 +23,7 @@ mod metrics;
 mod placement;
 mod probes;
 mod report;
+mod sampling;
 mod session;
 mod symbolize;
 mod target;

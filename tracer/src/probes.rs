@@ -10,17 +10,21 @@ use std::{num::NonZeroU32, path::Path};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         BtfTracePoint, Program, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
 use tracer_ebpf::{
-    COUNTERS_MAP, Counter, EVENTS_MAP, STACK_COPY_BYTES_GLOBAL, STACKS_MAP, TARGET_PID_GLOBAL,
+    COUNTERS_MAP, Counter, EVENTS_MAP, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP,
+    STACK_COPY_BYTES_GLOBAL, STACKS_MAP, TARGET_PID_GLOBAL,
 };
 
-use crate::placement::{Plan, RETURN_PROGRAM, Returns};
+use crate::{
+    placement::{Plan, RETURN_PROGRAM, Returns},
+    sampling::Sampling,
+};
 
 /// The compiled kernel programs, built by `build.rs`.
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
@@ -28,6 +32,19 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// The BTF tracepoint that marks the target's `execve` in the event stream.
 const EXEC_PROGRAM: &str = "process_exec";
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
+
+/// How the kernel programs are set up at load time.
+pub struct Settings<'a> {
+    /// The traced process (the exec marker is for it alone).
+    pub pid: u32,
+    pub ring_size: u32,
+    /// Bytes of user stack per allocation event for DWARF unwinding; 0 for
+    /// the kernel's frame-pointer walk.
+    pub stack_copy_bytes: u32,
+    /// `--sample-rate`: report a sample of the allocations.
+    pub sampling: Option<&'a Sampling>,
+    pub verbose: bool,
+}
 
 /// Loaded and attached kernel programs.
 pub struct Probes {
@@ -48,12 +65,15 @@ impl Probes {
     /// `ring_size` bytes. With a non-zero `stack_copy_bytes`, allocation
     /// events carry that much of the user stack for DWARF unwinding instead
     /// of a frame-pointer stack id.
-    pub fn load(
-        pid: u32,
-        ring_size: u32,
-        stack_copy_bytes: u32,
-        verbose: bool,
-    ) -> anyhow::Result<(Self, KernelMaps)> {
+    pub fn load(settings: &Settings) -> anyhow::Result<(Self, KernelMaps)> {
+        let &Settings {
+            pid,
+            ring_size,
+            stack_copy_bytes,
+            sampling,
+            verbose,
+        } = settings;
+        let sample_step = sampling.map_or(0, Sampling::step);
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().context(
             "reading the kernel's BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)",
@@ -62,6 +82,7 @@ impl Probes {
             .map_max_entries(EVENTS_MAP, ring_size)
             .override_global(TARGET_PID_GLOBAL, &pid, true)
             .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
+            .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
         for (name, program) in ebpf.programs_mut() {
@@ -71,6 +92,15 @@ impl Probes {
                 _ => return Err(anyhow!("unexpected program type for {name}")),
             }
             .with_context(|| format!("loading program {name} into the kernel"))?;
+        }
+        if let Some(sampling) = sampling {
+            let mut table: Array<_, u64> = Array::try_from(
+                ebpf.map_mut(SAMPLE_TABLE_MAP)
+                    .ok_or_else(|| anyhow!("the eBPF object has no map {SAMPLE_TABLE_MAP}"))?,
+            )?;
+            for (slot, &threshold) in sampling.thresholds().iter().enumerate() {
+                table.set(slot as u32, threshold, 0)?;
+            }
         }
         let logger = if verbose {
             Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?)

@@ -44,6 +44,10 @@ pub struct Report {
     pub duration_s: f64,
     /// Allocations younger than this were left out of the stacks.
     pub min_age_s: f64,
+    /// `--sample-rate`: when set, every byte and block number is an unbiased
+    /// estimate from a sample of the allocations (see `sampling`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample_rate_bytes: Option<u64>,
     pub totals: Totals,
     pub processes: Vec<ProcessReport>,
     /// Stacks whose outstanding bytes grow steadily, most suspicious first.

@@ -15,7 +15,7 @@ use crate::{
     events::watch_readable,
     launch::Launched,
     placement::Plan,
-    probes::{KernelMaps, Probes, Programs},
+    probes::{KernelMaps, Probes, Programs, Settings},
     target::{Target, TargetError},
     unwind,
 };
@@ -69,8 +69,13 @@ impl Attached {
         } else {
             tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
         });
-        let (mut probes, maps) =
-            Probes::load(target.pid, ring_size, stack_copy_bytes, config.verbose)?;
+        let (mut probes, maps) = Probes::load(&Settings {
+            pid: target.pid,
+            ring_size,
+            stack_copy_bytes,
+            sampling: config.sampling.as_ref(),
+            verbose: config.verbose,
+        })?;
         let programs = if config.floor {
             Programs::Floor
         } else {

@@ -78,7 +78,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         dwarf_unwinding,
     } = Attached::attach(config, launched.as_ref())?;
     eprintln!(
-        "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding)",
+        "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding{})",
         target.pid,
         target.allocator.kind.describe(),
         target.allocator.path.display(),
@@ -87,6 +87,10 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
             "DWARF"
         } else {
             "frame-pointer"
+        },
+        match &config.sampling {
+            Some(sampling) => format!(", sampling 1 per {} B", sampling.rate()),
+            None => String::new(),
         }
     );
     if let Some(launched) = &mut launched {
@@ -104,7 +108,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         symbols: StackSymbolizer::new(target.pid, maps.stacks),
         unwinder: StackUnwinder::new(target.pid),
         counters: maps.counters,
-        ledger: Ledger::new(config.max_tracked),
+        ledger: Ledger::new(config.max_tracked, config.sampling.clone()),
         summaries: SummaryState::default(),
         cut: None,
         lost_seen: 0,

@@ -77,6 +77,7 @@ impl Session {
             version: report::REPORT_VERSION,
             duration_s: self.elapsed_s(),
             min_age_s: self.config.min_age.as_secs_f64(),
+            sample_rate_bytes: self.config.sampling.as_ref().map(|s| s.rate()),
             totals,
             processes: vec![ProcessReport {
                 pid: self.target.pid,
@@ -141,7 +142,8 @@ impl Session {
             .iter()
             .map(|usage| (usage.stack, usage))
             .collect();
-        let mut stacks: Vec<_> = self.ledger.allocated_by_stack().iter().collect();
+        let allocated = self.ledger.allocated_by_stack();
+        let mut stacks: Vec<_> = allocated.iter().collect();
         stacks.sort_by_key(|(stack, _)| **stack);
         PprofInput {
             pid: self.target.pid,
