@@ -53,36 +53,47 @@ impl EventReader {
         let ring = self.ring.get_mut();
         let mut count = 0;
         while let Some(item) = ring.next() {
-            let Some(event) = read_record::<Event>(&item) else {
-                continue;
-            };
-            match event.stack_id {
-                INLINE_STACK => {
-                    let Some(record) = read_record::<EventWithStack>(&item) else {
-                        continue;
-                    };
-                    sink(&event, Carried::Frames(record.frames()));
-                }
-                STACK_COPY => {
-                    let Some(record) = read_record::<EventWithStackCopy>(&item) else {
-                        continue;
-                    };
-                    let stack = &item[size_of::<EventWithStackCopy>()..];
-                    let stack = &stack[..(record.stack_len as usize).min(stack.len())];
-                    let copy = StackCopy {
-                        ip: record.ip,
-                        sp: record.sp,
-                        bp: record.bp,
-                        stack,
-                    };
-                    sink(&event, Carried::StackCopy(copy));
-                }
-                _ => sink(&event, Carried::Nothing),
+            if let Some((event, carried)) = decode(&item) {
+                sink(&event, carried);
+                count += 1;
             }
-            count += 1;
         }
         count
     }
+}
+
+/// One ring item: its event and the stack it carries, or `None` when the
+/// item is shorter than its record type says.
+pub fn decode(item: &[u8]) -> Option<(Event, Carried<'_>)> {
+    let event = read_record::<Event>(item)?;
+    let carried = match event.stack_id {
+        INLINE_STACK => {
+            let record = read_record::<EventWithStack>(item)?;
+            let count = record.frames().len();
+            let offset = std::mem::offset_of!(EventWithStack, frames);
+            // SAFETY: any bytes are valid u64s; align_to only hands out the
+            // aligned middle, which is all of it for a ring item (the kernel
+            // aligns records to 8 bytes).
+            let (before, frames, _) = unsafe { item[offset..].align_to::<u64>() };
+            if !before.is_empty() || frames.len() < count {
+                return None;
+            }
+            Carried::Frames(&frames[..count])
+        }
+        STACK_COPY => {
+            let record = read_record::<EventWithStackCopy>(item)?;
+            let stack = &item[size_of::<EventWithStackCopy>()..];
+            let stack = &stack[..(record.stack_len as usize).min(stack.len())];
+            Carried::StackCopy(StackCopy {
+                ip: record.ip,
+                sp: record.sp,
+                bp: record.bp,
+                stack,
+            })
+        }
+        _ => Carried::Nothing,
+    };
+    Some((event, carried))
 }
 
 /// The record of type `T` at the start of a ring item, if the item is that

@@ -11,6 +11,7 @@
 //! [`diff`] compares two reports. This file only picks the command and maps
 //! errors to exit codes.
 
+mod aggregator_bench;
 mod analysis;
 mod cli;
 mod debuginfo;
@@ -50,6 +51,14 @@ fn main() -> ExitCode {
             Ok(cli) => exit_code(diff::run(&cli).map(|()| Outcome::default())),
             Err(code) => code,
         };
+    }
+    // Hidden: the aggregator's throughput, for `cargo xtask bench`.
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == "bench-aggregator")
+    {
+        let result = aggregator_bench::run(std::env::args_os().skip(2));
+        return exit_code(result.map(|()| Outcome::default()));
     }
     let cli = match parse::<Cli>(std::env::args_os()) {
         Ok(cli) => cli,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{bench_memory, build, util};
+use crate::{bench_tracer, build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -53,8 +53,13 @@ enum Setup {
     Floor,
     Ours,
     OursDwarf,
+    OursSampled,
     Bcc,
 }
+
+/// The sample rate of the sampled setup: tcmalloc's and heapprofd's order
+/// of magnitude for a service's small allocations.
+const SAMPLE_RATE: &str = "64K";
 
 impl Setup {
     fn key(self) -> &'static str {
@@ -63,6 +68,7 @@ impl Setup {
             Setup::Floor => "floor",
             Setup::Ours => "alloctrace",
             Setup::OursDwarf => "alloctrace_dwarf",
+            Setup::OursSampled => "alloctrace_sampled",
             Setup::Bcc => "bcc_memleak",
         }
     }
@@ -73,6 +79,7 @@ impl Setup {
             Setup::Floor => "floor (`alloctrace --floor`)",
             Setup::Ours => "alloctrace (full tracing, `--unwind fp`)",
             Setup::OursDwarf => "alloctrace (full tracing, `--unwind dwarf`)",
+            Setup::OursSampled => "alloctrace (`--sample-rate 64K`, `--unwind fp`)",
             Setup::Bcc => "bcc memleak-bpfcc",
         }
     }
@@ -122,6 +129,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     setups.push(Setup::Ours);
     setups.push(Setup::OursDwarf);
+    setups.push(Setup::OursSampled);
     let memleak = match find_memleak() {
         Ok(path) => {
             setups.push(Setup::Bcc);
@@ -147,12 +155,14 @@ pub fn run(args: &Args) -> Result<()> {
     let results = run_rounds(&bench, &setups, args.rounds)?;
     let memory = match args.tracked {
         0 => None,
-        count => Some(bench_memory::measure(&bench.tracer, &bench.out, count)?),
+        count => Some(bench_tracer::measure(&bench.tracer, &bench.out, count)?),
     };
+    let aggregator = bench_tracer::aggregator_throughput(&bench.tracer)?;
     let mut summary = summarize(&bench, args.rounds, &results, &skipped);
     if let Some(memory) = &memory {
         summary["memory"] = memory.to_json();
     }
+    summary["aggregator_events_per_s"] = json!(aggregator);
     let json_path = bench.out.join("results.json");
     let text = serde_json::to_string_pretty(&summary).context("serializing results")?;
     std::fs::write(&json_path, text + "\n")
@@ -160,6 +170,10 @@ pub fn run(args: &Args) -> Result<()> {
 
     println!();
     print_table(&results, &skipped);
+    println!(
+        "- aggregator throughput (synthetic churn with a growing leak, decoding + ledger, one core): {:.1} M events/s",
+        aggregator / 1e6
+    );
     if let Some(memory) = &memory {
         memory.print();
     }
@@ -252,20 +266,23 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
             alloctrace(bench, churn.pid, &["--floor"]),
             setup,
         )?),
-        Setup::Ours | Setup::OursDwarf => {
+        Setup::Ours | Setup::OursDwarf | Setup::OursSampled => {
             let _ = std::fs::remove_file(&report);
-            let unwind = if setup == Setup::Ours { "fp" } else { "dwarf" };
-            let cmd = alloctrace(
-                bench,
-                churn.pid,
-                &[
-                    OsStr::new("--unwind"),
-                    OsStr::new(unwind),
-                    OsStr::new("--report"),
-                    report.as_os_str(),
-                ],
-            );
-            Some(Tracer::start(cmd, setup)?)
+            let unwind = if setup == Setup::OursDwarf {
+                "dwarf"
+            } else {
+                "fp"
+            };
+            let mut args = vec![
+                OsStr::new("--unwind"),
+                OsStr::new(unwind),
+                OsStr::new("--report"),
+                report.as_os_str(),
+            ];
+            if setup == Setup::OursSampled {
+                args.extend([OsStr::new("--sample-rate"), OsStr::new(SAMPLE_RATE)]);
+            }
+            Some(Tracer::start(alloctrace(bench, churn.pid, &args), setup)?)
         }
         Setup::Bcc => Some(Tracer::start(memleak(bench, churn.pid)?, setup)?),
     };
@@ -652,6 +669,7 @@ fn summarize(
             "ours_over_bcc": ratio(results, Setup::Ours, Setup::Bcc),
             "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
             "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
+            "sampled_over_floor": ratio(results, Setup::OursSampled, Setup::Floor),
         },
         "dwarf_unwinding_ns_per_pair": unwinding_cost(results),
         "lost_events_total": ours.iter().filter_map(|s| s.lost_events).sum::<u64>(),
@@ -671,7 +689,9 @@ fn fmt_ratio(value: Option<f64>) -> String {
 }
 
 fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
-    println!("| setup | median ns per malloc+free | vs untraced | runs (ns) |");
+    println!(
+        "| setup | median ns per malloc+free (target thread CPU time) | vs untraced | runs (ns) |"
+    );
     println!("|---|---:|---:|---|");
     for (setup, samples) in results {
         let runs: Vec<String> = samples
@@ -707,6 +727,10 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
     println!(
         "- ours/bcc: {}",
         fmt_ratio(ratio(results, Setup::Ours, Setup::Bcc))
+    );
+    println!(
+        "- sampled (`--sample-rate {SAMPLE_RATE}`)/floor: {}",
+        fmt_ratio(ratio(results, Setup::OursSampled, Setup::Floor))
     );
     println!(
         "- unwinding cost (`--unwind dwarf` minus `--unwind fp`, medians): {} ns per pair ({})",

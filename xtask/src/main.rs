@@ -4,7 +4,7 @@
 //! in its own module. Shared helpers (echoing/running commands, paths) are in `util`.
 
 mod bench;
-mod bench_memory;
+mod bench_tracer;
 mod build;
 mod demo;
 mod run;

@@ -1,6 +1,13 @@
-//! The memory half of `cargo xtask bench`: the tracer's resident memory per
-//! tracked (outstanding) allocation, with millions of them in the target.
+//! The tracer's own costs in `cargo xtask bench`: the events per second its
+//! aggregator sustains, and its resident memory per tracked (outstanding)
+//! allocation with millions of them in the target.
 //!
+//! Throughput: the kernel cannot feed the aggregator at full speed (each
+//! event costs the target a trap), so `alloctrace bench-aggregator` replays
+//! a synthetic churn stream with a growing leak, in the ring's record layout,
+//! through the tracer's own decoding and ledger code.
+//!
+//! Memory:
 //! A workload (`xtask/bench/hold.c`) mallocs COUNT blocks and keeps them all;
 //! alloctrace traces it from before the first one. The tracer's RSS once its
 //! ledger holds every block, minus its RSS at the ready line, divided by
@@ -51,6 +58,31 @@ impl Memory {
             self.lost_events
         );
     }
+}
+
+/// Events the aggregator replays per measurement, and measurements taken.
+const AGGREGATOR_EVENTS: u64 = 20_000_000;
+const AGGREGATOR_RUNS: usize = 3;
+
+/// The median of a few runs of `alloctrace bench-aggregator`, in events/s.
+pub fn aggregator_throughput(tracer: &Path) -> Result<f64> {
+    let mut rates = Vec::new();
+    for _ in 0..AGGREGATOR_RUNS {
+        let output = Command::new(tracer)
+            .args(["bench-aggregator", &AGGREGATOR_EVENTS.to_string()])
+            .output()
+            .context("running alloctrace bench-aggregator")?;
+        util::check(output.status, "alloctrace bench-aggregator")?;
+        let result: Value = serde_json::from_slice(&output.stdout)
+            .context("parsing alloctrace bench-aggregator's output")?;
+        let rate = result
+            .get("events_per_s")
+            .and_then(Value::as_f64)
+            .context("no events_per_s from bench-aggregator")?;
+        rates.push(rate);
+    }
+    rates.sort_by(f64::total_cmp);
+    Ok(rates[rates.len() / 2])
 }
 
 /// Traces `count` outstanding allocations and measures the tracer.
