@@ -91,7 +91,17 @@ pub fn measure(tracer: &Path, out: &Path, count: u64) -> Result<Memory> {
     let mut workload = Workload::start(&hold, count)?;
     let mut cmd = Command::new(tracer);
     cmd.args(["--pid", &workload.pid.to_string()])
-        .args(["--interval", "1s", "--log-format", "json", "--report"])
+        // The ledger is measured, not the unwinder: its stack copies would
+        // also need a far larger ring at this allocation rate.
+        .args([
+            "--unwind",
+            "fp",
+            "--interval",
+            "1s",
+            "--log-format",
+            "json",
+            "--report",
+        ])
         .arg(out.join("memory-report.json"))
         .args(["--max-tracked", &(count * 2).to_string()])
         .stdin(Stdio::null())

@@ -6,11 +6,17 @@
 //! functions are decoded, and a function keeps a frame pointer when it opens
 //! with `push %rbp; mov %rsp,%rbp` (after an optional `endbr64`). Compilers
 //! apply the choice to a whole build, so a sample of functions settles it.
+//! Two kinds of function say nothing about that choice and are left out:
+//! the C runtime's start-up code linked into every program (`_start`,
+//! `frame_dummy`...: reserved `_` names and a few others), and functions
+//! that call nothing (leaves and tail calls: `return malloc(n)` compiles to
+//! a jump), which need no frame even in a frame-pointer build. Without that,
+//! a small program built with frame pointers looked like one without.
 
 use std::path::Path;
 
 use anyhow::Context as _;
-use iced_x86::{Code, Decoder, DecoderOptions, Register};
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Register};
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
 /// Functions examined at most (in symbol table order).
@@ -48,6 +54,7 @@ pub fn survey(path: &Path) -> anyhow::Result<Survey> {
     for symbol in symbols
         .iter()
         .filter(|symbol| symbol.kind() == SymbolKind::Text && symbol.size() >= 8)
+        .filter(|symbol| !symbol.name().is_ok_and(is_runtime_support))
         .take(SAMPLE)
     {
         let Some(code) = symbol
@@ -57,17 +64,38 @@ pub fn survey(path: &Path) -> anyhow::Result<Survey> {
                 let data = section.data().ok()?;
                 let start =
                     usize::try_from(symbol.address().checked_sub(section.address())?).ok()?;
-                data.get(start..(start + 16).min(data.len()))
+                let end = start.checked_add(usize::try_from(symbol.size()).ok()?)?;
+                data.get(start..end.min(data.len()))
             })
         else {
             continue;
         };
+        if !makes_calls(code) {
+            continue;
+        }
         survey.functions += 1;
         if opens_frame(code) {
             survey.with_frame_pointer += 1;
         }
     }
     Ok(survey)
+}
+
+/// C runtime start-up and tear-down code every program links in.
+fn is_runtime_support(name: &str) -> bool {
+    name.starts_with('_')
+        || matches!(
+            name,
+            "deregister_tm_clones" | "register_tm_clones" | "frame_dummy"
+        )
+}
+
+/// Whether the function's code contains a call.
+fn makes_calls(code: &[u8]) -> bool {
+    let mut decoder = Decoder::new(64, code, DecoderOptions::NONE);
+    decoder
+        .iter()
+        .any(|instruction| instruction.flow_control() == FlowControl::Call)
 }
 
 /// `[endbr64;] push %rbp; mov %rsp,%rbp`.
