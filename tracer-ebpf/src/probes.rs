@@ -1,6 +1,7 @@
 //! The uprobe programs and their maps. See the crate docs for the pairing and
 //! ordering rules they implement.
 
+use crate::filter;
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{
@@ -8,7 +9,8 @@ use aya_ebpf::{
         BPF_RB_RING_SIZE,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns, bpf_probe_read_user, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_stack, bpf_ktime_get_ns,
+        bpf_probe_read_user, generated,
     },
     macros::{map, uprobe, uretprobe},
     maps::{LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -130,7 +132,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
-    if addr == 0 {
+    if addr == 0 || !filter::traced() {
         return 0;
     }
     let tid = current_tid();
@@ -163,6 +165,9 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
 /// Shared return probe of every allocating function.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    if !filter::traced() {
+        return 0;
+    }
     let tid = current_tid();
     // SAFETY (for every access to `*slot` here): only this thread's
     // programs touch its slot, one at a time.
@@ -246,6 +251,9 @@ fn array_bytes(count: u64, size: u64) -> u64 {
 
 /// Parks a call's arguments for its return probe, applying the nesting rules.
 fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
+    if !filter::traced() {
+        return 0;
+    }
     let tid = current_tid();
     let entry_sp = stack_pointer(ctx);
     let slot = PENDING.get_ptr_mut(&tid);
@@ -306,9 +314,12 @@ fn emit<C: EbpfContext>(
     entry.submit(wakeup_flags());
 }
 
-/// Writes an event that concerns the whole process rather than a block.
-pub fn emit_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
-    emit(ctx, kind, 0, 0, 0, NO_STACK);
+/// Writes an event that concerns the whole process rather than a block,
+/// with the process's name (see `Event::marker_comm`).
+pub fn emit_process_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    let (low, high) = Event::comm_words(&comm);
+    emit(ctx, kind, low, high, 0, NO_STACK);
 }
 
 /// Writes an allocation event with the caller's user stack: a copy of the

@@ -18,6 +18,17 @@ pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
         .collect()
 }
 
+/// The folded lines for `stacks` under one more root frame, e.g. the
+/// `comm (pid)` of host-wide mode's combined flamegraph. Only `;` is
+/// replaced in it: readers split the weight off at the last space.
+pub fn folded_lines_under(root: &str, stacks: &[StackReport]) -> Vec<String> {
+    let root = root.replace(';', ":");
+    folded_lines(stacks)
+        .into_iter()
+        .map(|line| format!("{root};{line}"))
+        .collect()
+}
+
 /// One folded line for a stack given by its frame labels, leaf first.
 pub fn folded_line(leaf_first: &[String], weight: u64) -> String {
     let path: Vec<String> = if leaf_first.is_empty() {
@@ -88,6 +99,15 @@ mod tests {
     fn separators_inside_names_are_replaced() {
         let stacks = [stack(8, &["operator new(unsigned long)", "a;b"])];
         assert_eq!(folded_lines(&stacks), ["a:b;operator_new(unsigned_long) 8"]);
+    }
+
+    #[test]
+    fn lines_can_hang_under_a_process_frame() {
+        let stacks = [stack(4096, &["leak", "main"])];
+        assert_eq!(
+            folded_lines_under("leaky (42)", &stacks),
+            ["leaky (42);main;leak 4096"]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 mod attach;
 mod outputs;
 
+pub(crate) use self::attach::StopSignals;
+
 use std::{
     collections::HashSet,
     time::{Duration, Instant, SystemTime},
@@ -18,7 +20,7 @@ use std::{
 use tokio::time::{MissedTickBehavior, interval, interval_at, sleep_until};
 use tracer_ebpf::{Counter, Event, EventKind};
 
-use self::attach::{Attached, ProcessExit, StopSignals};
+use self::attach::{Attached, ProcessExit};
 use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
@@ -35,7 +37,7 @@ use crate::{
 
 /// How often the ring buffer is drained when the kernel does not wake us:
 /// short enough that an 8 MiB ring cannot fill at realistic call rates.
-const DRAIN_PERIOD: Duration = Duration::from_millis(10);
+pub(crate) const DRAIN_PERIOD: Duration = Duration::from_millis(10);
 
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,13 +61,16 @@ pub struct Outcome {
 /// Traces the configured target until stopped, writes the final outputs,
 /// and says how it went.
 pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
+    if let TargetSpec::All(spec) = &config.target {
+        return crate::host::run(config, spec).await;
+    }
     // Bound before attaching, so a taken port costs the target nothing.
     let metrics = match config.watch.metrics_addr {
         Some(addr) => Some(Metrics::serve(addr).await?),
         None => None,
     };
     let mut launched = match &config.target {
-        TargetSpec::Pid(_) => None,
+        TargetSpec::Pid(_) | TargetSpec::All(_) => None,
         TargetSpec::Launch(command) => Some(Launched::start(command)?),
     };
     let Attached {
@@ -182,13 +187,13 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
 /// The moment tracing stopped: the final numbers, ages and history describe
 /// the target then, however long detaching takes after it.
 #[derive(Clone, Copy)]
-struct Cut {
-    at: Instant,
+pub(crate) struct Cut {
+    pub at: Instant,
     /// The same moment in CLOCK_MONOTONIC ns, the clock of the events.
-    at_ns: u64,
+    pub at_ns: u64,
     /// Events lost by then; those lost while the probes were being detached
     /// belong to the discarded window.
-    lost_events: u64,
+    pub lost_events: u64,
 }
 
 struct Session {
@@ -383,7 +388,7 @@ impl Session {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which
 /// stamps the events.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -393,7 +398,7 @@ fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-fn restore_default_sigint() {
+pub(crate) fn restore_default_sigint() {
     // SAFETY: resetting a signal disposition to its default has no
     // preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
