@@ -13,7 +13,8 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    path::PathBuf,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
 };
 
 use procfs::process::MMapPath;
@@ -85,10 +86,11 @@ impl Libraries {
                     continue;
                 };
                 has_allocator = true;
-                if self.known.insert((map.dev.0, map.dev.1, map.inode)) {
+                let id = (map.dev.0, map.dev.1, map.inode);
+                if self.known.insert(id) {
                     found.push(Library {
                         path: path.clone(),
-                        host_path: in_process_root(pid, path),
+                        host_path: reachable_path(pid, path, id, map.address),
                         kind,
                         pid,
                     });
@@ -109,6 +111,24 @@ impl Libraries {
     /// another program's libraries.
     pub fn exec_seen(&mut self, pid: u32) {
         self.read.remove(&pid);
+    }
+}
+
+/// A path to the mapped file `id` that the tracer can open: the process's
+/// path through its root when that is the same file, else the mapping's
+/// `/proc/PID/map_files` link, which reaches the exact file mapped whatever
+/// namespace or chroot the process is in (`/proc/PID/maps` names a file in a
+/// chroot by its path from the tracer's root, not the process's).
+fn reachable_path(pid: u32, path: &Path, id: FileId, (start, end): (u64, u64)) -> PathBuf {
+    let rooted = in_process_root(pid, path);
+    let same = std::fs::metadata(&rooted).is_ok_and(|metadata| {
+        let dev = metadata.dev();
+        metadata.ino() == id.2 && libc::major(dev) as i32 == id.0 && libc::minor(dev) as i32 == id.1
+    });
+    if same {
+        rooted
+    } else {
+        PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
     }
 }
 

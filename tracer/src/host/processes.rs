@@ -65,6 +65,10 @@ struct Process {
     start_time: u64,
     comm: String,
     exe: String,
+    /// When `comm` and `exe` were read from `/proc` (CLOCK_MONOTONIC ns).
+    named_at_ns: u64,
+    /// The parent, as `/proc` said then.
+    ppid: i32,
     ledger: Ledger,
     symbols: StackSymbolizer,
     /// Kernel stack ids seen in events since the last drain.
@@ -173,15 +177,23 @@ impl Processes {
                     now_ns: event.timestamp_ns,
                     ..clock
                 };
+                let comm = comm_text(&event.marker_comm());
+                if let Some(process) = self.live.get_mut(&event.pid) {
+                    process.name_old_image(event.timestamp_ns, &comm);
+                }
                 self.end(event.pid, clock);
-                self.names
-                    .insert(event.pid, comm_text(&event.marker_comm()));
+                self.names.insert(event.pid, comm);
             }
             Some(EventKind::ProcessExit) => {
                 let clock = ReportClock {
                     now_ns: event.timestamp_ns,
                     ..clock
                 };
+                if let Some(process) = self.live.get_mut(&event.pid) {
+                    // The name it had when it ended, even if it was gone
+                    // before `/proc` could be read.
+                    process.comm = comm_text(&event.marker_comm());
+                }
                 self.end(event.pid, clock);
                 self.names.remove(&event.pid);
             }
@@ -371,15 +383,37 @@ impl Process {
             .map_or_else(|| comm.clone(), |exe| exe.display().to_string());
         Self {
             pid,
-            start_time: stat.map_or(0, |stat| stat.starttime),
+            start_time: stat.as_ref().map_or(0, |stat| stat.starttime),
             comm,
             exe,
+            named_at_ns: crate::session::monotonic_ns(),
+            ppid: stat.map_or(0, |stat| stat.ppid),
             ledger: Ledger::new(max_tracked),
             symbols: StackSymbolizer::sharing(pid, shared),
             unlearned: HashSet::new(),
             learned: HashSet::new(),
             growth: Growth::new(elapsed_s),
         }
+    }
+
+    /// The process ran `execve` at `exec_ns` and is now called `new_comm`.
+    /// If its name was read from `/proc` after that, or is already the new
+    /// one (the kernel renames the task before the loader maps the program,
+    /// well before the exec marker), it is the new program's: the old image,
+    /// typically a child between `fork` and `execve` (a shell's, say), had
+    /// its parent's name. A program that execs itself is misnamed so.
+    fn name_old_image(&mut self, exec_ns: u64, new_comm: &str) {
+        if exec_ns >= self.named_at_ns && self.comm != new_comm {
+            return;
+        }
+        let parent = procfs::process::Process::new(self.ppid).ok();
+        self.comm = parent
+            .as_ref()
+            .and_then(|parent| parent.stat().ok())
+            .map_or_else(|| "?".to_owned(), |stat| stat.comm);
+        self.exe = parent
+            .and_then(|parent| parent.exe().ok())
+            .map_or_else(|| self.comm.clone(), |exe| exe.display().to_string());
     }
 
     /// Whether the process that has this pid is still the one traced.
