@@ -381,3 +381,75 @@ fn host_wide_flags_are_checked_before_anything_is_attached() {
         assert_clean_error(&run(args), what);
     }
 }
+
+/// Where cgroup v2 is mounted (unified, or hybrid beside v1).
+fn cgroup2_mount() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").expect("read mounts");
+    mounts
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            (fields.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(fields[1]))
+        })
+        .expect("cgroup v2 is mounted")
+}
+
+/// A child cgroup, removed (after its processes are moved out) on drop.
+struct TestCgroup(PathBuf);
+
+impl TestCgroup {
+    fn new() -> Self {
+        let path = cgroup2_mount().join(format!("alloctrace-test-{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create a cgroup");
+        Self(path)
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string()).expect("move into the cgroup");
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.0.join("cgroup.procs")).unwrap_or_default();
+        let parent = self.0.parent().unwrap().join("cgroup.procs");
+        for pid in procs.lines() {
+            let _ = std::fs::write(&parent, pid);
+        }
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_cgroup_filter_traces_only_the_processes_in_it() {
+    require_root();
+    let _serial = serial();
+    let cgroup = TestCgroup::new();
+    let mut inside = Workload::spawn(Mode::Stay);
+    cgroup.add(inside.pid);
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let tracer = Tracer::spawn_all(&[
+        "--cgroup".as_ref(),
+        cgroup.0.as_os_str(),
+        "--interval".as_ref(),
+        "1h".as_ref(),
+        "--report".as_ref(),
+        report_path.as_os_str(),
+    ]);
+    let mut outside = Workload::spawn(Mode::Stay);
+    run_services(&mut [&mut inside, &mut outside]);
+    std::thread::sleep(SETTLE);
+    tracer.stop(libc::SIGINT).assert_success();
+    let report = read_json(&report_path);
+    let pids: Vec<u64> = processes(&report)
+        .iter()
+        .map(|p| as_u64(p, "pid"))
+        .collect();
+    assert_eq!(
+        pids,
+        [u64::from(inside.pid)],
+        "only the process in the cgroup"
+    );
+    assert_service_sites(&report, inside.pid, "leaky");
+}

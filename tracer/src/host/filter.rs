@@ -13,8 +13,9 @@ use tracer_ebpf::COMM_LEN;
 
 use crate::{cli::HostArgs, probes::KernelFilter};
 
-/// Where cgroup v2 is mounted.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+/// Where cgroup v2 is mounted: the unified hierarchy, or its place beside
+/// the v1 controllers on hybrid systems.
+const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 
 /// `statfs` magic of a cgroup v2 file system.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
@@ -94,10 +95,17 @@ impl Cgroup {
     /// Resolves `--cgroup PATH`: a directory of the cgroup v2 hierarchy,
     /// absolute or relative to its mount point.
     fn resolve(path: &Path) -> anyhow::Result<Self> {
-        let root = Path::new(CGROUP_ROOT);
-        if !is_cgroup2(root) {
-            bail!("--cgroup needs cgroup v2 mounted at {CGROUP_ROOT} (the unified hierarchy)");
-        }
+        let Some(root) = CGROUP2_MOUNTS
+            .iter()
+            .map(Path::new)
+            .find(|root| is_cgroup2(root))
+        else {
+            bail!(
+                "--cgroup needs cgroup v2 mounted at {} or {}",
+                CGROUP2_MOUNTS[0],
+                CGROUP2_MOUNTS[1]
+            );
+        };
         let joined = if path.is_absolute() {
             path.to_path_buf()
         } else {
@@ -108,8 +116,9 @@ impl Cgroup {
             .with_context(|| format!("--cgroup {}", path.display()))?;
         let Ok(below) = canonical.strip_prefix(root) else {
             bail!(
-                "--cgroup {}: not a cgroup (a directory under {CGROUP_ROOT})",
-                path.display()
+                "--cgroup {}: not a cgroup (a directory under {})",
+                path.display(),
+                root.display()
             );
         };
         let metadata = std::fs::metadata(&canonical)
@@ -174,12 +183,15 @@ mod tests {
 
     #[test]
     fn the_root_cgroup_is_level_zero_and_children_count_down_from_it() {
-        if !is_cgroup2(Path::new(CGROUP_ROOT)) {
+        let Some(mount) = CGROUP2_MOUNTS
+            .into_iter()
+            .find(|root| is_cgroup2(Path::new(root)))
+        else {
             return;
-        }
-        let root = Cgroup::resolve(Path::new(CGROUP_ROOT)).unwrap();
+        };
+        let root = Cgroup::resolve(Path::new(mount)).unwrap();
         assert_eq!(root.level, 0);
-        let child = std::fs::read_dir(CGROUP_ROOT)
+        let child = std::fs::read_dir(mount)
             .unwrap()
             .filter_map(Result::ok)
             .find(|entry| entry.path().is_dir());
