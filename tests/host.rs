@@ -66,6 +66,40 @@ fn run_storm() {
     assert!(status.success());
 }
 
+/// A host-wide tracer writing its report into a temporary directory, with
+/// no ticks during the test.
+struct HostRun {
+    tracer: Tracer,
+    report: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl HostRun {
+    fn start(filters: &[&str]) -> Self {
+        let dir = temp_dir();
+        let report = dir.path().join("report.json");
+        let mut args: Vec<&str> = filters.to_vec();
+        args.extend(["--interval", "1h", "--report", report.to_str().unwrap()]);
+        Self {
+            tracer: Tracer::spawn_all(&args),
+            report,
+            _dir: dir,
+        }
+    }
+
+    /// Lets the last events arrive, stops the tracer and reads its report.
+    fn finish(self) -> Value {
+        std::thread::sleep(SETTLE);
+        self.tracer.stop(libc::SIGINT).assert_success();
+        read_json(&self.report)
+    }
+}
+
+/// The pids a report has an entry for.
+fn report_pids(report: &Value) -> Vec<u64> {
+    processes(report).iter().map(|p| as_u64(p, "pid")).collect()
+}
+
 fn pids_of(tick: &Value) -> Vec<(u64, String)> {
     tick["processes"]
         .as_array()
@@ -226,22 +260,11 @@ fn one_run_attributes_every_site_of_each_service_by_pid_and_forgets_the_storm() 
 fn a_comm_filter_traces_only_the_named_processes() {
     require_root();
     let _serial = serial();
-    let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
-    let tracer = Tracer::spawn_all(&[
-        "--comm".as_ref(),
-        "leaky_nofp".as_ref(),
-        "--interval".as_ref(),
-        "1h".as_ref(),
-        "--report".as_ref(),
-        report_path.as_os_str(),
-    ]);
+    let run = HostRun::start(&["--comm", "leaky_nofp"]);
     let mut with_fp = Workload::spawn_bin(&leaky_bin(), &["stay"]);
     let mut without_fp = Workload::spawn_bin(&leaky_nofp_bin(), &["stay"]);
     run_services(&mut [&mut with_fp, &mut without_fp]);
-    std::thread::sleep(SETTLE);
-    tracer.stop(libc::SIGINT).assert_success();
-    let report = read_json(&report_path);
+    let report = run.finish();
     let comms: Vec<&str> = processes(&report)
         .iter()
         .map(|p| p["comm"].as_str().unwrap_or("?"))
@@ -254,32 +277,21 @@ fn a_comm_filter_traces_only_the_named_processes() {
 fn the_tracer_and_excluded_processes_are_never_traced() {
     require_root();
     let _serial = serial();
-    let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
     let mut excluded = Workload::spawn(Mode::Stay);
     let pid = excluded.pid.to_string();
-    let tracer = Tracer::spawn_all(&[
+    let run = HostRun::start(&[
         "--exclude-pid",
         &pid,
         "--comm",
         "leaky",
         "--comm",
         "alloctrace",
-        "--interval",
-        "1h",
-        "--report",
-        report_path.to_str().unwrap(),
     ]);
+    let tracer_pid = u64::from(run.tracer.pid());
     let mut traced = Workload::spawn(Mode::Stay);
     run_services(&mut [&mut excluded, &mut traced]);
-    std::thread::sleep(SETTLE);
-    let tracer_pid = u64::from(tracer.pid());
-    tracer.stop(libc::SIGINT).assert_success();
-    let report = read_json(&report_path);
-    let pids: Vec<u64> = processes(&report)
-        .iter()
-        .map(|p| as_u64(p, "pid"))
-        .collect();
+    let report = run.finish();
+    let pids = report_pids(&report);
     assert!(
         !pids.contains(&tracer_pid),
         "the tracer traced itself: {pids:?}"
@@ -310,7 +322,6 @@ fn chroot_with(bin: &Path, root: &Path) -> PathBuf {
         std::fs::copy(&source, &target)
             .unwrap_or_else(|e| panic!("copy {} into the chroot: {e}", source.display()));
     }
-    // The loader is often reached through /lib64, a symlink on the host.
     inside
 }
 
@@ -321,13 +332,7 @@ fn a_process_in_its_own_mount_namespace_with_a_copy_of_libc_is_traced() {
     let dir = temp_dir();
     let root = dir.path().join("root");
     let inside = chroot_with(&leaky_bin(), &root);
-    let report_path = dir.path().join("report.json");
-    let tracer = Tracer::spawn_all(&[
-        "--interval".as_ref(),
-        "1h".as_ref(),
-        "--report".as_ref(),
-        report_path.as_os_str(),
-    ]);
+    let run = HostRun::start(&[]);
     // unshare and chroot each exec the next program: one pid throughout.
     let unshare = which("unshare");
     let mut contained = Workload::spawn_bin(
@@ -341,12 +346,12 @@ fn a_process_in_its_own_mount_namespace_with_a_copy_of_libc_is_traced() {
         ],
     );
     let probing = format!("(found in pid {})", contained.pid);
-    let line = tracer.wait_stderr(Duration::from_secs(10), |line| line.contains(&probing));
+    let line = run
+        .tracer
+        .wait_stderr(Duration::from_secs(10), |line| line.contains(&probing));
     assert!(line.contains("probing libc"), "{line}");
     contained.run();
-    std::thread::sleep(SETTLE);
-    tracer.stop(libc::SIGINT).assert_success();
-    let report = read_json(&report_path);
+    let report = run.finish();
     assert_service_sites(&report, contained.pid, "leaky");
 }
 
@@ -427,25 +432,11 @@ fn a_cgroup_filter_traces_only_the_processes_in_it() {
     let cgroup = TestCgroup::new();
     let mut inside = Workload::spawn(Mode::Stay);
     cgroup.add(inside.pid);
-    let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
-    let tracer = Tracer::spawn_all(&[
-        "--cgroup".as_ref(),
-        cgroup.0.as_os_str(),
-        "--interval".as_ref(),
-        "1h".as_ref(),
-        "--report".as_ref(),
-        report_path.as_os_str(),
-    ]);
+    let run = HostRun::start(&["--cgroup", cgroup.0.to_str().unwrap()]);
     let mut outside = Workload::spawn(Mode::Stay);
     run_services(&mut [&mut inside, &mut outside]);
-    std::thread::sleep(SETTLE);
-    tracer.stop(libc::SIGINT).assert_success();
-    let report = read_json(&report_path);
-    let pids: Vec<u64> = processes(&report)
-        .iter()
-        .map(|p| as_u64(p, "pid"))
-        .collect();
+    let report = run.finish();
+    let pids = report_pids(&report);
     assert_eq!(
         pids,
         [u64::from(inside.pid)],

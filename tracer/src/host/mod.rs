@@ -20,7 +20,6 @@ mod summary;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use tokio::time::{MissedTickBehavior, interval, interval_at, sleep_until};
 use tracer_ebpf::{Counter, EventKind};
 
 pub use self::filter::HostSpec;
@@ -35,7 +34,7 @@ use crate::{
     placement::Plan,
     probes::{Counters, Probes, Programs},
     report::{SummaryState, Totals},
-    session::{Cut, DRAIN_PERIOD, Outcome, StopSignals, monotonic_ns, restore_default_sigint},
+    session::{Clocks, Cut, Outcome, StopSignals, monotonic_ns, periodic, restore_default_sigint},
     symbolize::SharedSymbols,
 };
 
@@ -172,16 +171,14 @@ impl HostSession {
         programs: Programs,
         stop_signals: &mut StopSignals,
     ) -> anyhow::Result<Stop> {
-        let mut drain_timer = interval(DRAIN_PERIOD);
-        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let started = tokio::time::Instant::from_std(self.started);
-        let mut summary_timer = interval_at(started + self.config.interval, self.config.interval);
-        summary_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let mut rescan_timer = interval_at(started + RESCAN_PERIOD, RESCAN_PERIOD);
-        rescan_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let deadline =
-            sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
+        let Clocks {
+            started,
+            mut drain_timer,
+            mut summary_timer,
+            deadline,
+        } = Clocks::new(self.started, &self.config);
         tokio::pin!(deadline);
+        let mut rescan_timer = periodic(started, RESCAN_PERIOD);
         loop {
             tokio::select! {
                 _ = drain_timer.tick() => {

@@ -101,7 +101,7 @@ fn per_process_path(dir: &Path, process: &ProcessReport) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{StackReport, Totals};
+    use crate::report::{StackReport, Totals, test_stack};
 
     fn process(pid: u32, comm: &str, stacks: Vec<StackReport>) -> ProcessReport {
         ProcessReport {
@@ -116,21 +116,7 @@ mod tests {
     }
 
     fn stack(bytes: u64, function: &str) -> StackReport {
-        StackReport {
-            bytes,
-            count: 1,
-            oldest_age_s: 0.0,
-            approximate: false,
-            age_bytes: Default::default(),
-            frames: vec![crate::symbolize::Frame {
-                address: 0x10,
-                function: Some(function.into()),
-                module: None,
-                file: None,
-                line: None,
-                inlined: false,
-            }],
-        }
+        test_stack(bytes, &[function])
     }
 
     #[test]

@@ -59,29 +59,7 @@ fn sanitize(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::Frame;
-
-    fn frame(function: &str) -> Frame {
-        Frame {
-            address: 0x1000,
-            function: Some(function.to_owned()),
-            module: None,
-            file: None,
-            line: None,
-            inlined: false,
-        }
-    }
-
-    fn stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
-        StackReport {
-            bytes,
-            count: 1,
-            oldest_age_s: 0.0,
-            approximate: false,
-            age_bytes: Default::default(),
-            frames: leaf_first.iter().map(|name| frame(name)).collect(),
-        }
-    }
+    use crate::report::test_stack as stack;
 
     #[test]
     fn lines_run_from_the_outermost_frame_to_the_leaf() {

@@ -247,6 +247,30 @@ pub fn snapshot_path(dir: &Path, pid: u32, at: SystemTime) -> PathBuf {
     dir.join(format!("alloctrace-{pid}-{stamp}.json"))
 }
 
+/// A stack of one block whose frames are named `leaf_first`, for the tests
+/// of the formats.
+#[cfg(test)]
+pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
+    StackReport {
+        bytes,
+        count: 1,
+        oldest_age_s: 0.0,
+        approximate: false,
+        age_bytes: Default::default(),
+        frames: leaf_first
+            .iter()
+            .map(|name| Frame {
+                address: 0x1000,
+                function: Some((*name).to_owned()),
+                module: None,
+                file: None,
+                line: None,
+                inlined: false,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::time::{MissedTickBehavior, interval, interval_at, sleep_until};
+use tokio::time::{Interval, MissedTickBehavior, Sleep, interval, interval_at, sleep_until};
 use tracer_ebpf::{Counter, Event, EventKind};
 
 use self::attach::{Attached, ProcessExit};
@@ -37,7 +37,7 @@ use crate::{
 
 /// How often the ring buffer is drained when the kernel does not wake us:
 /// short enough that an 8 MiB ring cannot fill at realistic call rates.
-pub(crate) const DRAIN_PERIOD: Duration = Duration::from_millis(10);
+const DRAIN_PERIOD: Duration = Duration::from_millis(10);
 
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -230,24 +230,19 @@ impl Session {
         exit: &ProcessExit,
         stop_signals: &mut StopSignals,
     ) -> anyhow::Result<Stop> {
-        let mut drain_timer = interval(DRAIN_PERIOD);
-        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Every clock runs from the ready line, not from when the loop
-        // starts: setting up the symbolizer takes a moment, and --duration
-        // is a promise about how long the target is traced.
-        let started = tokio::time::Instant::from_std(self.started);
-        let mut summary_timer = interval_at(started + self.config.interval, self.config.interval);
-        summary_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let deadline =
-            sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
+        let Clocks {
+            started,
+            mut drain_timer,
+            mut summary_timer,
+            deadline,
+        } = Clocks::new(self.started, &self.config);
         tokio::pin!(deadline);
         let warm_up =
             sleep_until(started + self.gate.as_ref().map_or(Duration::ZERO, LeakGate::after));
         tokio::pin!(warm_up);
         let snapshot_every = self.config.watch.snapshots.as_ref().map(|s| s.every);
         let every = snapshot_every.unwrap_or(Duration::from_secs(1 << 40));
-        let mut snapshot_timer = interval_at(started + every, every);
-        snapshot_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut snapshot_timer = periodic(started, every);
         loop {
             tokio::select! {
                 _ = drain_timer.tick() => {
@@ -384,6 +379,44 @@ impl Session {
             .duration_since(self.started)
             .as_secs_f64()
     }
+}
+
+/// The timers every session's loop runs on.
+pub(crate) struct Clocks {
+    /// The ready line, as the runtime's instant.
+    pub started: tokio::time::Instant,
+    /// Drains the ring when the kernel does not wake us.
+    pub drain_timer: Interval,
+    /// Prints a summary every `--interval`.
+    pub summary_timer: Interval,
+    /// Ends a session with `--duration` (far in the future without).
+    pub deadline: Sleep,
+}
+
+impl Clocks {
+    /// Every clock runs from the ready line, `started`, not from when the
+    /// loop starts: setting up the symbolizer takes a moment, and
+    /// `--duration` is a promise about how long the target is traced.
+    pub fn new(started: Instant, config: &Config) -> Self {
+        let mut drain_timer = interval(DRAIN_PERIOD);
+        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let started = tokio::time::Instant::from_std(started);
+        let duration = config.duration.unwrap_or(Duration::from_secs(1 << 40));
+        Self {
+            started,
+            drain_timer,
+            summary_timer: periodic(started, config.interval),
+            deadline: sleep_until(started + duration),
+        }
+    }
+}
+
+/// Ticks every `period` after `started`; late ticks are delayed, not
+/// bunched.
+pub(crate) fn periodic(started: tokio::time::Instant, period: Duration) -> Interval {
+    let mut timer = interval_at(started + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
 }
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which
