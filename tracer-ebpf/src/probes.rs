@@ -1,7 +1,6 @@
 //! The uprobe programs and their maps. See the crate docs for the pairing and
 //! ordering rules they implement.
 
-use crate::filter;
 use aya_ebpf::{
     EbpfContext, Global,
     bindings::{
@@ -23,6 +22,8 @@ use tracer_ebpf::{
     EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, NO_STACK,
     STACK_COPY, STACK_COPY_CHUNK,
 };
+
+use crate::filter;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_SIZE, 0);

@@ -293,9 +293,15 @@ impl Processes {
         total
     }
 
-    /// The totals of every process since tracing began, exited or not.
+    /// The calls of every process since tracing began, exited or not, and
+    /// the blocks the live ones hold: an exited process's memory went back
+    /// to the system with it (its own report keeps what it held at the end).
     pub fn totals(&self) -> ledger::Totals {
-        let mut totals = self.exited.totals;
+        let mut totals = ledger::Totals {
+            outstanding_bytes: 0,
+            outstanding_count: 0,
+            ..self.exited.totals
+        };
         for process in self.live.values() {
             add_totals(&mut totals, process.ledger.totals());
         }
