@@ -257,14 +257,22 @@ fn one_run_attributes_every_site_of_each_service_by_pid_and_forgets_the_storm() 
 }
 
 #[test]
-fn a_comm_filter_traces_only_the_named_processes() {
+fn a_comm_filter_traces_only_the_named_processes_and_keeps_those_that_exited() {
     require_root();
     let _serial = serial();
     let run = HostRun::start(&["--comm", "leaky_nofp"]);
     let mut with_fp = Workload::spawn_bin(&leaky_bin(), &["stay"]);
     let mut without_fp = Workload::spawn_bin(&leaky_nofp_bin(), &["stay"]);
     run_services(&mut [&mut with_fp, &mut without_fp]);
+    // It exits before the report is written: its final numbers stay, with
+    // the frames named while it ran (after a drain of the tracer's, every
+    // 10 ms, has seen them: the workload would otherwise exit within
+    // milliseconds of its `done`).
+    std::thread::sleep(SETTLE);
+    without_fp.close_stdin();
+    without_fp.wait_exit(DONE_TIMEOUT);
     let report = run.finish();
+    assert_eq!(as_u64(&report, "tracked_processes"), 0, "no ledger is left");
     let comms: Vec<&str> = processes(&report)
         .iter()
         .map(|p| p["comm"].as_str().unwrap_or("?"))
