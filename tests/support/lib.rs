@@ -354,6 +354,18 @@ pub fn launch_with_env<S: AsRef<OsStr>>(
 /// optimised like a distro build, with debug info for names and lines.
 pub const NO_FRAME_POINTER_CFLAGS: &[&str] = &["-O2", "-g", "-fomit-frame-pointer", "-pthread"];
 
+/// The `leaky` workload built like a distro binary, without frame pointers
+/// (host-wide mode's second service; its sites are the same).
+pub fn leaky_nofp_bin() -> PathBuf {
+    compile_c("leaky.c", "leaky_nofp", NO_FRAME_POINTER_CFLAGS)
+}
+
+/// One process of a storm of short-lived processes (`storm_leak` leaks
+/// 100 bytes, then it exits).
+pub fn storm_bin() -> PathBuf {
+    compile_c("storm.c", "storm", WORKLOAD_CFLAGS)
+}
+
 /// The deep call-chain workload, built without frame pointers.
 pub fn deep_nofp_bin() -> PathBuf {
     compile_c("deep_nofp.c", "deep_nofp", NO_FRAME_POINTER_CFLAGS)
@@ -661,6 +673,9 @@ pub fn ready_prefix(pid: u32) -> String {
     format!("alloctrace: tracing pid {pid} (")
 }
 
+/// The prefix of host-wide mode's ready line.
+pub const HOST_READY_PREFIX: &str = "alloctrace: tracing all processes (";
+
 /// A running `alloctrace` that has printed its ready line.
 pub struct Tracer {
     child: Option<Child>,
@@ -701,6 +716,26 @@ impl Tracer {
         let spawned_at = Instant::now();
         let child = cmd.spawn().expect("spawn alloctrace");
         Self::wait_ready(child, &ready_prefix(pid), spawned_at)
+    }
+
+    /// Runs `alloctrace --all <args>` and waits for its ready line.
+    pub fn spawn_all<S: AsRef<OsStr>>(args: &[S]) -> Self {
+        let mut cmd = tracer_command();
+        cmd.arg("--all").args(args);
+        let spawned_at = Instant::now();
+        let child = cmd.spawn().expect("spawn alloctrace");
+        Self::wait_ready(child, HOST_READY_PREFIX, spawned_at)
+    }
+
+    /// Waits for a stderr line (after the ready line) satisfying `pred`.
+    pub fn wait_stderr(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> String {
+        let stderr = self.stderr.as_ref().expect("stderr reader");
+        stderr.wait_for(timeout, pred).unwrap_or_else(|e| {
+            panic!(
+                "alloctrace never printed the expected line ({e})\n--- stderr so far ---\n{}",
+                stderr.collected()
+            )
+        })
     }
 
     /// Takes over an `alloctrace` started with [`tracer_command`] (e.g. in
@@ -997,6 +1032,25 @@ pub fn assert_sites_exact(report: &Value) {
         bad.join("\n"),
         summarize_report(report)
     );
+}
+
+/// The entry of `pid` in a report's `processes`.
+pub fn process_entry(report: &Value, pid: u32) -> &Value {
+    processes(report)
+        .iter()
+        .find(|p| p.get("pid").and_then(Value::as_u64) == Some(pid as u64))
+        .unwrap_or_else(|| {
+            let pids: Vec<String> = processes(report)
+                .iter()
+                .map(|p| format!("{} ({})", p["comm"], p["pid"]))
+                .collect();
+            panic!("no process entry for pid {pid} among {}", pids.join(", "))
+        })
+}
+
+/// A report holding only `pid`'s entry, for the per-report helpers.
+pub fn report_of_process(report: &Value, pid: u32) -> Value {
+    serde_json::json!({ "processes": [process_entry(report, pid).clone()] })
 }
 
 /// Structural checks on a report + exact site numbers + symbolization.

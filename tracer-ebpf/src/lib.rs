@@ -46,6 +46,41 @@ pub const fn sample_slot(size: u64, step: u64) -> u32 {
     }
 }
 
+/// Global (`u32`) choosing which processes the programs trace: one of
+/// [`FilterMode`]. Set at load time.
+pub const FILTER_MODE_GLOBAL: &str = "FILTER_MODE";
+/// Global (`u32`): non-zero when [`TRACED_COMMS_MAP`] restricts host-wide
+/// tracing to the processes named in it (`--comm`).
+pub const COMM_FILTER_GLOBAL: &str = "COMM_FILTER";
+/// Global (`u64`): the cgroup v2 id (inode number of the cgroup directory)
+/// host-wide tracing is restricted to, with its descendants; 0 for none.
+pub const CGROUP_ID_GLOBAL: &str = "CGROUP_ID";
+/// Global (`u32`): the depth of [`CGROUP_ID_GLOBAL`] below the root cgroup
+/// (the root is level 0), where the caller's ancestor is compared with it.
+pub const CGROUP_LEVEL_GLOBAL: &str = "CGROUP_LEVEL";
+/// Hash map `u32 tgid -> u8`: processes host-wide tracing never traces (the
+/// tracer itself, `--exclude-pid`).
+pub const EXCLUDED_TGIDS_MAP: &str = "EXCLUDED_TGIDS";
+/// Hash map `[u8; COMM_LEN] -> u8`: the task names `--comm` allows.
+pub const TRACED_COMMS_MAP: &str = "TRACED_COMMS";
+/// Entries of [`EXCLUDED_TGIDS_MAP`] and [`TRACED_COMMS_MAP`].
+pub const MAX_FILTER_ENTRIES: u32 = 1024;
+/// A task name as the kernel keeps it (`TASK_COMM_LEN`): NUL-padded, at
+/// most 15 characters.
+pub const COMM_LEN: usize = 16;
+
+/// Which processes the programs trace.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FilterMode {
+    /// One process: the uprobes are attached for its pid only, so the
+    /// programs need no filter of their own.
+    SingleProcess = 0,
+    /// Every process on the host that maps a probed library, less those the
+    /// in-kernel filter rejects (excluded tgids, `--comm`, `--cgroup`).
+    HostWide = 1,
+}
+
 /// Default size of the event ring buffer in bytes (a power of two, as the
 /// kernel requires). At 56 bytes per record it holds ~150k events: userspace
 /// drains it every few milliseconds, so this absorbs bursts of tens of
@@ -97,7 +132,12 @@ pub enum EventKind {
     ReallocEnd = 4,
     /// Process `pid` replaced its program with `execve`: every block of the
     /// old image is gone, and addresses from here on belong to the new one.
+    /// Carries the new program's comm (see [`Event::marker_comm`]).
     Exec = 5,
+    /// The last thread of process `pid` exited (host-wide mode only): its
+    /// ledger is complete, and the pid may be reused from here on. Carries
+    /// the process's comm (see [`Event::marker_comm`]).
+    ProcessExit = 6,
 }
 
 impl EventKind {
@@ -109,6 +149,7 @@ impl EventKind {
             3 => Some(Self::ReallocStart),
             4 => Some(Self::ReallocEnd),
             5 => Some(Self::Exec),
+            6 => Some(Self::ProcessExit),
             _ => None,
         }
     }
@@ -223,5 +264,25 @@ impl Event {
     /// The decoded kind, or `None` for a kind this build does not know.
     pub const fn kind(&self) -> Option<EventKind> {
         EventKind::from_raw(self.kind)
+    }
+
+    /// The task name a process marker ([`EventKind::Exec`],
+    /// [`EventKind::ProcessExit`]) carries in `addr` and `old_addr`, which
+    /// markers do not otherwise use: a process that lived only milliseconds
+    /// may be gone from `/proc` before userspace reads its events.
+    pub fn marker_comm(&self) -> [u8; COMM_LEN] {
+        let mut comm = [0; COMM_LEN];
+        comm[..8].copy_from_slice(&self.addr.to_ne_bytes());
+        comm[8..].copy_from_slice(&self.old_addr.to_ne_bytes());
+        comm
+    }
+
+    /// The (`addr`, `old_addr`) pair that carries `comm` in a marker.
+    pub fn comm_words(comm: &[u8; COMM_LEN]) -> (u64, u64) {
+        let mut low = [0; 8];
+        let mut high = [0; 8];
+        low.copy_from_slice(&comm[..8]);
+        high.copy_from_slice(&comm[8..]);
+        (u64::from_ne_bytes(low), u64::from_ne_bytes(high))
     }
 }

@@ -1,24 +1,46 @@
-//! Lifecycle events of the traced process that change what its addresses
-//! mean. Today: `execve`, which discards the whole address space.
+//! Lifecycle events of traced processes that change what their addresses
+//! mean: `execve`, which discards the whole address space, and (host-wide)
+//! the exit of a process's last thread, after which its pid may be reused.
 
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
 use tracer_ebpf::EventKind;
 
-use crate::probes::emit_marker;
+use crate::{filter, probes::emit_process_marker};
 
-/// The traced process's pid (its kernel tgid); set by userspace at load time.
+/// The traced process's pid (its kernel tgid) in single-process mode; set
+/// by userspace at load time.
 #[unsafe(no_mangle)]
 static TARGET_PID: u32 = 0;
 
 /// Runs in the exec'ing task after its new image is in place.
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec(ctx: BtfTracePointContext) -> i32 {
-    // SAFETY: a volatile read keeps the compiler from folding the global to
-    // its initial 0; userspace patches it before loading.
-    let target = unsafe { core::ptr::read_volatile(&TARGET_PID) };
-    let tgid = (aya_ebpf::helpers::bpf_get_current_pid_tgid() >> 32) as u32;
-    if tgid == target {
-        emit_marker(&ctx, EventKind::Exec);
+    let traced = if filter::host_wide() {
+        filter::traced()
+    } else {
+        // SAFETY: a volatile read keeps the compiler from folding the global
+        // to its initial 0; userspace patches it before loading.
+        let target = unsafe { core::ptr::read_volatile(&TARGET_PID) };
+        (bpf_get_current_pid_tgid() >> 32) as u32 == target
+    };
+    if traced {
+        emit_process_marker(&ctx, EventKind::Exec);
+    }
+    0
+}
+
+/// Runs in every exiting thread, before its memory is released. Only
+/// attached in host-wide mode, where it tells userspace to close the
+/// process's ledger.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
+    // `sched_process_exit(struct task_struct *p, bool group_dead)`: only
+    // the last thread of the group ends the process.
+    let group_dead: u64 = ctx.arg(1);
+    if group_dead & 0xff != 0 && filter::traced() {
+        emit_process_marker(&ctx, EventKind::ProcessExit);
     }
     0
 }

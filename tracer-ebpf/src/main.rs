@@ -28,6 +28,13 @@
 //! `sched_process_exec` puts an [`EventKind::Exec`] marker in the same ring:
 //! userspace sees exactly which events belong to the old image.
 //!
+//! ## Host-wide mode
+//! With `--all` the uprobes are attached for every process that maps a
+//! probed library, and every program first asks the in-kernel filter
+//! (`filter.rs`) whether the caller is traced, before any other work. A
+//! `sched_process_exit` tracepoint then marks the end of each traced
+//! process (`EventKind::ProcessExit`) in the same ring.
+//!
 //! ## Ordering
 //! Events are reserved in one ring buffer, whose reservations are serialized,
 //! so userspace reads them in a single order that respects causality between
@@ -37,6 +44,8 @@
 //! always freed in the stream before another thread's allocation of it appears.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+#[cfg(target_arch = "bpf")]
+mod filter;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]

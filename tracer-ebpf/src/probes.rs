@@ -8,8 +8,8 @@ use aya_ebpf::{
         BPF_RB_RING_SIZE,
     },
     helpers::{
-        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack, bpf_ktime_get_ns,
-        bpf_probe_read_user, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack,
+        bpf_ktime_get_ns, bpf_probe_read_user, generated,
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -22,6 +22,8 @@ use tracer_ebpf::{
     EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, NO_STACK,
     SAMPLE_TABLE_SLOTS, STACK_COPY, STACK_COPY_CHUNK, sample_slot,
 };
+
+use crate::filter;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_SIZE, 0);
@@ -149,7 +151,7 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
-    if addr == 0 {
+    if addr == 0 || !filter::traced() {
         return 0;
     }
     let tid = current_tid();
@@ -184,6 +186,9 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
 /// Shared return probe of every allocating function.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
+    if !filter::traced() {
+        return 0;
+    }
     let tid = current_tid();
     // SAFETY (for every access to `*slot` here): only this thread's
     // programs touch its slot, one at a time.
@@ -275,6 +280,9 @@ fn array_bytes(count: u64, size: u64) -> u64 {
 
 /// Parks a call's arguments for its return probe, applying the nesting rules.
 fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
+    if !filter::traced() {
+        return 0;
+    }
     let tid = current_tid();
     let entry_sp = stack_pointer(ctx);
     let slot = PENDING.get_ptr_mut(&tid);
@@ -370,9 +378,12 @@ fn emit<C: EbpfContext>(
     entry.submit(wakeup_flags(event.timestamp_ns));
 }
 
-/// Writes an event that concerns the whole process rather than a block.
-pub fn emit_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
-    emit(ctx, kind, 0, 0, 0, NO_STACK);
+/// Writes an event that concerns the whole process rather than a block,
+/// with the process's name (see `Event::marker_comm`).
+pub fn emit_process_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
+    let comm = bpf_get_current_comm().unwrap_or_default();
+    let (low, high) = Event::comm_words(&comm);
+    emit(ctx, kind, low, high, 0, NO_STACK);
 }
 
 /// Writes an allocation event with the caller's user stack: a copy of the

@@ -18,7 +18,7 @@ use crate::sampling::Sampling;
 /// stacks that hold outstanding (leaked) memory.
 #[derive(Debug, Parser)]
 #[command(name = "alloctrace", version)]
-#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command"]))]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command", "all"]))]
 pub struct Cli {
     /// Process to trace (it keeps running; nothing is restarted).
     #[arg(long, value_name = "PID", conflicts_with = "command")]
@@ -28,6 +28,9 @@ pub struct Cli {
     /// alloctrace exits with its exit status.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<OsString>,
+
+    #[command(flatten)]
+    pub host: HostArgs,
 
     /// Stop after this long (e.g. 30s, 5m, 1h, or plain seconds).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -111,6 +114,33 @@ pub struct Cli {
     pub watch: WatchArgs,
 }
 
+/// Host-wide mode: every process on the host, ranked by growth.
+#[derive(Debug, clap::Args)]
+pub struct HostArgs {
+    /// Trace every process on the host that maps a C library or a known
+    /// allocator (including processes started later and in containers).
+    #[arg(long)]
+    pub all: bool,
+
+    /// With --all: trace only processes (threads) with this name, as in
+    /// /proc/PID/comm (repeatable).
+    #[arg(long, value_name = "NAME", requires = "all")]
+    pub comm: Vec<String>,
+
+    /// With --all: trace only processes in this cgroup (v2) or below it,
+    /// e.g. /sys/fs/cgroup/system.slice/nginx.service.
+    #[arg(long, value_name = "PATH", requires = "all")]
+    pub cgroup: Option<PathBuf>,
+
+    /// With --all: never trace this process (repeatable).
+    #[arg(long, value_name = "PID", requires = "all")]
+    pub exclude_pid: Vec<u32>,
+
+    /// With --all: also write one flamegraph per process, DIR/COMM-PID.svg.
+    #[arg(long, value_name = "DIR", requires = "all")]
+    pub flamegraph_dir: Option<PathBuf>,
+}
+
 /// Leak hunting over time: snapshots, the CI leak gate and exports.
 #[derive(Debug, clap::Args)]
 pub struct WatchArgs {
@@ -171,10 +201,15 @@ pub struct Outputs {
 impl Outputs {
     /// `alloctrace-PID.svg` and `alloctrace-PID.json` in the current directory.
     pub fn defaults_for(pid: u32) -> Self {
+        Self::defaults_named(&pid.to_string())
+    }
+
+    /// `alloctrace-NAME.svg` and `alloctrace-NAME.json`.
+    pub fn defaults_named(name: &str) -> Self {
         Self {
-            flamegraph: Some(PathBuf::from(format!("alloctrace-{pid}.svg"))),
+            flamegraph: Some(PathBuf::from(format!("alloctrace-{name}.svg"))),
             folded: None,
-            report: Some(PathBuf::from(format!("alloctrace-{pid}.json"))),
+            report: Some(PathBuf::from(format!("alloctrace-{name}.json"))),
             pprof: None,
         }
     }
@@ -193,6 +228,8 @@ pub enum TargetSpec {
     Pid(u32),
     /// A command alloctrace starts, with every probe in place before it runs.
     Launch(Vec<OsString>),
+    /// Every process on the host (`--all`), less those filtered out.
+    All(crate::host::HostSpec),
 }
 
 /// Validated settings for one tracing session.
@@ -278,6 +315,9 @@ impl Config {
         if cli.interval.is_zero() {
             bail!("--interval must be greater than zero");
         }
+        if cli.host.all {
+            check_host_wide(&cli)?;
+        }
         let outputs = Outputs {
             flamegraph: cli.flamegraph,
             folded: cli.folded,
@@ -288,7 +328,7 @@ impl Config {
         let checked = if default_outputs {
             // The pid of a launched command is not known yet; any name in the
             // same directory tells whether the defaults can be written.
-            Outputs::defaults_for(0)
+            Outputs::defaults_named("all")
         } else {
             outputs.clone()
         };
@@ -301,6 +341,7 @@ impl Config {
         }
         let target = match cli.pid {
             Some(pid) => TargetSpec::Pid(pid),
+            None if cli.host.all => TargetSpec::All(crate::host::HostSpec::from_args(&cli.host)?),
             None => TargetSpec::Launch(cli.command),
         };
         Ok(Self {
@@ -323,6 +364,30 @@ impl Config {
             watch: Watch::from_args(cli.watch, cli.duration)?,
         })
     }
+}
+
+/// Refuses, with `--all`, the options host-wide mode does not implement yet.
+fn check_host_wide(cli: &Cli) -> anyhow::Result<()> {
+    let unsupported = [
+        (cli.watch.pprof.is_some(), "--pprof"),
+        (cli.watch.metrics_addr.is_some(), "--metrics-addr"),
+        (cli.watch.snapshot_every.is_some(), "--snapshot-every"),
+        (cli.watch.fail_on_growth.is_some(), "--fail-on-growth"),
+        (cli.allocator_lib.is_some(), "--allocator-lib"),
+        (cli.unwind == UnwindMode::Dwarf, "--unwind dwarf"),
+        (cli.sample_rate.is_some(), "--sample-rate"),
+    ];
+    if let Some((_, flag)) = unsupported.iter().find(|(given, _)| *given) {
+        bail!(
+            "{flag} cannot be used with --all (host-wide mode); trace one process with --pid for it"
+        );
+    }
+    if let Some(dir) = &cli.host.flamegraph_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --flamegraph-dir {}", dir.display()))?;
+        check_writable(&dir.join("process.svg"))?;
+    }
+    Ok(())
 }
 
 /// Fails now, before attaching, if `path` could not be written at the end.

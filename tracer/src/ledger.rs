@@ -223,7 +223,7 @@ impl Ledger {
             Some(EventKind::Free) => self.free(event.addr),
             Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
             Some(EventKind::ReallocEnd) => self.end_realloc(event),
-            Some(EventKind::Exec) | None => {}
+            Some(EventKind::Exec | EventKind::ProcessExit) | None => {}
         }
     }
 

@@ -17,6 +17,7 @@ mod cli;
 mod debuginfo;
 mod diff;
 mod events;
+mod host;
 mod launch;
 mod ledger;
 mod maps;

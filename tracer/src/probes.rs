@@ -1,4 +1,6 @@
-//! Loading the kernel programs and attaching them to one process.
+//! Loading the kernel programs and attaching them to one process, or (in
+//! host-wide mode) to every process that maps a library, behind the
+//! in-kernel filter.
 //!
 //! Owns the aya [`Ebpf`] object: while it lives the probes are attached, and
 //! dropping it (or [`Probes::detach`]) removes every one of them from the
@@ -10,15 +12,16 @@ use std::{num::NonZeroU32, path::Path};
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
     programs::{
         BtfTracePoint, Program, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
 use tracer_ebpf::{
-    COUNTERS_MAP, Counter, EVENTS_MAP, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP,
-    STACK_COPY_BYTES_GLOBAL, STACKS_MAP, TARGET_PID_GLOBAL,
+    CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
+    EVENTS_MAP, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, SAMPLE_STEP_GLOBAL,
+    SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, STACKS_MAP, TARGET_PID_GLOBAL, TRACED_COMMS_MAP,
 };
 
 use crate::{
@@ -32,6 +35,20 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// The BTF tracepoint that marks the target's `execve` in the event stream.
 const EXEC_PROGRAM: &str = "process_exec";
 const EXEC_TRACEPOINT: &str = "sched_process_exec";
+/// The BTF tracepoint that marks the end of each process (host-wide mode).
+const EXIT_PROGRAM: &str = "process_exit";
+const EXIT_TRACEPOINT: &str = "sched_process_exit";
+
+/// What the in-kernel filter of host-wide mode rejects, set at load time.
+#[derive(Clone, Debug, Default)]
+pub struct KernelFilter {
+    /// Processes never traced (tgids).
+    pub excluded: Vec<u32>,
+    /// When not empty, only tasks with one of these names are traced.
+    pub comms: Vec<[u8; COMM_LEN]>,
+    /// Only tasks in this cgroup v2 (id, level below the root) or below it.
+    pub cgroup: Option<(u64, u32)>,
+}
 
 /// How the kernel programs are set up at load time.
 pub struct Settings<'a> {
@@ -74,33 +91,81 @@ impl Probes {
             verbose,
         } = settings;
         let sample_step = sampling.map_or(0, Sampling::step);
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(TARGET_PID_GLOBAL, &pid, true)
+            .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
+            .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true);
+        let (mut probes, maps) = Self::load_with(loader, ring_size, verbose)?;
+        if let Some(sampling) = sampling {
+            let mut table: Array<_, u64> = Array::try_from(probes.map_mut(SAMPLE_TABLE_MAP)?)?;
+            for (slot, &threshold) in sampling.thresholds().iter().enumerate() {
+                table.set(slot as u32, threshold, 0)?;
+            }
+        }
+        Ok((probes, maps))
+    }
+    /// Loads the programs for every process `filter` lets through, with
+    /// frame-pointer stacks.
+    pub fn load_host_wide(
+        filter: &KernelFilter,
+        ring_size: u32,
+        verbose: bool,
+    ) -> anyhow::Result<(Self, KernelMaps)> {
+        let mode = FilterMode::HostWide as u32;
+        let comm_filter = u32::from(!filter.comms.is_empty());
+        let (cgroup_id, cgroup_level) = filter.cgroup.unwrap_or((0, 0));
+        let mut loader = EbpfLoader::new();
+        loader
+            .override_global(FILTER_MODE_GLOBAL, &mode, true)
+            .override_global(COMM_FILTER_GLOBAL, &comm_filter, true)
+            .override_global(CGROUP_ID_GLOBAL, &cgroup_id, true)
+            .override_global(CGROUP_LEVEL_GLOBAL, &cgroup_level, true);
+        let (mut probes, maps) = Self::load_with(loader, ring_size, verbose)?;
+        let mut excluded: HashMap<_, u32, u8> =
+            HashMap::try_from(probes.map_mut(EXCLUDED_TGIDS_MAP)?)?;
+        for tgid in &filter.excluded {
+            excluded
+                .insert(tgid, 1, 0)
+                .context("filling the excluded processes map")?;
+        }
+        let mut comms: HashMap<_, [u8; COMM_LEN], u8> =
+            HashMap::try_from(probes.map_mut(TRACED_COMMS_MAP)?)?;
+        for comm in &filter.comms {
+            comms
+                .insert(comm, 1, 0)
+                .context("filling the traced names map")?;
+        }
+        Ok((probes, maps))
+    }
+
+    fn load_with(
+        mut loader: EbpfLoader<'_>,
+        ring_size: u32,
+        verbose: bool,
+    ) -> anyhow::Result<(Self, KernelMaps)> {
         raise_memlock_limit();
         let btf = Btf::from_sys_fs().context(
             "reading the kernel's BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)",
         )?;
-        let mut ebpf = EbpfLoader::new()
+        let mut ebpf = loader
             .map_max_entries(EVENTS_MAP, ring_size)
-            .override_global(TARGET_PID_GLOBAL, &pid, true)
-            .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
-            .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
         for (name, program) in ebpf.programs_mut() {
             match program {
                 Program::UProbe(program) => program.load(),
-                Program::BtfTracePoint(program) => program.load(EXEC_TRACEPOINT, &btf),
+                Program::BtfTracePoint(program) => {
+                    let tracepoint = if name == EXIT_PROGRAM {
+                        EXIT_TRACEPOINT
+                    } else {
+                        EXEC_TRACEPOINT
+                    };
+                    program.load(tracepoint, &btf)
+                }
                 _ => return Err(anyhow!("unexpected program type for {name}")),
             }
             .with_context(|| format!("loading program {name} into the kernel"))?;
-        }
-        if let Some(sampling) = sampling {
-            let mut table: Array<_, u64> = Array::try_from(
-                ebpf.map_mut(SAMPLE_TABLE_MAP)
-                    .ok_or_else(|| anyhow!("the eBPF object has no map {SAMPLE_TABLE_MAP}"))?,
-            )?;
-            for (slot, &threshold) in sampling.thresholds().iter().enumerate() {
-                table.set(slot as u32, threshold, 0)?;
-            }
         }
         let logger = if verbose {
             Some(aya_log::EbpfLogger::init(&mut ebpf).context("starting the kernel log reader")?)
@@ -129,12 +194,48 @@ impl Probes {
         );
         // Before the first uprobe, so no event of a new image can precede
         // the marker that tells it apart.
-        let exec: &mut BtfTracePoint = self
+        self.attach_tracepoint(EXEC_PROGRAM)?;
+        self.attach_uprobes(plan, libc, scope, programs)
+    }
+
+    /// Host-wide mode: attaches the exec and exit markers of every process
+    /// the filter lets through. Before any library, for the same reason as
+    /// in [`Probes::attach`].
+    pub fn attach_process_markers(&mut self) -> anyhow::Result<()> {
+        self.attach_tracepoint(EXEC_PROGRAM)?;
+        self.attach_tracepoint(EXIT_PROGRAM)
+    }
+
+    /// Host-wide mode: attaches every probe of `plan` in `library` (a path
+    /// the tracer can open), firing in every process that maps that file.
+    pub fn attach_library(
+        &mut self,
+        plan: &Plan,
+        library: &Path,
+        programs: Programs,
+    ) -> anyhow::Result<()> {
+        self.attach_uprobes(plan, library, UProbeScope::AllProcesses, programs)
+    }
+
+    fn attach_tracepoint(&mut self, name: &str) -> anyhow::Result<()> {
+        let program: &mut BtfTracePoint = self
             .ebpf
-            .program_mut(EXEC_PROGRAM)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {EXEC_PROGRAM}"))?
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
             .try_into()?;
-        exec.attach().context("attaching the exec tracepoint")?;
+        program
+            .attach()
+            .with_context(|| format!("attaching the tracepoint program {name}"))?;
+        Ok(())
+    }
+
+    fn attach_uprobes(
+        &mut self,
+        plan: &Plan,
+        libc: &Path,
+        scope: UProbeScope,
+        programs: Programs,
+    ) -> anyhow::Result<()> {
         // Return probes first: a return without a parked entry is ignored,
         // whereas an entry whose return probe is not there yet would leave a
         // stale pending call behind.
@@ -182,6 +283,12 @@ impl Probes {
     pub fn detach(mut self) {
         self.flush_log();
         drop(self.ebpf);
+    }
+
+    fn map_mut(&mut self, name: &str) -> anyhow::Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
     }
 
     fn program(&mut self, name: &str) -> anyhow::Result<&mut UProbe> {

@@ -14,6 +14,7 @@
 //! address that cannot be named still says which module and offset it is in.
 
 use std::{
+    cell::RefCell,
     collections::{HashMap, HashSet},
     num::NonZeroU32,
     rc::Rc,
@@ -25,6 +26,7 @@ use blazesym::{
     symbolize::{
         Input, Symbolized, Symbolizer,
         cache::{self, Cache},
+        evict::{self, Evict},
         source::{Process, Source},
     },
 };
@@ -104,10 +106,42 @@ fn is_allocator_wrapper(function: &str) -> bool {
 /// kernel's stack map, so the two never collide.
 const FIRST_INLINE_ID: StackId = 1 << 24;
 
+/// What the symbolizers of every traced process share: the kernel's stack
+/// map (host-wide, stack ids are global while addresses are per process),
+/// and blazesym, whose caches of parsed files are keyed by file identity, so
+/// a library is parsed once however many processes map it.
+pub struct SharedSymbols {
+    symbolizer: RefCell<Symbolizer>,
+    stack_map: RefCell<StackTraceMap<MapData>>,
+}
+
+impl SharedSymbols {
+    pub fn new(stack_map: StackTraceMap<MapData>) -> Rc<Self> {
+        let symbolizer = Symbolizer::builder()
+            .enable_code_info(true)
+            .enable_inlined_fns(true)
+            .enable_demangling(true)
+            .set_process_dispatcher(debuginfo::dispatcher(debuginfo::cache_dirs()))
+            .build();
+        Rc::new(Self {
+            symbolizer: RefCell::new(symbolizer),
+            stack_map: RefCell::new(stack_map),
+        })
+    }
+
+    /// Removes a stack from the kernel's map, making room for new ones.
+    pub fn forget_kernel_stack(&self, id: StackId) {
+        if let Ok(id) = u32::try_from(id)
+            && let Err(error) = self.stack_map.borrow_mut().remove(&id)
+        {
+            log::debug!("removing stack {id}: {error}");
+        }
+    }
+}
+
 pub struct StackSymbolizer {
     pid: u32,
-    symbolizer: Symbolizer,
-    stack_map: StackTraceMap<MapData>,
+    shared: Rc<SharedSymbols>,
     /// Return addresses of each stack id seen, leaf first.
     stacks: HashMap<StackId, Rc<[u64]>>,
     /// Ids given to stacks that arrived as addresses.
@@ -120,16 +154,14 @@ pub struct StackSymbolizer {
 
 impl StackSymbolizer {
     pub fn new(pid: u32, stack_map: StackTraceMap<MapData>) -> Self {
-        let symbolizer = Symbolizer::builder()
-            .enable_code_info(true)
-            .enable_inlined_fns(true)
-            .enable_demangling(true)
-            .set_process_dispatcher(debuginfo::dispatcher(debuginfo::cache_dirs()))
-            .build();
+        Self::sharing(pid, SharedSymbols::new(stack_map))
+    }
+
+    /// A symbolizer for process `pid` that shares `shared` with others.
+    pub fn sharing(pid: u32, shared: Rc<SharedSymbols>) -> Self {
         let mut this = Self {
             pid,
-            symbolizer,
-            stack_map,
+            shared,
             stacks: HashMap::new(),
             inline_ids: HashMap::new(),
             frames: HashMap::new(),
@@ -157,8 +189,31 @@ impl StackSymbolizer {
             cache_vmas: true,
             ..cache::Process::new(Pid::Pid(pid))
         });
-        if let Err(error) = self.symbolizer.cache(&cache) {
+        if let Err(error) = self.shared.symbolizer.borrow().cache(&cache) {
             log::debug!("caching memory maps of {}: {error}", self.pid);
+        }
+    }
+
+    /// Drops what the shared symbolizer cached for this process (its memory
+    /// map, the files opened through `/proc/PID/map_files`), once the
+    /// process is gone and its stacks are symbolized.
+    pub fn release(self) {
+        let Some(pid) = NonZeroU32::new(self.pid) else {
+            return;
+        };
+        let mut symbolizer = self.shared.symbolizer.borrow_mut();
+        let process = Evict::Process(evict::Process::new(Pid::Pid(pid)));
+        if let Err(error) = symbolizer.evict(&process) {
+            log::debug!("evicting process {pid}: {error}");
+        }
+        for mapping in &self.mappings {
+            if matches!(mapping.backing, Backing::File(_)) {
+                let path = format!(
+                    "/proc/{pid}/map_files/{:x}-{:x}",
+                    mapping.start, mapping.end
+                );
+                let _ = symbolizer.evict(&Evict::Elf(evict::Elf::new(path)));
+            }
         }
     }
 
@@ -195,7 +250,7 @@ impl StackSymbolizer {
             if id < 0 || self.stacks.contains_key(&id) {
                 continue;
             }
-            let addresses: Rc<[u64]> = match self.stack_map.get(&(id as u32), 0) {
+            let addresses: Rc<[u64]> = match self.shared.stack_map.borrow().get(&(id as u32), 0) {
                 Ok(trace) => trace.frames().iter().map(|frame| frame.ip).collect(),
                 Err(error) => {
                     log::debug!("reading stack {id}: {error}");
@@ -290,12 +345,11 @@ impl StackSymbolizer {
         } else {
             &[false][..]
         };
+        let shared = Rc::clone(&self.shared);
+        let symbolizer = shared.symbolizer.borrow();
         let mut results = None;
         for &map_files in attempts {
-            match self
-                .symbolizer
-                .symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups))
-            {
+            match symbolizer.symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups)) {
                 Ok(symbolized) => {
                     results = Some(symbolized);
                     break;

@@ -247,6 +247,15 @@ fn find_allocator(
     })
 }
 
+/// The kind of allocator library `path` names, judged by its file name: a
+/// replacement allocator or a C library (host-wide mode probes both).
+pub fn allocator_library(path: &Path) -> Option<AllocatorKind> {
+    match replacement_allocator(path) {
+        Some(name) => Some(AllocatorKind::Replacement(name)),
+        None => is_libc(path).then_some(AllocatorKind::Libc),
+    }
+}
+
 /// glibc's `libc.so.6` (or the older `libc-2.NN.so`), or musl's libc.
 fn is_libc(path: &Path) -> bool {
     file_name(path).is_some_and(|name| {

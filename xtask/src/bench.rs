@@ -51,6 +51,8 @@ const BCC_SETTLE: Duration = Duration::from_secs(3);
 enum Setup {
     Untraced,
     Floor,
+    /// `alloctrace --all` whose filter rejects the workload in the kernel.
+    HostExcluded,
     Ours,
     OursDwarf,
     OursSampled,
@@ -66,6 +68,7 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor",
+            Setup::HostExcluded => "host_wide_filtered_out",
             Setup::Ours => "alloctrace",
             Setup::OursDwarf => "alloctrace_dwarf",
             Setup::OursSampled => "alloctrace_sampled",
@@ -77,6 +80,7 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor (`alloctrace --floor`)",
+            Setup::HostExcluded => "host-wide, filtered out (`--all --comm no-such-comm`)",
             Setup::Ours => "alloctrace (full tracing, `--unwind fp`)",
             Setup::OursDwarf => "alloctrace (full tracing, `--unwind dwarf`)",
             Setup::OursSampled => "alloctrace (`--sample-rate 64K`, `--unwind fp`)",
@@ -127,6 +131,7 @@ pub fn run(args: &Args) -> Result<()> {
             "this alloctrace has no --floor flag".to_string(),
         ));
     }
+    setups.push(Setup::HostExcluded);
     setups.push(Setup::Ours);
     setups.push(Setup::OursDwarf);
     setups.push(Setup::OursSampled);
@@ -340,6 +345,7 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
             Some(Tracer::start(alloctrace(bench, churn.pid, &args), setup)?)
         }
         Setup::Bcc => Some(Tracer::start(memleak(bench, churn.pid)?, setup)?),
+        Setup::HostExcluded => Some(Tracer::start(host_wide_filtered_out(bench), setup)?),
     };
     let ns_per_pair = churn.run()?;
     let mut sample = Sample {
@@ -349,7 +355,8 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
     let Some(tracer) = tracer else {
         return Ok(sample);
     };
-    let cpu_ticks = tracer.finish(setup == Setup::Bcc)?;
+    // Neither stops when the workload exits.
+    let cpu_ticks = tracer.finish(matches!(setup, Setup::Bcc | Setup::HostExcluded))?;
     if matches!(setup, Setup::Ours | Setup::OursDwarf) {
         let (events, lost) = read_report(&report)?;
         sample.events = Some(events);
@@ -359,6 +366,16 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
         }
     }
     Ok(sample)
+}
+
+/// Host-wide tracing whose filter rejects every caller in the kernel: the
+/// cost host-wide probes put on processes they do not trace.
+fn host_wide_filtered_out(bench: &Bench) -> Command {
+    let mut cmd = Command::new(&bench.tracer);
+    cmd.args(["--all", "--comm", "no-such-comm", "--interval", "1h"])
+        .arg("--report")
+        .arg(bench.out.join("alloctrace-all.json"));
+    cmd
 }
 
 fn alloctrace<S: AsRef<OsStr>>(bench: &Bench, pid: u32, extra: &[S]) -> Command {
@@ -508,7 +525,8 @@ impl Tracer {
     fn wait_ready(&mut self, setup: Setup) -> Result<()> {
         let marker = match setup {
             Setup::Bcc => "Attaching to pid",
-            _ => "alloctrace: tracing pid",
+            // `tracing pid N (...)`, or `tracing all processes (...)`.
+            _ => "alloctrace: tracing ",
         };
         let deadline = Instant::now() + READY_TIMEOUT;
         loop {
@@ -725,6 +743,7 @@ fn summarize(
             "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
             "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
             "sampled_over_floor": ratio(results, Setup::OursSampled, Setup::Floor),
+            "host_wide_filtered_out_over_floor": ratio(results, Setup::HostExcluded, Setup::Floor),
         },
         "dwarf_unwinding_ns_per_pair": unwinding_cost(results),
         "lost_events_total": ours.iter().filter_map(|s| s.lost_events).sum::<u64>(),
@@ -778,6 +797,12 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
     println!(
         "- ours/floor: {}",
         fmt_ratio(ratio(results, Setup::Ours, Setup::Floor))
+    );
+    println!(
+        "- host-wide probes, caller filtered out in the kernel: {} ns per pair (floor {} ns, {})",
+        fmt_ns(median_ns(results, Setup::HostExcluded)),
+        fmt_ns(median_ns(results, Setup::Floor)),
+        fmt_ratio(ratio(results, Setup::HostExcluded, Setup::Floor))
     );
     println!(
         "- ours/bcc: {}",

@@ -48,6 +48,16 @@ pub fn write_differential_flamegraph(
     draw(&lines, title, out)
 }
 
+/// A flamegraph of folded lines made elsewhere (host-wide mode's, with a
+/// process frame under the root).
+pub fn write_flamegraph_lines(
+    lines: &[String],
+    title: &str,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    draw(lines, title, out)
+}
+
 fn draw(lines: &[String], title: &str, out: &mut dyn Write) -> anyhow::Result<()> {
     if lines.is_empty() {
         // inferno refuses empty input; an empty graph still says "nothing

@@ -18,6 +18,17 @@ pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
         .collect()
 }
 
+/// The folded lines for `stacks` under one more root frame, e.g. the
+/// `comm (pid)` of host-wide mode's combined flamegraph. Only `;` is
+/// replaced in it: readers split the weight off at the last space.
+pub fn folded_lines_under(root: &str, stacks: &[StackReport]) -> Vec<String> {
+    let root = root.replace(';', ":");
+    folded_lines(stacks)
+        .into_iter()
+        .map(|line| format!("{root};{line}"))
+        .collect()
+}
+
 /// One folded line for a stack given by its frame labels, leaf first.
 pub fn folded_line(leaf_first: &[String], weight: u64) -> String {
     let path: Vec<String> = if leaf_first.is_empty() {
@@ -48,29 +59,7 @@ fn sanitize(label: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::Frame;
-
-    fn frame(function: &str) -> Frame {
-        Frame {
-            address: 0x1000,
-            function: Some(function.to_owned()),
-            module: None,
-            file: None,
-            line: None,
-            inlined: false,
-        }
-    }
-
-    fn stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
-        StackReport {
-            bytes,
-            count: 1,
-            oldest_age_s: 0.0,
-            approximate: false,
-            age_bytes: Default::default(),
-            frames: leaf_first.iter().map(|name| frame(name)).collect(),
-        }
-    }
+    use crate::report::test_stack as stack;
 
     #[test]
     fn lines_run_from_the_outermost_frame_to_the_leaf() {
@@ -88,6 +77,15 @@ mod tests {
     fn separators_inside_names_are_replaced() {
         let stacks = [stack(8, &["operator new(unsigned long)", "a;b"])];
         assert_eq!(folded_lines(&stacks), ["a:b;operator_new(unsigned_long) 8"]);
+    }
+
+    #[test]
+    fn lines_can_hang_under_a_process_frame() {
+        let stacks = [stack(4096, &["leak", "main"])];
+        assert_eq!(
+            folded_lines_under("leaky (42)", &stacks),
+            ["leaky (42);main;leak 4096"]
+        );
     }
 
     #[test]

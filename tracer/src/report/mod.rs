@@ -22,11 +22,11 @@ use std::{
 use anyhow::Context as _;
 use serde::Serialize;
 
-pub use flamegraph::{write_differential_flamegraph, write_flamegraph};
-pub use folded::{folded_line, write_folded};
+pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flamegraph_lines};
+pub use folded::{folded_line, folded_lines_under, write_folded};
 pub use gate::gate_failure;
 pub use pprof::{PprofInput, PprofStack, write_pprof};
-pub use summary::{SummaryState, bytes, signed_bytes};
+pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 
 use crate::{
     analysis::{AgeBuckets, Evidence, Suspect},
@@ -52,9 +52,25 @@ pub struct Report {
     pub processes: Vec<ProcessReport>,
     /// Stacks whose outstanding bytes grow steadily, most suspicious first.
     pub suspects: Vec<SuspectReport>,
+    /// Host-wide mode: the processes seen.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub host: Option<HostCounts>,
 }
 
-#[derive(Debug, Serialize)]
+/// How many processes host-wide mode has seen.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct HostCounts {
+    /// Processes with a live ledger.
+    pub tracked_processes: usize,
+    /// Processes (or program images replaced by `execve`) whose ledger
+    /// ended.
+    pub exited_processes: u64,
+    /// Of those, the ones not in `processes` (nothing outstanding, or
+    /// beyond the number of exited processes kept).
+    pub exited_processes_omitted: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
 pub struct ProcessReport {
     pub pid: u32,
     pub comm: String,
@@ -233,6 +249,30 @@ pub fn snapshot_path(dir: &Path, pid: u32, at: SystemTime) -> PathBuf {
         .to_string()
         .replace(':', "-");
     dir.join(format!("alloctrace-{pid}-{stamp}.json"))
+}
+
+/// A stack of one block whose frames are named `leaf_first`, for the tests
+/// of the formats.
+#[cfg(test)]
+pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
+    StackReport {
+        bytes,
+        count: 1,
+        oldest_age_s: 0.0,
+        approximate: false,
+        age_bytes: Default::default(),
+        frames: leaf_first
+            .iter()
+            .map(|name| Frame {
+                address: 0x1000,
+                function: Some((*name).to_owned()),
+                module: None,
+                file: None,
+                line: None,
+                inlined: false,
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]

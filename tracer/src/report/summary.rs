@@ -86,6 +86,13 @@ impl Summary {
     }
 
     pub fn to_human(&self) -> String {
+        let mut text = self.headline();
+        self.write_stacks(&mut text);
+        text
+    }
+
+    /// The totals line and the ages line.
+    pub fn headline(&self) -> String {
         let mut text = format!(
             "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}\n",
             self.ts,
@@ -109,19 +116,11 @@ impl Summary {
             .map(|(label, count)| format!("{label} {}", bytes(*count)))
             .collect();
         let _ = writeln!(text, "  by age: {}", ages.join(", "));
-        for (rank, stack) in self.top.iter().enumerate() {
-            let _ = writeln!(
-                text,
-                "  #{} {}{} in {} blocks, oldest {:.0}s: {}",
-                rank + 1,
-                // Events were lost while these blocks were live: at most.
-                if stack.approximate { "<=" } else { "" },
-                bytes(stack.bytes),
-                stack.count,
-                stack.oldest_age_s,
-                describe_frames(&stack.frames),
-            );
-        }
+        text
+    }
+
+    fn write_stacks(&self, text: &mut String) {
+        write_top_stacks(text, "  ", &self.top);
         for (rank, suspect) in self.suspects.iter().enumerate() {
             let _ = writeln!(
                 text,
@@ -136,7 +135,23 @@ impl Summary {
                 describe_frames(&suspect.stack.frames),
             );
         }
-        text
+    }
+}
+
+/// One line per stack, ranked, each starting with `indent`.
+pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
+    for (rank, stack) in top.iter().enumerate() {
+        let _ = writeln!(
+            text,
+            "{indent}#{} {}{} in {} blocks, oldest {:.0}s: {}",
+            rank + 1,
+            // Events were lost while these blocks were live: at most.
+            if stack.approximate { "<=" } else { "" },
+            bytes(stack.bytes),
+            stack.count,
+            stack.oldest_age_s,
+            describe_frames(&stack.frames),
+        );
     }
 }
 

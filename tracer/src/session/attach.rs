@@ -47,6 +47,7 @@ impl Attached {
             }
             (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
             (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
+            (TargetSpec::All(_), None) => unreachable!("host-wide mode has its own session"),
         };
         let plan = Plan::for_object(&target.allocator.host_path)?;
         for point in &plan.points {
@@ -119,13 +120,13 @@ fn explain_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
 }
 
 /// SIGINT and SIGTERM, caught from before the ready line on.
-pub(super) struct StopSignals {
+pub(crate) struct StopSignals {
     pub interrupt: Signal,
     pub terminate: Signal,
 }
 
 impl StopSignals {
-    fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install() -> anyhow::Result<Self> {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,

@@ -10,15 +10,17 @@
 mod attach;
 mod outputs;
 
+pub(crate) use self::attach::StopSignals;
+
 use std::{
     collections::HashSet,
     time::{Duration, Instant, SystemTime},
 };
 
-use tokio::time::{MissedTickBehavior, interval, interval_at, sleep_until};
+use tokio::time::{Interval, MissedTickBehavior, Sleep, interval, interval_at, sleep_until};
 use tracer_ebpf::{Counter, Event, EventKind};
 
-use self::attach::{Attached, ProcessExit, StopSignals};
+use self::attach::{Attached, ProcessExit};
 use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
@@ -59,13 +61,16 @@ pub struct Outcome {
 /// Traces the configured target until stopped, writes the final outputs,
 /// and says how it went.
 pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
+    if let TargetSpec::All(spec) = &config.target {
+        return crate::host::run(config, spec).await;
+    }
     // Bound before attaching, so a taken port costs the target nothing.
     let metrics = match config.watch.metrics_addr {
         Some(addr) => Some(Metrics::serve(addr).await?),
         None => None,
     };
     let mut launched = match &config.target {
-        TargetSpec::Pid(_) => None,
+        TargetSpec::Pid(_) | TargetSpec::All(_) => None,
         TargetSpec::Launch(command) => Some(Launched::start(command)?),
     };
     let Attached {
@@ -186,13 +191,13 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
 /// The moment tracing stopped: the final numbers, ages and history describe
 /// the target then, however long detaching takes after it.
 #[derive(Clone, Copy)]
-struct Cut {
-    at: Instant,
+pub(crate) struct Cut {
+    pub at: Instant,
     /// The same moment in CLOCK_MONOTONIC ns, the clock of the events.
-    at_ns: u64,
+    pub at_ns: u64,
     /// Events lost by then; those lost while the probes were being detached
     /// belong to the discarded window.
-    lost_events: u64,
+    pub lost_events: u64,
 }
 
 struct Session {
@@ -229,24 +234,19 @@ impl Session {
         exit: &ProcessExit,
         stop_signals: &mut StopSignals,
     ) -> anyhow::Result<Stop> {
-        let mut drain_timer = interval(DRAIN_PERIOD);
-        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        // Every clock runs from the ready line, not from when the loop
-        // starts: setting up the symbolizer takes a moment, and --duration
-        // is a promise about how long the target is traced.
-        let started = tokio::time::Instant::from_std(self.started);
-        let mut summary_timer = interval_at(started + self.config.interval, self.config.interval);
-        summary_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let deadline =
-            sleep_until(started + self.config.duration.unwrap_or(Duration::from_secs(1 << 40)));
+        let Clocks {
+            started,
+            mut drain_timer,
+            mut summary_timer,
+            deadline,
+        } = Clocks::new(self.started, &self.config);
         tokio::pin!(deadline);
         let warm_up =
             sleep_until(started + self.gate.as_ref().map_or(Duration::ZERO, LeakGate::after));
         tokio::pin!(warm_up);
         let snapshot_every = self.config.watch.snapshots.as_ref().map(|s| s.every);
         let every = snapshot_every.unwrap_or(Duration::from_secs(1 << 40));
-        let mut snapshot_timer = interval_at(started + every, every);
-        snapshot_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut snapshot_timer = periodic(started, every);
         loop {
             tokio::select! {
                 _ = drain_timer.tick() => {
@@ -385,9 +385,47 @@ impl Session {
     }
 }
 
+/// The timers every session's loop runs on.
+pub(crate) struct Clocks {
+    /// The ready line, as the runtime's instant.
+    pub started: tokio::time::Instant,
+    /// Drains the ring when the kernel does not wake us.
+    pub drain_timer: Interval,
+    /// Prints a summary every `--interval`.
+    pub summary_timer: Interval,
+    /// Ends a session with `--duration` (far in the future without).
+    pub deadline: Sleep,
+}
+
+impl Clocks {
+    /// Every clock runs from the ready line, `started`, not from when the
+    /// loop starts: setting up the symbolizer takes a moment, and
+    /// `--duration` is a promise about how long the target is traced.
+    pub fn new(started: Instant, config: &Config) -> Self {
+        let mut drain_timer = interval(DRAIN_PERIOD);
+        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let started = tokio::time::Instant::from_std(started);
+        let duration = config.duration.unwrap_or(Duration::from_secs(1 << 40));
+        Self {
+            started,
+            drain_timer,
+            summary_timer: periodic(started, config.interval),
+            deadline: sleep_until(started + duration),
+        }
+    }
+}
+
+/// Ticks every `period` after `started`; late ticks are delayed, not
+/// bunched.
+pub(crate) fn periodic(started: tokio::time::Instant, period: Duration) -> Interval {
+    let mut timer = interval_at(started + period, period);
+    timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    timer
+}
+
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`, which
 /// stamps the events.
-fn monotonic_ns() -> u64 {
+pub(crate) fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -397,7 +435,7 @@ fn monotonic_ns() -> u64 {
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
-fn restore_default_sigint() {
+pub(crate) fn restore_default_sigint() {
     // SAFETY: resetting a signal disposition to its default has no
     // preconditions.
     unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };

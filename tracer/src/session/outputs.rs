@@ -89,6 +89,7 @@ impl Session {
                 stacks: view.largest(&self.symbols, usize::MAX),
             }],
             suspects,
+            host: None,
         }
     }
 
