@@ -295,3 +295,55 @@ fn bad_flag_values() {
         dir.path(),
     );
 }
+
+/// Starts `probe_holder SECONDS` and waits until it holds its probe.
+fn hold_mallocs_probe(seconds: u32) -> std::process::Child {
+    let mut holder = Command::new(probe_holder_bin())
+        .arg(seconds.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start probe_holder");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert!(line.starts_with("holding"), "probe_holder said {line:?}");
+    holder
+}
+
+#[test]
+fn a_probe_another_tool_holds_is_waited_for_then_explained() {
+    require_root();
+    let w = Workload::spawn(Mode::Stay);
+    let pid = w.pid.to_string();
+    let dir = temp_dir();
+    let report = dir.path().join("r.json");
+    let report = report.to_str().unwrap();
+    let args = ["--pid", &pid, "--duration", "1", "--report", report];
+
+    // Held for longer than alloctrace waits: one clean line, nothing left.
+    let mut holder = hold_mallocs_probe(10);
+    let mut cmd = tracer_command();
+    cmd.args(args).current_dir(dir.path());
+    let out = run_to_completion(cmd, ERR_TIMEOUT);
+    holder.kill().ok();
+    holder.wait().ok();
+    assert_clean_error(&out, "probe held by another tool");
+    assert!(out.stderr.contains("ref_ctr_offset"), "{}", out.stderr);
+    assert!(dir_entries(dir.path()).is_empty());
+
+    // Let go within the wait: alloctrace attaches and traces.
+    let mut holder = hold_mallocs_probe(1);
+    let mut cmd = tracer_command();
+    cmd.args(args).current_dir(dir.path());
+    let out = run_to_completion(cmd, ERR_TIMEOUT);
+    holder.wait().ok();
+    out.assert_success();
+    assert!(
+        out.stderr.contains("alloctrace: tracing pid"),
+        "{}",
+        out.stderr
+    );
+}

@@ -310,6 +310,12 @@ pub fn churn_meter_bin() -> PathBuf {
     compile_c("churn_meter.c", "churn_meter", WORKLOAD_CFLAGS)
 }
 
+/// `probe_holder`: holds a uprobe on libc's malloc with a USDT semaphore,
+/// as a conflicting tool would.
+pub fn probe_holder_bin() -> PathBuf {
+    compile_c("probe_holder.c", "probe_holder", &["-O1", "-ldl"])
+}
+
 /// What one `go` of the static target allocates: (site, bytes, count).
 pub const STATIC_SITE: (&str, u64, u64) = ("site_static", 3 * 555, 3);
 

@@ -7,7 +7,11 @@
 //! target. The maps userspace reads (events, stacks, counters) are taken out
 //! first so they outlive the probes for a final drain.
 
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    num::NonZeroU32,
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, anyhow};
 use aya::{
@@ -48,6 +52,26 @@ pub struct KernelFilter {
     pub comms: Vec<[u8; COMM_LEN]>,
     /// Only tasks in this cgroup v2 (id, level below the root) or below it.
     pub cgroup: Option<(u64, u32)>,
+}
+
+/// How long a uprobe that clashes with another tool's is retried, and how
+/// often (see [`Probes::attach_uprobe`]).
+const SHARED_PROBE_PATIENCE: Duration = Duration::from_secs(3);
+const SHARED_PROBE_RETRY: Duration = Duration::from_millis(100);
+
+/// Whether an error, or one of its causes, is an OS error EINVAL.
+fn is_invalid_argument(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.raw_os_error() == Some(libc::EINVAL))
+        {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 /// How the kernel programs are set up at load time.
@@ -244,10 +268,13 @@ impl Probes {
             .iter()
             .filter(|point| point.returns == Returns::Yes)
         {
-            let location = UProbeAttachLocation::AbsoluteOffset(point.function_offset);
-            self.program(programs.exit(RETURN_PROGRAM))?
-                .attach(location, libc, scope)
-                .with_context(|| format!("attaching the return probe of {}", point.functions[0]))?;
+            self.attach_uprobe(
+                programs.exit(RETURN_PROGRAM),
+                point.function_offset,
+                libc,
+                scope,
+            )
+            .with_context(|| format!("attaching the return probe of {}", point.functions[0]))?;
         }
         // Then `free` before anything that allocates: probes attach one at a
         // time while the target runs, and an allocation recorded before its
@@ -264,12 +291,48 @@ impl Probes {
                     .filter(|point| point.returns == Returns::Yes),
             );
         for point in frees_first {
-            let location = UProbeAttachLocation::AbsoluteOffset(point.entry_offset());
-            self.program(programs.entry(point.entry_program))?
-                .attach(location, libc, scope)
-                .with_context(|| format!("attaching the probe of {}", point.functions[0]))?;
+            self.attach_uprobe(
+                programs.entry(point.entry_program),
+                point.entry_offset(),
+                libc,
+                scope,
+            )
+            .with_context(|| format!("attaching the probe of {}", point.functions[0]))?;
         }
         Ok(())
+    }
+
+    /// Attaches `program` at `offset` in `file`. The kernel shares one
+    /// uprobe per (file, offset) between every tool probing there, and
+    /// refuses (EINVAL) a second registration whose USDT semaphore
+    /// (`ref_ctr_offset`) differs — seen here when another tool held glibc's
+    /// `malloc` for seconds at a time (dmesg: "ref_ctr_offset mismatch").
+    /// Such a conflict is retried for a while, then explained.
+    fn attach_uprobe(
+        &mut self,
+        program: &str,
+        offset: u64,
+        file: &Path,
+        scope: UProbeScope,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + SHARED_PROBE_PATIENCE;
+        loop {
+            let location = UProbeAttachLocation::AbsoluteOffset(offset);
+            let error = match self.program(program)?.attach(location, file, scope) {
+                Ok(_) => return Ok(()),
+                Err(error) => error,
+            };
+            if !is_invalid_argument(&error) {
+                return Err(error.into());
+            }
+            if Instant::now() >= deadline {
+                return Err(anyhow::Error::new(error).context(
+                    "the kernel refused the uprobe (EINVAL); another tool may hold one at the same \
+                     place with a USDT semaphore (dmesg says \"ref_ctr_offset mismatch\")",
+                ));
+            }
+            std::thread::sleep(SHARED_PROBE_RETRY);
+        }
     }
 
     /// Forwards pending kernel log records (only with `--verbose`).
