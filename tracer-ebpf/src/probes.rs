@@ -3,13 +3,10 @@
 
 use aya_ebpf::{
     EbpfContext, Global,
-    bindings::{
-        BPF_F_USER_STACK, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE,
-    },
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_get_stack,
-        bpf_ktime_get_ns, bpf_probe_read_user, generated,
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns,
+        bpf_probe_read_user, generated,
     },
     macros::{map, uprobe, uretprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
@@ -20,7 +17,7 @@ use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
     COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, Event, EventKind, EventWithStack,
     EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, NO_STACK,
-    SAMPLE_TABLE_SLOTS, STACK_COPY, STACK_COPY_CHUNK, sample_slot,
+    SAMPLE_TABLE_SLOTS, STACK_COPY, STACK_COPY_CHUNK, STACK_HASH, sample_slot,
 };
 
 use crate::filter;
@@ -28,8 +25,17 @@ use crate::filter;
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_SIZE, 0);
 
+/// The kernel's stack map, kept for the userspace side that still reads
+/// stack ids from it; the programs now walk frame pointers themselves (see
+/// [`KNOWN_STACKS`]), so it stays empty and minimal.
 #[map(name = "STACKS")]
-static STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+
+/// Hashes of the frame-pointer stacks already sent to userspace with their
+/// frames (see `tracer_ebpf::STACK_HASH`). LRU: a stack evicted is simply
+/// sent again.
+#[map]
+static KNOWN_STACKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(65536, 0);
 
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS, 0);
@@ -369,11 +375,25 @@ fn emit<C: EbpfContext>(
     size: u64,
     stack_id: i32,
 ) {
+    emit_hashed(ctx, kind, addr, old_addr, size, stack_id, 0);
+}
+
+/// [`emit`] with a stack hash (see `tracer_ebpf::STACK_HASH`).
+fn emit_hashed<C: EbpfContext>(
+    ctx: &C,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    stack_id: i32,
+    stack_hash: u64,
+) {
     let Some(mut entry) = EVENTS.reserve::<Event>(0) else {
         count_lost(ctx);
         return;
     };
-    let event = event(kind, addr, old_addr, size, stack_id);
+    let mut event = event(kind, addr, old_addr, size, stack_id);
+    event.stack_hash = stack_hash;
     entry.write(event);
     entry.submit(wakeup_flags(event.timestamp_ns));
 }
@@ -402,8 +422,17 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
         emit_with_stack_copy(ctx, kind, addr, old_addr, size, copy_bytes);
         return;
     }
-    if let Ok(id) = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        emit(ctx, kind, addr, old_addr, size, id as i32);
+    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    // SAFETY: uprobe contexts are the trapped task's `pt_regs`; at the
+    // allocator's return, `rip` is the return address in its caller and
+    // `rbp` the caller's frame pointer (callee-saved, so restored).
+    let (ip, bp) = unsafe { ((*regs).rip, (*regs).rbp) };
+    let tgid = bpf_get_current_pid_tgid() >> 32;
+    // The process is part of the name: the same addresses mean other code
+    // in another process (host-wide mode).
+    let (hash, _) = walk_frames(ip, bp, tgid, |_, _| {});
+    if KNOWN_STACKS.get_ptr(&hash).is_some() {
+        emit_hashed(ctx, kind, addr, old_addr, size, STACK_HASH, hash);
         return;
     }
     let Some(mut entry) = EVENTS.reserve::<EventWithStack>(0) else {
@@ -411,26 +440,25 @@ fn emit_with_stack<C: EbpfContext + StackIdContext>(
         return;
     };
     let record = entry.as_mut_ptr();
-    // SAFETY: `record` points to a reserved, writable EventWithStack; the
-    // helper writes at most the size it is given into `frames`.
-    let stack_bytes = unsafe {
-        (*record).event = event(kind, addr, old_addr, size, INLINE_STACK);
-        bpf_get_stack(
-            ctx.as_ptr(),
-            (&raw mut (*record).frames).cast(),
-            (MAX_INLINE_FRAMES * 8) as u32,
-            BPF_F_USER_STACK as u64,
-        )
-    };
-    if stack_bytes <= 0 {
-        bump(Counter::StackErrors);
-    }
+    // SAFETY: `record` points to a reserved, writable EventWithStack, and
+    // `walk_frames` only hands out indices below MAX_INLINE_FRAMES.
+    let (_, count) = walk_frames(ip, bp, tgid, |index, frame| unsafe {
+        (*record).frames[index] = frame;
+    });
     // SAFETY: as above.
     let timestamp_ns = unsafe {
-        (*record).stack_bytes = stack_bytes.max(0) as u64;
-        (*record).event.timestamp_ns
+        let mut event = event(kind, addr, old_addr, size, INLINE_STACK);
+        event.stack_hash = hash;
+        (*record).event = event;
+        (*record).stack_bytes = (count * 8) as u64;
+        event.timestamp_ns
     };
     entry.submit(wakeup_flags(timestamp_ns));
+    // Only now: a CPU that finds the hash known must find the frames
+    // already in the ring ahead of its own event.
+    if KNOWN_STACKS.insert(&hash, &1, 0).is_err() {
+        bump(Counter::MapErrors);
+    }
 }
 
 /// Writes an allocation event followed by the caller's registers and up to
@@ -500,6 +528,35 @@ fn emit_with_stack_copy<C: EbpfContext>(
     entry.submit(wakeup_flags(timestamp_ns));
 }
 
+/// Walks the caller's frame-pointer chain from `ip`/`bp`, handing each
+/// return address (leaf first) to `frame` with its index; returns the
+/// stack's hash (mixed with `tgid`) and the number of frames. Stops at the
+/// first frame that cannot be read, does not move up the stack, or is 0.
+#[inline(always)]
+fn walk_frames(ip: u64, bp: u64, tgid: u64, mut frame: impl FnMut(usize, u64)) -> (u64, usize) {
+    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = 0xcbf2_9ce4_8422_2325 ^ tgid;
+    let mut fp = bp;
+    let mut return_address = ip;
+    let mut count = 0;
+    while count < MAX_INLINE_FRAMES {
+        frame(count, return_address);
+        hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
+        count += 1;
+        // SAFETY: reads user memory through the fault-tolerant helper.
+        let Ok([next_fp, next_return]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) })
+        else {
+            break;
+        };
+        if next_fp <= fp || next_return == 0 {
+            break;
+        }
+        fp = next_fp;
+        return_address = next_return;
+    }
+    (hash, count)
+}
+
 fn event(kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) -> Event {
     let pid_tgid = bpf_get_current_pid_tgid();
     Event {
@@ -512,6 +569,7 @@ fn event(kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) ->
         old_addr,
         // SAFETY: a helper without preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        stack_hash: 0,
     }
 }
 

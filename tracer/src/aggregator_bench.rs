@@ -127,6 +127,7 @@ fn record(
         addr,
         old_addr: 0,
         timestamp_ns,
+        stack_hash: 0,
     };
     // SAFETY: Event is plain `#[repr(C)]` data without padding (its size is
     // asserted in tracer-ebpf), so its bytes are its wire format.

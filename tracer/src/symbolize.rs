@@ -31,6 +31,7 @@ use blazesym::{
     },
 };
 use serde::{Serialize, Serializer};
+use tracer_ebpf::{Event, NO_STACK, STACK_HASH};
 
 use crate::{
     debuginfo,
@@ -146,6 +147,9 @@ pub struct StackSymbolizer {
     stacks: HashMap<StackId, Rc<[u64]>>,
     /// Ids given to stacks that arrived as addresses.
     inline_ids: HashMap<Rc<[u64]>, StackId>,
+    /// Ids of the stacks the kernel sent under a hash (see
+    /// `tracer_ebpf::STACK_HASH`), by that hash.
+    hashed_ids: HashMap<u64, StackId>,
     /// Frames of each address symbolized, leaf first (inlined expanded).
     frames: HashMap<u64, Rc<[Frame]>>,
     mappings: Vec<Mapping>,
@@ -164,6 +168,7 @@ impl StackSymbolizer {
             shared,
             stacks: HashMap::new(),
             inline_ids: HashMap::new(),
+            hashed_ids: HashMap::new(),
             frames: HashMap::new(),
             mappings: Vec::new(),
             target_alive: true,
@@ -227,6 +232,29 @@ impl StackSymbolizer {
         self.target_alive = false;
     }
 
+    /// The stack id of an allocation event, given the frames it carries if
+    /// any: the frames interned (and remembered under the hash the kernel
+    /// sent them with), or the stack an earlier event sent under this
+    /// event's hash ([`NO_STACK`] if that event was lost), or the kernel's
+    /// own stack id.
+    pub fn stack_of(&mut self, event: &Event, frames: Option<&[u64]>) -> StackId {
+        match frames {
+            Some(frames) => {
+                let id = self.intern(frames);
+                if event.stack_hash != 0 {
+                    self.hashed_ids.insert(event.stack_hash, id);
+                }
+                id
+            }
+            None if event.stack_id == STACK_HASH => self
+                .hashed_ids
+                .get(&event.stack_hash)
+                .copied()
+                .unwrap_or(NO_STACK),
+            None => event.stack_id,
+        }
+    }
+
     /// An id for a stack given as return addresses, leaf first (frames the
     /// kernel sent because its stack map had no room, or a stack unwound
     /// from a copy), shared by every identical stack, so the ledger counts
@@ -270,13 +298,11 @@ impl StackSymbolizer {
             .filter(|address| !self.frames.contains_key(address))
             .collect();
         if !unseen.is_empty() {
-            // New code may have been mapped since the last look (a launched
-            // command's libraries appear right after its exec), and a
-            // short-lived target may be gone by the next tick: read the maps
-            // now, while the stack is fresh.
-            if self.target_alive {
-                self.refresh_maps();
-            }
+            // Not preceded by a look at the maps: a target that exits in
+            // between would have its good cached view replaced by its empty
+            // one. `symbolize` looks again only for addresses outside every
+            // known file (new code mapped since, as after a launched
+            // command's exec).
             self.symbolize(unseen.into_iter().collect());
         }
     }

@@ -201,9 +201,15 @@ impl Processes {
                 let process = self.track(event.pid, elapsed_s);
                 match carried {
                     Carried::Frames(frames) => process.ledger.apply(&Event {
-                        stack_id: process.symbols.intern(frames),
+                        stack_id: process.symbols.stack_of(event, Some(frames)),
                         ..*event
                     }),
+                    Carried::Nothing if event.stack_id == tracer_ebpf::STACK_HASH => {
+                        process.ledger.apply(&Event {
+                            stack_id: process.symbols.stack_of(event, None),
+                            ..*event
+                        })
+                    }
                     // Host-wide mode walks frame pointers in the kernel;
                     // stack copies are never requested.
                     Carried::StackCopy(_) => process.ledger.apply(&Event {

@@ -17,6 +17,7 @@ fn event(kind: EventKind, tid: u32, addr: u64, old_addr: u64, size: u64, stack: 
         addr,
         old_addr,
         timestamp_ns: 10 * SECOND,
+        stack_hash: 0,
     }
 }
 

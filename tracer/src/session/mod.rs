@@ -18,7 +18,7 @@ use std::{
 };
 
 use tokio::time::{Interval, MissedTickBehavior, Sleep, interval, interval_at, sleep_until};
-use tracer_ebpf::{Counter, Event, EventKind};
+use tracer_ebpf::{Counter, Event, EventKind, STACK_HASH};
 
 use self::attach::{Attached, ProcessExit};
 use crate::{
@@ -324,7 +324,11 @@ impl Session {
             events += 1;
             match carried {
                 Carried::Frames(frames) => ledger.apply(&Event {
-                    stack_id: symbols.intern(frames),
+                    stack_id: symbols.stack_of(event, Some(frames)),
+                    ..*event
+                }),
+                Carried::Nothing if event.stack_id == STACK_HASH => ledger.apply(&Event {
+                    stack_id: symbols.stack_of(event, None),
                     ..*event
                 }),
                 Carried::StackCopy(copy) => ledger.apply(&Event {
