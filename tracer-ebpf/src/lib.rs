@@ -10,8 +10,6 @@
 
 /// Ring buffer that carries [`Event`]s to userspace.
 pub const EVENTS_MAP: &str = "EVENTS";
-/// `BPF_MAP_TYPE_STACK_TRACE` map holding user stacks by id.
-pub const STACKS_MAP: &str = "STACKS";
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -159,10 +157,10 @@ impl EventKind {
 pub const NO_STACK: i32 = -1;
 
 /// `stack_id` of an event that carries its own frames: the record is an
-/// [`EventWithStack`]. The kernel's stack map places stacks in buckets by
-/// hash and refuses a new stack whose bucket is taken (`-EEXIST`); with a few
-/// hundred distinct stacks that happens often (birthday odds), so rather than
-/// lose or misattribute those allocations the frames travel in the event.
+/// [`EventWithStack`], sent the first time a frame-pointer stack is seen
+/// (see [`STACK_HASH`]). The kernel's own stack map was not used: it places
+/// stacks in buckets by hash and refuses a new stack whose bucket is taken,
+/// and its walk measured far slower than the programs' own.
 pub const INLINE_STACK: i32 = -2;
 
 /// `stack_id` of an event that carries a copy of the caller's registers and
@@ -211,7 +209,8 @@ pub struct Event {
     pub tid: u32,
     /// Process id (the kernel's tgid) of the caller.
     pub pid: u32,
-    /// Id in [`STACKS_MAP`], or [`NO_STACK`].
+    /// What stack the event carries or names: [`NO_STACK`],
+    /// [`INLINE_STACK`], [`STACK_COPY`] or [`STACK_HASH`].
     pub stack_id: i32,
     /// Requested size in bytes (allocations and reallocs).
     pub size: u64,

@@ -9,8 +9,7 @@ use aya_ebpf::{
         bpf_probe_read_user, generated,
     },
     macros::{map, uprobe, uretprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, StackTrace},
-    programs::tracing::StackIdContext,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{ProbeContext, RetProbeContext},
 };
 use aya_log_ebpf::{debug, warn};
@@ -24,12 +23,6 @@ use crate::filter;
 
 #[map(name = "EVENTS")]
 static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_SIZE, 0);
-
-/// The kernel's stack map, kept for the userspace side that still reads
-/// stack ids from it; the programs now walk frame pointers themselves (see
-/// [`KNOWN_STACKS`]), so it stays empty and minimal.
-#[map(name = "STACKS")]
-static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 
 /// Hashes of the frame-pointer stacks already sent to userspace with their
 /// frames (see `tracer_ebpf::STACK_HASH`). LRU: a stack evicted is simply
@@ -407,16 +400,9 @@ pub fn emit_process_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
 }
 
 /// Writes an allocation event with the caller's user stack: a copy of the
-/// stack for userspace to unwind in DWARF mode; otherwise the kernel's
-/// frame-pointer walk, as an id in the stack map when it has room, else the
-/// frames themselves.
-fn emit_with_stack<C: EbpfContext + StackIdContext>(
-    ctx: &C,
-    kind: EventKind,
-    addr: u64,
-    old_addr: u64,
-    size: u64,
-) {
+/// stack for userspace to unwind in DWARF mode; otherwise the frame-pointer
+/// chain, as frames the first time this stack is seen and by hash after.
+fn emit_with_stack<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size: u64) {
     let copy_bytes = STACK_COPY_BYTES.load();
     if copy_bytes != 0 {
         emit_with_stack_copy(ctx, kind, addr, old_addr, size, copy_bytes);

@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
-    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf, StackTraceMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         BtfTracePoint, Program, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
@@ -25,7 +25,7 @@ use aya::{
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
     EVENTS_MAP, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, SAMPLE_STEP_GLOBAL,
-    SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, STACKS_MAP, TARGET_PID_GLOBAL, TRACED_COMMS_MAP,
+    SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL, TRACED_COMMS_MAP,
 };
 
 use crate::{
@@ -97,7 +97,6 @@ pub struct Probes {
 /// Maps userspace reads, detached from the programs' lifetime.
 pub struct KernelMaps {
     pub events: RingBuf<MapData>,
-    pub stacks: StackTraceMap<MapData>,
     pub counters: Counters,
 }
 
@@ -198,7 +197,6 @@ impl Probes {
         };
         let maps = KernelMaps {
             events: RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?,
-            stacks: StackTraceMap::try_from(take_map(&mut ebpf, STACKS_MAP)?)?,
             counters: Counters(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?),
         };
         Ok((Self { ebpf, logger }, maps))

@@ -20,7 +20,6 @@ use std::{
     rc::Rc,
 };
 
-use aya::maps::{MapData, StackTraceMap};
 use blazesym::{
     Pid,
     symbolize::{
@@ -35,8 +34,10 @@ use tracer_ebpf::{Event, NO_STACK, STACK_HASH};
 
 use crate::{
     debuginfo,
+    events::Carried,
     ledger::StackId,
     maps::{self, Backing, Mapping},
+    unwind::StackUnwinder,
 };
 
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
@@ -103,21 +104,20 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
-/// Ids for stacks that arrived as addresses start above any id of the
-/// kernel's stack map, so the two never collide.
+/// The first id given to a stack. Ids are this process's own (a stack's
+/// frames arrive in the events), kept well clear of small numbers so an id
+/// is never mistaken for a kernel marker such as [`NO_STACK`].
 const FIRST_INLINE_ID: StackId = 1 << 24;
 
-/// What the symbolizers of every traced process share: the kernel's stack
-/// map (host-wide, stack ids are global while addresses are per process),
-/// and blazesym, whose caches of parsed files are keyed by file identity, so
-/// a library is parsed once however many processes map it.
+/// What the symbolizers of every traced process share: blazesym, whose
+/// caches of parsed files are keyed by file identity, so a library is parsed
+/// once however many processes map it.
 pub struct SharedSymbols {
     symbolizer: RefCell<Symbolizer>,
-    stack_map: RefCell<StackTraceMap<MapData>>,
 }
 
 impl SharedSymbols {
-    pub fn new(stack_map: StackTraceMap<MapData>) -> Rc<Self> {
+    pub fn new() -> Rc<Self> {
         let symbolizer = Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
@@ -126,17 +126,7 @@ impl SharedSymbols {
             .build();
         Rc::new(Self {
             symbolizer: RefCell::new(symbolizer),
-            stack_map: RefCell::new(stack_map),
         })
-    }
-
-    /// Removes a stack from the kernel's map, making room for new ones.
-    pub fn forget_kernel_stack(&self, id: StackId) {
-        if let Ok(id) = u32::try_from(id)
-            && let Err(error) = self.stack_map.borrow_mut().remove(&id)
-        {
-            log::debug!("removing stack {id}: {error}");
-        }
     }
 }
 
@@ -157,8 +147,8 @@ pub struct StackSymbolizer {
 }
 
 impl StackSymbolizer {
-    pub fn new(pid: u32, stack_map: StackTraceMap<MapData>) -> Self {
-        Self::sharing(pid, SharedSymbols::new(stack_map))
+    pub fn new(pid: u32) -> Self {
+        Self::sharing(pid, SharedSymbols::new())
     }
 
     /// A symbolizer for process `pid` that shares `shared` with others.
@@ -232,33 +222,42 @@ impl StackSymbolizer {
         self.target_alive = false;
     }
 
-    /// The stack id of an allocation event, given the frames it carries if
-    /// any: the frames interned (and remembered under the hash the kernel
-    /// sent them with), or the stack an earlier event sent under this
-    /// event's hash ([`NO_STACK`] if that event was lost), or the kernel's
-    /// own stack id.
-    pub fn stack_of(&mut self, event: &Event, frames: Option<&[u64]>) -> StackId {
-        match frames {
-            Some(frames) => {
+    /// The stack id of an event, from what it carries: its frames interned
+    /// (and remembered under the hash the kernel sent them with), the stack
+    /// an earlier event sent under this event's hash ([`NO_STACK`] if that
+    /// event was lost), a stack copy unwound by `unwinder` ([`NO_STACK`]
+    /// without one), or the event's own marker when it has no stack.
+    pub fn stack_of(
+        &mut self,
+        event: &Event,
+        carried: Carried<'_>,
+        unwinder: Option<&mut StackUnwinder>,
+    ) -> StackId {
+        match carried {
+            Carried::Frames(frames) => {
                 let id = self.intern(frames);
                 if event.stack_hash != 0 {
                     self.hashed_ids.insert(event.stack_hash, id);
                 }
                 id
             }
-            None if event.stack_id == STACK_HASH => self
+            Carried::StackCopy(copy) => match unwinder {
+                Some(unwinder) => self.intern(&unwinder.unwind(&copy)),
+                None => NO_STACK,
+            },
+            Carried::Nothing if event.stack_id == STACK_HASH => self
                 .hashed_ids
                 .get(&event.stack_hash)
                 .copied()
                 .unwrap_or(NO_STACK),
-            None => event.stack_id,
+            Carried::Nothing => event.stack_id,
         }
     }
 
-    /// An id for a stack given as return addresses, leaf first (frames the
-    /// kernel sent because its stack map had no room, or a stack unwound
-    /// from a copy), shared by every identical stack, so the ledger counts
-    /// each distinct stack once; symbolized on first sight.
+    /// An id for a stack given as return addresses, leaf first (the frames
+    /// the kernel walked, or a stack unwound from a copy), shared by every
+    /// identical stack, so the ledger counts each distinct stack once;
+    /// symbolized on first sight.
     pub fn intern(&mut self, frames: &[u64]) -> StackId {
         if let Some(&id) = self.inline_ids.get(frames) {
             return id;
@@ -269,26 +268,6 @@ impl StackSymbolizer {
         self.stacks.insert(id, frames.clone());
         self.symbolize_unseen(frames.iter().copied());
         id
-    }
-
-    /// Fetches and symbolizes stacks not seen before.
-    pub fn learn(&mut self, stack_ids: impl IntoIterator<Item = StackId>) {
-        let mut addresses_of_new_stacks = Vec::new();
-        for id in stack_ids {
-            if id < 0 || self.stacks.contains_key(&id) {
-                continue;
-            }
-            let addresses: Rc<[u64]> = match self.shared.stack_map.borrow().get(&(id as u32), 0) {
-                Ok(trace) => trace.frames().iter().map(|frame| frame.ip).collect(),
-                Err(error) => {
-                    log::debug!("reading stack {id}: {error}");
-                    Rc::from([])
-                }
-            };
-            addresses_of_new_stacks.extend(addresses.iter().copied());
-            self.stacks.insert(id, addresses);
-        }
-        self.symbolize_unseen(addresses_of_new_stacks);
     }
 
     /// Symbolizes, in one batch, the addresses not symbolized before.

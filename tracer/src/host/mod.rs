@@ -79,7 +79,7 @@ pub async fn run(config: &Config, spec: &HostSpec) -> anyhow::Result<Outcome> {
          unwinding)",
         probed.libraries, probed.functions
     );
-    let shared = SharedSymbols::new(maps.stacks);
+    let shared = SharedSymbols::new();
     let mut session = HostSession {
         started: Instant::now(),
         reader: EventReader::new(maps.events)?,
@@ -228,7 +228,6 @@ impl HostSession {
             }
             processes.apply(event, carried, elapsed_s, clock);
         });
-        self.processes.learn_new_stacks();
         let lost = self.counters.get(Counter::LostEvents);
         if lost > self.lost_seen {
             self.lost_seen = lost;

@@ -13,7 +13,7 @@
 //! compares every tracked pid's start time with `/proc`.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{HashMap, VecDeque},
     rc::Rc,
 };
 
@@ -22,7 +22,7 @@ use tracer_ebpf::{Event, EventKind};
 use crate::{
     analysis::AgeBuckets,
     events::Carried,
-    ledger::{self, Ledger, StackId},
+    ledger::{self, Ledger},
     maps::Backing,
     report::{HostCounts, ProcessReport, StackReport, StackView, Totals},
     symbolize::{SharedSymbols, StackSymbolizer},
@@ -71,10 +71,6 @@ struct Process {
     ppid: i32,
     ledger: Ledger,
     symbols: StackSymbolizer,
-    /// Kernel stack ids seen in events since the last drain.
-    unlearned: HashSet<StackId>,
-    /// Kernel stack ids this process's symbolizer has read.
-    learned: HashSet<StackId>,
     growth: Growth,
 }
 
@@ -145,8 +141,6 @@ pub struct Processes {
     /// Names from exec markers of processes without a ledger yet.
     names: HashMap<u32, String>,
     exited: Exited,
-    /// How many live processes have read each kernel stack id.
-    holders: HashMap<StackId, u32>,
 }
 
 impl Processes {
@@ -157,7 +151,6 @@ impl Processes {
             live: HashMap::new(),
             names: HashMap::new(),
             exited: Exited::default(),
-            holders: HashMap::new(),
         }
     }
 
@@ -199,30 +192,10 @@ impl Processes {
             }
             Some(_) => {
                 let process = self.track(event.pid, elapsed_s);
-                match carried {
-                    Carried::Frames(frames) => process.ledger.apply(&Event {
-                        stack_id: process.symbols.stack_of(event, Some(frames)),
-                        ..*event
-                    }),
-                    Carried::Nothing if event.stack_id == tracer_ebpf::STACK_HASH => {
-                        process.ledger.apply(&Event {
-                            stack_id: process.symbols.stack_of(event, None),
-                            ..*event
-                        })
-                    }
-                    // Host-wide mode walks frame pointers in the kernel;
-                    // stack copies are never requested.
-                    Carried::StackCopy(_) => process.ledger.apply(&Event {
-                        stack_id: tracer_ebpf::NO_STACK,
-                        ..*event
-                    }),
-                    Carried::Nothing => {
-                        process.ledger.apply(event);
-                        if event.stack_id >= 0 && !process.learned.contains(&event.stack_id) {
-                            process.unlearned.insert(event.stack_id);
-                        }
-                    }
-                }
+                // Host-wide mode walks frame pointers in the kernel; stack
+                // copies are never requested, so there is no unwinder.
+                let stack_id = process.symbols.stack_of(event, carried, None);
+                process.ledger.apply(&Event { stack_id, ..*event });
             }
             None => {}
         }
@@ -232,15 +205,6 @@ impl Processes {
     pub fn note_loss(&mut self, at_ns: u64) {
         for process in self.live.values_mut() {
             process.ledger.note_loss(at_ns);
-        }
-    }
-
-    /// Reads and symbolizes the stacks that arrived since the last call,
-    /// while their processes are (most likely) still there.
-    pub fn learn_new_stacks(&mut self) {
-        let holders = &mut self.holders;
-        for process in self.live.values_mut() {
-            process.learn(holders);
         }
     }
 
@@ -358,20 +322,8 @@ impl Processes {
             return;
         };
         process.symbols.target_exited();
-        process.learn(&mut self.holders);
         let report = process.report(clock);
         self.exited.add(report, process.ledger.totals());
-        for id in &process.learned {
-            if let Some(count) = self.holders.get_mut(id) {
-                *count -= 1;
-                if *count == 0 {
-                    self.holders.remove(id);
-                    // The stack map is shared by the whole host and never
-                    // evicts: entries of exited processes would fill it.
-                    self.shared.forget_kernel_stack(*id);
-                }
-            }
-        }
         process.symbols.release();
     }
 }
@@ -402,8 +354,6 @@ impl Process {
             ppid: stat.map_or(0, |stat| stat.ppid),
             ledger: Ledger::new(max_tracked, None),
             symbols: StackSymbolizer::sharing(pid, shared),
-            unlearned: HashSet::new(),
-            learned: HashSet::new(),
             growth: Growth::new(elapsed_s),
         }
     }
@@ -437,19 +387,6 @@ impl Process {
             }
             Err(_) => false,
         }
-    }
-
-    fn learn(&mut self, holders: &mut HashMap<StackId, u32>) {
-        if self.unlearned.is_empty() {
-            return;
-        }
-        let ids: Vec<StackId> = self.unlearned.drain().collect();
-        for &id in &ids {
-            if self.learned.insert(id) {
-                *holders.entry(id).or_default() += 1;
-            }
-        }
-        self.symbols.learn(ids);
     }
 
     fn report(&self, clock: ReportClock) -> ProcessReport {

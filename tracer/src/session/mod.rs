@@ -12,19 +12,16 @@ mod outputs;
 
 pub(crate) use self::attach::StopSignals;
 
-use std::{
-    collections::HashSet,
-    time::{Duration, Instant, SystemTime},
-};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::time::{Interval, MissedTickBehavior, Sleep, interval, interval_at, sleep_until};
-use tracer_ebpf::{Counter, Event, EventKind, STACK_HASH};
+use tracer_ebpf::{Counter, Event, EventKind};
 
 use self::attach::{Attached, ProcessExit};
 use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
-    events::{Carried, EventReader},
+    events::EventReader,
     launch::Launched,
     ledger::Ledger,
     metrics::Metrics,
@@ -110,7 +107,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
     let mut session = Session {
         started: Instant::now(),
         reader: EventReader::new(maps.events)?,
-        symbols: StackSymbolizer::new(target.pid, maps.stacks),
+        symbols: StackSymbolizer::new(target.pid),
         unwinder: StackUnwinder::new(target.pid),
         counters: maps.counters,
         ledger: Ledger::new(config.max_tracked, config.sampling.clone()),
@@ -301,7 +298,6 @@ impl Session {
     /// Like [`Session::drain`], but stops applying events at the first one
     /// stamped after `cut_ns`, discarding it and all that follow.
     fn drain_until(&mut self, cut_ns: u64) -> Option<u64> {
-        let mut new_stacks = HashSet::new();
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
         let unwinder = &mut self.unwinder;
@@ -322,29 +318,12 @@ impl Session {
                 return;
             }
             events += 1;
-            match carried {
-                Carried::Frames(frames) => ledger.apply(&Event {
-                    stack_id: symbols.stack_of(event, Some(frames)),
-                    ..*event
-                }),
-                Carried::Nothing if event.stack_id == STACK_HASH => ledger.apply(&Event {
-                    stack_id: symbols.stack_of(event, None),
-                    ..*event
-                }),
-                Carried::StackCopy(copy) => ledger.apply(&Event {
-                    stack_id: symbols.intern(&unwinder.unwind(&copy)),
-                    ..*event
-                }),
-                Carried::Nothing => {
-                    ledger.apply(event);
-                    if matches!(event.kind(), Some(EventKind::Alloc | EventKind::ReallocEnd)) {
-                        new_stacks.insert(event.stack_id);
-                    }
-                }
-            }
+            ledger.apply(&Event {
+                stack_id: symbols.stack_of(event, carried, Some(&mut *unwinder)),
+                ..*event
+            });
         });
         self.events += events;
-        self.symbols.learn(new_stacks);
         self.note_losses();
         exec_ns
     }

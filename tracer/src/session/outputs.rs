@@ -213,7 +213,7 @@ impl Session {
         );
         let stack_errors = self.counters.get(Counter::StackErrors);
         if stack_errors > 0 {
-            log::warn!("{stack_errors} allocations had no stack (stack map full or unreadable)");
+            log::warn!("{stack_errors} allocations had no stack (user stack unreadable)");
         }
         Ok(())
     }
