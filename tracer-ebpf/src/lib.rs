@@ -44,6 +44,13 @@ pub const fn sample_slot(size: u64, step: u64) -> u32 {
     }
 }
 
+/// Slots of the kernel's per-thread call array, indexed by thread id; the
+/// calls of threads with larger ids are kept in a hash map.
+pub const MAX_THREAD_SLOTS: u32 = 1 << 16;
+/// Global (`u32`): thread ids below it use the array, `MAX_THREAD_SLOTS`
+/// unless a test lowers it (hidden `--thread-slots`) to exercise the map.
+pub const THREAD_SLOTS_GLOBAL: &str = "THREAD_SLOTS";
+
 /// Global (`u32`) choosing which processes the programs trace: one of
 /// [`FilterMode`]. Set at load time.
 pub const FILTER_MODE_GLOBAL: &str = "FILTER_MODE";

@@ -110,6 +110,13 @@ pub struct Cli {
     #[arg(long, hide = true)]
     pub floor: bool,
 
+    /// Test aid: thread ids below this (at most 65536) keep their calls in
+    /// flight in the kernel's array, the others in its hash map. Both must
+    /// give the same numbers.
+    #[arg(long, hide = true, default_value_t = tracer_ebpf::MAX_THREAD_SLOTS,
+          value_parser = parse_thread_slots)]
+    pub thread_slots: u32,
+
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -256,6 +263,7 @@ pub struct Config {
     pub verbose: bool,
     /// Attach empty programs and write nothing (see `Cli::floor`).
     pub floor: bool,
+    pub thread_slots: u32,
     pub watch: Watch,
 }
 
@@ -361,6 +369,7 @@ impl Config {
             allocator_lib: cli.allocator_lib,
             verbose: cli.verbose,
             floor: cli.floor,
+            thread_slots: cli.thread_slots,
             watch: Watch::from_args(cli.watch, cli.duration)?,
         })
     }
@@ -449,6 +458,15 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     match u32::try_from(bytes) {
         Ok(bytes) if bytes >= page && bytes.is_power_of_two() => Ok(bytes),
         _ => Err(format!("'{text}' must be a power of two between 4K and 2G")),
+    }
+}
+
+/// Accepts a number from 0 to `MAX_THREAD_SLOTS`.
+fn parse_thread_slots(text: &str) -> Result<u32, String> {
+    let max = tracer_ebpf::MAX_THREAD_SLOTS;
+    match text.parse::<u32>() {
+        Ok(slots) if slots <= max => Ok(slots),
+        _ => Err(format!("'{text}' must be a number from 0 to {max}")),
     }
 }
 

@@ -24,8 +24,9 @@ use aya::{
 };
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
-    EVENTS_MAP, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, SAMPLE_STEP_GLOBAL,
-    SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL, TRACED_COMMS_MAP,
+    EVENTS_MAP, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, MAX_THREAD_SLOTS,
+    SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL,
+    THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP,
 };
 
 use crate::{
@@ -84,6 +85,9 @@ pub struct Settings<'a> {
     pub stack_copy_bytes: u32,
     /// `--sample-rate`: report a sample of the allocations.
     pub sampling: Option<&'a Sampling>,
+    /// Thread ids below this keep their calls in flight in the kernel's
+    /// array, the others in its hash map: `MAX_THREAD_SLOTS` but in tests.
+    pub thread_slots: u32,
     pub verbose: bool,
 }
 
@@ -111,14 +115,17 @@ impl Probes {
             ring_size,
             stack_copy_bytes,
             sampling,
+            thread_slots,
             verbose,
         } = settings;
         let sample_step = sampling.map_or(0, Sampling::step);
+        let thread_slots = thread_slots.min(MAX_THREAD_SLOTS);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(TARGET_PID_GLOBAL, &pid, true)
             .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
-            .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true);
+            .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
+            .override_global(THREAD_SLOTS_GLOBAL, &thread_slots, true);
         let (mut probes, maps) = Self::load_with(loader, ring_size, verbose)?;
         if let Some(sampling) = sampling {
             let mut table: Array<_, u64> = Array::try_from(probes.map_mut(SAMPLE_TABLE_MAP)?)?;

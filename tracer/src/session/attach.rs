@@ -75,6 +75,7 @@ impl Attached {
             ring_size,
             stack_copy_bytes,
             sampling: config.sampling.as_ref(),
+            thread_slots: config.thread_slots,
             verbose: config.verbose,
         })?;
         let programs = if config.floor {
