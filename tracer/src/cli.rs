@@ -117,6 +117,11 @@ pub struct Cli {
           value_parser = parse_thread_slots)]
     pub thread_slots: u32,
 
+    /// Benchmark aid: attach the uprobes through perf events, as before
+    /// uprobe_multi links, to compare the two.
+    #[arg(long, hide = true)]
+    pub perf_event_uprobes: bool,
+
     #[command(flatten)]
     pub watch: WatchArgs,
 }
@@ -264,6 +269,8 @@ pub struct Config {
     /// Attach empty programs and write nothing (see `Cli::floor`).
     pub floor: bool,
     pub thread_slots: u32,
+    /// See `Cli::perf_event_uprobes`.
+    pub perf_event_uprobes: bool,
     pub watch: Watch,
 }
 
@@ -370,6 +377,7 @@ impl Config {
             verbose: cli.verbose,
             floor: cli.floor,
             thread_slots: cli.thread_slots,
+            perf_event_uprobes: cli.perf_event_uprobes,
             watch: Watch::from_args(cli.watch, cli.duration)?,
         })
     }

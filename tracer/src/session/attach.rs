@@ -15,7 +15,7 @@ use crate::{
     events::watch_readable,
     launch::Launched,
     placement::Plan,
-    probes::{KernelMaps, Probes, Programs, Settings},
+    probes::{KernelMaps, Probes, Programs, Settings, UprobeLinks},
     target::{Target, TargetError},
     unwind,
 };
@@ -76,6 +76,11 @@ impl Attached {
             stack_copy_bytes,
             sampling: config.sampling.as_ref(),
             thread_slots: config.thread_slots,
+            uprobe_links: if config.perf_event_uprobes {
+                UprobeLinks::PerfEvents
+            } else {
+                UprobeLinks::Fastest
+            },
             verbose: config.verbose,
         })?;
         let programs = if config.floor {

@@ -7,8 +7,11 @@
 //! target. The maps userspace reads (events, stacks, counters) are taken out
 //! first so they outlive the probes for a final drain.
 
+mod multi;
+
 use std::{
     num::NonZeroU32,
+    os::fd::OwnedFd,
     path::Path,
     time::{Duration, Instant},
 };
@@ -29,6 +32,7 @@ use tracer_ebpf::{
     THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP,
 };
 
+use self::multi::MultiPrograms;
 use crate::{
     placement::{Plan, RETURN_PROGRAM, Returns},
     sampling::Sampling,
@@ -88,12 +92,29 @@ pub struct Settings<'a> {
     /// Thread ids below this keep their calls in flight in the kernel's
     /// array, the others in its hash map: `MAX_THREAD_SLOTS` but in tests.
     pub thread_slots: u32,
+    pub uprobe_links: UprobeLinks,
     pub verbose: bool,
+}
+
+/// How the uprobe programs are attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UprobeLinks {
+    /// uprobe_multi links where the kernel has them (6.6+), else perf events.
+    #[default]
+    Fastest,
+    /// Perf events, as aya attaches them (hidden `--perf-event-uprobes`, so
+    /// a benchmark can compare the two).
+    PerfEvents,
 }
 
 /// Loaded and attached kernel programs.
 pub struct Probes {
     ebpf: Ebpf,
+    /// The uprobe programs as loaded for uprobe_multi links; `None` when
+    /// aya's own (perf-event) uprobes are used instead.
+    multi: Option<MultiPrograms>,
+    /// The uprobe_multi links: closing one removes its probe.
+    links: Vec<OwnedFd>,
     /// Forwards the programs' aya-log records; must live as long as they do.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -116,6 +137,7 @@ impl Probes {
             stack_copy_bytes,
             sampling,
             thread_slots,
+            uprobe_links,
             verbose,
         } = settings;
         let sample_step = sampling.map_or(0, Sampling::step);
@@ -126,7 +148,7 @@ impl Probes {
             .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
             .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
             .override_global(THREAD_SLOTS_GLOBAL, &thread_slots, true);
-        let (mut probes, maps) = Self::load_with(loader, ring_size, verbose)?;
+        let (mut probes, maps) = Self::load_with(loader, ring_size, uprobe_links, verbose)?;
         if let Some(sampling) = sampling {
             let mut table: Array<_, u64> = Array::try_from(probes.map_mut(SAMPLE_TABLE_MAP)?)?;
             for (slot, &threshold) in sampling.thresholds().iter().enumerate() {
@@ -151,7 +173,8 @@ impl Probes {
             .override_global(COMM_FILTER_GLOBAL, &comm_filter, true)
             .override_global(CGROUP_ID_GLOBAL, &cgroup_id, true)
             .override_global(CGROUP_LEVEL_GLOBAL, &cgroup_level, true);
-        let (mut probes, maps) = Self::load_with(loader, ring_size, verbose)?;
+        let links = UprobeLinks::Fastest;
+        let (mut probes, maps) = Self::load_with(loader, ring_size, links, verbose)?;
         let mut excluded: HashMap<_, u32, u8> =
             HashMap::try_from(probes.map_mut(EXCLUDED_TGIDS_MAP)?)?;
         for tgid in &filter.excluded {
@@ -172,6 +195,7 @@ impl Probes {
     fn load_with(
         mut loader: EbpfLoader<'_>,
         ring_size: u32,
+        uprobe_links: UprobeLinks,
         verbose: bool,
     ) -> anyhow::Result<(Self, KernelMaps)> {
         raise_memlock_limit();
@@ -182,8 +206,17 @@ impl Probes {
             .map_max_entries(EVENTS_MAP, ring_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
+        let multi = match uprobe_links {
+            UprobeLinks::Fastest => MultiPrograms::load(&ebpf, EBPF_OBJECT)
+                .inspect_err(|error| {
+                    log::info!("no uprobe_multi links ({error:#}); using perf-event uprobes")
+                })
+                .ok(),
+            UprobeLinks::PerfEvents => None,
+        };
         for (name, program) in ebpf.programs_mut() {
             match program {
+                Program::UProbe(_) if multi.is_some() => Ok(()),
                 Program::UProbe(program) => program.load(),
                 Program::BtfTracePoint(program) => {
                     let tracepoint = if name == EXIT_PROGRAM {
@@ -206,7 +239,13 @@ impl Probes {
             events: RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?,
             counters: Counters(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?),
         };
-        Ok((Self { ebpf, logger }, maps))
+        let probes = Self {
+            ebpf,
+            multi,
+            links: Vec::new(),
+            logger,
+        };
+        Ok((probes, maps))
     }
 
     /// Attaches every probe of `plan` in `libc` (a path the tracer can open),
@@ -322,22 +361,45 @@ impl Probes {
     ) -> anyhow::Result<()> {
         let deadline = Instant::now() + SHARED_PROBE_PATIENCE;
         loop {
-            let location = UProbeAttachLocation::AbsoluteOffset(offset);
-            let error = match self.program(program)?.attach(location, file, scope) {
-                Ok(_) => return Ok(()),
+            let error = match self.try_attach_uprobe(program, offset, file, scope) {
+                Ok(()) => return Ok(()),
                 Err(error) => error,
             };
-            if !is_invalid_argument(&error) {
-                return Err(error.into());
+            if !is_invalid_argument(error.as_ref()) {
+                return Err(error);
             }
             if Instant::now() >= deadline {
-                return Err(anyhow::Error::new(error).context(
+                return Err(error.context(
                     "the kernel refused the uprobe (EINVAL); another tool may hold one at the same \
                      place with a USDT semaphore (dmesg says \"ref_ctr_offset mismatch\")",
                 ));
             }
             std::thread::sleep(SHARED_PROBE_RETRY);
         }
+    }
+
+    /// One attempt of [`Probes::attach_uprobe`], through a uprobe_multi link
+    /// or aya's perf-event uprobe.
+    fn try_attach_uprobe(
+        &mut self,
+        program: &str,
+        offset: u64,
+        file: &Path,
+        scope: UProbeScope,
+    ) -> anyhow::Result<()> {
+        if let Some(multi) = &self.multi {
+            let pid = match scope {
+                UProbeScope::OneProcess(pid) => pid.get(),
+                UProbeScope::AllProcesses => 0,
+                UProbeScope::CallingProcess => std::process::id(),
+            };
+            let link = multi.attach(program, file, offset, pid)?;
+            self.links.push(link);
+            return Ok(());
+        }
+        let location = UProbeAttachLocation::AbsoluteOffset(offset);
+        self.program(program)?.attach(location, file, scope)?;
+        Ok(())
     }
 
     /// Forwards pending kernel log records (only with `--verbose`).
@@ -350,6 +412,7 @@ impl Probes {
     /// Removes every probe from the target.
     pub fn detach(mut self) {
         self.flush_log();
+        self.links.clear();
         drop(self.ebpf);
     }
 
