@@ -8,8 +8,31 @@
 //! use it without compiling aya-ebpf.
 #![no_std]
 
-/// Ring buffer that carries [`Event`]s to userspace.
-pub const EVENTS_MAP: &str = "EVENTS";
+/// Ring buffers that carry [`Event`]s to userspace, one per CPU: CPU `c`
+/// writes to ring `c % EVENT_RINGS`, named `EVENTS_{c % EVENT_RINGS}`.
+/// Within a ring events are in the order they were written; across rings,
+/// userspace orders them by `timestamp_ns`.
+pub const EVENT_RINGS: u32 = 16;
+
+/// The map names of the event rings, by index (see [`EVENT_RINGS`]).
+pub const EVENT_RING_MAPS: [&str; EVENT_RINGS as usize] = [
+    "EVENTS_0",
+    "EVENTS_1",
+    "EVENTS_2",
+    "EVENTS_3",
+    "EVENTS_4",
+    "EVENTS_5",
+    "EVENTS_6",
+    "EVENTS_7",
+    "EVENTS_8",
+    "EVENTS_9",
+    "EVENTS_10",
+    "EVENTS_11",
+    "EVENTS_12",
+    "EVENTS_13",
+    "EVENTS_14",
+    "EVENTS_15",
+];
 /// Per-CPU array of `u64` counters, indexed by [`Counter`].
 pub const COUNTERS_MAP: &str = "COUNTERS";
 
@@ -86,17 +109,18 @@ pub enum FilterMode {
     HostWide = 1,
 }
 
-/// Default size of the event ring buffer in bytes (a power of two, as the
-/// kernel requires). At 56 bytes per record it holds ~150k events: userspace
-/// drains it every few milliseconds, so this absorbs bursts of tens of
-/// millions of calls per second before anything is lost.
-pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
+/// Default size of each CPU's event ring in bytes (a power of two, as the
+/// kernel requires). At 56 bytes per record it holds ~75k events: userspace
+/// drains every 10 ms, and a CPU making a malloc+free pair per ~1.5 µs (the
+/// cost of the traps alone) writes ~13k events in that time.
+pub const DEFAULT_RING_SIZE: u32 = 4 << 20;
 
-/// Default ring size when events carry stack copies (`--unwind dwarf`):
-/// records are then `--stack-bytes` (8 KiB by default) instead of 56 bytes,
-/// and this holds ~8000 of them: enough for the bursts of the tests'
-/// workloads while the tracer symbolizes a large binary for the first time.
-pub const DEFAULT_STACK_COPY_RING_SIZE: u32 = 64 << 20;
+/// Default size of each CPU's ring when events carry stack copies
+/// (`--unwind dwarf`): records are then `--stack-bytes` (8 KiB by default)
+/// instead of 56 bytes, and this holds ~4000 of them per CPU: enough for the
+/// bursts of the tests' workloads while the tracer symbolizes a large binary
+/// for the first time.
+pub const DEFAULT_STACK_COPY_RING_SIZE: u32 = 32 << 20;
 
 /// Slots of the per-CPU counter array.
 #[repr(u32)]

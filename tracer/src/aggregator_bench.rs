@@ -7,20 +7,23 @@
 //! workload (threads keeping 64 live blocks each, freeing and reallocating at
 //! random, from a few dozen stacks) plus a leak (one block in 16 is never
 //! freed, so the ledger grows to hundreds of thousands of blocks and its
-//! tables stop fitting in the caches), through the same decoding and ledger
-//! code the tracer runs. Symbolization is left out: it happens once per new
-//! stack, not per event.
+//! tables stop fitting in the caches), through the same decoding, merging of
+//! the per-CPU rings (each thread writes to its own) and ledger code the
+//! tracer runs. Symbolization is left out: it happens once per new stack,
+//! not per event.
 
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use tracer_ebpf::{Event, EventKind, NO_STACK};
 
-use crate::{events, ledger::Ledger};
+use crate::{events::Merge, ledger::Ledger};
 
 const THREADS: u64 = 2;
 const SLOTS: u64 = 64;
 const STACKS: u64 = 48;
+/// Events per drain: the tracer drains every 10 ms.
+const DRAIN_EVENTS: usize = 20_000;
 
 /// Runs the benchmark and prints one JSON line with the result.
 pub fn run(args: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()> {
@@ -33,14 +36,20 @@ pub fn run(args: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()>
     };
     let items = churn_stream(events);
     let mut ledger = Ledger::new(u64::MAX, None);
+    let mut merge = Merge::default();
     let started = Instant::now();
-    let mut applied = 0u64;
-    for item in &items {
-        if let Some((event, _)) = events::decode(item) {
-            ledger.apply(&event);
-            applied += 1;
+    let mut applied = 0;
+    for drain in items.chunks(DRAIN_EVENTS) {
+        for ring in 0..THREADS {
+            for item in drain.iter().filter(|item| item.ring == ring) {
+                merge.push(&item.bytes, &mut |_, _| None);
+            }
         }
+        let horizon_ns = drain.last().map_or(0, |item| item.timestamp_ns);
+        applied += merge.release(horizon_ns, |event, _| ledger.apply(event));
     }
+    applied += merge.release(u64::MAX, |event, _| ledger.apply(event));
+    let applied = applied as u64;
     let seconds = started.elapsed().as_secs_f64();
     let totals = ledger.totals();
     println!(
@@ -55,8 +64,15 @@ pub fn run(args: impl Iterator<Item = std::ffi::OsString>) -> anyhow::Result<()>
     Ok(())
 }
 
+/// A ring item as the kernel writes it, and which ring it is in.
+struct Item {
+    ring: u64,
+    timestamp_ns: u64,
+    bytes: [u8; size_of::<Event>()],
+}
+
 /// `count` ring items: a free and an allocation per step, per thread.
-fn churn_stream(count: u64) -> Vec<[u8; size_of::<Event>()]> {
+fn churn_stream(count: u64) -> Vec<Item> {
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let mut next = move || {
         state ^= state << 13;
@@ -117,7 +133,7 @@ fn record(
     size: u64,
     stack_id: i32,
     timestamp_ns: u64,
-) -> [u8; size_of::<Event>()] {
+) -> Item {
     let event = Event {
         kind: kind as u32,
         tid: 1000 + thread as u32,
@@ -129,7 +145,11 @@ fn record(
         timestamp_ns,
         stack_hash: 0,
     };
-    // SAFETY: Event is plain `#[repr(C)]` data without padding (its size is
-    // asserted in tracer-ebpf), so its bytes are its wire format.
-    unsafe { std::mem::transmute(event) }
+    Item {
+        ring: thread,
+        timestamp_ns,
+        // SAFETY: Event is plain `#[repr(C)]` data without padding (its size
+        // is asserted in tracer-ebpf), so its bytes are its wire format.
+        bytes: unsafe { std::mem::transmute::<Event, [u8; size_of::<Event>()]>(event) },
+    }
 }

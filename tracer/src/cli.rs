@@ -65,8 +65,8 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub min_age: Option<Duration>,
 
-    /// Size of the kernel-to-tracer event ring buffer (e.g. 8M; a power of
-    /// two) [default: 8M, or 64M with DWARF unwinding]
+    /// Size of each CPU's kernel-to-tracer event ring buffer (e.g. 4M; a
+    /// power of two) [default: 4M, or 32M with DWARF unwinding]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_size: Option<u32>,
 

@@ -1,14 +1,17 @@
-//! Reading [`Event`]s out of the kernel's ring buffer.
+//! Reading [`Event`]s out of the kernel's per-CPU ring buffers, in one
+//! order.
 //!
 //! The kernel submits most events without waking the reader (a wake-up per
 //! event costs more than the event), so the session drains on a short timer
-//! and also when the ring signals it is filling up.
+//! and also when a ring signals it is filling up.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
 
 use aya::maps::{MapData, RingBuf};
 use tokio::io::{Interest, unix::AsyncFd};
 use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, STACK_COPY};
+
+use crate::{ledger::StackId, session::monotonic_ns};
 
 /// The stack an event brought along, beyond a stack-map id.
 pub enum Carried<'a> {
@@ -20,7 +23,22 @@ pub enum Carried<'a> {
     StackCopy(StackCopy<'a>),
 }
 
+impl Carried<'_> {
+    /// The same view, for a shorter borrow.
+    fn reborrow(&self) -> Carried<'_> {
+        match self {
+            Self::Nothing => Carried::Nothing,
+            Self::Frames(frames) => Carried::Frames(frames),
+            Self::StackCopy(copy) => Carried::StackCopy(StackCopy {
+                stack: copy.stack,
+                ..*copy
+            }),
+        }
+    }
+}
+
 /// The caller's registers at the allocator's return and the top of its stack.
+#[derive(Clone, Copy)]
 pub struct StackCopy<'a> {
     pub ip: u64,
     pub sp: u64,
@@ -29,36 +47,225 @@ pub struct StackCopy<'a> {
     pub stack: &'a [u8],
 }
 
+/// How long after its timestamp an event is surely in its ring: a program
+/// stamps an event between reserving and submitting it, microseconds apart
+/// unless its task is preempted in between (the programs only disable
+/// migration). Events are held back this long so that every event stamped
+/// before them, on any CPU, has been read first.
+const SETTLE_NS: u64 = 5_000_000;
+
+/// Which events a drain hands out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Release {
+    /// Those stamped [`SETTLE_NS`] or more ago; the rest wait.
+    Settled,
+    /// All: the programs are detached, nothing more can arrive.
+    All,
+}
+
+/// Reads the per-CPU event rings and hands their events out in timestamp
+/// order (see `tracer_ebpf::EVENT_RINGS`).
 pub struct EventReader {
-    ring: AsyncFd<RingBuf<MapData>>,
+    rings: Vec<RingBuf<MapData>>,
+    /// Readable when a ring signals that it is filling.
+    wakeups: AsyncFd<Epoll>,
+    merge: Merge,
 }
 
 impl EventReader {
-    pub fn new(ring: RingBuf<MapData>) -> anyhow::Result<Self> {
+    pub fn new(rings: Vec<RingBuf<MapData>>) -> anyhow::Result<Self> {
+        let epoll = Epoll::new()?;
+        for ring in &rings {
+            epoll.add(ring.as_raw_fd())?;
+        }
         Ok(Self {
-            ring: watch_readable(ring)?,
+            rings,
+            wakeups: watch_readable(epoll)?,
+            merge: Merge::default(),
         })
     }
 
     /// Waits until the kernel signals a filling ring.
     pub async fn filling(&self) -> anyhow::Result<()> {
-        let mut guard = self.ring.readable().await?;
+        let mut guard = self.wakeups.readable().await?;
+        guard.get_inner().clear();
         guard.clear_ready();
         Ok(())
     }
 
-    /// Hands every queued event to `sink`, in ring order, with the stack
-    /// it carries; returns how many.
-    pub fn drain(&mut self, mut sink: impl FnMut(&Event, Carried<'_>)) -> usize {
-        let ring = self.ring.get_mut();
-        let mut count = 0;
-        while let Some(item) = ring.next() {
-            if let Some((event, carried)) = decode(&item) {
-                sink(&event, carried);
-                count += 1;
+    /// Reads every queued event, giving each that carries a stack to
+    /// `resolve` at once (see [`Merge::push`]), and returns the horizon up to
+    /// which `release` lets events out (see [`EventReader::release`]).
+    pub fn read(
+        &mut self,
+        release: Release,
+        mut resolve: impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
+    ) -> u64 {
+        // Taken before reading: an event stamped earlier than the settle
+        // time before this instant is already in its ring.
+        let horizon = match release {
+            Release::Settled => monotonic_ns().saturating_sub(SETTLE_NS),
+            Release::All => u64::MAX,
+        };
+        for ring in &mut self.rings {
+            while let Some(item) = ring.next() {
+                self.merge.push(&item, &mut resolve);
             }
         }
-        count
+        horizon
+    }
+
+    /// Hands the events read and stamped at or before `horizon_ns` to
+    /// `sink`, oldest first; returns how many.
+    pub fn release(&mut self, horizon_ns: u64, sink: impl FnMut(&Event, Carried<'_>)) -> usize {
+        self.merge.release(horizon_ns, sink)
+    }
+}
+
+/// Events read from several rings, each in its own order, put back into
+/// one order by timestamp. A CPU stamps its events in the order it writes
+/// them, and an event that follows from another (the free of a block
+/// allocated on another CPU) is stamped after it, so the timestamp order is
+/// an order in which every block's events make sense.
+#[derive(Default)]
+pub struct Merge {
+    held: Vec<Record>,
+}
+
+/// An event and what it carries, copied out of its ring.
+struct Record {
+    event: Event,
+    carried: OwnedCarried,
+}
+
+enum OwnedCarried {
+    Nothing,
+    Frames(Vec<u64>),
+    StackCopy {
+        ip: u64,
+        sp: u64,
+        bp: u64,
+        stack: Vec<u8>,
+    },
+}
+
+impl OwnedCarried {
+    fn copy(carried: Carried<'_>) -> Self {
+        match carried {
+            Carried::Nothing => Self::Nothing,
+            Carried::Frames(frames) => Self::Frames(frames.to_vec()),
+            Carried::StackCopy(copy) => Self::StackCopy {
+                ip: copy.ip,
+                sp: copy.sp,
+                bp: copy.bp,
+                stack: copy.stack.to_vec(),
+            },
+        }
+    }
+
+    fn view(&self) -> Carried<'_> {
+        match self {
+            Self::Nothing => Carried::Nothing,
+            Self::Frames(frames) => Carried::Frames(frames),
+            Self::StackCopy { ip, sp, bp, stack } => Carried::StackCopy(StackCopy {
+                ip: *ip,
+                sp: *sp,
+                bp: *bp,
+                stack,
+            }),
+        }
+    }
+}
+
+impl Merge {
+    /// Adds one ring item (ignored when malformed). A stack it carries goes
+    /// to `resolve` right away, while the process is surely there to be
+    /// symbolized, and the event is kept with the stack id it returns;
+    /// when it returns `None` the stack is copied and kept with the event.
+    pub fn push(
+        &mut self,
+        item: &[u8],
+        resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
+    ) {
+        let Some((mut event, carried)) = decode(item) else {
+            return;
+        };
+        let carried = match carried {
+            Carried::Nothing => OwnedCarried::Nothing,
+            carried => match resolve(&event, carried.reborrow()) {
+                Some(stack_id) => {
+                    event.stack_id = stack_id;
+                    OwnedCarried::Nothing
+                }
+                None => OwnedCarried::copy(carried),
+            },
+        };
+        self.held.push(Record { event, carried });
+    }
+
+    /// Hands every event stamped at or before `horizon_ns` to `sink`, oldest
+    /// first; returns how many.
+    pub fn release(&mut self, horizon_ns: u64, mut sink: impl FnMut(&Event, Carried<'_>)) -> usize {
+        // Stable, and fast on what it gets: one sorted run per ring.
+        self.held.sort_by_key(|record| record.event.timestamp_ns);
+        let ready = self
+            .held
+            .partition_point(|record| record.event.timestamp_ns <= horizon_ns);
+        for record in self.held.drain(..ready) {
+            sink(&record.event, record.carried.view());
+        }
+        ready
+    }
+}
+
+/// An epoll instance watching the rings, so one readiness wait covers them
+/// all.
+struct Epoll(OwnedFd);
+
+impl Epoll {
+    fn new() -> std::io::Result<Self> {
+        // SAFETY: no pointers; a new fd or -1.
+        let fd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: a new fd that nothing else owns.
+        Ok(Self(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    fn add(&self, fd: RawFd) -> std::io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: `event` is valid for the call; the kernel copies it.
+        let ret =
+            unsafe { libc::epoll_ctl(self.0.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) };
+        if ret < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Takes the pending readiness reports, so the instance only turns
+    /// readable again on the next wake-up.
+    fn clear(&self) {
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
+        // SAFETY: the buffer holds `events.len()` entries; timeout 0.
+        unsafe {
+            libc::epoll_wait(
+                self.0.as_raw_fd(),
+                events.as_mut_ptr(),
+                events.len() as i32,
+                0,
+            )
+        };
+    }
+}
+
+impl AsRawFd for Epoll {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 
@@ -112,4 +319,95 @@ pub fn watch_readable<T: AsRawFd>(owner: T) -> std::io::Result<AsyncFd<T>> {
     // SAFETY: `owner` owns its descriptor and keeps it open, unchanged, for
     // as long as the returned AsyncFd holds it.
     Ok(unsafe { AsyncFd::register_with_interest(owner, Interest::READABLE) }?)
+}
+
+#[cfg(test)]
+mod tests {
+    use tracer_ebpf::{EventKind, NO_STACK};
+
+    use super::*;
+
+    fn item(kind: EventKind, addr: u64, timestamp_ns: u64) -> [u8; size_of::<Event>()] {
+        let event = Event {
+            kind: kind as u32,
+            tid: 1,
+            pid: 1,
+            stack_id: NO_STACK,
+            size: 16,
+            addr,
+            old_addr: 0,
+            timestamp_ns,
+            stack_hash: 0,
+        };
+        // SAFETY: Event is plain data without padding: its bytes are its wire format.
+        unsafe { std::mem::transmute(event) }
+    }
+
+    fn released(merge: &mut Merge, horizon_ns: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        merge.release(horizon_ns, |event, _| {
+            out.push((event.timestamp_ns, event.addr))
+        });
+        out
+    }
+
+    #[test]
+    fn rings_read_one_after_the_other_come_out_in_timestamp_order() {
+        let mut merge = Merge::default();
+        let mut keep = |_: &Event, _: Carried<'_>| None;
+        // Ring 1 (read first) frees a block that ring 0 allocated earlier.
+        merge.push(&item(EventKind::Free, 0xa0, 20), &mut keep);
+        merge.push(&item(EventKind::Alloc, 0xb0, 40), &mut keep);
+        merge.push(&item(EventKind::Alloc, 0xa0, 10), &mut keep);
+        merge.push(&item(EventKind::Free, 0xb0, 50), &mut keep);
+        assert_eq!(
+            released(&mut merge, 45),
+            [(10, 0xa0), (20, 0xa0), (40, 0xb0)]
+        );
+        // What is past the horizon waits for the next drain, still in order.
+        merge.push(&item(EventKind::Alloc, 0xc0, 45), &mut keep);
+        assert_eq!(released(&mut merge, u64::MAX), [(45, 0xc0), (50, 0xb0)]);
+        assert!(released(&mut merge, u64::MAX).is_empty());
+    }
+
+    #[test]
+    fn stacks_are_resolved_when_read_and_kept_otherwise() {
+        // Ring records are 8-byte aligned: build them in words.
+        let frames_record = |stack_hash| {
+            let mut event: Event = read_record(&item(EventKind::Alloc, 0xa0, 10)).unwrap();
+            event.stack_id = INLINE_STACK;
+            event.stack_hash = stack_hash;
+            let mut frames = [0; tracer_ebpf::MAX_INLINE_FRAMES];
+            frames[..2].copy_from_slice(&[0x1111, 0x2222]);
+            let record = EventWithStack {
+                event,
+                stack_bytes: 16,
+                frames,
+            };
+            let mut words = vec![0u64; size_of::<EventWithStack>() / 8];
+            // SAFETY: `words` is exactly as large as the record, which is plain data.
+            unsafe { std::ptr::write_unaligned(words.as_mut_ptr().cast(), record) };
+            words
+        };
+        let (first, second) = (frames_record(7), frames_record(8));
+        // SAFETY: views the words' bytes, keeping their alignment.
+        let view = |words: &Vec<u64>| unsafe {
+            std::slice::from_raw_parts(words.as_ptr().cast::<u8>(), words.len() * 8)
+        };
+        let mut merge = Merge::default();
+        merge.push(view(&first), &mut |_, carried| match carried {
+            Carried::Frames(frames) => Some(frames.len() as StackId + 100),
+            _ => None,
+        });
+        merge.push(view(&second), &mut |_, _| None);
+        let mut seen = Vec::new();
+        merge.release(u64::MAX, |event, carried| {
+            let frames = match carried {
+                Carried::Frames(frames) => frames.to_vec(),
+                _ => Vec::new(),
+            };
+            seen.push((event.stack_id, frames));
+        });
+        assert_eq!(seen, [(102, vec![]), (INLINE_STACK, vec![0x1111, 0x2222])]);
+    }
 }

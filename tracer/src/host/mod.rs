@@ -30,7 +30,7 @@ use self::{
 };
 use crate::{
     cli::{Config, LogFormat},
-    events::EventReader,
+    events::{EventReader, Release},
     placement::Plan,
     probes::{Counters, Probes, Programs},
     report::{SummaryState, Totals},
@@ -207,18 +207,28 @@ impl HostSession {
     }
 
     fn drain(&mut self) {
-        self.drain_until(u64::MAX);
+        self.apply_events(Release::Settled, u64::MAX);
     }
 
-    /// Moves every queued event stamped at or before `cut_ns` into the
-    /// ledgers, then reads and symbolizes the new stacks.
+    /// Once the probes are detached: moves every event left stamped at or
+    /// before `cut_ns` into the ledgers.
     fn drain_until(&mut self, cut_ns: u64) {
+        self.apply_events(Release::All, cut_ns);
+    }
+
+    /// Moves the events `release` lets out of the reader, up to the first
+    /// stamped after `cut_ns`, into the ledgers, then reads and symbolizes
+    /// the new stacks.
+    fn apply_events(&mut self, release: Release, cut_ns: u64) {
         let elapsed_s = self.elapsed_s();
         let clock = self.clock();
         let processes = &mut self.processes;
         let libraries = &mut self.libraries;
         let mut past_cut = false;
-        self.reader.drain(|event, carried| {
+        // Stacks are interned at release, in the process the event belongs
+        // to by then (an exec marker read later may end the old one first).
+        let horizon = self.reader.read(release, |_, _| None);
+        self.reader.release(horizon, |event, carried| {
             past_cut |= event.timestamp_ns > cut_ns;
             if past_cut {
                 return;

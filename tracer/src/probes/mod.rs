@@ -27,7 +27,7 @@ use aya::{
 };
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
-    EVENTS_MAP, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, MAX_THREAD_SLOTS,
+    EVENT_RING_MAPS, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, MAX_THREAD_SLOTS,
     SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL,
     THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP,
 };
@@ -121,7 +121,8 @@ pub struct Probes {
 
 /// Maps userspace reads, detached from the programs' lifetime.
 pub struct KernelMaps {
-    pub events: RingBuf<MapData>,
+    /// The event rings CPUs write to (see `tracer_ebpf::EVENT_RINGS`).
+    pub events: Vec<RingBuf<MapData>>,
     pub counters: Counters,
 }
 
@@ -202,8 +203,17 @@ impl Probes {
         let btf = Btf::from_sys_fs().context(
             "reading the kernel's BTF (/sys/kernel/btf/vmlinux; needs CONFIG_DEBUG_INFO_BTF)",
         )?;
+        let rings = rings_in_use();
+        for (index, name) in EVENT_RING_MAPS.iter().enumerate() {
+            // Rings no CPU writes to get the smallest size the kernel allows.
+            let size = if index < rings {
+                ring_size
+            } else {
+                UNUSED_RING_SIZE
+            };
+            loader.map_max_entries(name, size);
+        }
         let mut ebpf = loader
-            .map_max_entries(EVENTS_MAP, ring_size)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (is this kernel built with BPF and uprobes?)")?;
         let multi = match uprobe_links {
@@ -236,7 +246,10 @@ impl Probes {
             None
         };
         let maps = KernelMaps {
-            events: RingBuf::try_from(take_map(&mut ebpf, EVENTS_MAP)?)?,
+            events: EVENT_RING_MAPS[..rings]
+                .iter()
+                .map(|name| Ok(RingBuf::try_from(take_map(&mut ebpf, name)?)?))
+                .collect::<anyhow::Result<_>>()?,
             counters: Counters(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?),
         };
         let probes = Self {
@@ -466,6 +479,16 @@ impl Counters {
             .map(|per_cpu| per_cpu.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// A ring buffer's smallest size: one page.
+const UNUSED_RING_SIZE: u32 = 4096;
+
+/// How many event rings the CPUs write to: one each, up to
+/// `tracer_ebpf::EVENT_RINGS` (beyond that, CPUs share them).
+fn rings_in_use() -> usize {
+    let cpus = aya::util::nr_cpus().unwrap_or(EVENT_RING_MAPS.len());
+    cpus.clamp(1, EVENT_RING_MAPS.len())
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

@@ -56,7 +56,8 @@ impl MultiPrograms {
                 .ok_or_else(|| anyhow!("aya created no map {name}"))?;
             relocations.push((name.as_str(), map_fd(name, map)?, def));
         }
-        let text_sections: HashSet<usize> = obj.functions.keys().map(|&(section, _)| section).collect();
+        let text_sections: HashSet<usize> =
+            obj.functions.keys().map(|&(section, _)| section).collect();
         obj.relocate_maps(relocations.into_iter(), &text_sections)
             .context("relocating map references")?;
         obj.relocate_calls(&text_sections)
@@ -127,7 +128,11 @@ fn map_fd(name: &str, map: &Map) -> anyhow::Result<RawFd> {
 
 /// `BPF_PROG_LOAD` as a kprobe-type program with the uprobe_multi attach
 /// type; with the verifier's log in the error if it is refused.
-fn load_program(name: &str, instructions: &[bpf_insn], license: &CString) -> anyhow::Result<OwnedFd> {
+fn load_program(
+    name: &str,
+    instructions: &[bpf_insn],
+    license: &CString,
+) -> anyhow::Result<OwnedFd> {
     let mut attr = ProgLoadAttr {
         prog_type: BPF_PROG_TYPE_KPROBE as u32,
         insn_cnt: instructions.len() as u32,

@@ -21,7 +21,7 @@ use self::attach::{Attached, ProcessExit};
 use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
-    events::EventReader,
+    events::{EventReader, Release},
     launch::Launched,
     ledger::Ledger,
     metrics::Metrics,
@@ -292,12 +292,17 @@ impl Session {
     /// while the target is still there to be read. Returns the time of an
     /// unexpected `execve` of the target, after which nothing is applied.
     fn drain(&mut self) -> Option<u64> {
-        self.drain_until(u64::MAX)
+        self.apply_events(Release::Settled, u64::MAX)
     }
 
-    /// Like [`Session::drain`], but stops applying events at the first one
-    /// stamped after `cut_ns`, discarding it and all that follow.
+    /// Once the probes are detached: like [`Session::drain`], but takes every
+    /// event left, and stops applying them at the first one stamped after
+    /// `cut_ns`, discarding it and all that follow.
     fn drain_until(&mut self, cut_ns: u64) -> Option<u64> {
+        self.apply_events(Release::All, cut_ns)
+    }
+
+    fn apply_events(&mut self, release: Release, cut_ns: u64) -> Option<u64> {
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
         let unwinder = &mut self.unwinder;
@@ -305,7 +310,10 @@ impl Session {
         let mut exec_ns = None;
         let mut past_cut = false;
         let mut events = 0;
-        self.reader.drain(|event: &Event, carried| {
+        let horizon = self.reader.read(release, |event, carried| {
+            Some(symbols.stack_of(event, carried, Some(&mut *unwinder)))
+        });
+        self.reader.release(horizon, |event: &Event, carried| {
             past_cut |= event.timestamp_ns > cut_ns || exec_ns.is_some();
             if past_cut {
                 return;
