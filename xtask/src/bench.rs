@@ -50,7 +50,11 @@ const BCC_SETTLE: Duration = Duration::from_secs(3);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
     Untraced,
+    /// Empty programs at alloctrace's probe points, attached as alloctrace
+    /// attaches its own (uprobe_multi links on this kernel).
     Floor,
+    /// The same, through perf-event uprobes: the floor before uprobe_multi.
+    FloorPerfEvents,
     /// `alloctrace --all` whose filter rejects the workload in the kernel.
     HostExcluded,
     Ours,
@@ -68,6 +72,7 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor",
+            Setup::FloorPerfEvents => "floor_perf_events",
             Setup::HostExcluded => "host_wide_filtered_out",
             Setup::Ours => "alloctrace",
             Setup::OursDwarf => "alloctrace_dwarf",
@@ -80,6 +85,9 @@ impl Setup {
         match self {
             Setup::Untraced => "untraced",
             Setup::Floor => "floor (`alloctrace --floor`)",
+            Setup::FloorPerfEvents => {
+                "floor through perf-event uprobes (`--floor --perf-event-uprobes`)"
+            }
             Setup::HostExcluded => "host-wide, filtered out (`--all --comm no-such-comm`)",
             Setup::Ours => "alloctrace (full tracing, `--unwind fp`)",
             Setup::OursDwarf => "alloctrace (full tracing, `--unwind dwarf`)",
@@ -125,6 +133,7 @@ pub fn run(args: &Args) -> Result<()> {
     let mut skipped = Vec::new();
     if has_floor(&tracer) {
         setups.push(Setup::Floor);
+        setups.push(Setup::FloorPerfEvents);
     } else {
         skipped.push((
             Setup::Floor,
@@ -324,6 +333,10 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
         Setup::Untraced => None,
         Setup::Floor => Some(Tracer::start(
             alloctrace(bench, churn.pid, &["--floor"]),
+            setup,
+        )?),
+        Setup::FloorPerfEvents => Some(Tracer::start(
+            alloctrace(bench, churn.pid, &["--floor", "--perf-event-uprobes"]),
             setup,
         )?),
         Setup::Ours | Setup::OursDwarf | Setup::OursSampled => {
@@ -700,6 +713,16 @@ fn ratio(results: &[(Setup, Vec<Sample>)], of: Setup, to: Setup) -> Option<f64> 
     Some(median_ns(results, of)? / median_ns(results, to)?)
 }
 
+/// `of / to` within each round: both ran minutes apart at most, so this
+/// shows how much of the medians' ratio is the VM's drift.
+fn per_round_ratios(results: &[(Setup, Vec<Sample>)], of: Setup, to: Setup) -> Vec<f64> {
+    samples(results, of)
+        .iter()
+        .zip(samples(results, to))
+        .map(|(of, to)| of.ns_per_pair / to.ns_per_pair)
+        .collect()
+}
+
 fn summarize(
     bench: &Bench,
     rounds: u32,
@@ -739,6 +762,8 @@ fn summarize(
         "setups": setups,
         "ratios": {
             "ours_over_floor": ratio(results, Setup::Ours, Setup::Floor),
+            "ours_over_floor_per_round": per_round_ratios(results, Setup::Ours, Setup::Floor),
+            "floor_over_floor_perf_events": ratio(results, Setup::Floor, Setup::FloorPerfEvents),
             "ours_over_bcc": ratio(results, Setup::Ours, Setup::Bcc),
             "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
             "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
@@ -797,6 +822,17 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
     println!(
         "- ours/floor: {}",
         fmt_ratio(ratio(results, Setup::Ours, Setup::Floor))
+    );
+    let per_round: Vec<String> = per_round_ratios(results, Setup::Ours, Setup::Floor)
+        .iter()
+        .map(|ratio| format!("{ratio:.2}x"))
+        .collect();
+    println!("- ours/floor in each round: {}", per_round.join(", "));
+    println!(
+        "- floor through uprobe_multi links vs perf-event uprobes: {} vs {} ns per pair ({})",
+        fmt_ns(median_ns(results, Setup::Floor)),
+        fmt_ns(median_ns(results, Setup::FloorPerfEvents)),
+        fmt_ratio(ratio(results, Setup::Floor, Setup::FloorPerfEvents))
     );
     println!(
         "- host-wide probes, caller filtered out in the kernel: {} ns per pair (floor {} ns, {})",
