@@ -48,12 +48,25 @@ fn attach_live_target_sigint() {
 /// and exits 0 on its own.
 #[test]
 fn target_exit_ends_trace() {
+    trace_until_target_exits(&[]);
+}
+
+/// The perf-event uprobes alloctrace falls back to on kernels without
+/// uprobe_multi links account exactly the same.
+#[test]
+fn perf_event_uprobes_trace_exactly_too() {
+    trace_until_target_exits(&["--perf-event-uprobes"]);
+}
+
+fn trace_until_target_exits(extra: &[&str]) {
     require_root();
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
     let mut w = Workload::spawn(Mode::Exit);
     let pid = w.pid;
-    let tracer = Tracer::spawn(pid, &["--report".as_ref(), report_path.as_os_str()], None);
+    let mut args = vec!["--report".as_ref(), report_path.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let tracer = Tracer::spawn(pid, &args, None);
     w.run();
     let st = w.wait_exit(Duration::from_secs(10));
     assert!(st.success(), "workload exit status: {st}");

@@ -226,8 +226,9 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
     if addr == 0 || !filter::traced() {
         return 0;
     }
+    let hit = Hit::new(&ctx);
     // SAFETY: the slot is plain data, only read here.
-    if let Some(pending) = thread_slot(current_tid()).map(|slot| unsafe { *slot })
+    if let Some(pending) = thread_slot(hit.tid()).map(|slot| unsafe { *slot })
         && stack_pointer(&ctx) <= pending.entry_sp
     {
         // Inside (or tail-called from) a traced call such as realloc(p, 0):
@@ -236,7 +237,7 @@ pub fn free_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     if was_sampled(addr) {
-        emit(&ctx, EventKind::Free, addr, 0, 0, NO_STACK);
+        emit(&hit, EventKind::Free, addr, 0, 0, NO_STACK);
     }
     0
 }
@@ -260,7 +261,8 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     if !filter::traced() {
         return 0;
     }
-    let tid = current_tid();
+    let hit = Hit::new(&ctx);
+    let tid = hit.tid();
     // SAFETY (for every access to `*slot` here): only this thread's
     // programs touch its slot, one at a time.
     let Some(slot) = thread_slot(tid).filter(|slot| unsafe { (**slot).entry_sp } != 0) else {
@@ -283,7 +285,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
     match pending.call {
         Call::Returns => {
             if returned != 0 && sample(returned, pending.size) {
-                emit_with_stack(&ctx, EventKind::Alloc, returned, 0, pending.size);
+                emit_with_stack(&hit, EventKind::Alloc, returned, 0, pending.size);
             }
         }
         Call::StoresThroughPointer => {
@@ -296,7 +298,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
                     && block != 0
                     && sample(block, pending.size)
                 {
-                    emit_with_stack(&ctx, EventKind::Alloc, block, 0, pending.size);
+                    emit_with_stack(&hit, EventKind::Alloc, block, 0, pending.size);
                 }
             }
         }
@@ -304,13 +306,13 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
             // Sampled mode reports a realloc as a free of the old block (at
             // entry) and an allocation of the new one.
             if returned != 0 && sample(returned, pending.size) {
-                emit_with_stack(&ctx, EventKind::Alloc, returned, 0, pending.size);
+                emit_with_stack(&hit, EventKind::Alloc, returned, 0, pending.size);
             }
         }
         Call::Realloc => {
             if returned != 0 {
                 emit_with_stack(
-                    &ctx,
+                    &hit,
                     EventKind::ReallocEnd,
                     returned,
                     pending.ptr_arg,
@@ -318,7 +320,7 @@ pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
                 );
             } else if pending.ptr_arg != 0 {
                 emit(
-                    &ctx,
+                    &hit,
                     EventKind::ReallocEnd,
                     0,
                     pending.ptr_arg,
@@ -351,7 +353,8 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
     if !filter::traced() {
         return 0;
     }
-    let tid = current_tid();
+    let hit = Hit::new(ctx);
+    let tid = hit.tid();
     let entry_sp = stack_pointer(ctx);
     let slot = thread_slot(tid);
     // SAFETY: only this thread's programs touch its slot, one at a time.
@@ -391,9 +394,9 @@ fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
     }
     if call == Call::Realloc && ptr_arg != 0 {
         if SAMPLE_STEP.load() == 0 {
-            emit(ctx, EventKind::ReallocStart, 0, ptr_arg, size, NO_STACK);
+            emit(&hit, EventKind::ReallocStart, 0, ptr_arg, size, NO_STACK);
         } else if was_sampled(ptr_arg) {
-            emit(ctx, EventKind::Free, ptr_arg, 0, 0, NO_STACK);
+            emit(&hit, EventKind::Free, ptr_arg, 0, 0, NO_STACK);
         }
     }
     0
@@ -432,20 +435,20 @@ fn was_sampled(addr: u64) -> bool {
 /// Writes one event to the ring buffer, or counts it as lost.
 #[inline(always)]
 fn emit<C: EbpfContext>(
-    ctx: &C,
+    hit: &Hit<C>,
     kind: EventKind,
     addr: u64,
     old_addr: u64,
     size: u64,
     stack_id: i32,
 ) {
-    emit_hashed(ctx, kind, addr, old_addr, size, stack_id, 0);
+    emit_hashed(hit, kind, addr, old_addr, size, stack_id, 0);
 }
 
 /// [`emit`] with a stack hash (see `tracer_ebpf::STACK_HASH`).
 #[inline(always)]
 fn emit_hashed<C: EbpfContext>(
-    ctx: &C,
+    hit: &Hit<C>,
     kind: EventKind,
     addr: u64,
     old_addr: u64,
@@ -454,10 +457,10 @@ fn emit_hashed<C: EbpfContext>(
     stack_hash: u64,
 ) {
     let Some(mut entry) = ring().reserve::<Event>(0) else {
-        count_lost(ctx);
+        count_lost(hit.ctx);
         return;
     };
-    let mut event = event(kind, addr, old_addr, size, stack_id);
+    let mut event = event(hit.pid_tgid, kind, addr, old_addr, size, stack_id);
     event.stack_hash = stack_hash;
     entry.write(event);
     entry.submit(wakeup_flags(event.timestamp_ns));
@@ -468,34 +471,40 @@ fn emit_hashed<C: EbpfContext>(
 pub fn emit_process_marker<C: EbpfContext>(ctx: &C, kind: EventKind) {
     let comm = bpf_get_current_comm().unwrap_or_default();
     let (low, high) = Event::comm_words(&comm);
-    emit(ctx, kind, low, high, 0, NO_STACK);
+    emit(&Hit::new(ctx), kind, low, high, 0, NO_STACK);
 }
 
 /// Writes an allocation event with the caller's user stack: a copy of the
 /// stack for userspace to unwind in DWARF mode; otherwise the frame-pointer
 /// chain, as frames the first time this stack is seen and by hash after.
-fn emit_with_stack<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr: u64, size: u64) {
+fn emit_with_stack<C: EbpfContext>(
+    hit: &Hit<C>,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+) {
     let copy_bytes = STACK_COPY_BYTES.load();
     if copy_bytes != 0 {
-        emit_with_stack_copy(ctx, kind, addr, old_addr, size, copy_bytes);
+        emit_with_stack_copy(hit, kind, addr, old_addr, size, copy_bytes);
         return;
     }
-    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    let regs = hit.ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: uprobe contexts are the trapped task's `pt_regs`; at the
     // allocator's return, `rip` is the return address in its caller and
     // `rbp` the caller's frame pointer (callee-saved, so restored).
     let (ip, bp) = unsafe { ((*regs).rip, (*regs).rbp) };
-    let tgid = bpf_get_current_pid_tgid() >> 32;
+    let tgid = hit.pid_tgid >> 32;
     // The process is part of the name: the same addresses mean other code
     // in another process (host-wide mode).
     let (hash, _) = walk_frames(ip, bp, tgid, |_, _| {});
     let known_slot = hash as u32 % KNOWN_STACK_SLOTS;
     if KNOWN_STACKS.get(known_slot) == Some(&hash) {
-        emit_hashed(ctx, kind, addr, old_addr, size, STACK_HASH, hash);
+        emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, hash);
         return;
     }
     let Some(mut entry) = ring().reserve::<EventWithStack>(0) else {
-        count_lost(ctx);
+        count_lost(hit.ctx);
         return;
     };
     let record = entry.as_mut_ptr();
@@ -506,7 +515,7 @@ fn emit_with_stack<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr
     });
     // SAFETY: as above.
     let timestamp_ns = unsafe {
-        let mut event = event(kind, addr, old_addr, size, INLINE_STACK);
+        let mut event = event(hit.pid_tgid, kind, addr, old_addr, size, INLINE_STACK);
         event.stack_hash = hash;
         (*record).event = event;
         (*record).stack_bytes = (count * 8) as u64;
@@ -527,7 +536,7 @@ fn emit_with_stack<C: EbpfContext>(ctx: &C, kind: EventKind, addr: u64, old_addr
 /// that is not mapped (see [`STACK_COPY_CHUNK`] for why).
 #[inline(always)]
 fn emit_with_stack_copy<C: EbpfContext>(
-    ctx: &C,
+    hit: &Hit<C>,
     kind: EventKind,
     addr: u64,
     old_addr: u64,
@@ -539,11 +548,11 @@ fn emit_with_stack_copy<C: EbpfContext>(
     const MAX_CHUNKS: usize = (MAX_STACK_COPY_BYTES / STACK_COPY_CHUNK) as usize;
     let chunks = copy_bytes.min(MAX_STACK_COPY_BYTES) as usize / CHUNK;
     let Some(mut entry) = ring().reserve_bytes(HEADER + chunks * CHUNK, 0) else {
-        count_lost(ctx);
+        count_lost(hit.ctx);
         return;
     };
     let record = entry.as_mut_ptr();
-    let regs = ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
+    let regs = hit.ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: uprobe contexts are the trapped task's `pt_regs`.
     let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     // The first chunk runs up to the page boundary above `sp`, the others
@@ -577,7 +586,7 @@ fn emit_with_stack_copy<C: EbpfContext>(
         bump(Counter::StackErrors);
     }
     let header = EventWithStackCopy {
-        event: event(kind, addr, old_addr, size, STACK_COPY),
+        event: event(hit.pid_tgid, kind, addr, old_addr, size, STACK_COPY),
         ip,
         sp,
         bp,
@@ -619,8 +628,14 @@ fn walk_frames(ip: u64, bp: u64, tgid: u64, mut frame: impl FnMut(usize, u64)) -
     (hash, count)
 }
 
-fn event(kind: EventKind, addr: u64, old_addr: u64, size: u64, stack_id: i32) -> Event {
-    let pid_tgid = bpf_get_current_pid_tgid();
+fn event(
+    pid_tgid: u64,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    stack_id: i32,
+) -> Event {
     Event {
         kind: kind as u32,
         tid: pid_tgid as u32,
@@ -682,8 +697,25 @@ fn bump(counter: Counter) -> u64 {
     }
 }
 
-fn current_tid() -> u32 {
-    bpf_get_current_pid_tgid() as u32
+/// A program's context and the calling task's ids, asked of the kernel
+/// once per hit (a helper call each time otherwise).
+struct Hit<'a, C> {
+    ctx: &'a C,
+    pid_tgid: u64,
+}
+
+impl<'a, C: EbpfContext> Hit<'a, C> {
+    #[inline(always)]
+    fn new(ctx: &'a C) -> Self {
+        Self {
+            ctx,
+            pid_tgid: bpf_get_current_pid_tgid(),
+        }
+    }
+
+    fn tid(&self) -> u32 {
+        self.pid_tgid as u32
+    }
 }
 
 fn stack_pointer<C: EbpfContext>(ctx: &C) -> u64 {
