@@ -110,10 +110,11 @@ pub enum FilterMode {
 }
 
 /// Default size of each CPU's event ring in bytes (a power of two, as the
-/// kernel requires). At 56 bytes per record it holds ~75k events: userspace
-/// drains every 10 ms, and a CPU making a malloc+free pair per ~1.5 µs (the
-/// cost of the traps alone) writes ~13k events in that time.
-pub const DEFAULT_RING_SIZE: u32 = 4 << 20;
+/// kernel requires). At 56 bytes per record it holds ~150k events: a CPU
+/// allocating as fast as the traps allow writes ~1M events/s, and userspace
+/// drains every 10 ms, but a summary over 10 million live blocks can keep it
+/// busy for a few hundred milliseconds (4 MiB lost events then, measured).
+pub const DEFAULT_RING_SIZE: u32 = 8 << 20;
 
 /// Default size of each CPU's ring when events carry stack copies
 /// (`--unwind dwarf`): records are then `--stack-bytes` (8 KiB by default)

@@ -66,7 +66,7 @@ pub struct Cli {
     pub min_age: Option<Duration>,
 
     /// Size of each CPU's kernel-to-tracer event ring buffer (e.g. 4M; a
-    /// power of two) [default: 4M, or 32M with DWARF unwinding]
+    /// power of two) [default: 8M, or 32M with DWARF unwinding]
     #[arg(long, value_name = "BYTES", value_parser = parse_ring_size)]
     pub ring_size: Option<u32>,
 
