@@ -5,10 +5,20 @@
 //! event costs more than the event), so the session drains on a short timer
 //! and also when a ring signals it is filling up.
 
-use std::os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd};
+use std::{
+    os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+};
 
 use aya::maps::{MapData, RingBuf};
-use tokio::io::{Interest, unix::AsyncFd};
+use tokio::{
+    io::{Interest, unix::AsyncFd},
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+};
 use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, STACK_COPY};
 
 use crate::{ledger::StackId, session::monotonic_ns};
@@ -21,20 +31,6 @@ pub enum Carried<'a> {
     Frames(&'a [u64]),
     /// Registers and stack bytes for userspace to unwind.
     StackCopy(StackCopy<'a>),
-}
-
-impl Carried<'_> {
-    /// The same view, for a shorter borrow.
-    fn reborrow(&self) -> Carried<'_> {
-        match self {
-            Self::Nothing => Carried::Nothing,
-            Self::Frames(frames) => Carried::Frames(frames),
-            Self::StackCopy(copy) => Carried::StackCopy(StackCopy {
-                stack: copy.stack,
-                ..*copy
-            }),
-        }
-    }
 }
 
 /// The caller's registers at the allocator's return and the top of its stack.
@@ -65,11 +61,32 @@ pub enum Release {
 
 /// Reads the per-CPU event rings and hands their events out in timestamp
 /// order (see `tracer_ebpf::EVENT_RINGS`).
+///
+/// A thread of its own empties the rings into memory every
+/// [`READ_PERIOD_MS`], or at once when a ring signals it is filling, however
+/// long the session takes over a summary or a first symbolization: with 10
+/// million live blocks a summary took longer than an 8 MiB ring lasts.
 pub struct EventReader {
-    rings: Vec<RingBuf<MapData>>,
-    /// Readable when a ring signals that it is filling.
-    wakeups: AsyncFd<Epoll>,
+    batches: UnboundedReceiver<Batch>,
+    /// Batches received while waiting for one (see [`EventReader::filling`]).
+    received: Vec<Batch>,
+    /// Asks the reading thread for a last pass.
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+    /// When the newest batch's pass over the rings began.
+    read_ns: u64,
     merge: Merge,
+}
+
+/// How often the reading thread empties the rings when none is filling.
+const READ_PERIOD_MS: i32 = 10;
+
+/// One pass of the reading thread over every ring.
+struct Batch {
+    /// When the pass began: every event stamped [`SETTLE_NS`] before this
+    /// was in a ring by then, so it is in this batch or an earlier one.
+    started_ns: u64,
+    records: Vec<Record>,
 }
 
 impl EventReader {
@@ -78,47 +95,100 @@ impl EventReader {
         for ring in &rings {
             epoll.add(ring.as_raw_fd())?;
         }
+        let (sender, batches) = unbounded_channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = std::thread::Builder::new()
+            .name("ring reader".into())
+            .spawn({
+                let stop = stop.clone();
+                move || read_rings(rings, &epoll, &sender, &stop)
+            })?;
         Ok(Self {
-            rings,
-            wakeups: watch_readable(epoll)?,
+            batches,
+            received: Vec::new(),
+            stop,
+            thread: Some(thread),
+            read_ns: 0,
             merge: Merge::default(),
         })
     }
 
-    /// Waits until the kernel signals a filling ring.
-    pub async fn filling(&self) -> anyhow::Result<()> {
-        let mut guard = self.wakeups.readable().await?;
-        guard.get_inner().clear();
-        guard.clear_ready();
+    /// Waits for the reading thread's next batch.
+    pub async fn filling(&mut self) -> anyhow::Result<()> {
+        let batch = self
+            .batches
+            .recv()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the ring reading thread stopped"))?;
+        self.received.push(batch);
         Ok(())
     }
 
-    /// Reads every queued event, giving each that carries a stack to
-    /// `resolve` at once (see [`Merge::push`]), and returns the horizon up to
-    /// which `release` lets events out (see [`EventReader::release`]).
+    /// Takes the events read so far (with [`Release::All`], once the
+    /// programs are detached: every event left), giving each that carries a
+    /// stack to `resolve` at once (see [`Merge::add`]), and returns the
+    /// horizon up to which `release` lets events out (see
+    /// [`EventReader::release`]).
     pub fn read(
         &mut self,
         release: Release,
         mut resolve: impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
     ) -> u64 {
-        // Taken before reading: an event stamped earlier than the settle
-        // time before this instant is already in its ring.
-        let horizon = match release {
-            Release::Settled => monotonic_ns().saturating_sub(SETTLE_NS),
-            Release::All => u64::MAX,
-        };
-        for ring in &mut self.rings {
-            while let Some(item) = ring.next() {
-                self.merge.push(&item, &mut resolve);
+        if release == Release::All {
+            self.stop_reading();
+        }
+        while let Ok(batch) = self.batches.try_recv() {
+            self.received.push(batch);
+        }
+        for batch in self.received.drain(..) {
+            self.read_ns = self.read_ns.max(batch.started_ns);
+            for record in batch.records {
+                self.merge.add(record, &mut resolve);
             }
         }
-        horizon
+        match release {
+            Release::Settled => self.read_ns.saturating_sub(SETTLE_NS),
+            Release::All => u64::MAX,
+        }
     }
 
     /// Hands the events read and stamped at or before `horizon_ns` to
     /// `sink`, oldest first; returns how many.
     pub fn release(&mut self, horizon_ns: u64, sink: impl FnMut(&Event, Carried<'_>)) -> usize {
         self.merge.release(horizon_ns, sink)
+    }
+
+    /// Has the reading thread make a last pass over the rings and end.
+    fn stop_reading(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The reading thread: a pass over every ring, then a wait for a ring's
+/// wake-up or [`READ_PERIOD_MS`]; until asked to stop (after one last pass)
+/// or nobody receives its batches any more.
+fn read_rings(
+    mut rings: Vec<RingBuf<MapData>>,
+    epoll: &Epoll,
+    sender: &UnboundedSender<Batch>,
+    stop: &AtomicBool,
+) {
+    loop {
+        let stopping = stop.load(Ordering::Acquire);
+        let started_ns = monotonic_ns();
+        let mut records = Vec::new();
+        for ring in &mut rings {
+            while let Some(item) = ring.next() {
+                records.extend(Record::decode(&item));
+            }
+        }
+        if sender.send(Batch { started_ns, records }).is_err() || stopping {
+            return;
+        }
+        epoll.wait(READ_PERIOD_MS);
     }
 }
 
@@ -177,30 +247,45 @@ impl OwnedCarried {
     }
 }
 
+impl Record {
+    /// Copies one ring item out (`None` when malformed).
+    fn decode(item: &[u8]) -> Option<Self> {
+        let (event, carried) = decode(item)?;
+        Some(Self {
+            event,
+            carried: OwnedCarried::copy(carried),
+        })
+    }
+}
+
 impl Merge {
-    /// Adds one ring item (ignored when malformed). A stack it carries goes
-    /// to `resolve` right away, while the process is surely there to be
-    /// symbolized, and the event is kept with the stack id it returns;
-    /// when it returns `None` the stack is copied and kept with the event.
+    /// Adds one ring item (ignored when malformed); see [`Merge::add`].
     pub fn push(
         &mut self,
         item: &[u8],
         resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
     ) {
-        let Some((mut event, carried)) = decode(item) else {
-            return;
-        };
-        let carried = match carried {
-            Carried::Nothing => OwnedCarried::Nothing,
-            carried => match resolve(&event, carried.reborrow()) {
-                Some(stack_id) => {
-                    event.stack_id = stack_id;
-                    OwnedCarried::Nothing
-                }
-                None => OwnedCarried::copy(carried),
-            },
-        };
-        self.held.push(Record { event, carried });
+        if let Some(record) = Record::decode(item) {
+            self.add(record, resolve);
+        }
+    }
+
+    /// Adds one event. A stack it carries goes to `resolve` right away,
+    /// while the process is surely there to be symbolized, and the event is
+    /// kept with the stack id it returns; when it returns `None`, with the
+    /// stack.
+    fn add(
+        &mut self,
+        mut record: Record,
+        resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
+    ) {
+        if !matches!(record.carried, OwnedCarried::Nothing)
+            && let Some(stack_id) = resolve(&record.event, record.carried.view())
+        {
+            record.event.stack_id = stack_id;
+            record.carried = OwnedCarried::Nothing;
+        }
+        self.held.push(record);
     }
 
     /// Hands every event stamped at or before `horizon_ns` to `sink`, oldest
@@ -218,8 +303,7 @@ impl Merge {
     }
 }
 
-/// An epoll instance watching the rings, so one readiness wait covers them
-/// all.
+/// An epoll instance watching the rings, so one wait covers them all.
 struct Epoll(OwnedFd);
 
 impl Epoll {
@@ -247,25 +331,18 @@ impl Epoll {
         Ok(())
     }
 
-    /// Takes the pending readiness reports, so the instance only turns
-    /// readable again on the next wake-up.
-    fn clear(&self) {
+    /// Waits up to `timeout_ms` for a ring to signal.
+    fn wait(&self, timeout_ms: i32) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 16];
-        // SAFETY: the buffer holds `events.len()` entries; timeout 0.
+        // SAFETY: the buffer holds `events.len()` entries.
         unsafe {
             libc::epoll_wait(
                 self.0.as_raw_fd(),
                 events.as_mut_ptr(),
                 events.len() as i32,
-                0,
+                timeout_ms,
             )
         };
-    }
-}
-
-impl AsRawFd for Epoll {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0.as_raw_fd()
     }
 }
 
