@@ -282,6 +282,19 @@ fn a_comm_filter_traces_only_the_named_processes_and_keeps_those_that_exited() {
 }
 
 #[test]
+fn a_process_that_renames_itself_into_the_comm_filter_is_traced_from_then_on() {
+    require_root();
+    let _serial = serial();
+    let run = HostRun::start(&["--comm", "renamed_svc"]);
+    // It allocates as `leaky` first (its stdout buffer), which the filter
+    // rejects, then renames itself and runs every site.
+    let mut renamed = Workload::spawn_bin(&leaky_bin(), &["stay", "renamed_svc"]);
+    run_services(&mut [&mut renamed]);
+    let report = run.finish();
+    assert_service_sites(&report, renamed.pid, "renamed_svc");
+}
+
+#[test]
 fn the_tracer_and_excluded_processes_are_never_traced() {
     require_root();
     let _serial = serial();

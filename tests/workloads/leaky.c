@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #define NOINLINE __attribute__((noinline))
@@ -377,6 +378,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "leaky: expected 'go', got '%s'\n", line);
         return 1;
     }
+
+    /* A second argument renames the process first: host-wide `--comm`
+     * must notice names that change under it. */
+    if (argc > 2)
+        prctl(PR_SET_NAME, argv[2], 0, 0, 0);
 
     run_all();
 

@@ -86,6 +86,9 @@ pub const CGROUP_ID_GLOBAL: &str = "CGROUP_ID";
 /// Global (`u32`): the depth of [`CGROUP_ID_GLOBAL`] below the root cgroup
 /// (the root is level 0), where the caller's ancestor is compared with it.
 pub const CGROUP_LEVEL_GLOBAL: &str = "CGROUP_LEVEL";
+/// Array of the host-wide filter's per-thread verdicts: one entry (unused)
+/// in single-process mode, where userspace shrinks it to save 4 MiB.
+pub const FILTER_VERDICTS_MAP: &str = "FILTER_VERDICTS";
 /// Hash map `u32 tgid -> u8`: processes host-wide tracing never traces (the
 /// tracer itself, `--exclude-pid`).
 pub const EXCLUDED_TGIDS_MAP: &str = "EXCLUDED_TGIDS";

@@ -31,6 +31,14 @@ pub fn process_exec(ctx: BtfTracePointContext) -> i32 {
     0
 }
 
+/// Runs whenever a task's name changes (exec included). Only attached in
+/// host-wide mode, where `--comm` decides by name.
+#[btf_tracepoint(function = "task_rename")]
+pub fn task_renamed(_ctx: BtfTracePointContext) -> i32 {
+    filter::names_changed();
+    0
+}
+
 /// Runs in every exiting thread, before its memory is released. Only
 /// attached in host-wide mode, where it tells userspace to close the
 /// process's ledger.

@@ -185,7 +185,14 @@ fn read_rings(
                 records.extend(Record::decode(&item));
             }
         }
-        if sender.send(Batch { started_ns, records }).is_err() || stopping {
+        if sender
+            .send(Batch {
+                started_ns,
+                records,
+            })
+            .is_err()
+            || stopping
+        {
             return;
         }
         epoll.wait(READ_PERIOD_MS);

@@ -27,9 +27,9 @@ use aya::{
 };
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
-    EVENT_RING_MAPS, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FilterMode, MAX_THREAD_SLOTS,
-    SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL,
-    THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP,
+    EVENT_RING_MAPS, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FILTER_VERDICTS_MAP, FilterMode,
+    MAX_THREAD_SLOTS, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL,
+    TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP,
 };
 
 use self::multi::MultiPrograms;
@@ -43,10 +43,17 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// The BTF tracepoint that marks the target's `execve` in the event stream.
 const EXEC_PROGRAM: &str = "process_exec";
-const EXEC_TRACEPOINT: &str = "sched_process_exec";
 /// The BTF tracepoint that marks the end of each process (host-wide mode).
 const EXIT_PROGRAM: &str = "process_exit";
-const EXIT_TRACEPOINT: &str = "sched_process_exit";
+/// The BTF tracepoint that tells the host-wide filter a task's name changed.
+const RENAME_PROGRAM: &str = "task_renamed";
+
+/// The kernel tracepoint of each BTF tracepoint program.
+const TRACEPOINTS: &[(&str, &str)] = &[
+    (EXEC_PROGRAM, "sched_process_exec"),
+    (EXIT_PROGRAM, "sched_process_exit"),
+    (RENAME_PROGRAM, "task_rename"),
+];
 
 /// What the in-kernel filter of host-wide mode rejects, set at load time.
 #[derive(Clone, Debug, Default)]
@@ -148,7 +155,8 @@ impl Probes {
             .override_global(TARGET_PID_GLOBAL, &pid, true)
             .override_global(STACK_COPY_BYTES_GLOBAL, &stack_copy_bytes, true)
             .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
-            .override_global(THREAD_SLOTS_GLOBAL, &thread_slots, true);
+            .override_global(THREAD_SLOTS_GLOBAL, &thread_slots, true)
+            .map_max_entries(FILTER_VERDICTS_MAP, 1);
         let (mut probes, maps) = Self::load_with(loader, ring_size, uprobe_links, verbose)?;
         if let Some(sampling) = sampling {
             let mut table: Array<_, u64> = Array::try_from(probes.map_mut(SAMPLE_TABLE_MAP)?)?;
@@ -229,11 +237,10 @@ impl Probes {
                 Program::UProbe(_) if multi.is_some() => Ok(()),
                 Program::UProbe(program) => program.load(),
                 Program::BtfTracePoint(program) => {
-                    let tracepoint = if name == EXIT_PROGRAM {
-                        EXIT_TRACEPOINT
-                    } else {
-                        EXEC_TRACEPOINT
-                    };
+                    let (_, tracepoint) = TRACEPOINTS
+                        .iter()
+                        .find(|(program, _)| *program == name)
+                        .ok_or_else(|| anyhow!("no tracepoint for program {name}"))?;
                     program.load(tracepoint, &btf)
                 }
                 _ => return Err(anyhow!("unexpected program type for {name}")),
@@ -283,6 +290,8 @@ impl Probes {
     /// the filter lets through. Before any library, for the same reason as
     /// in [`Probes::attach`].
     pub fn attach_process_markers(&mut self) -> anyhow::Result<()> {
+        // Before any verdict of the filter can be cached, too.
+        self.attach_tracepoint(RENAME_PROGRAM)?;
         self.attach_tracepoint(EXEC_PROGRAM)?;
         self.attach_tracepoint(EXIT_PROGRAM)
     }
