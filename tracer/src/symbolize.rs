@@ -37,7 +37,6 @@ use crate::{
     events::Carried,
     ledger::StackId,
     maps::{self, Backing, Mapping},
-    unwind::StackUnwinder,
 };
 
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
@@ -223,16 +222,11 @@ impl StackSymbolizer {
     }
 
     /// The stack id of an event, from what it carries: its frames interned
-    /// (and remembered under the hash the kernel sent them with), the stack
-    /// an earlier event sent under this event's hash ([`NO_STACK`] if that
-    /// event was lost), a stack copy unwound by `unwinder` ([`NO_STACK`]
-    /// without one), or the event's own marker when it has no stack.
-    pub fn stack_of(
-        &mut self,
-        event: &Event,
-        carried: Carried<'_>,
-        unwinder: Option<&mut StackUnwinder>,
-    ) -> StackId {
+    /// (and remembered under the hash the kernel sent them with; a stack copy
+    /// arrives as the frames the reader unwound from it), the stack an
+    /// earlier event sent under this event's hash ([`NO_STACK`] if that
+    /// event was lost), or the event's own marker when it has no stack.
+    pub fn stack_of(&mut self, event: &Event, carried: Carried<'_>) -> StackId {
         match carried {
             Carried::Frames(frames) => {
                 let id = self.intern(frames);
@@ -241,10 +235,8 @@ impl StackSymbolizer {
                 }
                 id
             }
-            Carried::StackCopy(copy) => match unwinder {
-                Some(unwinder) => self.intern(&unwinder.unwind(&copy)),
-                None => NO_STACK,
-            },
+            // Only without an unwinder (see `EventReader::new`).
+            Carried::StackCopy(_) => NO_STACK,
             Carried::Nothing if event.stack_id == STACK_HASH => self
                 .hashed_ids
                 .get(&event.stack_hash)

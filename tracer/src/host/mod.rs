@@ -82,7 +82,7 @@ pub async fn run(config: &Config, spec: &HostSpec) -> anyhow::Result<Outcome> {
     let shared = SharedSymbols::new();
     let mut session = HostSession {
         started: Instant::now(),
-        reader: EventReader::new(maps.events)?,
+        reader: EventReader::new(maps.events, None)?,
         counters: maps.counters,
         processes: Processes::new(shared, config.max_tracked),
         libraries,

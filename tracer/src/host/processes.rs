@@ -193,8 +193,8 @@ impl Processes {
             Some(_) => {
                 let process = self.track(event.pid, elapsed_s);
                 // Host-wide mode walks frame pointers in the kernel; stack
-                // copies are never requested, so there is no unwinder.
-                let stack_id = process.symbols.stack_of(event, carried, None);
+                // copies are never requested.
+                let stack_id = process.symbols.stack_of(event, carried);
                 process.ledger.apply(&Event { stack_id, ..*event });
             }
             None => {}

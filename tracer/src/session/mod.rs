@@ -106,9 +106,8 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
     };
     let mut session = Session {
         started: Instant::now(),
-        reader: EventReader::new(maps.events)?,
+        reader: EventReader::new(maps.events, Some(StackUnwinder::new(target.pid)))?,
         symbols: StackSymbolizer::new(target.pid),
-        unwinder: StackUnwinder::new(target.pid),
         counters: maps.counters,
         ledger: Ledger::new(config.max_tracked, config.sampling.clone()),
         summaries: SummaryState::default(),
@@ -205,7 +204,6 @@ struct Session {
     wall_started: SystemTime,
     reader: EventReader,
     symbols: StackSymbolizer,
-    unwinder: StackUnwinder,
     counters: Counters,
     ledger: Ledger,
     summaries: SummaryState,
@@ -305,13 +303,12 @@ impl Session {
     fn apply_events(&mut self, release: Release, cut_ns: u64) -> Option<u64> {
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
-        let unwinder = &mut self.unwinder;
         let execs_expected = &mut self.execs_expected;
         let mut exec_ns = None;
         let mut past_cut = false;
         let mut events = 0;
         let horizon = self.reader.read(release, |event, carried| {
-            Some(symbols.stack_of(event, carried, Some(&mut *unwinder)))
+            Some(symbols.stack_of(event, carried))
         });
         self.reader.release(horizon, |event: &Event, carried| {
             past_cut |= event.timestamp_ns > cut_ns || exec_ns.is_some();
@@ -327,7 +324,7 @@ impl Session {
             }
             events += 1;
             ledger.apply(&Event {
-                stack_id: symbols.stack_of(event, carried, Some(&mut *unwinder)),
+                stack_id: symbols.stack_of(event, carried),
                 ..*event
             });
         });
