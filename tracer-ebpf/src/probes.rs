@@ -514,14 +514,15 @@ fn emit_with_stack<C: EbpfContext>(
         (*record).frames[index] = frame;
     });
     // SAFETY: as above.
-    let timestamp_ns = unsafe {
+    unsafe {
         let mut event = event(hit.pid_tgid, kind, addr, old_addr, size, INLINE_STACK);
         event.stack_hash = hash;
         (*record).event = event;
         (*record).stack_bytes = (count * 8) as u64;
-        event.timestamp_ns
-    };
-    entry.submit(wakeup_flags(timestamp_ns));
+    }
+    // A new stack wakes the reader at once: its frames are named from the
+    // live process, which may be about to exit. New stacks are rare.
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     // Only now: a CPU that finds the hash known must find the frames
     // already in the ring ahead of its own event.
     if let Some(known) = KNOWN_STACKS.get_ptr_mut(known_slot) {

@@ -17,6 +17,7 @@ use std::{
     cell::RefCell,
     collections::{HashMap, HashSet},
     num::NonZeroU32,
+    path::PathBuf,
     rc::Rc,
 };
 
@@ -26,7 +27,7 @@ use blazesym::{
         Input, Symbolized, Symbolizer,
         cache::{self, Cache},
         evict::{self, Evict},
-        source::{Process, Source},
+        source::{Elf, Process, Source},
     },
 };
 use serde::{Serialize, Serializer};
@@ -305,16 +306,49 @@ impl StackSymbolizer {
     /// is mapped, and named in the perf map, as the runtime compiles it.
     fn symbolize(&mut self, addresses: Vec<u64>) {
         let unnamed = self.symbolize_once(addresses);
-        let outside_files: Vec<u64> = unnamed
-            .into_iter()
-            .filter(|&address| {
-                !maps::find(&self.mappings, address)
+        let (unnamed_in_files, outside_files): (Vec<u64>, Vec<u64>) =
+            unnamed.into_iter().partition(|&address| {
+                maps::find(&self.mappings, address)
                     .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
-            })
-            .collect();
+            });
         if !outside_files.is_empty() && self.target_alive {
             self.refresh_maps();
             self.symbolize_once(outside_files);
+        }
+        self.symbolize_in_files(&unnamed_in_files);
+    }
+
+    /// Symbolizes `addresses` from the files mapped there, by file offset:
+    /// what is left when the process is gone (it may exit right after its
+    /// last allocation, before the tracer has read its stacks) and with it
+    /// `/proc/PID/map_files` and `/proc/PID/root`.
+    fn symbolize_in_files(&mut self, addresses: &[u64]) {
+        let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        for &address in addresses {
+            if let Some(mapping) = maps::find(&self.mappings, address)
+                && let Backing::File(path) = &mapping.backing
+            {
+                // One byte back, into the call (see `symbolize_once`).
+                let offset = address.saturating_sub(1) - mapping.start + mapping.file_offset;
+                by_file
+                    .entry(path.clone())
+                    .or_default()
+                    .push((address, offset));
+            }
+        }
+        let shared = Rc::clone(&self.shared);
+        let symbolizer = shared.symbolizer.borrow();
+        for (path, addresses) in by_file {
+            let offsets: Vec<u64> = addresses.iter().map(|&(_, offset)| offset).collect();
+            let source = Source::Elf(Elf::new(&path));
+            match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
+                Ok(results) => {
+                    let addresses: Vec<u64> =
+                        addresses.iter().map(|&(address, _)| address).collect();
+                    self.store(&addresses, results);
+                }
+                Err(error) => log::debug!("symbolizing in {}: {error}", path.display()),
+            }
         }
     }
 
@@ -348,8 +382,16 @@ impl StackSymbolizer {
         for &map_files in attempts {
             match symbolizer.symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups)) {
                 Ok(symbolized) => {
+                    // A target that exited a moment ago has no map_files left
+                    // to open: nothing is named then, and the cached paths
+                    // are worth a try.
+                    let named_any = symbolized
+                        .iter()
+                        .any(|result| matches!(result, Symbolized::Sym(_)));
                     results = Some(symbolized);
-                    break;
+                    if named_any {
+                        break;
+                    }
                 }
                 Err(error) => log::debug!("symbolizing {} addresses: {error}", lookups.len()),
             }
@@ -357,6 +399,12 @@ impl StackSymbolizer {
         let Some(results) = results else {
             return Vec::new();
         };
+        self.store(&addresses, results)
+    }
+
+    /// Keeps the frames of each of `addresses` that `results` names (and an
+    /// unnamed frame for the others, until they are); returns the others.
+    fn store(&mut self, addresses: &[u64], results: Vec<Symbolized<'_>>) -> Vec<u64> {
         let mut named = Vec::with_capacity(addresses.len());
         let mut unnamed = Vec::new();
         for (address, result) in addresses.iter().zip(results) {
