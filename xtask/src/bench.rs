@@ -185,7 +185,7 @@ pub fn run(args: &Args) -> Result<()> {
     println!();
     print_table(&results, &skipped);
     println!(
-        "- aggregator throughput (synthetic churn with a growing leak, decoding + ledger, one core): {:.1} M events/s",
+        "- aggregator throughput (synthetic churn with a growing leak, decoding + merging two rings + ledger, one core): {:.1} M events/s",
         aggregator / 1e6
     );
     if let Some(memory) = &memory {
