@@ -54,6 +54,34 @@ fn libc_code_matches_the_file(pid: u32) -> bool {
 }
 
 #[test]
+fn a_child_the_target_forks_while_traced_is_rid_of_the_probes_it_inherits() {
+    require_root();
+    let dir = temp_dir();
+    let report = dir.path().join("report.json");
+    let mut w = Workload::spawn_bin(&churn_meter_bin(), &[]);
+    let tracer = Tracer::spawn(w.pid, &["--report".as_ref(), report.as_os_str()], None);
+    w.send("fork");
+    let line = w.expect_line("child ", Duration::from_secs(10));
+    let child: u32 = line["child ".len()..].trim().parse().expect("child <pid>");
+    // The child's copy of the target's memory came with the breakpoints;
+    // the tracer removes them once it sees the fork.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !libc_code_matches_the_file(child) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the forked child still has the target's breakpoints"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !libc_code_matches_the_file(w.pid),
+        "the target itself must still be probed"
+    );
+    tracer.stop(libc::SIGINT).assert_success();
+    assert!(libc_code_matches_the_file(w.pid));
+}
+
+#[test]
 fn sigkill_of_the_tracer_leaves_the_target_untouched_and_at_full_speed() {
     require_root();
     let mut w = Workload::spawn_bin(&churn_meter_bin(), &[]);

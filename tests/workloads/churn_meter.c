@@ -3,11 +3,14 @@
  *
  * Protocol: prints "ready <pid>"; for each "measure" line on stdin, runs
  * malloc+free pairs for about 200 ms and prints "ns <nanoseconds per pair>";
- * exits on stdin EOF.
+ * for a "fork" line, forks a child that keeps allocating until the parent
+ * exits, and prints "child <pid>"; exits on stdin EOF.
  */
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,6 +29,20 @@ int main(void)
     printf("ready %d\n", getpid());
     fflush(stdout);
     while (fgets(line, sizeof line, stdin)) {
+        if (strncmp(line, "fork", 4) == 0) {
+            pid_t child = fork();
+            if (child == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                for (;;) {
+                    sink = malloc(64);
+                    free(sink);
+                    usleep(1000);
+                }
+            }
+            printf("child %d\n", (int)child);
+            fflush(stdout);
+            continue;
+        }
         if (strncmp(line, "measure", 7) != 0)
             continue;
         long pairs = 0;

@@ -171,6 +171,11 @@ pub enum EventKind {
     /// ledger is complete, and the pid may be reused from here on. Carries
     /// the process's comm (see [`Event::marker_comm`]).
     ProcessExit = 6,
+    /// Process `pid` (the traced one, single-process mode only) made a new
+    /// task: a thread, or a child process, which inherits the breakpoints
+    /// of the uprobes in its copy of the parent's memory. Carries the
+    /// parent's comm (see [`Event::marker_comm`]).
+    Fork = 7,
 }
 
 impl EventKind {
@@ -183,6 +188,7 @@ impl EventKind {
             4 => Some(Self::ReallocEnd),
             5 => Some(Self::Exec),
             6 => Some(Self::ProcessExit),
+            7 => Some(Self::Fork),
             _ => None,
         }
     }

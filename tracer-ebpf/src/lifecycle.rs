@@ -1,6 +1,7 @@
 //! Lifecycle events of traced processes that change what their addresses
 //! mean: `execve`, which discards the whole address space, and (host-wide)
-//! the exit of a process's last thread, after which its pid may be reused.
+//! the exit of a process's last thread, after which its pid may be reused;
+//! and the forks that leave a copy of the target's breakpoints in a child.
 
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
@@ -20,15 +21,33 @@ pub fn process_exec(ctx: BtfTracePointContext) -> i32 {
     let traced = if filter::host_wide() {
         filter::traced()
     } else {
-        // SAFETY: a volatile read keeps the compiler from folding the global
-        // to its initial 0; userspace patches it before loading.
-        let target = unsafe { core::ptr::read_volatile(&TARGET_PID) };
-        (bpf_get_current_pid_tgid() >> 32) as u32 == target
+        in_target()
     };
     if traced {
         emit_process_marker(&ctx, EventKind::Exec);
     }
     0
+}
+
+/// Runs in the parent of every new task. Only attached in single-process
+/// mode: a child process forked by the target keeps the breakpoints in its
+/// copy of the target's memory, and those of a uprobe_multi link are never
+/// removed by the kernel (the link runs nothing for the child, but the
+/// child traps on every allocator call), so userspace removes them.
+#[btf_tracepoint(function = "sched_process_fork")]
+pub fn process_fork(ctx: BtfTracePointContext) -> i32 {
+    if in_target() {
+        emit_process_marker(&ctx, EventKind::Fork);
+    }
+    0
+}
+
+/// Whether the current task belongs to the traced process.
+fn in_target() -> bool {
+    // SAFETY: a volatile read keeps the compiler from folding the global to
+    // its initial 0; userspace patches it before loading.
+    let target = unsafe { core::ptr::read_volatile(&TARGET_PID) };
+    (bpf_get_current_pid_tgid() >> 32) as u32 == target
 }
 
 /// Runs whenever a task's name changes (exec included). Only attached in

@@ -17,6 +17,7 @@ mod cli;
 mod debuginfo;
 mod diff;
 mod events;
+mod forks;
 mod host;
 mod launch;
 mod ledger;

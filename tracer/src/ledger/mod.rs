@@ -156,7 +156,7 @@ impl Ledger {
             Some(EventKind::Free) => self.free(event.addr),
             Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
             Some(EventKind::ReallocEnd) => self.end_realloc(event),
-            Some(EventKind::Exec | EventKind::ProcessExit) | None => {}
+            Some(EventKind::Exec | EventKind::ProcessExit | EventKind::Fork) | None => {}
         }
     }
 

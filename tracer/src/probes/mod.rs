@@ -47,12 +47,15 @@ const EXEC_PROGRAM: &str = "process_exec";
 const EXIT_PROGRAM: &str = "process_exit";
 /// The BTF tracepoint that tells the host-wide filter a task's name changed.
 const RENAME_PROGRAM: &str = "task_renamed";
+/// The BTF tracepoint that marks the target's forks (see `crate::forks`).
+const FORK_PROGRAM: &str = "process_fork";
 
 /// The kernel tracepoint of each BTF tracepoint program.
 const TRACEPOINTS: &[(&str, &str)] = &[
     (EXEC_PROGRAM, "sched_process_exec"),
     (EXIT_PROGRAM, "sched_process_exit"),
     (RENAME_PROGRAM, "task_rename"),
+    (FORK_PROGRAM, "sched_process_fork"),
 ];
 
 /// What the in-kernel filter of host-wide mode rejects, set at load time.
@@ -281,8 +284,9 @@ impl Probes {
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
         // Before the first uprobe, so no event of a new image can precede
-        // the marker that tells it apart.
+        // the marker that tells it apart, and no fork goes unseen.
         self.attach_tracepoint(EXEC_PROGRAM)?;
+        self.attach_tracepoint(FORK_PROGRAM)?;
         self.attach_uprobes(plan, libc, scope, programs)
     }
 

@@ -22,6 +22,7 @@ use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
     events::{EventReader, Release},
+    forks::ForkedChildren,
     launch::Launched,
     ledger::Ledger,
     metrics::Metrics,
@@ -108,6 +109,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         started: Instant::now(),
         reader: EventReader::new(maps.events, Some(StackUnwinder::new(target.pid)))?,
         symbols: StackSymbolizer::new(target.pid),
+        forks: ForkedChildren::new(target.pid, &target.allocator.host_path, &plan)?,
         counters: maps.counters,
         ledger: Ledger::new(config.max_tracked, config.sampling.clone()),
         summaries: SummaryState::default(),
@@ -214,6 +216,8 @@ struct Session {
     warned_dropping: bool,
     /// `execve`s of the target that do not end tracing (launch mode's own).
     execs_expected: u32,
+    /// The target's children, rid of the breakpoints they inherit.
+    forks: ForkedChildren,
     /// Each stack's outstanding bytes at the last ticks.
     history: History,
     gate: Option<LeakGate>,
@@ -304,6 +308,7 @@ impl Session {
         let ledger = &mut self.ledger;
         let symbols = &mut self.symbols;
         let execs_expected = &mut self.execs_expected;
+        let forks = &mut self.forks;
         let mut exec_ns = None;
         let mut past_cut = false;
         let mut events = 0;
@@ -315,12 +320,19 @@ impl Session {
             if past_cut {
                 return;
             }
-            if event.kind() == Some(EventKind::Exec) {
-                match execs_expected.checked_sub(1) {
-                    Some(left) => *execs_expected = left,
-                    None => exec_ns = Some(event.timestamp_ns),
+            match event.kind() {
+                Some(EventKind::Exec) => {
+                    match execs_expected.checked_sub(1) {
+                        Some(left) => *execs_expected = left,
+                        None => exec_ns = Some(event.timestamp_ns),
+                    }
+                    return;
                 }
-                return;
+                Some(EventKind::Fork) => {
+                    forks.note_fork();
+                    return;
+                }
+                _ => {}
             }
             events += 1;
             ledger.apply(&Event {
@@ -329,6 +341,7 @@ impl Session {
             });
         });
         self.events += events;
+        self.forks.clean_up();
         self.note_losses();
         exec_ns
     }
