@@ -13,6 +13,7 @@ use tokio::{
 use crate::{
     cli::{Config, TargetSpec},
     events::watch_readable,
+    forks::ForkedChildren,
     launch::Launched,
     placement::Plan,
     probes::{KernelMaps, Probes, Programs, Settings, UprobeLinks},
@@ -24,6 +25,8 @@ use crate::{
 pub(super) struct Attached {
     pub target: Target,
     pub plan: Plan,
+    /// The target's future children, to rid of the breakpoints they inherit.
+    pub forks: ForkedChildren,
     pub probes: Probes,
     pub maps: KernelMaps,
     pub exit: ProcessExit,
@@ -50,6 +53,7 @@ impl Attached {
             (TargetSpec::All(_), None) => unreachable!("host-wide mode has its own session"),
         };
         let plan = Plan::for_object(&target.allocator.host_path)?;
+        let forks = ForkedChildren::new(target.pid, &target.allocator.host_path, &plan)?;
         for point in &plan.points {
             log::debug!(
                 "probe {} at file offset {:#x}+{} ({:?} return probe)",
@@ -95,6 +99,7 @@ impl Attached {
         Ok(Self {
             target,
             plan,
+            forks,
             probes,
             maps,
             exit,

@@ -74,6 +74,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
     let Attached {
         target,
         plan,
+        forks,
         mut probes,
         maps,
         exit,
@@ -109,7 +110,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         started: Instant::now(),
         reader: EventReader::new(maps.events, Some(StackUnwinder::new(target.pid)))?,
         symbols: StackSymbolizer::new(target.pid),
-        forks: ForkedChildren::new(target.pid, &target.allocator.host_path, &plan)?,
+        forks,
         counters: maps.counters,
         ledger: Ledger::new(config.max_tracked, config.sampling.clone()),
         summaries: SummaryState::default(),
