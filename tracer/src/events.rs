@@ -2,8 +2,9 @@
 //! order.
 //!
 //! The kernel submits most events without waking the reader (a wake-up per
-//! event costs more than the event), so the session drains on a short timer
-//! and also when a ring signals it is filling up.
+//! event costs more than the event), so a thread reads the rings on a short
+//! timer, and also when a ring signals it is filling up or brings a new
+//! stack; the session takes each batch as it comes.
 
 use std::{
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
@@ -19,7 +20,7 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
 };
-use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, STACK_COPY};
+use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, NO_STACK, STACK_COPY};
 
 use crate::{ledger::StackId, session::monotonic_ns, unwind::StackUnwinder};
 
@@ -34,7 +35,6 @@ pub enum Carried<'a> {
 }
 
 /// The caller's registers at the allocator's return and the top of its stack.
-#[derive(Clone, Copy)]
 pub struct StackCopy<'a> {
     pub ip: u64,
     pub sp: u64,
@@ -68,7 +68,7 @@ pub enum Release {
 /// million live blocks a summary took longer than an 8 MiB ring lasts.
 pub struct EventReader {
     batches: UnboundedReceiver<Batch>,
-    /// Batches received while waiting for one (see [`EventReader::filling`]).
+    /// Batches received while waiting for one (see [`EventReader::next_batch`]).
     received: Vec<Batch>,
     /// Asks the reading thread for a last pass.
     stop: Arc<AtomicBool>,
@@ -120,8 +120,9 @@ impl EventReader {
         })
     }
 
-    /// Waits for the reading thread's next batch.
-    pub async fn filling(&mut self) -> anyhow::Result<()> {
+    /// Waits for the reading thread's next batch (one every
+    /// [`READ_PERIOD_MS`] at most), to be taken by [`EventReader::read`].
+    pub async fn next_batch(&mut self) -> anyhow::Result<()> {
         let batch = self
             .batches
             .recv()
@@ -217,63 +218,34 @@ pub struct Merge {
     held: Vec<Record>,
 }
 
-/// An event and what it carries, copied out of its ring.
+/// An event copied out of its ring, with the frames it brought.
 struct Record {
     event: Event,
-    carried: OwnedCarried,
-}
-
-enum OwnedCarried {
-    Nothing,
-    Frames(Vec<u64>),
-    StackCopy {
-        ip: u64,
-        sp: u64,
-        bp: u64,
-        stack: Vec<u8>,
-    },
-}
-
-impl OwnedCarried {
-    fn copy(carried: Carried<'_>) -> Self {
-        match carried {
-            Carried::Nothing => Self::Nothing,
-            Carried::Frames(frames) => Self::Frames(frames.to_vec()),
-            Carried::StackCopy(copy) => Self::StackCopy {
-                ip: copy.ip,
-                sp: copy.sp,
-                bp: copy.bp,
-                stack: copy.stack.to_vec(),
-            },
-        }
-    }
-
-    fn view(&self) -> Carried<'_> {
-        match self {
-            Self::Nothing => Carried::Nothing,
-            Self::Frames(frames) => Carried::Frames(frames),
-            Self::StackCopy { ip, sp, bp, stack } => Carried::StackCopy(StackCopy {
-                ip: *ip,
-                sp: *sp,
-                bp: *bp,
-                stack,
-            }),
-        }
-    }
+    frames: Option<Vec<u64>>,
 }
 
 impl Record {
-    /// Copies one ring item out (`None` when malformed), a stack copy as the
-    /// frames `unwinder` finds in it when there is one.
+    /// Copies one ring item out (`None` when malformed). A stack copy is
+    /// kept as the frames `unwinder` finds in it; without an unwinder the
+    /// event has no stack.
     fn decode(item: &[u8], unwinder: Option<&mut StackUnwinder>) -> Option<Self> {
-        let (event, carried) = decode(item)?;
-        let carried = match (carried, unwinder) {
-            (Carried::StackCopy(copy), Some(unwinder)) => {
-                OwnedCarried::Frames(unwinder.unwind(&copy))
+        let (mut event, carried) = decode(item)?;
+        let frames = match (carried, unwinder) {
+            (Carried::Nothing, _) => None,
+            (Carried::Frames(frames), _) => Some(frames.to_vec()),
+            (Carried::StackCopy(copy), Some(unwinder)) => Some(unwinder.unwind(&copy)),
+            (Carried::StackCopy(_), None) => {
+                event.stack_id = NO_STACK;
+                None
             }
-            (carried, _) => OwnedCarried::copy(carried),
         };
-        Some(Self { event, carried })
+        Some(Self { event, frames })
+    }
+
+    fn carried(&self) -> Carried<'_> {
+        self.frames
+            .as_deref()
+            .map_or(Carried::Nothing, Carried::Frames)
     }
 }
 
@@ -298,11 +270,11 @@ impl Merge {
         mut record: Record,
         resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
     ) {
-        if !matches!(record.carried, OwnedCarried::Nothing)
-            && let Some(stack_id) = resolve(&record.event, record.carried.view())
+        if record.frames.is_some()
+            && let Some(stack_id) = resolve(&record.event, record.carried())
         {
             record.event.stack_id = stack_id;
-            record.carried = OwnedCarried::Nothing;
+            record.frames = None;
         }
         self.held.push(record);
     }
@@ -316,7 +288,7 @@ impl Merge {
             .held
             .partition_point(|record| record.event.timestamp_ns <= horizon_ns);
         for record in self.held.drain(..ready) {
-            sink(&record.event, record.carried.view());
+            sink(&record.event, record.carried());
         }
         ready
     }

@@ -236,7 +236,8 @@ impl StackSymbolizer {
                 }
                 id
             }
-            // Only without an unwinder (see `EventReader::new`).
+            // Never here: the reader turns stack copies into frames (see
+            // `EventReader::new`).
             Carried::StackCopy(_) => NO_STACK,
             Carried::Nothing if event.stack_id == STACK_HASH => self
                 .hashed_ids

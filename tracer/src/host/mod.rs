@@ -173,7 +173,7 @@ impl HostSession {
     ) -> anyhow::Result<Stop> {
         let Clocks {
             started,
-            mut drain_timer,
+            mut log_timer,
             mut summary_timer,
             deadline,
         } = Clocks::new(self.started, &self.config);
@@ -181,12 +181,9 @@ impl HostSession {
         let mut rescan_timer = periodic(started, RESCAN_PERIOD);
         loop {
             tokio::select! {
-                _ = drain_timer.tick() => {
-                    self.drain();
-                    probes.flush_log();
-                }
-                filling = self.reader.filling() => {
-                    filling?;
+                _ = log_timer.tick() => probes.flush_log(),
+                batch = self.reader.next_batch() => {
+                    batch?;
                     self.drain();
                 }
                 _ = summary_timer.tick() => {

@@ -35,7 +35,7 @@ use crate::{
 
 /// How often the ring buffer is drained when the kernel does not wake us:
 /// short enough that an 8 MiB ring cannot fill at realistic call rates.
-const DRAIN_PERIOD: Duration = Duration::from_millis(10);
+const LOG_FLUSH_PERIOD: Duration = Duration::from_millis(10);
 
 /// Why tracing stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -236,7 +236,7 @@ impl Session {
     ) -> anyhow::Result<Stop> {
         let Clocks {
             started,
-            mut drain_timer,
+            mut log_timer,
             mut summary_timer,
             deadline,
         } = Clocks::new(self.started, &self.config);
@@ -249,14 +249,9 @@ impl Session {
         let mut snapshot_timer = periodic(started, every);
         loop {
             tokio::select! {
-                _ = drain_timer.tick() => {
-                    if let Some(exec_ns) = self.drain() {
-                        return Ok(Stop::TargetExeced(exec_ns));
-                    }
-                    probes.flush_log();
-                }
-                filling = self.reader.filling() => {
-                    filling?;
+                _ = log_timer.tick() => probes.flush_log(),
+                batch = self.reader.next_batch() => {
+                    batch?;
                     if let Some(exec_ns) = self.drain() {
                         return Ok(Stop::TargetExeced(exec_ns));
                     }
@@ -391,8 +386,9 @@ impl Session {
 pub(crate) struct Clocks {
     /// The ready line, as the runtime's instant.
     pub started: tokio::time::Instant,
-    /// Drains the ring when the kernel does not wake us.
-    pub drain_timer: Interval,
+    /// Forwards the programs' log records (`--verbose`). Events need no
+    /// timer: the ring reading thread sends a batch every 10 ms at most.
+    pub log_timer: Interval,
     /// Prints a summary every `--interval`.
     pub summary_timer: Interval,
     /// Ends a session with `--duration` (far in the future without).
@@ -404,13 +400,13 @@ impl Clocks {
     /// loop starts: setting up the symbolizer takes a moment, and
     /// `--duration` is a promise about how long the target is traced.
     pub fn new(started: Instant, config: &Config) -> Self {
-        let mut drain_timer = interval(DRAIN_PERIOD);
-        drain_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut log_timer = interval(LOG_FLUSH_PERIOD);
+        log_timer.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let started = tokio::time::Instant::from_std(started);
         let duration = config.duration.unwrap_or(Duration::from_secs(1 << 40));
         Self {
             started,
-            drain_timer,
+            log_timer,
             summary_timer: periodic(started, config.interval),
             deadline: sleep_until(started + duration),
         }
