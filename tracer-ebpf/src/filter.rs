@@ -13,10 +13,7 @@
 use aya_ebpf::{
     Global,
     bindings::BPF_F_MMAPABLE,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid,
-        generated::bpf_get_current_ancestor_cgroup_id,
-    },
+    helpers::{bpf_get_current_comm, generated::bpf_get_current_ancestor_cgroup_id},
     macros::map,
     maps::{Array, HashMap},
 };
@@ -91,14 +88,14 @@ pub fn host_wide() -> bool {
     FILTER_MODE.load() == FilterMode::HostWide as u32
 }
 
-/// Whether the current task's calls are recorded: a cached verdict when it
-/// was given to this thread since the last rename, then the cgroup.
+/// Whether the current task (`pid_tgid`, as `bpf_get_current_pid_tgid`
+/// gives it) is traced: a cached verdict when it was given to this thread
+/// since the last rename, then the cgroup.
 #[inline(always)]
-pub fn traced() -> bool {
+pub fn traced(pid_tgid: u64) -> bool {
     if !host_wide() {
         return true;
     }
-    let pid_tgid = bpf_get_current_pid_tgid();
     // Read before the name, so a rename in between makes the verdict stale.
     let name_generation = NAME_GENERATION.get(0).copied().unwrap_or(0);
     let tid = pid_tgid as u32;

@@ -19,7 +19,7 @@ static TARGET_PID: u32 = 0;
 #[btf_tracepoint(function = "sched_process_exec")]
 pub fn process_exec(ctx: BtfTracePointContext) -> i32 {
     let traced = if filter::host_wide() {
-        filter::traced()
+        filter::traced(bpf_get_current_pid_tgid())
     } else {
         in_target()
     };
@@ -66,7 +66,7 @@ pub fn process_exit(ctx: BtfTracePointContext) -> i32 {
     // `sched_process_exit(struct task_struct *p, bool group_dead)`: only
     // the last thread of the group ends the process.
     let group_dead: u64 = ctx.arg(1);
-    if group_dead & 0xff != 0 && filter::traced() {
+    if group_dead & 0xff != 0 && filter::traced(bpf_get_current_pid_tgid()) {
         emit_process_marker(&ctx, EventKind::ProcessExit);
     }
     0

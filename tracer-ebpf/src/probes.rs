@@ -74,17 +74,17 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_SLOTS,
 /// names one live thread, so no two threads ever share a slot. A slot is
 /// rewritten in place, an `entry_sp` of 0 marking it idle. Mappable only
 /// because the kernel then page-aligns the values, so that each slot is
-/// exactly one cache line (see [`CacheLine`]).
+/// exactly one cache line (see [`PendingSlot`]).
 #[map]
-static PENDING: Array<CacheLine<Pending>> =
-    Array::with_max_entries(MAX_THREAD_SLOTS, BPF_F_MMAPABLE);
+static PENDING: Array<PendingSlot> = Array::with_max_entries(MAX_THREAD_SLOTS, BPF_F_MMAPABLE);
 
-/// A value padded to a cache line of its own: threads with consecutive ids
-/// write neighbouring [`PENDING`] slots all the time, and two slots sharing
-/// a line tripled the programs' cost on a 2-thread churn.
+/// A [`Pending`] padded to a cache line of its own: threads with
+/// consecutive ids write neighbouring [`PENDING`] slots all the time, and two
+/// slots sharing a line tripled the programs' cost on a 2-thread churn. The
+/// padding is outside `Pending`, whose copies it would only lengthen.
 #[repr(C)]
-struct CacheLine<T> {
-    value: T,
+struct PendingSlot {
+    pending: Pending,
     _padding: [u8; 64 - size_of::<Pending>()],
 }
 
@@ -108,7 +108,7 @@ fn thread_slot(tid: u32) -> Option<*mut Pending> {
         // SAFETY: only computes the address of a field of the slot.
         PENDING
             .get_ptr_mut(tid)
-            .map(|line| unsafe { &raw mut (*line).value })
+            .map(|slot| unsafe { &raw mut (*slot).pending })
     } else {
         PENDING_BY_TID.get_ptr_mut(&tid)
     }
@@ -223,10 +223,13 @@ pub fn reallocarray_enter(ctx: ProbeContext) -> u32 {
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
     let addr = ctx.arg::<u64>(0).unwrap_or(0);
-    if addr == 0 || !filter::traced() {
+    if addr == 0 {
         return 0;
     }
     let hit = Hit::new(&ctx);
+    if !filter::traced(hit.pid_tgid) {
+        return 0;
+    }
     // SAFETY: the slot is plain data, only read here.
     if let Some(pending) = thread_slot(hit.tid()).map(|slot| unsafe { *slot })
         && stack_pointer(&ctx) <= pending.entry_sp
@@ -258,10 +261,10 @@ pub fn empty_exit(_ctx: RetProbeContext) -> u32 {
 /// Shared return probe of every allocating function.
 #[uretprobe]
 pub fn alloc_exit(ctx: RetProbeContext) -> u32 {
-    if !filter::traced() {
+    let hit = Hit::new(&ctx);
+    if !filter::traced(hit.pid_tgid) {
         return 0;
     }
-    let hit = Hit::new(&ctx);
     let tid = hit.tid();
     // SAFETY (for every access to `*slot` here): only this thread's
     // programs touch its slot, one at a time.
@@ -350,10 +353,10 @@ fn array_bytes(count: u64, size: u64) -> u64 {
 
 /// Parks a call's arguments for its return probe, applying the nesting rules.
 fn enter(ctx: &ProbeContext, call: Call, size: u64, ptr_arg: u64) -> u32 {
-    if !filter::traced() {
+    let hit = Hit::new(ctx);
+    if !filter::traced(hit.pid_tgid) {
         return 0;
     }
-    let hit = Hit::new(ctx);
     let tid = hit.tid();
     let entry_sp = stack_pointer(ctx);
     let slot = thread_slot(tid);
