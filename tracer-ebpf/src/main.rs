@@ -20,6 +20,7 @@
 //!   the caller's result; the caller's return probe then finds nothing);
 //! - an entry with a *higher* stack pointer means the pending call's return was
 //!   missed (e.g. the probe attached mid-call): the stale slot is replaced.
+//!
 //! A return is matched to its entry when its stack pointer is the entry's plus
 //! the 8 bytes of the popped return address.
 //!
