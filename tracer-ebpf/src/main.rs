@@ -3,7 +3,7 @@
 //!
 //! Every allocating function gets an entry program (`<symbol>_enter`) that
 //! parks its arguments for the calling thread, and shares one return program
-//! ([`programs::alloc_exit`]) that pairs the result with them. `free` needs
+//! (`programs::alloc_exit`) that pairs the result with them. `free` needs
 //! only an entry program. The programs never aggregate: the ledger lives in
 //! userspace.
 //!
