@@ -3,12 +3,17 @@
 //! it.
 
 use std::{
+    io::Write as _,
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::{Child, ChildStdin, Command, Stdio},
+    time::{Duration, Instant},
 };
 
-use crate::{alloctrace_bin, temp_dir};
+use crate::{
+    DONE_TIMEOUT, HOST_READY_PREFIX, LineReader, READY_TIMEOUT, Tracer, alloctrace_bin, temp_dir,
+    wait_child, workspace_root,
+};
 
 /// What `deploy/alloctrace.service` and the DaemonSet grant for `--all`
 /// (CAP_CHECKPOINT_RESTORE is wanted, not needed; see
@@ -70,4 +75,136 @@ pub fn with_capabilities(uid: Option<u32>, caps: &[&str], program: &Path) -> Com
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     cmd
+}
+
+/// Starts a host-wide tracer from `cmd` (alloctrace under `setpriv`, or in
+/// a container) and waits for its ready line.
+pub fn spawn_host_wide(mut cmd: Command) -> Tracer {
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    Tracer::wait_ready(child, HOST_READY_PREFIX, Instant::now())
+}
+
+/// The image `deploy/build-image.sh` builds from the binary under test.
+pub const TEST_IMAGE: &str = "localhost/alloctrace:test";
+
+/// Builds [`TEST_IMAGE`] as an operator would, offline.
+pub fn build_test_image() {
+    let script = workspace_root().join("deploy/build-image.sh");
+    let out = Command::new(&script)
+        .arg(alloctrace_bin())
+        .arg(TEST_IMAGE)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `podman run` with what this kind of host needs: runc (crun refuses a
+/// cgroup v1/v2 hybrid host; runc runs on either), and limits a sandbox
+/// without CAP_SYS_RESOURCE can set (podman's defaults, 1048576 open files
+/// and more processes than our hard limit, cannot be).
+pub fn podman_run() -> Command {
+    let mut cmd = Command::new("podman");
+    cmd.args(["--runtime", "runc", "run", "--rm"]);
+    let mut files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct passed by reference.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) } == 0 {
+        let files = files.rlim_cur.min(1 << 20);
+        cmd.arg(format!("--ulimit=nofile={files}:{files}"));
+    }
+    // Neither the tracer nor the workloads fork.
+    cmd.arg("--ulimit=nproc=4096:4096");
+    cmd
+}
+
+/// A workload of the `ready`/`go`/`done` protocol running in a podman
+/// container of the test image (whose C library it uses: a file other than
+/// the host's, probed on its own).
+pub struct ContainerWorkload {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: LineReader,
+    /// The container's full id, as `podman ps --no-trunc` shows it.
+    pub id: String,
+    /// The workload's pid on the host.
+    pub pid: u32,
+}
+
+impl ContainerWorkload {
+    pub fn start(program: &Path, args: &[&str]) -> Self {
+        let dir = temp_dir();
+        let cidfile = dir.path().join("cid");
+        // Mounted under its own name, which becomes its comm.
+        let name = program.file_name().unwrap().to_string_lossy();
+        let inside = format!("/usr/local/bin/{name}");
+        let mount = format!("{}:{inside}:ro", program.display());
+        let mut child = podman_run()
+            .arg("-i")
+            .arg(format!("--cidfile={}", cidfile.display()))
+            .args(["-v", &mount, "--entrypoint", &inside])
+            .arg(TEST_IMAGE)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn podman run");
+        let stdin = child.stdin.take();
+        let stdout = LineReader::new(child.stdout.take().unwrap());
+        stdout
+            .wait_for(READY_TIMEOUT, |line| line.starts_with("ready "))
+            .unwrap_or_else(|e| panic!("containerized workload never printed ready: {e}"));
+        let id = std::fs::read_to_string(&cidfile)
+            .expect("podman wrote the container id")
+            .trim()
+            .to_owned();
+        let inspect = Command::new("podman")
+            .args(["inspect", "--format", "{{.State.Pid}}", &id])
+            .output()
+            .expect("podman inspect");
+        let pid = String::from_utf8_lossy(&inspect.stdout)
+            .trim()
+            .parse()
+            .expect("podman inspect prints the host pid");
+        Self {
+            child,
+            stdin,
+            stdout,
+            id,
+            pid,
+        }
+    }
+
+    /// Sends `go` and waits for `done`.
+    pub fn run(&mut self) {
+        let stdin = self.stdin.as_mut().expect("stdin open");
+        stdin
+            .write_all(b"go\n")
+            .and_then(|()| stdin.flush())
+            .expect("write go");
+        self.stdout
+            .wait_for(DONE_TIMEOUT, |line| line == "done")
+            .unwrap_or_else(|e| panic!("containerized workload never printed done: {e}"));
+    }
+}
+
+impl Drop for ContainerWorkload {
+    fn drop(&mut self) {
+        // Closing stdin ends the workload, and `--rm` its container.
+        self.stdin = None;
+        if wait_child(&mut self.child, Duration::from_secs(20)).is_none() {
+            let _ = Command::new("podman")
+                .args(["rm", "--force", &self.id])
+                .output();
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

@@ -14,6 +14,7 @@
 mod aggregator_bench;
 mod analysis;
 mod cli;
+mod container;
 mod debuginfo;
 mod diff;
 mod events;

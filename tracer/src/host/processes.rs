@@ -21,6 +21,7 @@ use tracer_ebpf::{Event, EventKind};
 
 use crate::{
     analysis::AgeBuckets,
+    container::{self, Container},
     events::Carried,
     ledger::{self, Ledger},
     maps::Backing,
@@ -55,6 +56,7 @@ pub struct Ranked {
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,
     pub growth_bytes_per_s: f64,
+    pub container: Option<Container>,
 }
 
 /// A traced process.
@@ -69,6 +71,8 @@ struct Process {
     named_at_ns: u64,
     /// The parent, as `/proc` said then.
     ppid: i32,
+    /// Read when the ledger starts: `execve` keeps the cgroup.
+    container: Option<Container>,
     ledger: Ledger,
     symbols: StackSymbolizer,
     growth: Growth,
@@ -235,6 +239,7 @@ impl Processes {
                     outstanding_bytes: totals.outstanding_bytes,
                     outstanding_count: totals.outstanding_count,
                     growth_bytes_per_s: process.growth.bytes_per_s(),
+                    container: process.container.clone(),
                 }
             })
             .collect();
@@ -352,6 +357,7 @@ impl Process {
             exe,
             named_at_ns: crate::session::monotonic_ns(),
             ppid: stat.map_or(0, |stat| stat.ppid),
+            container: container::of_process(pid),
             ledger: Ledger::new(max_tracked, None),
             symbols: StackSymbolizer::sharing(pid, shared),
             growth: Growth::new(elapsed_s),
@@ -397,6 +403,7 @@ impl Process {
             comm: self.comm.clone(),
             exe: self.exe.clone(),
             libc: self.libc(),
+            container: self.container.clone(),
             totals: Totals::new(self.ledger.totals(), clock.lost_events),
             age_bytes: view.total_ages(),
             stacks: view.largest(&self.symbols, usize::MAX),
@@ -465,6 +472,7 @@ mod tests {
             comm: "x".into(),
             exe: "x".into(),
             libc: String::new(),
+            container: None,
             totals: Totals {
                 outstanding_bytes: bytes,
                 ..Totals::default()

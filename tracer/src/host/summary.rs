@@ -7,6 +7,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::processes::Ranked;
+use crate::container::Container;
 use crate::report::{HostCounts, StackReport, Summary, bytes, signed_bytes, write_top_stacks};
 
 /// Processes whose stacks a human summary shows.
@@ -34,6 +35,8 @@ pub struct ProcessTick {
     pub outstanding_count: u64,
     /// Change of its outstanding bytes per second over the last ticks.
     pub growth_bytes_per_s: f64,
+    /// Its cgroup and the container or pod that names (see `container`).
+    pub container: Option<Container>,
     /// Its largest outstanding stacks.
     pub top: Vec<StackReport>,
 }
@@ -46,6 +49,7 @@ impl ProcessTick {
             outstanding_bytes: ranked.outstanding_bytes,
             outstanding_count: ranked.outstanding_count,
             growth_bytes_per_s: ranked.growth_bytes_per_s,
+            container: ranked.container,
             top,
         }
     }
@@ -66,10 +70,14 @@ impl HostTick {
         for (rank, process) in self.processes.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "  #{} {} (pid {}): {} in {} blocks, {}/s",
+                "  #{} {} (pid {}{}): {} in {} blocks, {}/s",
                 rank + 1,
                 process.comm,
                 process.pid,
+                process
+                    .container
+                    .as_ref()
+                    .map_or_else(String::new, in_container),
                 bytes(process.outstanding_bytes),
                 process.outstanding_count,
                 signed_bytes(process.growth_bytes_per_s.round() as i64),
@@ -80,4 +88,17 @@ impl HostTick {
         }
         text
     }
+}
+
+/// `, container 4c2e5a9b1f3d` (the short id `docker ps` shows), and the pod
+/// when there is one.
+fn in_container(container: &Container) -> String {
+    let mut text = String::new();
+    if let Some(id) = &container.id {
+        let _ = write!(text, ", container {}", &id[..12]);
+    }
+    if let Some(pod) = &container.pod_uid {
+        let _ = write!(text, ", pod {pod}");
+    }
+    text
 }

@@ -30,6 +30,7 @@ pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 
 use crate::{
     analysis::{AgeBuckets, Evidence, Suspect},
+    container::Container,
     ledger::{self, Ledger, StackId, StackUsage},
     symbolize::{Frame, StackSymbolizer},
 };
@@ -76,6 +77,9 @@ pub struct ProcessReport {
     pub comm: String,
     pub exe: String,
     pub libc: String,
+    /// The process's cgroup and the container or pod it names; None when
+    /// it was gone before `/proc` could be read.
+    pub container: Option<Container>,
     pub totals: Totals,
     /// Outstanding bytes of the stacks below by age.
     pub age_bytes: AgeBuckets,

@@ -10,6 +10,7 @@ use super::Session;
 use crate::{
     analysis::rank_suspects,
     cli::LogFormat,
+    container,
     metrics::{MetricsSnapshot, SuspectMetric},
     report::{
         self, PprofInput, ProcessReport, Report, StackView, SuspectReport, Totals, write_atomically,
@@ -84,6 +85,7 @@ impl Session {
                 comm: self.target.comm.clone(),
                 exe: self.target.exe.display().to_string(),
                 libc: self.target.allocator.path.display().to_string(),
+                container: container::of_process(self.target.pid),
                 totals,
                 age_bytes: view.total_ages(),
                 stacks: view.largest(&self.symbols, usize::MAX),
