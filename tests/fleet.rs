@@ -87,7 +87,7 @@ fn the_image_traces_host_and_container_processes_with_only_its_capabilities() {
         .stderr(Stdio::piped());
     // The container's libc is a file of its own, probed before the ready
     // line since the container already runs.
-    let tracer = spawn_host_wide(cmd);
+    let tracer = Tracer::spawn_all_command(cmd);
     host.run();
     contained.run();
     std::thread::sleep(SETTLE);

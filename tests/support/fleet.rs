@@ -7,12 +7,13 @@ use std::{
     os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use crate::{
-    DONE_TIMEOUT, HOST_READY_PREFIX, LineReader, READY_TIMEOUT, Tracer, alloctrace_bin, temp_dir,
-    wait_child, workspace_root,
+    DONE_TIMEOUT, READY_TIMEOUT,
+    child::{LineReader, wait_child},
+    environment::{alloctrace_bin, temp_dir, workspace_root},
 };
 
 /// What `deploy/alloctrace.service` and the DaemonSet grant for `--all`
@@ -75,13 +76,6 @@ pub fn with_capabilities(uid: Option<u32>, caps: &[&str], program: &Path) -> Com
     .stdout(Stdio::piped())
     .stderr(Stdio::piped());
     cmd
-}
-
-/// Starts a host-wide tracer from `cmd` (alloctrace under `setpriv`, or in
-/// a container) and waits for its ready line.
-pub fn spawn_host_wide(mut cmd: Command) -> Tracer {
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-    Tracer::wait_ready(child, HOST_READY_PREFIX, Instant::now())
 }
 
 /// The image `deploy/build-image.sh` builds from the binary under test.

@@ -7,15 +7,19 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::processes::Ranked;
-use crate::container::Container;
-use crate::report::{HostCounts, StackReport, Summary, bytes, signed_bytes, write_top_stacks};
+use crate::{
+    container::Container,
+    driver::TickLine,
+    report::{HostCounts, StackReport, Summary, bytes, signed_bytes, write_top_stacks},
+};
 
 /// Processes whose stacks a human summary shows.
 const PROCESSES_WITH_STACKS: usize = 3;
 
 /// One tick. JSON key names are a public interface: the single-process
-/// tick's keys (with the host's totals, and empty `top` and `suspects`),
-/// the process counts, and the ranked `processes`.
+/// tick's keys (with the host's totals, its largest stacks and its
+/// suspects, each naming its pid), the process counts, and the ranked
+/// `processes`.
 #[derive(Debug, Serialize)]
 pub struct HostTick {
     #[serde(flatten)]
@@ -26,48 +30,35 @@ pub struct HostTick {
     pub processes: Vec<ProcessTick>,
 }
 
-/// One ranked process of a tick.
+/// One ranked process of a tick: its ranking line (`pid`, `comm`,
+/// outstanding bytes and blocks, `growth_bytes_per_s`, `container`) and its
+/// largest outstanding stacks.
 #[derive(Debug, Serialize)]
 pub struct ProcessTick {
-    pub pid: u32,
-    pub comm: String,
-    pub outstanding_bytes: u64,
-    pub outstanding_count: u64,
-    /// Change of its outstanding bytes per second over the last ticks.
-    pub growth_bytes_per_s: f64,
-    /// Its cgroup and the container or pod that names (see `container`).
-    pub container: Option<Container>,
-    /// Its largest outstanding stacks.
+    #[serde(flatten)]
+    pub process: Ranked,
     pub top: Vec<StackReport>,
 }
 
 impl ProcessTick {
-    pub fn new(ranked: Ranked, top: Vec<StackReport>) -> Self {
-        Self {
-            pid: ranked.pid,
-            comm: ranked.comm,
-            outstanding_bytes: ranked.outstanding_bytes,
-            outstanding_count: ranked.outstanding_count,
-            growth_bytes_per_s: ranked.growth_bytes_per_s,
-            container: ranked.container,
-            top,
-        }
+    pub fn new(process: Ranked, top: Vec<StackReport>) -> Self {
+        Self { process, top }
     }
 }
 
-impl HostTick {
-    pub fn to_json_line(&self) -> String {
+impl TickLine for HostTick {
+    fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("a summary always serializes")
     }
 
-    pub fn to_human(&self) -> String {
+    fn to_human(&self) -> String {
         let mut text = self.summary.headline();
         let _ = writeln!(
             text,
             "  processes: {} traced, {} exited",
             self.counts.tracked_processes, self.counts.exited_processes
         );
-        for (rank, process) in self.processes.iter().enumerate() {
+        for (rank, ProcessTick { process, top }) in self.processes.iter().enumerate() {
             let _ = writeln!(
                 text,
                 "  #{} {} (pid {}{}): {} in {} blocks, {}/s",
@@ -83,9 +74,10 @@ impl HostTick {
                 signed_bytes(process.growth_bytes_per_s.round() as i64),
             );
             if rank < PROCESSES_WITH_STACKS {
-                write_top_stacks(&mut text, "      ", &process.top);
+                write_top_stacks(&mut text, "      ", top);
             }
         }
+        self.summary.write_suspects(&mut text);
         text
     }
 }
