@@ -202,3 +202,108 @@ impl Drop for ContainerWorkload {
         }
     }
 }
+
+/// A real Prometheus server on loopback, in a temporary directory,
+/// scraping `targets` every `scrape_interval`; killed on drop.
+pub struct Prometheus {
+    child: Child,
+    /// `127.0.0.1:PORT` of its HTTP API.
+    pub addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(targets: &[&str], scrape_interval: &str) -> Self {
+        let dir = temp_dir();
+        let config = dir.path().join("prometheus.yml");
+        let targets: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: {scrape_interval}\n  evaluation_interval: {scrape_interval}\n\
+                 scrape_configs:\n  - job_name: alloctrace\n    static_configs:\n      - targets: [{}]\n",
+                targets.join(", ")
+            ),
+        )
+        .unwrap();
+        let addr = format!("127.0.0.1:{}", crate::free_port());
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prometheus (apt package `prometheus`)");
+        let prometheus = Self {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = std::time::Instant::now() + READY_TIMEOUT;
+        while std::net::TcpStream::connect(&prometheus.addr).is_err()
+            || !crate::http_get(&prometheus.addr, "/-/ready")
+                .0
+                .contains(" 200 ")
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus never became ready"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        prometheus
+    }
+
+    /// Runs the PromQL `expr` now; returns each series' labels and value.
+    pub fn query(&self, expr: &str) -> Vec<(serde_json::Value, f64)> {
+        let (status, body) =
+            crate::http_get(&self.addr, &format!("/api/v1/query?query={}", encode(expr)));
+        assert!(status.contains(" 200 "), "{expr}: {status}\n{body}");
+        let answer: serde_json::Value = serde_json::from_str(&body).expect("JSON answer");
+        answer["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{expr}: no result in {answer}"))
+            .iter()
+            .map(|series| {
+                let value = series["value"][1].as_str().unwrap().parse().unwrap();
+                (series["metric"].clone(), value)
+            })
+            .collect()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Percent-encodes `text` for a query string.
+fn encode(text: &str) -> String {
+    text.bytes()
+        .map(|byte| match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (byte as char).to_string()
+            }
+            _ => format!("%{byte:02X}"),
+        })
+        .collect()
+}
+
+/// The report of `pid` alone out of a host-wide report, as a report of one
+/// process (other tests' workloads may share its name).
+pub fn only_process(report: &serde_json::Value, pid: u32) -> serde_json::Value {
+    let process = report["processes"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no processes in {report}"))
+        .iter()
+        .find(|process| process["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not in {}", crate::summarize_report(report)));
+    serde_json::json!({ "processes": [process] })
+}

@@ -24,6 +24,7 @@ use crate::{
     events::Arrived,
     ledger::{self, Budget, Ledger},
     maps::Backing,
+    metrics::{ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
     stacks::StackId,
     symbolize::SharedSymbols,
@@ -225,6 +226,35 @@ impl Processes {
         self.live.get(&pid).map_or_else(Vec::new, |process| {
             process.tracee.largest(&process.tracee.view(now_ns), limit)
         })
+    }
+
+    /// The series of every live process: its totals, ages and suspects,
+    /// its `top` largest stacks and the rest summed (so a process with
+    /// thousands of stacks still has `top` + 1 stack series).
+    pub fn metrics(&self, now: &Now, top: usize) -> Vec<ProcessMetrics> {
+        self.live
+            .values()
+            .map(|process| {
+                let view = process.tracee.view(now.now_ns);
+                let totals = Totals::new(process.tracee.ledger.totals(), now.lost_events);
+                let largest = process.tracee.largest(&view, top);
+                ProcessMetrics {
+                    pid: process.pid,
+                    comm: process.comm.clone(),
+                    container: process.container.clone(),
+                    totals,
+                    events: None,
+                    age_bytes: view.total_ages(),
+                    suspects: process
+                        .tracee
+                        .suspects(&view, top)
+                        .iter()
+                        .map(SuspectMetric::from)
+                        .collect(),
+                    stacks: bounded_stacks(&largest, top, totals.outstanding_bytes),
+                }
+            })
+            .collect()
     }
 
     /// The `limit` largest stacks and the `limit` most suspicious ones of
