@@ -237,11 +237,11 @@ fn the_host_wide_agent_serves_bounded_labelled_metrics_rotates_snapshots_and_rep
     let outstanding = metric("alloctrace_outstanding_bytes", &host_labels);
     let largest = metric(
         "alloctrace_stack_outstanding_bytes",
-        &[("pid", &host_pid), ("rank", "1"), ("frame", "cache_site")],
+        &[("pid", &host_pid), ("frame", "cache_site")],
     );
     let rest = metric(
         "alloctrace_stack_outstanding_bytes",
-        &[("pid", &host_pid), ("rank", "other"), ("frame", "[other]")],
+        &[("pid", &host_pid), ("stack", "other"), ("frame", "[other]")],
     );
     assert_eq!(largest + rest, outstanding, "{body}");
     assert_eq!(largest as u64, CACHE_BYTES, "{body}");

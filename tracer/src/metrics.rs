@@ -89,33 +89,46 @@ impl From<&SuspectReport> for SuspectMetric {
 /// One `alloctrace_stack_outstanding_bytes` series.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StackMetric {
-    /// `1`.. by size, or `other` for the stacks beyond the largest.
-    pub rank: String,
+    /// The stack's identity for as long as the process lives (a hash of its
+    /// return addresses, 16 hex digits), or `other` for the stacks beyond
+    /// the largest. Not a rank: a stack keeps its series when another
+    /// overtakes it, so `deriv()` over it means something.
+    pub stack: String,
     /// Label of the stack's first frame, or `[other]`.
     pub frame: String,
     pub bytes: u64,
 }
 
-/// The largest `top` of `stacks` (largest first) as ranked series, and the
+/// The largest `top` of `stacks` (largest first) as series, and the
 /// outstanding bytes of the rest (`total` minus theirs) as one `other`.
 pub fn bounded_stacks(stacks: &[StackReport], top: usize, total: u64) -> Vec<StackMetric> {
     let mut series: Vec<StackMetric> = stacks
         .iter()
         .take(top)
-        .enumerate()
-        .map(|(rank, stack)| StackMetric {
-            rank: (rank + 1).to_string(),
+        .map(|stack| StackMetric {
+            stack: stack_key(stack),
             frame: first_frame_label(stack),
             bytes: stack.bytes,
         })
         .collect();
     let shown: u64 = series.iter().map(|stack| stack.bytes).sum();
     series.push(StackMetric {
-        rank: "other".to_owned(),
+        stack: "other".to_owned(),
         frame: "[other]".to_owned(),
         bytes: total.saturating_sub(shown),
     });
     series
+}
+
+/// A stack's return addresses, hashed: the same stack of the same process
+/// gets the same key at every scrape (SipHash with fixed keys).
+fn stack_key(stack: &StackReport) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for frame in &stack.frames {
+        frame.address.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
 }
 
 /// The label of a stack's first frame, the allocator's caller.
@@ -290,7 +303,7 @@ impl Families {
                 .set(suspect.growth_bytes_per_s);
         }
         for stack in &process.stacks {
-            let mut labels = with("rank", &stack.rank);
+            let mut labels = with("stack", &stack.stack);
             labels.push(("frame".to_owned(), stack.frame.clone()));
             self.stack_bytes
                 .get_or_create(&labels)
@@ -348,7 +361,7 @@ impl Families {
         );
         r.register(
             "alloctrace_stack_outstanding_bytes",
-            "Outstanding bytes of the largest stacks of each process, and of the rest summed (rank other)",
+            "Outstanding bytes of the largest stacks of each process, and of the rest summed (stack other)",
             self.stack_bytes,
         );
         registry
@@ -433,10 +446,11 @@ mod tests {
                 r#"alloctrace_suspect_growth_bytes_per_second{{{labels},rank="1",frame="leak_site"}} 80.5"#
             ),
             format!(
-                r#"alloctrace_stack_outstanding_bytes{{{labels},rank="1",frame="leak_site"}} 4000"#
+                r#"alloctrace_stack_outstanding_bytes{{{labels},stack="{}",frame="leak_site"}} 4000"#,
+                stack_key(&stacks[0])
             ),
             format!(
-                r#"alloctrace_stack_outstanding_bytes{{{labels},rank="other",frame="[other]"}} 156"#
+                r#"alloctrace_stack_outstanding_bytes{{{labels},stack="other",frame="[other]"}} 156"#
             ),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
@@ -449,6 +463,18 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_stack_keeps_its_key_and_another_stack_gets_another() {
+        let leak = crate::report::test_stack(4000, &["leak_site", "main"]);
+        let mut grown = leak.clone();
+        grown.bytes = 8000;
+        let mut elsewhere = leak.clone();
+        elsewhere.frames[1].address = 0x2000;
+        assert_eq!(stack_key(&leak), stack_key(&grown));
+        assert_ne!(stack_key(&leak), stack_key(&elsewhere));
+        assert_eq!(stack_key(&leak).len(), 16);
     }
 
     #[test]

@@ -47,7 +47,11 @@ pub fn install_unit(args: &UnitArgs) -> Result<()> {
         &unit,
         0o644,
     )?;
-    println!("installed {} and {}", installed_bin.display(), unit.display());
+    println!(
+        "installed {} and {}",
+        installed_bin.display(),
+        unit.display()
+    );
     let systemd_runs = Path::new("/run/systemd/system").is_dir();
     if args.root != Path::new("/") {
         return Ok(());
