@@ -280,6 +280,22 @@ impl StackSymbolizer {
         }
     }
 
+    /// The allocation site of a stack, as a key the leak ranking nets
+    /// stacks by: the function of its leaf frame (the first that is not an
+    /// allocator wrapper) and that function's module, or the frame's address
+    /// when it has no name. Stacks that reach the allocator through the same
+    /// function share a site.
+    pub fn site_key(&self, stack: StackId) -> Option<u64> {
+        use std::hash::{Hash, Hasher};
+        let leaf = self.frames(stack).into_iter().next()?;
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        match &leaf.function {
+            Some(function) => (function, &leaf.module).hash(&mut hasher),
+            None => leaf.address.hash(&mut hasher),
+        }
+        Some(hasher.finish())
+    }
+
     /// The frames of a stack, leaf first, starting at the first frame that is
     /// not an allocator wrapper.
     pub fn frames(&self, stack: StackId) -> Vec<Frame> {

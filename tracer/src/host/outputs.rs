@@ -26,6 +26,7 @@ impl HostSession {
             processes: self.processes.reports(clock),
             suspects: Vec::new(),
             host: Some(self.processes.counts()),
+            views: None,
         }
     }
 

@@ -9,12 +9,17 @@
 //! can give it up.
 
 mod live;
+mod per_stack;
 
 use std::collections::HashMap;
 
 use tracer_ebpf::{Event, EventKind};
 
-use self::live::{Allocation, LiveBlocks};
+pub use self::per_stack::TEMPORARY_NS;
+use self::{
+    live::{Allocation, LiveBlocks},
+    per_stack::PerStack,
+};
 use crate::sampling::Sampling;
 
 /// A kernel stack id (or [`tracer_ebpf::NO_STACK`]).
@@ -73,6 +78,19 @@ pub struct LiveBlock {
 pub struct Allocated {
     pub bytes: u64,
     pub count: u64,
+    /// Of those, the blocks freed within [`TEMPORARY_NS`] of their
+    /// allocation (by `free`; a realloc's release is not counted).
+    pub temporary_bytes: u64,
+    pub temporary_count: u64,
+}
+
+/// The largest outstanding total since tracing began.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub bytes: u64,
+    pub count: u64,
+    /// CLOCK_MONOTONIC ns when it was reached (0 if nothing was allocated).
+    pub at_ns: u64,
 }
 
 /// What a live block counts for: itself when every call is traced; with
@@ -121,8 +139,9 @@ pub struct Ledger {
     /// Allocations seen at an address the ledger still held: only possible
     /// when the free in between was lost, so counted to flag inexact numbers.
     overwritten: u64,
-    /// Per-stack totals of all allocations (pprof's `alloc_space`).
-    allocated: HashMap<StackId, Allocated>,
+    /// Per-stack totals of all allocations (pprof's `alloc_space`), the
+    /// temporary ones, and the peak.
+    per_stack: PerStack,
 }
 
 impl Ledger {
@@ -139,7 +158,7 @@ impl Ledger {
             in_flight: HashMap::new(),
             tally: Tally::default(),
             overwritten: 0,
-            allocated: HashMap::new(),
+            per_stack: PerStack::default(),
         }
     }
 
@@ -153,7 +172,7 @@ impl Ledger {
     pub fn apply(&mut self, event: &Event) {
         match event.kind() {
             Some(EventKind::Alloc) => self.allocate(event.addr, event),
-            Some(EventKind::Free) => self.free(event.addr),
+            Some(EventKind::Free) => self.free(event.addr, event.timestamp_ns),
             Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
             Some(EventKind::ReallocEnd) => self.end_realloc(event),
             Some(EventKind::Exec | EventKind::ProcessExit | EventKind::Fork) | None => {}
@@ -247,19 +266,38 @@ impl Ledger {
 
     /// Per-stack totals of everything allocated since tracing began.
     pub fn allocated_by_stack(&self) -> HashMap<StackId, Allocated> {
-        self.allocated
-            .iter()
-            .map(|(&stack, allocated)| {
-                let count = blocks(allocated.count);
-                (
-                    stack,
-                    Allocated {
-                        count,
-                        ..*allocated
-                    },
-                )
-            })
+        self.per_stack
+            .totals()
+            .map(
+                |(stack, [bytes, units, temporary_bytes, temporary_units])| {
+                    let allocated = Allocated {
+                        bytes,
+                        count: blocks(units),
+                        temporary_bytes,
+                        temporary_count: blocks(temporary_units),
+                    };
+                    (stack, allocated)
+                },
+            )
             .collect()
+    }
+
+    /// The largest outstanding total since tracing began.
+    pub fn peak(&self) -> Peak {
+        let peak = self.per_stack.peak();
+        Peak {
+            bytes: peak.bytes,
+            count: blocks(peak.units),
+            at_ns: peak.at_ns,
+        }
+    }
+
+    /// The bytes each stack held when the outstanding total peaked (the
+    /// stacks holding any), largest first.
+    pub fn stacks_at_peak(&self) -> Vec<(StackId, u64)> {
+        let mut stacks: Vec<(StackId, u64)> = self.per_stack.at_peak().collect();
+        stacks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        stacks
     }
 
     fn allocate(&mut self, addr: u64, event: &Event) {
@@ -283,16 +321,20 @@ impl Ledger {
         self.tally.allocated_bytes += weight.bytes;
         self.tally.outstanding_bytes += weight.bytes;
         self.tally.outstanding_units += weight.units;
-        // `count` in units until `allocated_by_stack` converts it.
-        let allocated = self.allocated.entry(allocation.stack).or_default();
-        allocated.bytes += weight.bytes;
-        allocated.count += weight.units;
+        self.per_stack
+            .allocated(allocation.stack, weight.bytes, weight.units);
+        self.per_stack.note_total(
+            self.tally.outstanding_bytes,
+            self.tally.outstanding_units,
+            event.timestamp_ns,
+        );
     }
 
-    fn free(&mut self, addr: u64) {
+    fn free(&mut self, addr: u64, at_ns: u64) {
         match self.live.remove(&addr) {
             Some(allocation) => {
-                self.forget(allocation);
+                let age_ns = at_ns.saturating_sub(self.time_ns(allocation.time_ms));
+                self.release(allocation, age_ns <= TEMPORARY_NS);
                 self.tally.free_units += self.weigh(allocation.size).units;
             }
             None => self.tally.preexisting_frees += 1,
@@ -371,6 +413,7 @@ impl Ledger {
         let weight = self.weigh(allocation.size);
         self.tally.outstanding_bytes += weight.bytes;
         self.tally.outstanding_units += weight.units;
+        self.per_stack.restored(allocation.stack, weight.bytes);
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
             self.forget(previous);
@@ -393,9 +436,17 @@ impl Ledger {
 
     /// Removes a block's contribution to the outstanding totals.
     fn forget(&mut self, allocation: Allocation) {
+        self.release(allocation, false);
+    }
+
+    /// Removes a block's contribution to the outstanding totals, counting
+    /// it as a temporary allocation of its stack if `temporary`.
+    fn release(&mut self, allocation: Allocation, temporary: bool) {
         let weight = self.weigh(allocation.size);
         self.tally.outstanding_bytes -= weight.bytes;
         self.tally.outstanding_units -= weight.units;
+        self.per_stack
+            .released(allocation.stack, weight.bytes, weight.units, temporary);
     }
 }
 

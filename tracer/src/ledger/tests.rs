@@ -77,14 +77,18 @@ fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
         allocated[&1],
         Allocated {
             bytes: 130,
-            count: 2
+            count: 2,
+            // The free came at once; the realloc's release is not a free.
+            temporary_bytes: 100,
+            temporary_count: 1,
         }
     );
     assert_eq!(
         allocated[&2],
         Allocated {
             bytes: 500,
-            count: 1
+            count: 1,
+            ..Allocated::default()
         }
     );
     assert_eq!(ledger.totals().allocated_bytes, 630);
@@ -230,4 +234,64 @@ fn stacks_with_blocks_live_at_a_loss_are_approximate() {
         .map(|u| (u.stack, u.approximate))
         .collect();
     assert_eq!(approximate, vec![(2, false), (1, true)]);
+}
+
+fn at(mut event: Event, ms: u64) -> Event {
+    event.timestamp_ns = 10 * SECOND + ms * 1_000_000;
+    event
+}
+
+#[test]
+fn blocks_freed_within_the_temporary_time_are_temporary() {
+    let limit_ms = TEMPORARY_NS / 1_000_000;
+    let ledger = ledger_after(&[
+        at(alloc(0x10, 8, 1), 0),
+        at(alloc(0x20, 16, 1), 0),
+        at(alloc(0x30, 32, 2), 0),
+        at(free(0x10), limit_ms),
+        at(free(0x20), limit_ms + 1),
+        at(free(0x30), 1),
+    ]);
+    let allocated = ledger.allocated_by_stack();
+    assert_eq!(
+        (allocated[&1].temporary_count, allocated[&1].temporary_bytes),
+        (1, 8)
+    );
+    assert_eq!(
+        (allocated[&2].temporary_count, allocated[&2].temporary_bytes),
+        (1, 32)
+    );
+}
+
+#[test]
+fn the_peak_is_the_largest_total_and_names_what_each_stack_held_then() {
+    let [start, end] = realloc(MAIN, 0x40, 0x50, 10, 3);
+    let ledger = ledger_after(&[
+        at(alloc(0x10, 100, 1), 0),
+        at(alloc(0x20, 50, 2), 1),
+        // Peak: 100 (stack 1) + 50 (stack 2) + 30 (stack 3) = 180 at 2 ms.
+        at(alloc(0x40, 30, 3), 2),
+        at(free(0x10), 3),
+        // Stack 2 grows past its peak share, but the total stays lower.
+        at(alloc(0x30, 60, 2), 4),
+        at(start, 5),
+        at(end, 5),
+    ]);
+    let peak = ledger.peak();
+    assert_eq!((peak.bytes, peak.count), (180, 3));
+    assert_eq!(peak.at_ns, 10 * SECOND + 2_000_000);
+    assert_eq!(ledger.stacks_at_peak(), [(1, 100), (2, 50), (3, 30)]);
+    assert_eq!(ledger.totals().outstanding_bytes, 120);
+}
+
+#[test]
+fn a_new_peak_replaces_the_stacks_held_at_the_old_one() {
+    let ledger = ledger_after(&[
+        at(alloc(0x10, 100, 1), 0),
+        at(free(0x10), 1),
+        at(alloc(0x20, 70, 2), 2),
+        at(alloc(0x30, 70, 3), 3),
+    ]);
+    assert_eq!(ledger.peak().bytes, 140);
+    assert_eq!(ledger.stacks_at_peak(), [(2, 70), (3, 70)]);
 }

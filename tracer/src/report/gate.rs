@@ -49,6 +49,7 @@ mod tests {
             bytes_before: 1024,
             bytes_after: 3 * 1024,
             count_after: 3,
+            site_growth: 2 * 1024,
         };
         let frame = Frame {
             address: 0x10,

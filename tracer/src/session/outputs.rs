@@ -2,17 +2,22 @@
 //! history recorded with it), snapshots, the final outputs, and the leak
 //! gate's verdict.
 
-use std::time::SystemTime;
+use std::{collections::HashSet, time::SystemTime};
 
 use tracer_ebpf::Counter;
 
 use super::Session;
 use crate::{
-    analysis::rank_suspects,
+    analysis::{
+        LedgerNow, Sites, Suspect, Tick, gate::Ranked, rank_suspects, suspects::MIN_TICKS,
+        window_live_bytes,
+    },
     cli::LogFormat,
+    ledger::StackId,
     metrics::{MetricsSnapshot, SuspectMetric},
     report::{
-        self, PprofInput, ProcessReport, Report, StackView, SuspectReport, Totals, write_atomically,
+        self, HeapViews, PprofInput, ProcessReport, Report, StackView, SuspectReport, TickViews,
+        Totals, write_atomically,
     },
 };
 
@@ -22,14 +27,26 @@ impl Session {
     pub(super) fn print_summary(&mut self) {
         let view = StackView::of(&self.ledger, self.now_ns(), u64::MAX);
         let elapsed = self.elapsed_s();
-        self.history.record(elapsed, &view.usage);
+        self.history.record(Tick {
+            elapsed_s: elapsed,
+            at_ns: view.now_ns,
+            usage: &view.usage,
+            allocated: &self.ledger.allocated_by_stack(),
+        });
         let top = view.largest(&self.symbols, self.config.top);
         let suspects = self.suspects(&view, self.config.top);
         let totals = self.totals();
         self.publish_metrics(totals, &view, &suspects);
-        let summary = self
+        let mut summary = self
             .summaries
             .next(totals, elapsed, top, view.total_ages(), suspects);
+        summary.views = Some(TickViews::of(
+            &self.ledger,
+            &self.symbols,
+            self.target.pid,
+            elapsed,
+            view.now_ns,
+        ));
         match self.config.log_format {
             LogFormat::Human => print!("{}", summary.to_human()),
             LogFormat::Json => println!("{}", summary.to_json_line()),
@@ -38,8 +55,33 @@ impl Session {
 
     /// The most suspicious stacks of `view`, per the history so far.
     fn suspects(&self, view: &StackView, limit: usize) -> Vec<SuspectReport> {
-        let ranked = rank_suspects(&self.history, &view.usage, view.now_ns);
+        let ranked = self.rank(view);
         view.suspects(&ranked, &self.symbols, self.target.pid, limit)
+    }
+
+    /// The suspects of `view`, ranked on the history so far.
+    pub(super) fn rank(&self, view: &StackView) -> Vec<Suspect> {
+        let live = window_live_bytes(&self.history, self.ledger.live_blocks());
+        let sites = self.sites(view.usage.iter().map(|usage| usage.stack));
+        rank_suspects(
+            &self.history,
+            &LedgerNow {
+                usage: &view.usage,
+                live: &live,
+                sites: &sites,
+                now_ns: view.now_ns,
+            },
+        )
+    }
+
+    /// The allocation site of each stack of the history and of `more`.
+    fn sites(&self, more: impl Iterator<Item = StackId>) -> Sites {
+        self.history
+            .windows()
+            .map(|(stack, _, _)| stack)
+            .chain(more)
+            .filter_map(|stack| Some((stack, self.symbols.site_key(stack)?)))
+            .collect()
     }
 
     fn publish_metrics(&self, totals: Totals, view: &StackView, suspects: &[SuspectReport]) {
@@ -73,9 +115,10 @@ impl Session {
         // Suspects are about all blocks, as the history is.
         let suspects = self.suspects(&StackView::of(&self.ledger, now_ns, u64::MAX), usize::MAX);
         let totals = self.totals();
+        let duration_s = self.elapsed_s();
         Report {
             version: report::REPORT_VERSION,
-            duration_s: self.elapsed_s(),
+            duration_s,
             min_age_s: self.config.min_age.as_secs_f64(),
             sample_rate_bytes: self.config.sampling.as_ref().map(|s| s.rate()),
             totals,
@@ -90,6 +133,13 @@ impl Session {
             }],
             suspects,
             host: None,
+            views: Some(HeapViews::of(
+                &self.ledger,
+                &self.symbols,
+                self.target.pid,
+                duration_s,
+                now_ns,
+            )),
         }
     }
 
@@ -120,7 +170,20 @@ impl Session {
         let Some(gate) = &self.gate else {
             return Ok(false);
         };
-        let offenders = gate.judge(&self.ledger.usage_by_stack(u64::MAX))?;
+        let view = StackView::of(&self.ledger, self.now_ns(), u64::MAX);
+        let suspects: HashSet<StackId> = self.rank(&view).iter().map(|s| s.stack).collect();
+        let ranked = |stack| {
+            if suspects.contains(&stack) {
+                Ranked::Suspect
+            } else if self.history.ticks_of(stack) >= MIN_TICKS {
+                Ranked::Cleared
+            } else {
+                Ranked::Unjudged
+            }
+        };
+        let stacks = view.usage.iter().map(|usage| usage.stack);
+        let sites = self.sites(stacks.chain(gate.baseline_stacks()));
+        let offenders = gate.judge(&view.usage, &sites, ranked)?;
         if offenders.is_empty() {
             return Ok(false);
         }
