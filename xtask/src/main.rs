@@ -1,4 +1,4 @@
-//! Developer tasks for alloctrace: `cargo xtask <setup|build|run|test|demo|bench>`.
+//! Developer tasks for alloctrace: `cargo xtask <setup|build|run|test|demo|bench|verdicts>`.
 //!
 //! `main.rs` only parses the command line and dispatches; each subcommand lives
 //! in its own module. Shared helpers (echoing/running commands, paths) are in `util`.
@@ -11,6 +11,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod verdicts;
 
 use clap::{Parser, Subcommand};
 
@@ -40,6 +41,8 @@ enum Command {
     Demo(demo::Args),
     /// Measure tracing overhead on a malloc/free churn (untraced, floor, alloctrace, bcc)
     Bench(bench::Args),
+    /// Precision and recall of the leak suspects over a battery of heap patterns with known verdicts
+    Verdicts(verdicts::Args),
 }
 
 fn main() {
@@ -51,6 +54,7 @@ fn main() {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Verdicts(args) => verdicts::run(&args),
     };
     if let Err(err) = result {
         // `{:#}` renders the whole context chain on one line.
