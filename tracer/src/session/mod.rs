@@ -19,7 +19,7 @@ use tracer_ebpf::{Counter, Event, EventKind};
 
 use self::attach::{Attached, ProcessExit};
 use crate::{
-    analysis::{History, LeakGate, history::DEFAULT_WINDOW},
+    analysis::{History, LeakGate, Sites, history::DEFAULT_WINDOW},
     cli::{Config, Outputs, TargetSpec},
     events::{EventReader, Release},
     forks::ForkedChildren,
@@ -120,6 +120,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         // The launched command's own execve is the start of tracing.
         execs_expected: u32::from(launched.is_some()),
         history: History::new(DEFAULT_WINDOW),
+        sites: Sites::new(),
         gate: config
             .watch
             .gate
@@ -221,6 +222,8 @@ struct Session {
     forks: ForkedChildren,
     /// Each stack's outstanding bytes at the last ticks.
     history: History,
+    /// The allocation site of each stack the history has held, named once.
+    sites: Sites,
     gate: Option<LeakGate>,
     metrics: Option<Metrics>,
     /// Events applied to the ledger.

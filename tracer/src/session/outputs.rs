@@ -33,6 +33,7 @@ impl Session {
             usage: &view.usage,
             allocated: &self.ledger.allocated_by_stack(),
         });
+        self.remember_sites();
         let top = view.largest(&self.symbols, self.config.top);
         let suspects = self.suspects(&view, self.config.top);
         let totals = self.totals();
@@ -62,7 +63,7 @@ impl Session {
     /// The suspects of `view`, ranked on the history so far.
     pub(super) fn rank(&self, view: &StackView) -> Vec<Suspect> {
         let live = window_live_bytes(&self.history, self.ledger.live_blocks());
-        let sites = self.sites(view.usage.iter().map(|usage| usage.stack));
+        let sites = self.sites(std::iter::empty());
         rank_suspects(
             &self.history,
             &LedgerNow {
@@ -80,8 +81,23 @@ impl Session {
             .windows()
             .map(|(stack, _, _)| stack)
             .chain(more)
-            .filter_map(|stack| Some((stack, self.symbols.site_key(stack)?)))
+            .filter_map(|stack| {
+                let site = self.sites.get(&stack).copied();
+                Some((stack, site.or_else(|| self.symbols.site_key(stack))?))
+            })
             .collect()
+    }
+
+    /// Names the site of each stack new to the history, once: a stack's
+    /// frames do not change.
+    fn remember_sites(&mut self) {
+        for (stack, _, _) in self.history.windows() {
+            if !self.sites.contains_key(&stack)
+                && let Some(site) = self.symbols.site_key(stack)
+            {
+                self.sites.insert(stack, site);
+            }
+        }
     }
 
     fn publish_metrics(&self, totals: Totals, view: &StackView, suspects: &[SuspectReport]) {
