@@ -179,7 +179,7 @@ mod tests {
         gate.take_baseline(&[usage(1, 10_000), usage(2, 50)]);
         let offenders = judge_bytes(&gate, &[usage(1, 10_000), usage(2, 200)]).unwrap();
         assert_eq!(offenders.len(), 1);
-        assert_eq!((offenders[0].stack, offenders[0].growth()), (2, 150));
+        assert_eq!((offenders[0].stack.get(), offenders[0].growth()), (2, 150));
     }
 
     #[test]
@@ -210,9 +210,16 @@ mod tests {
         // A cache's fill stack gave 5000 bytes to its refresh stack; a leak
         // at the same site as a steady stack keeps its growth.
         let (fill, refresh, leak, steady) = (1, 2, 3, 4);
+        let id = StackId::from;
         let mut gate = LeakGate::new(100, Duration::from_secs(1));
         gate.take_baseline(&[usage(fill, 8_000), usage(refresh, 0), usage(steady, 500)]);
-        let sites: Sites = [(fill, 7), (refresh, 7), (leak, 8), (steady, 8)].into();
+        let sites: Sites = [
+            (id(fill), 7),
+            (id(refresh), 7),
+            (id(leak), 8),
+            (id(steady), 8),
+        ]
+        .into();
         let end = [
             usage(fill, 3_000),
             usage(refresh, 5_000),
@@ -220,7 +227,10 @@ mod tests {
             usage(steady, 500),
         ];
         let offenders = gate.judge(&end, &sites, unjudged).unwrap();
-        let judged: Vec<(StackId, u64)> = offenders.iter().map(|o| (o.stack, o.growth())).collect();
+        let judged: Vec<(u32, u64)> = offenders
+            .iter()
+            .map(|o| (o.stack.get(), o.growth()))
+            .collect();
         assert_eq!(judged, [(leak, 300)]);
     }
 
@@ -229,13 +239,13 @@ mod tests {
         let mut gate = LeakGate::new(100, Duration::from_secs(1));
         gate.take_baseline(&[]);
         let end = [usage(1, 1_000), usage(2, 1_000), usage(3, 1_000)];
-        let ranked = |stack| match stack {
+        let ranked = |stack: StackId| match stack.get() {
             1 => Ranked::Cleared,
             2 => Ranked::Suspect,
             _ => Ranked::Unjudged,
         };
         let offenders = gate.judge(&end, &Sites::new(), ranked).unwrap();
-        let stacks: Vec<StackId> = offenders.iter().map(|o| o.stack).collect();
+        let stacks: Vec<u32> = offenders.iter().map(|o| o.stack.get()).collect();
         assert_eq!(stacks, [2, 3]);
     }
 }

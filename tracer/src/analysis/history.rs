@@ -1,9 +1,12 @@
-//! A short history of each stack's outstanding bytes (and of all it has
-//! allocated, freed or not), one sample per tick, with bounded memory: only
-//! the last `window` ticks of a stack are kept, and a stack whose every kept
-//! sample is zero is forgotten.
+//! A short history of each stack's (or, host-wide, each process's)
+//! outstanding bytes (and, for stacks, of all they allocated, freed or not),
+//! one sample per tick, with bounded memory: only the last `window` ticks of
+//! a key are kept, and a key whose every kept sample is zero is forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+};
 
 use crate::ledger::{Allocated, StackId, StackUsage};
 
@@ -16,15 +19,17 @@ pub const DEFAULT_WINDOW: usize = 30;
 pub struct Sample {
     /// Seconds since tracing began.
     pub elapsed_s: f64,
-    /// The tick's CLOCK_MONOTONIC ns, the clock of the ledger's blocks.
+    /// The tick's CLOCK_MONOTONIC ns, the clock of the ledger's blocks (0
+    /// in histories of processes).
     pub at_ns: u64,
     /// Outstanding bytes.
     pub bytes: u64,
-    /// Bytes allocated since tracing began, freed or not.
+    /// Bytes allocated since tracing began, freed or not (0 in histories of
+    /// processes).
     pub allocated_bytes: u64,
 }
 
-/// One tick of the whole ledger, as [`History::record`] takes it.
+/// One tick of a whole ledger, as [`History::record`] takes it.
 pub struct Tick<'a> {
     pub elapsed_s: f64,
     pub at_ns: u64,
@@ -33,56 +38,24 @@ pub struct Tick<'a> {
     pub allocated: &'a HashMap<StackId, Allocated>,
 }
 
+/// Samples by key: stacks ([`StackId`], the default) for leak suspects,
+/// process ids for host-wide mode's ranking of processes.
 #[derive(Debug)]
-pub struct History {
+pub struct History<K = StackId> {
     window: usize,
-    stacks: HashMap<StackId, VecDeque<Sample>>,
+    stacks: HashMap<K, VecDeque<Sample>>,
 }
 
 impl History {
-    pub fn new(window: usize) -> Self {
-        Self {
-            window: window.max(2),
-            stacks: HashMap::new(),
-        }
-    }
-
     /// Records one tick: every stack in `usage` at its bytes, every stack
     /// already tracked but absent from `usage` at zero.
     pub fn record(&mut self, tick: Tick<'_>) {
-        let sample = |stack: StackId, bytes: u64| Sample {
-            elapsed_s: tick.elapsed_s,
-            at_ns: tick.at_ns,
-            bytes,
-            allocated_bytes: tick.allocated.get(&stack).map_or(0, |a| a.bytes),
-        };
-        let mut bytes_now: HashMap<StackId, u64> = tick
-            .usage
-            .iter()
-            .map(|usage| (usage.stack, usage.bytes))
-            .collect();
-        for (stack, samples) in &mut self.stacks {
-            let bytes = bytes_now.remove(stack).unwrap_or(0);
-            samples.push_back(sample(*stack, bytes));
-        }
-        for (stack, bytes) in bytes_now {
-            self.stacks
-                .insert(stack, VecDeque::from([sample(stack, bytes)]));
-        }
-        let window = self.window;
-        self.stacks.retain(|_, samples| {
-            while samples.len() > window {
-                samples.pop_front();
-            }
-            samples.iter().any(|sample| sample.bytes > 0)
-        });
-    }
-
-    /// The kept samples of each tracked stack, oldest first.
-    pub fn stacks(&self) -> impl Iterator<Item = (StackId, Vec<Sample>)> + '_ {
-        self.stacks
-            .iter()
-            .map(|(stack, samples)| (*stack, samples.iter().copied().collect()))
+        self.record_samples(
+            tick.elapsed_s,
+            tick.at_ns,
+            tick.usage.iter().map(|usage| (usage.stack, usage.bytes)),
+            |stack| tick.allocated.get(stack).map_or(0, |a| a.bytes),
+        );
     }
 
     /// Each tracked stack's window: the CLOCK_MONOTONIC ns of its first and
@@ -96,12 +69,6 @@ impl History {
     /// Ticks kept of `stack` (0 when it is not tracked).
     pub fn ticks_of(&self, stack: StackId) -> usize {
         self.stacks.get(&stack).map_or(0, VecDeque::len)
-    }
-
-    /// Number of stacks tracked.
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
-        self.stacks.len()
     }
 
     /// Records a tick of `usage` with nothing allocated beyond it, for the
@@ -128,15 +95,108 @@ impl History {
     }
 }
 
+impl<K: Copy + Eq + Hash> History<K> {
+    pub fn new(window: usize) -> Self {
+        Self {
+            window: window.max(2),
+            stacks: HashMap::new(),
+        }
+    }
+
+    /// A key first seen at `elapsed_s`, holding nothing then: its first
+    /// recorded tick then counts as growth from zero.
+    pub fn start(&mut self, key: K, elapsed_s: f64) {
+        self.stacks.entry(key).or_insert_with(|| {
+            VecDeque::from([Sample {
+                elapsed_s,
+                at_ns: 0,
+                bytes: 0,
+                allocated_bytes: 0,
+            }])
+        });
+    }
+
+    /// Forgets `key` (a process that ended).
+    pub fn remove(&mut self, key: &K) {
+        self.stacks.remove(key);
+    }
+
+    /// Change of `key`'s bytes per second between its oldest and newest
+    /// kept samples (0 with fewer than two).
+    pub fn growth_bytes_per_s(&self, key: &K) -> f64 {
+        let Some(samples) = self.stacks.get(key) else {
+            return 0.0;
+        };
+        match (samples.front(), samples.back()) {
+            (Some(first), Some(last)) if last.elapsed_s > first.elapsed_s => {
+                (last.bytes as f64 - first.bytes as f64) / (last.elapsed_s - first.elapsed_s)
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Records one tick: every key in `bytes` at its bytes, every key
+    /// already tracked but absent from `bytes` at zero.
+    pub fn record_bytes(&mut self, elapsed_s: f64, bytes: impl IntoIterator<Item = (K, u64)>) {
+        self.record_samples(elapsed_s, 0, bytes, |_| 0);
+    }
+
+    /// [`History::record_bytes`], with the tick's time on the events'
+    /// clock and each key's allocated bytes.
+    fn record_samples(
+        &mut self,
+        elapsed_s: f64,
+        at_ns: u64,
+        bytes: impl IntoIterator<Item = (K, u64)>,
+        allocated_bytes: impl Fn(&K) -> u64,
+    ) {
+        let sample = |key: &K, bytes: u64| Sample {
+            elapsed_s,
+            at_ns,
+            bytes,
+            allocated_bytes: allocated_bytes(key),
+        };
+        let mut bytes_now: HashMap<K, u64> = bytes.into_iter().collect();
+        for (stack, samples) in &mut self.stacks {
+            let bytes = bytes_now.remove(stack).unwrap_or(0);
+            samples.push_back(sample(stack, bytes));
+        }
+        for (stack, bytes) in bytes_now {
+            let first = sample(&stack, bytes);
+            self.stacks.insert(stack, VecDeque::from([first]));
+        }
+        let window = self.window;
+        self.stacks.retain(|_, samples| {
+            while samples.len() > window {
+                samples.pop_front();
+            }
+            samples.iter().any(|sample| sample.bytes > 0)
+        });
+    }
+
+    /// The kept samples of each tracked stack, oldest first.
+    pub fn stacks(&self) -> impl Iterator<Item = (K, Vec<Sample>)> + '_ {
+        self.stacks
+            .iter()
+            .map(|(stack, samples)| (*stack, samples.iter().copied().collect()))
+    }
+
+    /// Number of keys tracked.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.stacks.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::analysis::usage;
 
-    fn samples_of(history: &History, stack: StackId) -> Vec<u64> {
+    fn samples_of(history: &History, stack: u32) -> Vec<u64> {
         history
             .stacks()
-            .find(|(id, _)| *id == stack)
+            .find(|(id, _)| *id == StackId::from(stack))
             .map(|(_, samples)| samples.iter().map(|s| s.bytes).collect())
             .unwrap_or_default()
     }

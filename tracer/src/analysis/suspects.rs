@@ -554,6 +554,7 @@ mod tests {
     fn the_leak_ranks_first_and_the_cache_pool_and_moved_bytes_not_at_all() {
         let (leak, cache, pool, fill, refresh) = (1, 2, 3, 4, 5);
         let stacks = [leak, cache, pool, fill, refresh];
+        let id = StackId::from;
         let series = [
             steady_leak(),
             plateaued_cache(),
@@ -575,9 +576,9 @@ mod tests {
         let live: HashMap<StackId, WindowLive> = stacks
             .into_iter()
             .zip(&series)
-            .map(|(stack, samples)| (stack, spread(samples)))
+            .map(|(stack, samples)| (id(stack), spread(samples)))
             .collect();
-        let sites: Sites = [(fill, 7), (refresh, 7)].into();
+        let sites: Sites = [(id(fill), 7), (id(refresh), 7)].into();
         let suspects = rank_suspects(
             &history,
             &LedgerNow {
@@ -587,7 +588,7 @@ mod tests {
                 now_ns,
             },
         );
-        let ranked: Vec<StackId> = suspects.iter().map(|s| s.stack).collect();
+        let ranked: Vec<u32> = suspects.iter().map(|s| s.stack.get()).collect();
         assert_eq!(ranked, [leak]);
     }
 
@@ -599,7 +600,7 @@ mod tests {
         }
         // Window 1 s .. 5 s, middle 3 s.
         let block = |size, at_s: f64| LiveBlock {
-            stack: 1,
+            stack: StackId::from(1),
             size,
             timestamp_ns: (at_s * 1e9) as u64,
         };
@@ -609,19 +610,19 @@ mod tests {
             block(4, 3.5),
             block(8, 6.0),
             LiveBlock {
-                stack: 9,
+                stack: StackId::from(9),
                 ..block(16, 2.0)
             },
         ];
         let live = window_live_bytes(&history, blocks.into_iter());
         assert_eq!(
-            live[&1],
+            live[&StackId::from(1)],
             WindowLive {
                 since_start: 2 + 4,
                 before_middle: 1 + 2,
                 total: 1 + 2 + 4,
             }
         );
-        assert!(!live.contains_key(&9));
+        assert!(!live.contains_key(&StackId::from(9)));
     }
 }

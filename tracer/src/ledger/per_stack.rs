@@ -51,7 +51,7 @@ pub struct Peak {
 pub(super) struct PerStack {
     /// Looked up on every allocation and free: foldhash rather than the
     /// default SipHash, which cost the aggregator ~20% of its event rate
-    /// (`alloctrace bench-aggregator`, medians of 6 runs: 3.4 M/s against
+    /// (the `aggregator` example, medians of 6 runs: 3.4 M/s against
     /// 4.3 M/s before frees looked this map up; with foldhash 3.8 M/s
     /// against 3.8 M/s, on a shared 2-core machine).
     stacks: HashMap<StackId, StackCounters, foldhash::fast::FixedState>,

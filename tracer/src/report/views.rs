@@ -14,8 +14,10 @@ use super::summary::{bytes, signed_bytes};
 use crate::{
     analysis::Evidence,
     ledger::{Allocated, Ledger, Peak, StackId, TEMPORARY_NS},
-    symbolize::{Frame, StackSymbolizer},
+    symbolize::Frame,
 };
+
+use super::NameStacks;
 
 /// The views of one process. JSON key names are a public interface.
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -78,7 +80,7 @@ impl HeapViews {
     /// the end of those seconds on the events' clock.
     pub fn of(
         ledger: &Ledger,
-        symbols: &StackSymbolizer,
+        symbols: &impl NameStacks,
         pid: u32,
         duration_s: f64,
         now_ns: u64,
@@ -146,7 +148,7 @@ impl TickViews {
     /// named (symbolizing every stack each tick would cost too much).
     pub fn of(
         ledger: &Ledger,
-        symbols: &StackSymbolizer,
+        symbols: &impl NameStacks,
         pid: u32,
         duration_s: f64,
         now_ns: u64,
@@ -175,7 +177,7 @@ fn peak_at_s(peak: Peak, duration_s: f64, now_ns: u64) -> f64 {
 }
 
 fn hot_spot(
-    symbols: &StackSymbolizer,
+    symbols: &impl NameStacks,
     pid: u32,
     stack: StackId,
     allocated: Allocated,
