@@ -47,7 +47,8 @@ pub fn patterns_bin() -> PathBuf {
 /// How the battery is traced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BatteryMode {
-    /// `--pid`, attached before the workload starts its patterns.
+    /// `--pid`, attached once the workload started up (its start-up burst
+    /// and its cache's fill are before attach), before its patterns run.
     Pid,
     /// `alloctrace -- patterns ...`.
     Launch,
@@ -79,7 +80,7 @@ pub fn run_battery(mode: BatteryMode, extra: &[&str]) -> (TracerOutput, Value) {
         BatteryMode::Pid => {
             let dir = temp_dir();
             let path = dir.path().join("report.json");
-            let mut workload = Workload::spawn_bin(&bin, &[BATTERY_SECONDS]);
+            let mut workload = Workload::spawn_bin(&bin, &[BATTERY_SECONDS, "warm"]);
             let mut tracer_args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
             tracer_args.extend(["--report".into(), path.clone().into_os_string()]);
             let tracer = Tracer::spawn(workload.pid, &tracer_args, None);

@@ -2,10 +2,12 @@
  * side in one process, each from its own allocation site (a noinline
  * function whose name says the verdict: `leak_*` leaks, nothing else does).
  *
- * `patterns [SECONDS] [run]` prints `ready <pid>`, waits for `go` (with
- * `run`: starts at once, for launch mode), runs every pattern for SECONDS
- * (default 6) in steps of STEP_NS on one thread, then prints `done` and
- * allocates nothing more until stdin closes (with `run`: exits 0).
+ * `patterns [SECONDS] [run|warm]` starts up (the start-up burst and the
+ * cache's fill; with `warm`, before `ready`, as a service is when a tracer
+ * attaches to it), prints `ready <pid>`, waits for `go` (with `run`: starts
+ * at once, for launch mode), runs every pattern for SECONDS (default 6) in
+ * steps of STEP_NS on one thread, then prints `done` and allocates nothing
+ * more until stdin closes (with `run`: exits 0).
  *
  * Leaks:
  *   leak_steady_site   512 B every 5 steps (~50 KiB/s), from the first step;
@@ -23,8 +25,10 @@
  *   cache_entry_site   4096 x 1 KiB, filled at the start by cache_fill, then
  *                      refreshed oldest-first by cache_refresh, one entry per
  *                      step: the refresh stack rises ~500 KiB/s for the whole
- *                      run while the fill stack falls as fast; the cache's
- *                      total never changes;
+ *                      run while the fill stack falls as fast (with `warm`,
+ *                      the fill is before attach: each refresh frees a block
+ *                      the tracer never saw); the cache's total never
+ *                      changes;
  *   pool_site          4 KiB blocks up to 2 MiB x (1 - e^(-t / 0.6 s)): grows,
  *                      levels off, never shrinks;
  *   batch_site         2 KiB per step for 350 steps, then all freed: a
@@ -170,16 +174,20 @@ int main(int argc, char **argv)
 {
     double seconds = argc > 1 ? atof(argv[1]) : 6.0;
     int run = argc > 2 && strcmp(argv[2], "run") == 0;
+    int warm = argc > 2 && strcmp(argv[2], "warm") == 0;
     char line[64];
     if (seconds <= 0 || seconds > 3600)
         return 2;
+    if (warm)
+        start_up();
     printf("ready %d\n", getpid());
     fflush(stdout);
     if (!run && !fgets(line, sizeof line, stdin))
         return 1;
 
     srand(1);
-    start_up();
+    if (!warm)
+        start_up();
     long steps = (long)(seconds * STEPS_PER_S);
     struct timespec next;
     clock_gettime(CLOCK_MONOTONIC, &next);

@@ -27,6 +27,9 @@ pub struct Sample {
     /// Bytes allocated since tracing began, freed or not (0 in histories of
     /// processes).
     pub allocated_bytes: u64,
+    /// Of those, the bytes that replaced blocks from before tracing
+    /// ([`Allocated::replaced_bytes`]; 0 in histories of processes).
+    pub replaced_bytes: u64,
 }
 
 /// One tick of a whole ledger, as [`History::record`] takes it.
@@ -54,7 +57,10 @@ impl History {
             tick.elapsed_s,
             tick.at_ns,
             tick.usage.iter().map(|usage| (usage.stack, usage.bytes)),
-            |stack| tick.allocated.get(stack).map_or(0, |a| a.bytes),
+            |stack| {
+                let allocated = tick.allocated.get(stack).copied().unwrap_or_default();
+                (allocated.bytes, allocated.replaced_bytes)
+            },
         );
     }
 
@@ -112,6 +118,7 @@ impl<K: Copy + Eq + Hash> History<K> {
                 at_ns: 0,
                 bytes: 0,
                 allocated_bytes: 0,
+                replaced_bytes: 0,
             }])
         });
     }
@@ -138,23 +145,27 @@ impl<K: Copy + Eq + Hash> History<K> {
     /// Records one tick: every key in `bytes` at its bytes, every key
     /// already tracked but absent from `bytes` at zero.
     pub fn record_bytes(&mut self, elapsed_s: f64, bytes: impl IntoIterator<Item = (K, u64)>) {
-        self.record_samples(elapsed_s, 0, bytes, |_| 0);
+        self.record_samples(elapsed_s, 0, bytes, |_| (0, 0));
     }
 
     /// [`History::record_bytes`], with the tick's time on the events'
-    /// clock and each key's allocated bytes.
+    /// clock and each key's allocated and replaced bytes.
     fn record_samples(
         &mut self,
         elapsed_s: f64,
         at_ns: u64,
         bytes: impl IntoIterator<Item = (K, u64)>,
-        allocated_bytes: impl Fn(&K) -> u64,
+        allocated: impl Fn(&K) -> (u64, u64),
     ) {
-        let sample = |key: &K, bytes: u64| Sample {
-            elapsed_s,
-            at_ns,
-            bytes,
-            allocated_bytes: allocated_bytes(key),
+        let sample = |key: &K, bytes: u64| {
+            let (allocated_bytes, replaced_bytes) = allocated(key);
+            Sample {
+                elapsed_s,
+                at_ns,
+                bytes,
+                allocated_bytes,
+                replaced_bytes,
+            }
         };
         let mut bytes_now: HashMap<K, u64> = bytes.into_iter().collect();
         for (stack, samples) in &mut self.stacks {

@@ -13,6 +13,12 @@
 //!   grows no faster than its site: a cache filled at start-up from one path
 //!   and refreshed in place from another moves bytes between two stacks of one
 //!   site whose sum stays flat;
+//! * **replacement**: bytes a stack allocated to replace blocks from before
+//!   tracing (attached to a running process, a cache refreshing entries it
+//!   filled before attach; see `Allocated::replaced_bytes`) grow the stack
+//!   but not the process, and are taken off its growth;
+//! * a stack whose growth is mostly explained by moves and replacements
+//!   (the netted growth below [`MIN_NET_SHARE`] of its own) is not growing;
 //! * the fit quality is the R² of the least-squares line: a staircase leak
 //!   fits a line well, a sawtooth batch does not;
 //! * few steps may go down (a leak never gives memory back);
@@ -30,8 +36,8 @@
 //!   frees nearly all. A leak hidden in heavy churn on one stack keeps
 //!   little, so this weighs the score rather than gating it.
 //!
-//! A stack qualifies with at least [`MIN_TICKS`] ticks, a positive netted
-//! slope, R² ≥ [`MIN_R_SQUARED`], at most [`MAX_DECREASING_FRACTION`] of its
+//! A stack qualifies with at least [`MIN_TICKS`] ticks, a netted slope of
+//! at least [`MIN_NET_SHARE`] of its own, R² ≥ [`MIN_R_SQUARED`], at most [`MAX_DECREASING_FRACTION`] of its
 //! steps down and a newer-half growth at least [`MIN_LATE_GROWTH`] of the
 //! older half's. Qualifying stacks rank by score = netted slope × R² × (1 −
 //! fraction of steps down) × retention × min(1, 2 × old_bytes_fraction) ×
@@ -54,6 +60,11 @@ pub const MAX_DECREASING_FRACTION: f64 = 0.25;
 /// Below this ratio of newer-half to older-half growth, the stack is
 /// levelling off: a pool reaching its size.
 pub const MIN_LATE_GROWTH: f64 = 0.25;
+/// Below this share of its own growth left once moves between stacks of
+/// its site and replacements of blocks from before tracing are taken off,
+/// a stack's growth is explained; the margin absorbs the noise of the
+/// slopes (a cache's refresh stack nets out to a few % either way).
+pub const MIN_NET_SHARE: f64 = 0.1;
 
 /// Why a stack is suspected. JSON key names are a public interface.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
@@ -85,7 +96,11 @@ pub struct Evidence {
     pub site_stacks: usize,
     /// Theil–Sen growth of the site's summed outstanding bytes.
     pub site_slope_bytes_per_s: f64,
-    /// The growth judged: the stack's, but no more than its site's.
+    /// Of the bytes the stack allocated during the window, the share that
+    /// replaced blocks from before tracing.
+    pub replaced_fraction: f64,
+    /// The growth judged: the stack's, but no more than its site's, less
+    /// the rate at which it replaced blocks from before tracing.
     pub net_slope_bytes_per_s: f64,
 }
 
@@ -247,26 +262,31 @@ pub fn evaluate(
     let decreasing_fraction = decreasing_steps as f64 / steps as f64;
     let slope = theil_sen_slope(samples);
     let site_slope = site.map_or(slope, |(_, series)| theil_sen_slope(series));
-    let net_slope = slope.min(site_slope);
+    let window_s = samples[steps].elapsed_s - samples[0].elapsed_s;
+    let (first, last) = (samples[0], samples[steps]);
+    let allocated_in_window = last.allocated_bytes.saturating_sub(first.allocated_bytes);
+    let replaced_in_window = last.replaced_bytes.saturating_sub(first.replaced_bytes);
+    let replaced_rate = replaced_in_window as f64 / window_s.max(1e-9);
+    let net_slope = slope.min(site_slope) - replaced_rate;
     let r_squared = r_squared(samples);
     let late_growth_ratio = late_growth_ratio(samples);
-    let qualifies = net_slope > 0.0
+    let qualifies = slope > 0.0
+        && net_slope >= MIN_NET_SHARE * slope
         && r_squared >= MIN_R_SQUARED
         && decreasing_fraction <= MAX_DECREASING_FRACTION
         && late_growth_ratio >= MIN_LATE_GROWTH;
     if !qualifies {
         return None;
     }
-    let window_s = samples[steps].elapsed_s - samples[0].elapsed_s;
     let retention = (oldest_age_s / window_s.max(1e-9)).min(1.0);
-    let allocated_in_window = samples[steps]
-        .allocated_bytes
-        .saturating_sub(samples[0].allocated_bytes);
-    let retained_fraction = if allocated_in_window == 0 {
-        0.0
-    } else {
-        (live.since_start as f64 / allocated_in_window as f64).min(1.0)
+    let share = |bytes: u64| {
+        if allocated_in_window == 0 {
+            0.0
+        } else {
+            (bytes as f64 / allocated_in_window as f64).min(1.0)
+        }
     };
+    let retained_fraction = share(live.since_start);
     let old_bytes_fraction = if live.total == 0 {
         0.0
     } else {
@@ -294,6 +314,7 @@ pub fn evaluate(
         late_growth_ratio,
         site_stacks: site.map_or(1, |(members, _)| members),
         site_slope_bytes_per_s: site_slope,
+        replaced_fraction: share(replaced_in_window),
         net_slope_bytes_per_s: net_slope,
     })
 }
@@ -378,6 +399,7 @@ mod tests {
                     at_ns: i as u64 * 1_000_000_000,
                     bytes,
                     allocated_bytes: allocated,
+                    replaced_bytes: 0,
                 }
             })
             .collect()
@@ -548,6 +570,35 @@ mod tests {
         let evidence = evaluate(&leak, 19.0, spread(&leak), Some((2, &site))).unwrap();
         assert_eq!(evidence.site_stacks, 2);
         assert_eq!(evidence.net_slope_bytes_per_s, evidence.slope_bytes_per_s);
+    }
+
+    #[test]
+    fn growth_that_replaces_blocks_from_before_tracing_is_no_growth() {
+        // Attached after a cache filled: its refresh stack rises at 256
+        // KiB/s, every byte of it replacing an entry from before attach.
+        let refresh: Vec<Sample> = ticks((0..20).map(|i| i * 256 * KIB))
+            .into_iter()
+            .map(|s| Sample {
+                replaced_bytes: s.allocated_bytes,
+                ..s
+            })
+            .collect();
+        assert_eq!(alone(&refresh, 19.0), None);
+        // Half of it replacing: half of the growth is left.
+        let half: Vec<Sample> = refresh
+            .iter()
+            .map(|s| Sample {
+                replaced_bytes: s.allocated_bytes / 2,
+                ..*s
+            })
+            .collect();
+        let evidence = alone(&half, 19.0).unwrap();
+        assert_eq!(evidence.replaced_fraction, 0.5);
+        let rate = (128 * KIB) as f64;
+        assert!(
+            (evidence.net_slope_bytes_per_s - rate).abs() < rate * 0.01,
+            "{evidence:?}"
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ struct StackCounters {
     allocated_units: u64,
     temporary_bytes: u64,
     temporary_units: u64,
+    replaced_bytes: u64,
     live_bytes: u64,
     /// `live_bytes` at the latest peak, valid when `generation` is the
     /// peak's generation; otherwise the stack has not changed since and
@@ -78,6 +79,12 @@ impl PerStack {
         }
     }
 
+    /// A block of `bytes` allocated from `stack` replaced one from before
+    /// tracing.
+    pub fn replaced(&mut self, stack: StackId, bytes: u64) {
+        self.touch(stack).replaced_bytes += bytes;
+    }
+
     /// A block came back to `stack` (a failed realloc).
     pub fn restored(&mut self, stack: StackId, bytes: u64) {
         self.touch(stack).live_bytes += bytes;
@@ -108,8 +115,9 @@ impl PerStack {
             .filter(|(_, bytes)| *bytes > 0)
     }
 
-    /// (stack, allocated bytes, allocated units, temporary bytes, temporary units).
-    pub fn totals(&self) -> impl Iterator<Item = (StackId, [u64; 4])> + '_ {
+    /// (stack, [allocated bytes, allocated units, temporary bytes, temporary
+    /// units, replaced bytes]).
+    pub fn totals(&self) -> impl Iterator<Item = (StackId, [u64; 5])> + '_ {
         self.stacks.iter().map(|(&stack, c)| {
             (
                 stack,
@@ -118,6 +126,7 @@ impl PerStack {
                     c.allocated_units,
                     c.temporary_bytes,
                     c.temporary_units,
+                    c.replaced_bytes,
                 ],
             )
         })

@@ -91,6 +91,7 @@ fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
             // The free came at once; the realloc's release is not a free.
             temporary_bytes: 100,
             temporary_count: 1,
+            replaced_bytes: 0,
         }
     );
     assert_eq!(
@@ -334,4 +335,32 @@ fn a_new_peak_replaces_the_stacks_held_at_the_old_one() {
     ]);
     assert_eq!(ledger.peak().bytes, 140);
     assert_eq!(peak_stacks(&ledger), [(2, 70), (3, 70)]);
+}
+
+fn replaced(ledger: &Ledger, stack: u32) -> u64 {
+    ledger.allocated_by_stack()[&StackId::from(stack)].replaced_bytes
+}
+
+#[test]
+fn an_allocation_right_after_its_thread_freed_a_block_from_before_tracing_replaces_it() {
+    let [start, end] = realloc(MAIN, 0x900, 0x40, 70, 4);
+    let ledger = ledger_after(&[
+        // 0x800 is from before tracing: the next allocation on this thread
+        // replaces it; one on another thread, or after a known free, does not.
+        free(0x800),
+        alloc(0x10, 8, 1),
+        alloc(0x20, 16, 1),
+        free(0x810),
+        event(EventKind::Alloc, OTHER, 0x30, 0, 32, 2),
+        alloc(0x50, 64, 3),
+        free(0x50),
+        alloc(0x60, 128, 3),
+        // A realloc of a block from before tracing replaces it.
+        start,
+        end,
+    ]);
+    assert_eq!(replaced(&ledger, 1), 8);
+    assert_eq!(replaced(&ledger, 2), 0);
+    assert_eq!(replaced(&ledger, 3), 64);
+    assert_eq!(replaced(&ledger, 4), 70);
 }

@@ -214,6 +214,12 @@ pub fn why_suspect(evidence: &Evidence) -> String {
             bytes(evidence.site_slope_bytes_per_s.max(0.0).round() as u64)
         ));
     }
+    if evidence.replaced_fraction > 0.0 {
+        why.push_str(&format!(
+            ", {:.0}% of its allocations replaced blocks from before tracing",
+            100.0 * evidence.replaced_fraction
+        ));
+    }
     if evidence.late_growth_ratio < 0.75 {
         why.push_str(&format!(
             ", slowing ({:.0}% of its earlier pace)",
@@ -243,6 +249,7 @@ mod tests {
             late_growth_ratio: 0.5,
             site_stacks: 2,
             site_slope_bytes_per_s: 90000.0,
+            replaced_fraction: 0.0,
             net_slope_bytes_per_s: 81920.0,
         };
         assert_eq!(
