@@ -88,6 +88,12 @@ fn every_leak_ranks_above_every_cache_pool_and_batch_in_launch_mode_and_fails_th
             out.stderr
         );
     }
+    // Each says why, as the suspects do.
+    let whys = out
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("    why: grows +"));
+    assert_eq!(whys.count(), offenders.len(), "{}", out.stderr);
 }
 
 // Ground truth of views.c.

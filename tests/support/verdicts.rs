@@ -160,11 +160,13 @@ impl Verdicts {
     }
 }
 
-/// The offending stacks' lines of a failed leak gate's stderr.
+/// The offending stacks' lines of a failed leak gate's stderr (each
+/// followed by a `why:` line, left out).
 pub fn gate_offenders(stderr: &str) -> Vec<&str> {
     stderr
         .lines()
         .skip_while(|l| !l.contains("leak gate failed"))
         .skip(1)
+        .filter(|l| l.starts_with("  +"))
         .collect()
 }

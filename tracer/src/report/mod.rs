@@ -26,7 +26,7 @@ use serde::Serialize;
 
 pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flamegraph_lines};
 pub use folded::{folded_line, folded_lines, folded_lines_under};
-pub use gate::gate_failure;
+pub use gate::{NamedOffender, gate_failure};
 pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 pub use views::{HeapViews, TickViews, why_suspect};

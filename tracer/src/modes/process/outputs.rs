@@ -2,11 +2,11 @@
 //! publishes each tick, the leak gate's baseline and verdict, and the pprof
 //! profile.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use super::ProcessMode;
 use crate::{
-    analysis::{gate::Ranked, suspects::MIN_TICKS},
+    analysis::{Evidence, gate::Ranked, suspects::MIN_TICKS},
     driver::Now,
     metrics::{MetricsSnapshot, SuspectMetric},
     report::{self, PprofInput, StackView, SuspectReport, Totals, write_atomically},
@@ -59,10 +59,15 @@ impl ProcessMode {
         // Judged as the suspects are: netted by site, sparing what the
         // ranking cleared.
         let view = self.tracee.view_at_last_tick();
-        let suspects: HashSet<StackId> = self.tracee.rank(&view).iter().map(|s| s.stack).collect();
+        let suspects: HashMap<StackId, Evidence> = self
+            .tracee
+            .rank(&view)
+            .into_iter()
+            .map(|suspect| (suspect.stack, suspect.evidence))
+            .collect();
         let history = &self.tracee.history;
         let ranked = |stack| {
-            if suspects.contains(&stack) {
+            if suspects.contains_key(&stack) {
                 Ranked::Suspect
             } else if history.ticks_of(stack) >= MIN_TICKS {
                 Ranked::Cleared
@@ -78,11 +83,10 @@ impl ProcessMode {
         }
         let named: Vec<_> = offenders
             .into_iter()
-            .map(|offender| {
-                (
-                    offender,
-                    report::NameStacks::frames(&self.tracee, offender.stack),
-                )
+            .map(|offender| report::NamedOffender {
+                offender,
+                frames: report::NameStacks::frames(&self.tracee, offender.stack),
+                why: suspects.get(&offender.stack).map(report::why_suspect),
             })
             .collect();
         eprint!(
