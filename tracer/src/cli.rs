@@ -121,6 +121,13 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "all")]
     pub allocator_lib: Option<PathBuf>,
 
+    /// Ask the traced JVM to write its perf map (`jcmd PID Compiler.perfmap`,
+    /// JDK 17+) at attach time and at each summary, so JIT-compiled Java
+    /// methods are named. It writes /tmp/perf-PID.map for the target. Run
+    /// the JVM with -XX:+PreserveFramePointer so its frames can be walked.
+    #[arg(long, conflicts_with = "all")]
+    pub jvm_perfmap: bool,
+
     /// Log attach details and kernel-side diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,

@@ -76,6 +76,8 @@ pub struct ProcessConfig {
     /// `--sample-rate`: the kernel reports a sample, the ledger weighs it up.
     pub sampling: Option<Sampling>,
     pub allocator_lib: Option<PathBuf>,
+    /// `--jvm-perfmap`: have the JVM write its perf map at each summary.
+    pub jvm_perfmap: bool,
     pub thread_slots: u32,
     /// See `Cli::perf_event_uprobes`.
     pub perf_event_uprobes: bool,
@@ -202,6 +204,7 @@ impl ProcessConfig {
             stack_bytes: args.stack_bytes,
             sampling: args.sample_rate.map(Sampling::new),
             allocator_lib: args.allocator_lib,
+            jvm_perfmap: args.jvm_perfmap,
             thread_slots: args.thread_slots,
             perf_event_uprobes: args.perf_event_uprobes,
             pprof: args.watch.pprof,

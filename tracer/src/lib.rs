@@ -28,6 +28,7 @@ pub mod ledger;
 pub mod maps;
 pub mod metrics;
 pub mod modes;
+pub mod perfmap;
 pub mod placement;
 pub mod probes;
 pub mod report;

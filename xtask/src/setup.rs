@@ -11,8 +11,9 @@ use anyhow::{Result, bail};
 use crate::util::{self, probe};
 
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
-/// and what the integration tests trace: replacement allocators and Node.js
-/// (whose JIT frames tests/jit.rs names).
+/// and what the integration tests trace: replacement allocators, Node.js and
+/// a JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
+/// workload, `jcmd` serves `--jvm-perfmap`).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +24,7 @@ const APT_PACKAGES: &[&str] = &[
     "libgoogle-perftools4",
     "libmimalloc2.0",
     "nodejs",
+    "openjdk-17-jdk-headless",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -9,10 +9,12 @@
 //! alone has the leak gate, the pprof profile and the metrics endpoint.
 //!
 //! [`attach`] sets it up to its ready line; [`outputs`] holds what it
-//! writes besides the common outputs.
+//! writes besides the common outputs; [`jvm`] asks a JVM for its perf map
+//! (`--jvm-perfmap`).
 
 mod attach;
 mod forks;
+mod jvm;
 mod launch;
 mod outputs;
 
@@ -24,6 +26,7 @@ use tracer_ebpf::{Event, EventKind};
 use self::{
     attach::{Attachment, ProcessExit},
     forks::ForkedChildren,
+    jvm::JvmPerfMap,
     launch::Launched,
 };
 use crate::{
@@ -61,6 +64,8 @@ pub struct ProcessMode {
     /// Ends the leak gate's warm-up (`--after`).
     warm_up: Pin<Box<Sleep>>,
     metrics: Option<Metrics>,
+    /// `--jvm-perfmap`.
+    jvm: Option<JvmPerfMap>,
     /// Allocator events applied.
     events: u64,
     /// Tracing has stopped: the final tick and outputs remain.
@@ -112,6 +117,14 @@ impl ProcessMode {
                 None => String::new(),
             }
         );
+        // Before the ready line, so the JVM's code compiled so far is named
+        // from the first stack on (launch mode's JVM has not started yet).
+        let mut jvm = config.jvm_perfmap.then(|| JvmPerfMap::new(target.pid));
+        if let Some(jvm) = &mut jvm
+            && launched.is_none()
+        {
+            jvm.write_now(false);
+        }
         if let Some(launched) = &mut launched {
             launched.release()?;
         }
@@ -135,6 +148,7 @@ impl ProcessMode {
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
             metrics,
+            jvm,
             events: 0,
             stopped: false,
             started,
@@ -229,6 +243,10 @@ impl Mode for ProcessMode {
             // Libraries loaded since; the last tick, after the target may
             // have gone, keeps the last good view.
             self.tracee.symbols.refresh_maps();
+            // Read at the next summary's refresh (or the final one).
+            if let Some(jvm) = &mut self.jvm {
+                jvm.request();
+            }
         }
         let view = self.tracee.view(now.now_ns);
         self.tracee.record(now.elapsed_s, &view);
@@ -268,6 +286,14 @@ impl Mode for ProcessMode {
     fn stopped(&mut self, stop: Stop) {
         self.stopped = true;
         let pid = self.target.pid;
+        if let Some(jvm) = &mut self.jvm
+            && matches!(stop, Stop::Signal(_) | Stop::Duration)
+        {
+            // The last word on the JVM's code, before the last events are
+            // symbolized and the report names its stacks.
+            jvm.write_now(false);
+            self.tracee.symbols.refresh_maps();
+        }
         match stop {
             Stop::TargetExited => {
                 self.tracee.symbols.target_exited();
