@@ -9,6 +9,7 @@
 //! can give it up.
 
 mod live;
+pub mod mapped;
 
 use std::collections::HashMap;
 
