@@ -25,6 +25,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use serde::Serialize;
+use tracer_ebpf::{Event, EventKind};
+
 use super::StackId;
 
 /// One piece of a traced mapping.
@@ -39,7 +42,7 @@ struct Piece {
 }
 
 /// Running counters of the mapped-memory ledger.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MappedTotals {
     /// Mappings made (`mmap` calls tracked).
     pub maps: u64,
@@ -73,6 +76,27 @@ pub struct MappedLedger {
 impl MappedLedger {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Applies one mapping event (see `tracer_ebpf::EventKind::Map` and
+    /// after); other events are not its business.
+    pub fn apply(&mut self, event: &Event, stack: StackId) {
+        match event.kind() {
+            Some(EventKind::Map) => self.map(
+                event.addr,
+                event.size,
+                event.old_addr != 0,
+                stack,
+                event.timestamp_ns,
+            ),
+            Some(EventKind::Unmap) => self.unmap(event.addr, event.size),
+            Some(EventKind::Remap) => {
+                self.remap(event.old_addr, event.stack_hash, event.addr, event.size)
+            }
+            Some(EventKind::Protect) => self.protect(event.addr, event.size, event.old_addr != 0),
+            Some(EventKind::Exec) => self.clear(),
+            _ => {}
+        }
     }
 
     /// A new mapping of `len` bytes at `start` from `stack`, replacing
@@ -131,30 +155,20 @@ impl MappedLedger {
         };
         let moved = self.take(old, old_end);
         let tracked: u64 = moved.iter().map(|(s, p)| p.end - s).sum();
-        self.totals.untracked_unmapped_bytes += old_len - tracked;
+        self.totals.untracked_unmapped_bytes += (old_end - old) - tracked;
         // The kernel unmaps whatever lay at the destination.
         self.take(new, new_end);
-        let last = moved
-            .last()
-            .filter(|(_, p)| p.end == old_end)
-            .map(|(_, p)| *p);
         for (start, piece) in moved {
             let start = start - old + new;
-            let end = (piece.end - old + new).min(new_end);
+            // The piece that ended the old range takes the growth.
+            let end = if piece.end == old_end && new_len > old_len {
+                new_end
+            } else {
+                (piece.end - old + new).min(new_end)
+            };
             if start < end {
                 self.insert(start, Piece { end, ..piece });
             }
-        }
-        if let Some(last) = last
-            && new_len > old_len
-        {
-            self.insert(
-                new + old_len,
-                Piece {
-                    end: new_end,
-                    ..last
-                },
-            );
         }
     }
 
@@ -371,7 +385,7 @@ mod tests {
         ledger.map(A, 4 * PAGE, true, stack(1), 0);
         ledger.remap(A, 4 * PAGE, A, 10 * PAGE);
         assert_eq!(bytes_of(&ledger, 1), 10 * PAGE);
-        assert_eq!(ledger.totals().outstanding_count, 1 + 1);
+        assert_eq!(ledger.totals().outstanding_count, 1);
         ledger.unmap(A, 10 * PAGE);
         assert_eq!(ledger.totals().outstanding_bytes, 0);
     }

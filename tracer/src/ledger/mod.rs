@@ -156,7 +156,16 @@ impl Ledger {
             Some(EventKind::Free) => self.free(event.addr),
             Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
             Some(EventKind::ReallocEnd) => self.end_realloc(event, stack),
-            Some(EventKind::Exec | EventKind::ProcessExit | EventKind::Fork) | None => {}
+            Some(
+                EventKind::Exec
+                | EventKind::ProcessExit
+                | EventKind::Fork
+                | EventKind::Map
+                | EventKind::Unmap
+                | EventKind::Remap
+                | EventKind::Protect,
+            )
+            | None => {}
         }
     }
 

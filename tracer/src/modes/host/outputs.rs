@@ -78,6 +78,7 @@ mod tests {
             exe: String::new(),
             libc: String::new(),
             totals: Totals::default(),
+            mapped: None,
             age_bytes: Default::default(),
             stacks,
         }

@@ -390,6 +390,7 @@ impl Process {
             exe: self.exe.clone(),
             libc: self.libc(),
             totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
+            mapped: None,
             age_bytes: view.total_ages(),
             stacks: self.tracee.largest(&view, usize::MAX),
         }
@@ -470,6 +471,7 @@ mod tests {
                 outstanding_bytes: bytes,
                 ..Totals::default()
             },
+            mapped: None,
             age_bytes: Default::default(),
             stacks: Vec::new(),
         }

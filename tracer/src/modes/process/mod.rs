@@ -34,7 +34,7 @@ use crate::{
     config::{Common, ProcessConfig, ProcessTarget},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
-    ledger::{self, Budget, Ledger},
+    ledger::{self, Budget, Ledger, mapped::MappedLedger},
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
@@ -137,8 +137,12 @@ impl ProcessMode {
             + gate
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
+        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
+        if config.memory.mapped() {
+            tracee.mapped = Some(MappedLedger::new());
+        }
         let mode = Self {
-            tracee: Tracee::new(target.pid, ledger, SharedSymbols::new()),
+            tracee,
             // The launched command's own execve is the start of tracing.
             execs_expected: u32::from(launched.is_some()),
             target,
@@ -275,8 +279,13 @@ impl Mode for ProcessMode {
                 exe: self.target.exe.display().to_string(),
                 libc: self.target.allocator.path.display().to_string(),
                 totals,
+                mapped: self.tracee.mapped.as_ref().map(MappedLedger::totals),
                 age_bytes: view.total_ages(),
-                stacks: self.tracee.largest(&view, usize::MAX),
+                stacks: [
+                    self.tracee.largest(&view, usize::MAX),
+                    self.tracee.mapped_stacks(now.now_ns),
+                ]
+                .concat(),
             }],
             suspects,
             host: None,
