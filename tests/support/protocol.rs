@@ -63,12 +63,17 @@ impl Workload {
             command.current_dir(cwd);
         }
         command.args(args);
-        Self::spawn_command(command)
+        Self::spawn_command_waiting(command, ready_timeout)
     }
 
     /// Starts `command` (a program using the same protocol, with its
     /// arguments and environment set) and waits for `ready <pid>`.
-    pub fn spawn_command(mut command: Command) -> Self {
+    pub fn spawn_command(command: Command) -> Self {
+        Self::spawn_command_waiting(command, Duration::from_secs(10))
+    }
+
+    /// Like [`Workload::spawn_command`], waiting up to `ready_timeout`.
+    pub fn spawn_command_waiting(mut command: Command, ready_timeout: Duration) -> Self {
         let bin = PathBuf::from(command.get_program());
         let mut child = command
             .stdin(Stdio::piped())
