@@ -254,7 +254,11 @@ impl Mode for ProcessMode {
         }
         let view = self.tracee.view(now.now_ns);
         self.tracee.record(now.elapsed_s, &view);
-        let top = self.tracee.largest(&view, self.common.top);
+        let mut top = self.tracee.largest(&view, self.common.top);
+        // Mapped memory ranks among the heap's stacks, marked `[mmap]`.
+        top.extend(self.tracee.mapped_stacks(now.now_ns));
+        top.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
+        top.truncate(self.common.top);
         let suspects = self.tracee.suspects(&view, self.common.top);
         self.publish_metrics(totals, &view, &suspects);
         summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects)
