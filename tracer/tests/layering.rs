@@ -15,6 +15,8 @@ const STAGES: &[(&str, u32)] = &[
     ("sampling", 0),
     ("debuginfo", 0),
     ("perfmap", 0),
+    ("container", 0),
+    ("privileges", 0),
     ("placement", 1),
     ("target", 2),
     ("probes", 3),

@@ -11,9 +11,11 @@ use anyhow::{Result, bail};
 use crate::util::{self, probe};
 
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
-/// and what the integration tests trace: replacement allocators, Node.js and
-/// a JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
-/// workload, `jcmd` serves `--jvm-perfmap`).
+/// what the integration tests trace: replacement allocators, Node.js and a
+/// JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
+/// workload, `jcmd` serves `--jvm-perfmap`), and what tests/fleet.rs deploys
+/// with: podman and runc (the image), prometheus (scraping, `promtool`) and
+/// systemd (`systemd-analyze verify` on the unit).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,6 +27,10 @@ const APT_PACKAGES: &[&str] = &[
     "libmimalloc2.0",
     "nodejs",
     "openjdk-17-jdk-headless",
+    "podman",
+    "runc",
+    "prometheus",
+    "systemd",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

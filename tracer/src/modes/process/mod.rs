@@ -32,6 +32,7 @@ use self::{
 use crate::{
     analysis::LeakGate,
     config::{Common, ProcessConfig, ProcessTarget},
+    container::{self, Container},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger, mapped::MappedLedger},
@@ -66,6 +67,8 @@ pub struct ProcessMode {
     metrics: Option<Metrics>,
     /// `--jvm-perfmap`.
     jvm: Option<JvmPerfMap>,
+    /// The target's cgroup and container, read at attach.
+    container: Option<Container>,
     /// Allocator events applied.
     events: u64,
     /// Tracing has stopped: the final tick and outputs remain.
@@ -142,6 +145,7 @@ impl ProcessMode {
             tracee.mapped = Some(MappedLedger::new());
         }
         let mode = Self {
+            container: container::of_process(target.pid),
             tracee,
             // The launched command's own execve is the start of tracing.
             execs_expected: u32::from(launched.is_some()),
@@ -282,6 +286,7 @@ impl Mode for ProcessMode {
                 comm: self.target.comm.clone(),
                 exe: self.target.exe.display().to_string(),
                 libc: self.target.allocator.path.display().to_string(),
+                container: self.container.clone(),
                 totals,
                 mapped: self.tracee.mapped.as_ref().map(MappedLedger::totals),
                 age_bytes: view.total_ages(),
