@@ -6,7 +6,7 @@
 //! * [`environment`]: the workspace, the `alloctrace` binary under test,
 //!   the root check, temporary directories,
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
-//!   their sources,
+//!   their sources; [`java`]: compiling the Java ones,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
@@ -29,6 +29,7 @@ pub mod environment;
 pub mod expected;
 pub mod fleet;
 pub mod folded;
+pub mod java;
 pub mod metrics;
 pub mod pprof;
 pub mod protocol;
@@ -41,6 +42,7 @@ pub mod workloads;
 pub use environment::*;
 pub use expected::*;
 pub use folded::*;
+pub use java::*;
 pub use metrics::*;
 pub use pprof::read_pprof;
 pub use protocol::*;

@@ -121,6 +121,20 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "all")]
     pub allocator_lib: Option<PathBuf>,
 
+    /// What memory is traced: `heap` (the allocator's malloc family), or
+    /// `both`, which adds the anonymous private mappings the process makes
+    /// itself (mmap, munmap, mremap, mprotect; reservations count once
+    /// committed; the allocator's own mappings stay heap blocks).
+    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "all")]
+    pub trace_memory: MemoryKinds,
+
+    /// Ask the traced JVM to write its perf map (`jcmd PID Compiler.perfmap`,
+    /// JDK 17+) at attach time and at each summary, so JIT-compiled Java
+    /// methods are named. It writes /tmp/perf-PID.map for the target. Run
+    /// the JVM with -XX:+PreserveFramePointer so its frames can be walked.
+    #[arg(long, conflicts_with = "all")]
+    pub jvm_perfmap: bool,
+
     /// Log attach details and kernel-side diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -144,6 +158,20 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+/// What memory `--trace-memory` traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryKinds {
+    Heap,
+    Both,
+}
+
+impl MemoryKinds {
+    /// Whether mapped memory is traced.
+    pub fn mapped(self) -> bool {
+        self == Self::Both
+    }
 }
 
 /// Host-wide mode: every process on the host, ranked by growth.

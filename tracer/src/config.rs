@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cli::{HostArgs, TraceArgs, WatchArgs},
+    cli::{HostArgs, MemoryKinds, TraceArgs, WatchArgs},
     filters::HostFilters,
     report::LogFormat,
     sampling::Sampling,
@@ -76,6 +76,10 @@ pub struct ProcessConfig {
     /// `--sample-rate`: the kernel reports a sample, the ledger weighs it up.
     pub sampling: Option<Sampling>,
     pub allocator_lib: Option<PathBuf>,
+    /// `--trace-memory`: heap blocks, and mapped memory too?
+    pub memory: MemoryKinds,
+    /// `--jvm-perfmap`: have the JVM write its perf map at each summary.
+    pub jvm_perfmap: bool,
     pub thread_slots: u32,
     /// See `Cli::perf_event_uprobes`.
     pub perf_event_uprobes: bool,
@@ -205,6 +209,8 @@ impl ProcessConfig {
             stack_bytes: args.stack_bytes,
             sampling: args.sample_rate.map(Sampling::new),
             allocator_lib: args.allocator_lib,
+            memory: args.trace_memory,
+            jvm_perfmap: args.jvm_perfmap,
             thread_slots: args.thread_slots,
             perf_event_uprobes: args.perf_event_uprobes,
             pprof: args.watch.pprof,

@@ -29,6 +29,7 @@ pub mod ledger;
 pub mod maps;
 pub mod metrics;
 pub mod modes;
+pub mod perfmap;
 pub mod placement;
 pub mod privileges;
 pub mod probes;

@@ -14,6 +14,7 @@ const STAGES: &[(&str, u32)] = &[
     ("maps", 0),
     ("sampling", 0),
     ("debuginfo", 0),
+    ("perfmap", 0),
     ("container", 0),
     ("privileges", 0),
     ("placement", 1),

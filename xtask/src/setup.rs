@@ -11,8 +11,9 @@ use anyhow::{Result, bail};
 use crate::util::{self, probe};
 
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
-/// what the integration tests trace: replacement allocators and Node.js
-/// (whose JIT frames tests/jit.rs names), and what tests/fleet.rs deploys
+/// what the integration tests trace: replacement allocators, Node.js and a
+/// JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
+/// workload, `jcmd` serves `--jvm-perfmap`), and what tests/fleet.rs deploys
 /// with: podman and runc (the image), prometheus (scraping, `promtool`) and
 /// systemd (`systemd-analyze verify` on the unit).
 const APT_PACKAGES: &[&str] = &[
@@ -25,6 +26,7 @@ const APT_PACKAGES: &[&str] = &[
     "libgoogle-perftools4",
     "libmimalloc2.0",
     "nodejs",
+    "openjdk-17-jdk-headless",
     "podman",
     "runc",
     "prometheus",

@@ -1,6 +1,7 @@
 //! One traced process's share of the pipeline, the same in every mode:
-//! its stacks, its ledger, the history its suspects are ranked from, and
-//! its symbolizer. One-process mode has one; host-wide mode one per live
+//! its stacks, its ledger (and, with mapped memory traced, its ledger of
+//! mappings), the history its suspects are ranked from, and its
+//! symbolizer. One-process mode has one; host-wide mode one per live
 //! process.
 
 use std::rc::Rc;
@@ -9,12 +10,12 @@ use tracer_ebpf::Event;
 
 use crate::{
     analysis::{
-        History, LedgerNow, Sites, Suspect, Tick, history::DEFAULT_WINDOW, rank_suspects,
-        window_live_bytes,
+        AgeBuckets, History, LedgerNow, Sites, Suspect, Tick, history::DEFAULT_WINDOW,
+        rank_suspects, window_live_bytes,
     },
     events::{Arrived, Carried},
-    ledger::Ledger,
-    report::{NameStacks, StackReport, StackView, SuspectReport},
+    ledger::{Ledger, mapped::MappedLedger},
+    report::{NameStacks, StackKind, StackReport, StackView, SuspectReport},
     stacks::{StackId, StackTable},
     symbolize::{Frame, ProcessSymbolizer, SharedSymbols},
 };
@@ -22,6 +23,8 @@ use crate::{
 pub struct Tracee {
     pub pid: u32,
     pub ledger: Ledger,
+    /// Mapped memory, when it is traced.
+    pub mapped: Option<MappedLedger>,
     pub stacks: StackTable,
     pub symbols: ProcessSymbolizer,
     /// Each stack's outstanding bytes at the last ticks.
@@ -38,6 +41,7 @@ impl Tracee {
         Self {
             pid,
             ledger,
+            mapped: None,
             stacks: StackTable::new(),
             symbols: ProcessSymbolizer::sharing(pid, shared),
             history: History::new(DEFAULT_WINDOW),
@@ -63,7 +67,37 @@ impl Tracee {
             Arrived::Resolved(stack) => stack,
             Arrived::Carried(carried) => self.resolve(event, carried),
         };
+        if let Some(mapped) = &mut self.mapped {
+            mapped.apply(event, stack);
+        }
         self.ledger.apply(event, stack);
+    }
+
+    /// The stacks holding mapped memory at `now_ns`, largest first, named.
+    pub fn mapped_stacks(&self, now_ns: u64) -> Vec<StackReport> {
+        let Some(mapped) = &self.mapped else {
+            return Vec::new();
+        };
+        let mut usage: Vec<_> = mapped.by_stack().into_iter().collect();
+        usage.sort_by_key(|(_, usage)| std::cmp::Reverse(usage.bytes));
+        usage
+            .into_iter()
+            .map(|(stack, usage)| {
+                let age_ns = now_ns.saturating_sub(usage.oldest_ns);
+                // By the oldest piece: pieces are few and mostly one age.
+                let mut age_bytes = AgeBuckets::default();
+                age_bytes.add(age_ns, usage.bytes);
+                StackReport {
+                    kind: StackKind::Mmap,
+                    bytes: usage.bytes,
+                    count: usage.count,
+                    oldest_age_s: age_ns as f64 / 1e9,
+                    approximate: false,
+                    age_bytes,
+                    frames: self.frames(stack),
+                }
+            })
+            .collect()
     }
 
     /// The ledger by stack at `now_ns`, every block included.

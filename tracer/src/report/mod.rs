@@ -106,6 +106,10 @@ pub struct ProcessReport {
     /// it was gone before `/proc` could be read.
     pub container: Option<Container>,
     pub totals: Totals,
+    /// Mapped memory (`--trace-memory both`); its stacks are those of kind
+    /// `mmap` below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<crate::ledger::mapped::MappedTotals>,
     /// Outstanding bytes of the stacks below by age.
     pub age_bytes: AgeBuckets,
     /// Outstanding allocations by stack, largest first.
@@ -146,6 +150,8 @@ impl Totals {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StackReport {
+    /// What the bytes are: heap blocks or mapped memory.
+    pub kind: StackKind,
     pub bytes: u64,
     pub count: u64,
     pub oldest_age_s: f64,
@@ -156,6 +162,17 @@ pub struct StackReport {
     pub age_bytes: AgeBuckets,
     /// Leaf first: the allocator's caller first.
     pub frames: Vec<Frame>,
+}
+
+/// What a stack's bytes are.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StackKind {
+    /// Blocks of the allocator's malloc family.
+    #[default]
+    Heap,
+    /// Anonymous private mappings made outside the allocator.
+    Mmap,
 }
 
 /// A stack suspected of leaking, with the evidence.
@@ -233,6 +250,7 @@ impl StackView {
 
     fn stack_report(&self, usage: &StackUsage, symbols: &impl NameStacks) -> StackReport {
         StackReport {
+            kind: StackKind::Heap,
             bytes: usage.bytes,
             count: usage.count,
             oldest_age_s: self.now_ns.saturating_sub(usage.oldest_ns) as f64 / 1e9,
@@ -314,6 +332,7 @@ pub fn prune_snapshots(dir: &Path, name: &str, keep: usize) -> std::io::Result<(
 #[cfg(test)]
 pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
     StackReport {
+        kind: StackKind::Heap,
         bytes,
         count: 1,
         oldest_age_s: 0.0,

@@ -80,6 +80,7 @@ mod tests {
             libc: String::new(),
             container: None,
             totals: Totals::default(),
+            mapped: None,
             age_bytes: Default::default(),
             stacks,
         }

@@ -429,6 +429,7 @@ impl Process {
             libc: self.libc(),
             container: self.container.clone(),
             totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
+            mapped: None,
             age_bytes: view.total_ages(),
             stacks: self.tracee.largest(&view, usize::MAX),
         }
@@ -510,6 +511,7 @@ mod tests {
                 outstanding_bytes: bytes,
                 ..Totals::default()
             },
+            mapped: None,
             age_bytes: Default::default(),
             stacks: Vec::new(),
         }

@@ -98,6 +98,11 @@ impl Attachment {
         } else {
             Programs::Tracing
         };
+        // Before the uprobes: a mapping made inside an allocator call is
+        // told apart by the call in flight, which the uprobes record.
+        if config.memory.mapped() {
+            probes.attach_mapped()?;
+        }
         probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
         if launched.is_none() && !target.is_alive() {
             bail!("pid {} exited while alloctrace was attaching", target.pid);
