@@ -53,6 +53,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
 
+    /// Write the HTML report: one self-contained page with memory over
+    /// time, flamegraphs and the suspects.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
+
     /// Write outstanding bytes by stack in folded format (`a;b;c BYTES`).
     #[arg(long, value_name = "FILE")]
     pub folded: Option<PathBuf>,
@@ -208,6 +213,7 @@ pub struct Outputs {
     pub folded: Option<PathBuf>,
     pub report: Option<PathBuf>,
     pub pprof: Option<PathBuf>,
+    pub html: Option<PathBuf>,
 }
 
 impl Outputs {
@@ -223,13 +229,20 @@ impl Outputs {
             folded: None,
             report: Some(PathBuf::from(format!("alloctrace-{name}.json"))),
             pprof: None,
+            html: None,
         }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        [&self.flamegraph, &self.folded, &self.report, &self.pprof]
-            .into_iter()
-            .filter_map(|path| path.as_deref())
+        [
+            &self.flamegraph,
+            &self.folded,
+            &self.report,
+            &self.pprof,
+            &self.html,
+        ]
+        .into_iter()
+        .filter_map(|path| path.as_deref())
     }
 }
 
@@ -338,6 +351,7 @@ impl Config {
             folded: cli.folded,
             report: cli.report,
             pprof: cli.watch.pprof.take(),
+            html: cli.html,
         };
         let default_outputs = outputs.paths().next().is_none() && !cli.floor;
         let checked = if default_outputs {

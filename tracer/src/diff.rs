@@ -56,15 +56,17 @@ struct StackFile {
     frames: Vec<FrameFile>,
 }
 
+/// A report's frame as far as matching stacks across reports goes (the
+/// HTML report's snapshots match them the same way).
 #[derive(Debug, Deserialize)]
-struct FrameFile {
+pub(crate) struct FrameFile {
     function: Option<String>,
     module: Option<String>,
 }
 
 impl FrameFile {
     /// The frame's name across runs: no address, no offset.
-    fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         match (&self.function, &self.module) {
             (Some(function), _) => function.clone(),
             (None, Some(module)) => {

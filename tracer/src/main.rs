@@ -8,7 +8,7 @@
 //! [`symbolize`] (stack ids to frames) → [`report`] (summaries and final
 //! outputs). [`analysis`] follows the ledger over time (leak suspects, the CI
 //! leak gate) and [`metrics`] serves it to Prometheus. [`session`] runs them;
-//! [`diff`] compares two reports. This file only picks the command and maps
+//! [`diff`] compares two reports; [`html`] renders a saved one as a page. This file only picks the command and maps
 //! errors to exit codes.
 
 mod aggregator_bench;
@@ -19,6 +19,7 @@ mod diff;
 mod events;
 mod forks;
 mod host;
+mod html;
 mod launch;
 mod ledger;
 mod maps;
@@ -51,6 +52,13 @@ fn main() -> ExitCode {
         let args = std::env::args_os().skip(1);
         return match parse::<DiffCli>(args) {
             Ok(cli) => exit_code(diff::run(&cli).map(|()| Outcome::default())),
+            Err(code) => code,
+        };
+    }
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "html") {
+        let args = std::env::args_os().skip(1);
+        return match parse::<html::HtmlCli>(args) {
+            Ok(cli) => exit_code(html::run(&cli).map(|()| Outcome::default())),
             Err(code) => code,
         };
     }

@@ -1,9 +1,12 @@
 //! A short history of each stack's outstanding bytes, one sample per tick,
 //! with bounded memory: only the last `window` ticks of a stack are kept, and
-//! a stack whose every kept sample is zero is forgotten.
+//! a stack whose every kept sample is zero is forgotten. Beside it, the
+//! process's totals at every tick, kept for the whole run in a bounded
+//! [`Timeline`].
 
 use std::collections::{HashMap, VecDeque};
 
+use super::timeline::{Point, Timeline};
 use crate::ledger::{StackId, StackUsage};
 
 /// Ticks kept per stack when the caller has no reason to choose: at the
@@ -22,6 +25,7 @@ pub struct Sample {
 pub struct History {
     window: usize,
     stacks: HashMap<StackId, VecDeque<Sample>>,
+    timeline: Timeline,
 }
 
 impl History {
@@ -29,12 +33,18 @@ impl History {
         Self {
             window: window.max(2),
             stacks: HashMap::new(),
+            timeline: Timeline::default(),
         }
     }
 
     /// Records one tick: every stack in `usage` at its bytes, every stack
     /// already tracked but absent from `usage` at zero.
     pub fn record(&mut self, elapsed_s: f64, usage: &[StackUsage]) {
+        self.timeline.record(Point {
+            elapsed_s,
+            outstanding_bytes: usage.iter().map(|usage| usage.bytes).sum(),
+            outstanding_count: usage.iter().map(|usage| usage.count).sum(),
+        });
         let mut bytes_now: HashMap<StackId, u64> = usage
             .iter()
             .map(|usage| (usage.stack, usage.bytes))
@@ -61,6 +71,19 @@ impl History {
         self.stacks
             .iter()
             .map(|(stack, samples)| (*stack, samples.iter().copied().collect()))
+    }
+
+    /// The kept samples of `stack`, oldest first (empty when forgotten).
+    pub fn samples(&self, stack: StackId) -> Vec<Sample> {
+        self.stacks
+            .get(&stack)
+            .map(|samples| samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    /// The totals at every tick (see [`Timeline`]).
+    pub fn timeline(&self) -> &Timeline {
+        &self.timeline
     }
 
     /// Number of stacks tracked.

@@ -39,6 +39,9 @@ impl HostSession {
         if let Some(path) = &outputs.report {
             write_atomically(path, |out| report::write_json(&report, out))?;
         }
+        if let Some(path) = &outputs.html {
+            write_atomically(path, |out| report::html::write_html(&report, out))?;
+        }
         let lines = combined_folded_lines(&report.processes);
         if let Some(path) = &outputs.folded {
             write_atomically(path, |out| {
@@ -113,6 +116,7 @@ mod tests {
             totals: Totals::default(),
             age_bytes: Default::default(),
             stacks,
+            timeline: None,
         }
     }
 

@@ -400,6 +400,7 @@ impl Process {
             totals: Totals::new(self.ledger.totals(), clock.lost_events),
             age_bytes: view.total_ages(),
             stacks: view.largest(&self.symbols, usize::MAX),
+            timeline: None,
         }
     }
 
@@ -471,6 +472,7 @@ mod tests {
             },
             age_bytes: Default::default(),
             stacks: Vec::new(),
+            timeline: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Reports: the model of what the tracer found, and the formats it is written
-//! in — the JSON report, folded stacks, the flamegraph, the pprof profile
-//! (final outputs), the periodic summary and the leak gate's verdict.
+//! in — the JSON report, folded stacks, the flamegraph, the pprof profile,
+//! the HTML page (final outputs), the periodic summary and the leak gate's verdict.
 //!
 //! The model is built from the ledger and the symbolizer and is the only
 //! thing the formats see, so each format is a small pure function with its own
@@ -9,6 +9,7 @@
 mod flamegraph;
 mod folded;
 mod gate;
+pub mod html;
 mod pprof;
 mod summary;
 
@@ -29,7 +30,9 @@ pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 
 use crate::{
-    analysis::{AgeBuckets, Evidence, Suspect},
+    analysis::{
+        AgeBuckets, Evidence, History, Suspect, timeline::StackSeries, timeline::TimelineReport,
+    },
     ledger::{self, Ledger, StackId, StackUsage},
     symbolize::{Frame, StackSymbolizer},
 };
@@ -81,6 +84,11 @@ pub struct ProcessReport {
     pub age_bytes: AgeBuckets,
     /// Outstanding allocations by stack, largest first.
     pub stacks: Vec<StackReport>,
+    /// The process's totals at every tick (bounded, see
+    /// `analysis::timeline`) and the top suspects' bytes over the suspects'
+    /// history: the HTML report's chart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineReport>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -209,6 +217,21 @@ impl StackView {
             frames: symbols.frames(usage.stack),
         }
     }
+}
+
+/// Suspects whose bytes over time the report's timeline carries.
+pub const TIMELINE_SUSPECTS: usize = 5;
+
+/// The timeline of `history`, with the series of the first
+/// [`TIMELINE_SUSPECTS`] of `ranked` (the report's suspects, in order).
+pub fn timeline(history: &History, ranked: &[Suspect]) -> TimelineReport {
+    let stacks = ranked
+        .iter()
+        .take(TIMELINE_SUSPECTS)
+        .enumerate()
+        .map(|(index, suspect)| StackSeries::new(index, &history.samples(suspect.stack)))
+        .collect();
+    history.timeline().report(stacks)
 }
 
 /// Writes `path` through a temporary file in the same directory and a

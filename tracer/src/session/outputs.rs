@@ -71,7 +71,9 @@ impl Session {
         let min_age_ns = self.config.min_age.as_nanos() as u64;
         let view = StackView::of(&self.ledger, now_ns, now_ns.saturating_sub(min_age_ns));
         // Suspects are about all blocks, as the history is.
-        let suspects = self.suspects(&StackView::of(&self.ledger, now_ns, u64::MAX), usize::MAX);
+        let all = StackView::of(&self.ledger, now_ns, u64::MAX);
+        let ranked = rank_suspects(&self.history, &all.usage, now_ns);
+        let suspects = all.suspects(&ranked, &self.symbols, self.target.pid, usize::MAX);
         let totals = self.totals();
         Report {
             version: report::REPORT_VERSION,
@@ -87,6 +89,7 @@ impl Session {
                 totals,
                 age_bytes: view.total_ages(),
                 stacks: view.largest(&self.symbols, usize::MAX),
+                timeline: Some(report::timeline(&self.history, &ranked)),
             }],
             suspects,
             host: None,
@@ -180,6 +183,9 @@ impl Session {
         }
         if let Some(path) = &outputs.folded {
             write_atomically(path, |out| report::write_folded(stacks, out))?;
+        }
+        if let Some(path) = &outputs.html {
+            write_atomically(path, |out| report::html::write_html(&report, out))?;
         }
         if let Some(path) = &outputs.pprof {
             let now_ns = self.now_ns();
