@@ -12,6 +12,8 @@
 //! All child processes are SIGKILLed and reaped on drop, so a failing
 //! assertion never leaves a tracer or a workload behind.
 
+pub mod browser;
+
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};

@@ -63,7 +63,13 @@
     if (/(_s|_age)$/.test(key)) return secs(v);
     return num(v);
   }
-  function humanize(key) { const t = String(key).replace(/_/g, ' '); return t.charAt(0).toUpperCase() + t.slice(1); }
+  const NAMES = { r_squared: 'R²', slope_bytes_per_s: 'Slope', window_s: 'Window', increasing_steps: 'Steps up',
+    decreasing_steps: 'Steps down', oldest_age_s: 'Oldest block', growth_bytes_per_s: 'Growth' };
+  function humanize(key) {
+    if (Object.hasOwn(NAMES, key)) return NAMES[key];
+    const t = String(key).replace(/_/g, ' ');
+    return t.charAt(0).toUpperCase() + t.slice(1);
+  }
   function hue(name, base, span) {
     let x = 0;
     for (let i = 0; i < name.length; i++) x = (x * 31 + name.charCodeAt(i)) >>> 0;
@@ -184,7 +190,17 @@
       const name = 'suspect #' + (Number(st.suspect) + 1) + ': ' + (x ? leaf(x) : 'stack');
       series.push({ key: 'suspect-' + st.suspect, name, color: PALETTE[i % PALETTE.length], xs: arr(st.elapsed_s), ys: arr(st.bytes), width: 1.8 });
     });
-    const W = 960, H = 300, L = 74, Rm = 16, T = 12, B = 30;
+    // The total on one chart; the suspects, far smaller, on their own scale.
+    sec.append(lineChart(series.slice(0, 1), 220));
+    if (series.length > 1) {
+      sec.append(h('div', 'note', 'The top suspects\' stacks, over the ticks the ranking judged them on:'));
+      sec.append(lineChart(series.slice(1), 200));
+    }
+    return sec;
+  }
+  function lineChart(series, H) {
+    const W = 960, L = 74, Rm = 16, T = 12, B = 30;
+    const box = h('div');
     let x0 = Infinity, x1 = -Infinity, y1 = 0;
     for (const se of series) {
       se.xs.forEach((x) => { x0 = Math.min(x0, x); x1 = Math.max(x1, x); });
@@ -202,10 +218,11 @@
       tx.textContent = bytes(v);
       svg.append(tx);
     }
+    const span = x1 - x0, digits = span < 3 ? 2 : span < 30 ? 1 : 0;
     for (let i = 0; i <= 6; i++) {
-      const v = x0 + (x1 - x0) * i / 6;
+      const v = x0 + span * i / 6;
       const tx = s('text', { x: X(v), y: H - 10, 'text-anchor': 'middle' });
-      tx.textContent = secs(v);
+      tx.textContent = span < 120 ? v.toFixed(digits) + ' s' : secs(v);
       svg.append(tx);
     }
     svg.append(s('line', { x1: L, x2: L, y1: T, y2: H - B, class: 'axis' }), s('line', { x1: L, x2: W - Rm, y1: H - B, y2: H - B, class: 'axis' }));
@@ -226,9 +243,8 @@
       sw.style.background = se.color;
       legend.append(h('span', null, sw, se.name));
     }
-    sec.append(svg, legend);
-    if (series.length > 1) sec.append(h('div', 'note', 'Suspects are drawn over the ticks the ranking judged them on.'));
-    return sec;
+    box.append(svg, legend);
+    return box;
   }
   function niceMax(v) {
     if (v <= 0) return 1;
@@ -497,7 +513,9 @@
     parts.push(...extraSections(p, KNOWN_PROCESS, p.pid));
     const ages = h('section', null, h('h2', null, 'Age of outstanding bytes'));
     const a = obj(p.age_bytes);
-    ages.append(ageBar(a), h('div', 'note', '< 10 s: ' + bytes(a.under_10s) + ' · 10 s – 1 min: ' + bytes(a.under_1m) +
+    const bar = ageBar(a);
+    bar.classList.add('wide');
+    ages.append(bar, h('div', 'note', '< 10 s: ' + bytes(a.under_10s) + ' · 10 s – 1 min: ' + bytes(a.under_1m) +
       ' · 1 – 10 min: ' + bytes(a.under_10m) + ' · older: ' + bytes(a.older)));
     parts.push(ages);
     into.replaceChildren(...parts);
