@@ -38,5 +38,5 @@ pub fn run(cli: &HtmlCli) -> anyhow::Result<()> {
         Some(dir) => html::merge_snapshots(&mut report, &html::read_snapshots(dir)?),
         None => 0,
     };
-    write_atomically(&cli.output, |out| html::render(&report, snapshots, out))
+    write_atomically(&cli.output, move |out| html::render(report, snapshots, out))
 }

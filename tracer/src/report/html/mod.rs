@@ -6,7 +6,9 @@
 //! The page is rendered from the JSON report as a `serde_json::Value`, not
 //! from [`Report`], so a saved report of any version renders, and keys this
 //! module does not know yet (newer evidence, say) still reach the page,
-//! which shows what it finds. Everything the page needs is inside it: the
+//! which shows what it finds. Frames are stored once ([`compact`]), so
+//! 100k stacks make a page of megabytes, not hundreds. Everything the page
+//! needs is inside it: the
 //! script and style from `page.js`/`page.css` (written for this page; no
 //! vendored code), and the report as JSON in a `<script type=
 //! "application/json">` element.
@@ -21,6 +23,7 @@
 //! * a Content-Security-Policy allows only the page's own script (by nonce)
 //!   and style: no network, no inline handlers, even if markup got in.
 
+mod compact;
 mod snapshots;
 
 use std::{hash::BuildHasher, io::Write};
@@ -38,17 +41,22 @@ const STYLE: &str = include_str!("page.css");
 /// Writes the page for `report`.
 pub fn write_html(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     let value = serde_json::to_value(report).context("cannot encode the report")?;
-    render(&value, 0, out)
+    render(value, 0, out)
 }
 
 /// Writes the page for a report read as JSON; `snapshots` is how many
 /// snapshots were merged into it (shown on the page).
 pub fn render(
-    report: &serde_json::Value,
+    mut report: serde_json::Value,
     snapshots: usize,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
+    let mut table = compact::FrameTable::default();
+    table.compact(&mut report);
+    let (strings, frames) = table.into_tables();
     let data = serde_json::json!({
+        "strings": strings,
+        "frames": frames,
         "report": report,
         "snapshots": snapshots,
         "generator": concat!("alloctrace ", env!("CARGO_PKG_VERSION")),
@@ -100,7 +108,7 @@ mod tests {
 
     fn page_of(report: serde_json::Value) -> String {
         let mut out = Vec::new();
-        render(&report, 0, &mut out).unwrap();
+        render(report, 0, &mut out).unwrap();
         String::from_utf8(out).unwrap()
     }
 

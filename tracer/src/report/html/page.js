@@ -4,7 +4,24 @@
 // the page only as text (append of strings, textContent, title), never as
 // markup.
 (function () {
+  // Marks for measuring how long a big report takes to open.
+  performance.mark('alloctrace-start');
   const DATA = JSON.parse(document.getElementById('alloctrace-data').textContent);
+  performance.mark('alloctrace-parsed');
+  // Frames are stored once (see compact.rs): put them back into the stacks.
+  const STRINGS = Array.isArray(DATA.strings) ? DATA.strings : [];
+  const text = (i) => (typeof i === 'number' && typeof STRINGS[i] === 'string' ? STRINGS[i] : null);
+  const FRAMES = (Array.isArray(DATA.frames) ? DATA.frames : []).map((f) =>
+    ({ function: text(f[0]), module: text(f[1]), file: text(f[2]), line: f[3], inlined: !!f[4] }));
+  (function expand(v) {
+    if (Array.isArray(v)) { v.forEach(expand); return; }
+    if (!v || typeof v !== 'object') return;
+    for (const [k, item] of Object.entries(v)) {
+      if (k === 'frames' && Array.isArray(item) && item.every((i) => typeof i === 'number')) v.frames = item.map((i) => FRAMES[i] || {});
+      else if (item && typeof item === 'object') expand(item);
+    }
+  })(DATA.report);
+  performance.mark('alloctrace-expanded');
   const R = obj(DATA.report);
   document.getElementById('generator').textContent = String(DATA.generator || 'alloctrace');
 
@@ -331,6 +348,11 @@
       box.replaceChildren(frag);
       box.style.height = (maxDepth + 1) * ROW + 'px';
       highlight();
+      // When the page was first fully drawn, in ms since navigation began.
+      if (!document.body.dataset.drawnMs) {
+        performance.mark('alloctrace-drawn');
+        document.body.dataset.drawnMs = String(Math.round(performance.now()));
+      }
     }
     function highlight() {
       const term = search.value.trim().toLowerCase();
@@ -424,7 +446,7 @@
   }
   // A table of stack records of any shape (peak holders, hot spots,
   // temporary allocations, ...): one column per scalar key.
-  const MAX_ROWS = 50;
+  const MAX_ROWS = 50; // TABLE_ROWS in compact.rs
   function stackTable(rows) {
     const cols = [];
     for (const r of rows.slice(0, MAX_ROWS)) {
@@ -532,5 +554,6 @@
   }
   app.append(detail);
   app.append(...extraSections(R, KNOWN_REPORT, undefined));
+  performance.mark('alloctrace-rendered');
   document.body.dataset.rendered = 'true';
 })();
