@@ -10,18 +10,15 @@
 use std::{collections::HashMap, fs, io::Write, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::Parser;
 use serde::Deserialize;
 
 use crate::report::{
-    bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph,
+    FrameName, bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph,
 };
 
-/// Compare two alloctrace JSON reports: the stacks whose outstanding bytes
-/// changed most, largest change first.
-#[derive(Debug, Parser)]
-#[command(name = "alloctrace diff", version)]
-pub struct DiffCli {
+/// `alloctrace diff`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
     /// The earlier report (or snapshot).
     #[arg(value_name = "OLD.json")]
     pub old: PathBuf,
@@ -53,31 +50,7 @@ struct ProcessFile {
 struct StackFile {
     bytes: u64,
     count: u64,
-    frames: Vec<FrameFile>,
-}
-
-/// A report's frame as far as matching stacks across reports goes (the
-/// HTML report's snapshots match them the same way).
-#[derive(Debug, Deserialize)]
-pub(crate) struct FrameFile {
-    function: Option<String>,
-    module: Option<String>,
-}
-
-impl FrameFile {
-    /// The frame's name across runs: no address, no offset.
-    pub(crate) fn key(&self) -> String {
-        match (&self.function, &self.module) {
-            (Some(function), _) => function.clone(),
-            (None, Some(module)) => {
-                let path = module
-                    .rsplit_once("+0x")
-                    .map_or(module.as_str(), |(path, _)| path);
-                format!("[{path}]")
-            }
-            (None, None) => "[unknown]".to_owned(),
-        }
-    }
+    frames: Vec<FrameName>,
 }
 
 /// Outstanding bytes and blocks of one stack in one report.
@@ -102,7 +75,7 @@ impl StackDelta {
     }
 }
 
-pub fn run(cli: &DiffCli) -> anyhow::Result<()> {
+pub fn run(cli: &DiffArgs) -> anyhow::Result<()> {
     let old = load(&cli.old)?;
     let new = load(&cli.new)?;
     let deltas = compare(&old, &new);
@@ -140,7 +113,7 @@ fn compare(old: &ReportFile, new: &ReportFile) -> Vec<StackDelta> {
     let mut by_frames: HashMap<Vec<String>, (Usage, Usage)> = HashMap::new();
     for (report, is_new) in [(old, false), (new, true)] {
         for stack in report.processes.iter().flat_map(|process| &process.stacks) {
-            let frames = stack.frames.iter().map(FrameFile::key).collect();
+            let frames = stack.frames.iter().map(FrameName::key).collect();
             let (old_usage, new_usage) = by_frames.entry(frames).or_default();
             let usage = if is_new { new_usage } else { old_usage };
             usage.bytes += stack.bytes;

@@ -6,14 +6,12 @@
 use std::{fs, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::Parser;
 
 use crate::report::{html, write_atomically};
 
-/// Render an alloctrace JSON report as a self-contained HTML page.
-#[derive(Debug, Parser)]
-#[command(name = "alloctrace html", version)]
-pub struct HtmlCli {
+/// `alloctrace html`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct HtmlArgs {
     /// The report (`--report`) or a snapshot.
     #[arg(value_name = "REPORT.json")]
     pub report: PathBuf,
@@ -26,7 +24,7 @@ pub struct HtmlCli {
     pub output: PathBuf,
 }
 
-pub fn run(cli: &HtmlCli) -> anyhow::Result<()> {
+pub fn run(cli: &HtmlArgs) -> anyhow::Result<()> {
     let path = &cli.report;
     let text =
         fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;

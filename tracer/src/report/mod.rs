@@ -2,12 +2,14 @@
 //! in — the JSON report, folded stacks, the flamegraph, the pprof profile,
 //! the HTML page (final outputs), the periodic summary and the leak gate's verdict.
 //!
-//! The model is built from the ledger and the symbolizer and is the only
+//! The model is built from the ledger and frames named through
+//! [`NameStacks`] (so it is unit-tested without a symbolizer) and is the only
 //! thing the formats see, so each format is a small pure function with its own
 //! tests.
 
 mod flamegraph;
 mod folded;
+mod frame_name;
 mod gate;
 pub mod html;
 mod pprof;
@@ -24,18 +26,33 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flamegraph_lines};
-pub use folded::{folded_line, folded_lines_under, write_folded};
+pub use folded::{folded_line, folded_lines, folded_lines_under};
+pub use frame_name::FrameName;
 pub use gate::gate_failure;
 pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 
 use crate::{
-    analysis::{
-        AgeBuckets, Evidence, History, Suspect, timeline::StackSeries, timeline::TimelineReport,
-    },
-    ledger::{self, Ledger, StackId, StackUsage},
-    symbolize::{Frame, StackSymbolizer},
+    analysis::{AgeBuckets, Evidence, Suspect, timeline::TimelineReport},
+    ledger::{self, Ledger, StackUsage},
+    stacks::StackId,
+    symbolize::Frame,
 };
+
+/// Names a stack's frames, leaf first: what the report model needs of the
+/// stacks stage and the symbolizer together.
+pub trait NameStacks {
+    fn frames(&self, stack: StackId) -> Vec<Frame>;
+}
+
+/// Format of the periodic summary on stdout (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable block per interval.
+    Human,
+    /// One JSON object per interval, one per line.
+    Json,
+}
 
 /// Version of the JSON report's shape; bumped on incompatible changes.
 pub const REPORT_VERSION: u32 = 1;
@@ -89,6 +106,10 @@ pub struct ProcessReport {
     /// history: the HTML report's chart.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineReport>,
+    /// Host-wide, for live processes: the growth they are ranked by (see
+    /// `modes::host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_bytes_per_s: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -169,7 +190,7 @@ impl StackView {
     }
 
     /// The `limit` largest stacks, symbolized.
-    pub fn largest(&self, symbols: &StackSymbolizer, limit: usize) -> Vec<StackReport> {
+    pub fn largest(&self, symbols: &impl NameStacks, limit: usize) -> Vec<StackReport> {
         self.usage
             .iter()
             .take(limit)
@@ -188,7 +209,7 @@ impl StackView {
     pub fn suspects(
         &self,
         suspects: &[Suspect],
-        symbols: &StackSymbolizer,
+        symbols: &impl NameStacks,
         pid: u32,
         limit: usize,
     ) -> Vec<SuspectReport> {
@@ -207,7 +228,7 @@ impl StackView {
             .collect()
     }
 
-    fn stack_report(&self, usage: &StackUsage, symbols: &StackSymbolizer) -> StackReport {
+    fn stack_report(&self, usage: &StackUsage, symbols: &impl NameStacks) -> StackReport {
         StackReport {
             bytes: usage.bytes,
             count: usage.count,
@@ -219,20 +240,9 @@ impl StackView {
     }
 }
 
-/// Suspects whose bytes over time the report's timeline carries.
+/// Suspects whose bytes over time the report's timeline carries (see
+/// `driver::Tracee::timeline`).
 pub const TIMELINE_SUSPECTS: usize = 5;
-
-/// The timeline of `history`, with the series of the first
-/// [`TIMELINE_SUSPECTS`] of `ranked` (the report's suspects, in order).
-pub fn timeline(history: &History, ranked: &[Suspect]) -> TimelineReport {
-    let stacks = ranked
-        .iter()
-        .take(TIMELINE_SUSPECTS)
-        .enumerate()
-        .map(|(index, suspect)| StackSeries::new(index, &history.samples(suspect.stack)))
-        .collect();
-    history.timeline().report(stacks)
-}
 
 /// Writes `path` through a temporary file in the same directory and a
 /// rename, so readers never see a half-written output.
@@ -265,13 +275,14 @@ pub fn write_json(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `DIR/alloctrace-PID-YYYY-MM-DDTHH-MM-SS.mmmZ.json`: sorts by time, and
-/// has no `:` (awkward in shells and some file systems).
-pub fn snapshot_path(dir: &Path, pid: u32, at: SystemTime) -> PathBuf {
+/// `DIR/alloctrace-NAME-YYYY-MM-DDTHH-MM-SS.mmmZ.json` (NAME: the pid, or
+/// `all`): sorts by time, and has no `:` (awkward in shells and some file
+/// systems).
+pub fn snapshot_path(dir: &Path, name: &str, at: SystemTime) -> PathBuf {
     let stamp = humantime::format_rfc3339_millis(at)
         .to_string()
         .replace(':', "-");
-    dir.join(format!("alloctrace-{pid}-{stamp}.json"))
+    dir.join(format!("alloctrace-{name}-{stamp}.json"))
 }
 
 /// A stack of one block whose frames are named `leaf_first`, for the tests
@@ -300,12 +311,60 @@ pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
 
 #[cfg(test)]
 mod tests {
+    use tracer_ebpf::{Event, EventKind};
+
     use super::*;
+    use crate::ledger::Budget;
+
+    /// Names stack N's one frame `fN`: the report model needs no symbolizer.
+    struct Named;
+
+    impl NameStacks for Named {
+        fn frames(&self, stack: StackId) -> Vec<Frame> {
+            test_stack(0, &[&format!("f{}", stack.get())]).frames
+        }
+    }
+
+    fn alloc(addr: u64, size: u64, at_s: u64) -> Event {
+        Event {
+            kind: EventKind::Alloc as u32,
+            tid: 1,
+            pid: 1,
+            stack_id: 0,
+            size,
+            addr,
+            old_addr: 0,
+            timestamp_ns: at_s * 1_000_000_000,
+            stack_hash: 0,
+        }
+    }
+
+    #[test]
+    fn a_view_lists_the_largest_stacks_first_with_their_names_and_ages() {
+        let mut ledger = Ledger::new(Budget::new(u64::MAX), None);
+        ledger.apply(&alloc(0x10, 100, 1), StackId::from(1));
+        ledger.apply(&alloc(0x20, 300, 5), StackId::from(2));
+        ledger.apply(&alloc(0x30, 50, 3), StackId::from(1));
+        let view = StackView::of(&ledger, 11_000_000_000, u64::MAX);
+        let largest = view.largest(&Named, 10);
+        let summary: Vec<(String, u64, u64, f64)> = largest
+            .iter()
+            .map(|s| (s.frames[0].label(), s.bytes, s.count, s.oldest_age_s))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("f2".to_owned(), 300, 1, 6.0),
+                ("f1".to_owned(), 150, 2, 10.0)
+            ]
+        );
+        assert_eq!(view.largest(&Named, 1).len(), 1);
+    }
 
     #[test]
     fn snapshot_names_sort_by_time_and_avoid_colons() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        let path = snapshot_path(Path::new("/snaps"), 42, at);
+        let path = snapshot_path(Path::new("/snaps"), "42", at);
         assert_eq!(
             path,
             Path::new("/snaps/alloctrace-42-2023-11-14T22-13-20.123Z.json")

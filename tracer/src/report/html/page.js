@@ -98,15 +98,13 @@
   const processes = arr(R.processes).filter((p) => p && typeof p === 'object');
   const hostWide = R.tracked_processes !== undefined;
   const suspects = arr(R.suspects).filter((x) => x && typeof x === 'object');
-  function growthOf(p) {
-    if (typeof p.growth_bytes_per_s === 'number') return p.growth_bytes_per_s;
-    const t = obj(p.timeline), ts = arr(t.elapsed_s), bs = arr(t.outstanding_bytes);
-    const n = Math.min(ts.length, bs.length), k = Math.max(0, n - 4);
-    return n > 1 && ts[n - 1] > ts[k] ? (bs[n - 1] - bs[k]) / (ts[n - 1] - ts[k]) : 0;
-  }
+  // Host-wide, live processes carry the growth the summaries rank them
+  // by; processes that exited have none (their memory went with them).
+  const live = (p) => typeof p.growth_bytes_per_s === 'number';
+  const growthOf = (p) => (live(p) ? p.growth_bytes_per_s : 0);
   const outstanding = (p) => Number(obj(p.totals).outstanding_bytes) || 0;
   const ranked = processes.slice().sort((a, b) =>
-    growthOf(b) - growthOf(a) || outstanding(b) - outstanding(a) || (a.pid || 0) - (b.pid || 0));
+    live(b) - live(a) || growthOf(b) - growthOf(a) || outstanding(b) - outstanding(a) || (a.pid || 0) - (b.pid || 0));
   const suspectsOf = (p) => suspects.filter((x) => x.pid === undefined || x.pid === p.pid);
 
   // ---- page ---------------------------------------------------------------
@@ -173,7 +171,7 @@
     ranked.forEach((p, i) => {
       const t = obj(p.totals);
       const tr = h('tr', 'pick', h('td', 'num', i + 1), h('td', 'fn', String(p.comm) + ' (' + p.pid + ')'),
-        h('td', 'num', rate(growthOf(p))), h('td', 'num', bytes(t.outstanding_bytes)),
+        h('td', 'num', live(p) ? rate(growthOf(p)) : 'exited'), h('td', 'num', bytes(t.outstanding_bytes)),
         h('td', 'num', num(t.outstanding_count || 0)), h('td', 'num', num(t.allocs || 0)), h('td', 'loc', String(p.exe || '')));
       tr.dataset.pid = String(p.pid);
       tr.addEventListener('click', () => {

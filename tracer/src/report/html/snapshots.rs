@@ -17,7 +17,7 @@ use std::{
 use anyhow::Context as _;
 use serde_json::{Value, json};
 
-use crate::{diff::FrameFile, report::TIMELINE_SUSPECTS};
+use crate::report::{FrameName, TIMELINE_SUSPECTS};
 
 /// The `*.json` files of `dir`, oldest first (their names sort by time).
 pub fn read_snapshots(dir: &Path) -> anyhow::Result<Vec<Value>> {
@@ -151,10 +151,10 @@ fn merge_columns<const N: usize>(
 }
 
 fn frame_keys(stack: &Value) -> Vec<String> {
-    serde_json::from_value::<Vec<FrameFile>>(stack["frames"].clone())
+    serde_json::from_value::<Vec<FrameName>>(stack["frames"].clone())
         .unwrap_or_default()
         .iter()
-        .map(FrameFile::key)
+        .map(FrameName::key)
         .collect()
 }
 
