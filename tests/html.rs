@@ -259,3 +259,57 @@ fn names_from_a_perf_map_are_shown_as_text_and_never_run() {
     assert!(text.as_str().unwrap().contains(JIT_NAMES[0].0));
     assert!(browser.errors().is_empty(), "{:#?}", browser.errors());
 }
+
+#[test]
+fn host_wide_page_ranks_processes_by_growth_and_opens_each_one() {
+    require_root();
+    let dir = temp_dir();
+    let page = dir.path().join("all.html");
+    let report_path = dir.path().join("all.json");
+    // A name of its own: other tests (and other checkouts' tests on a shared
+    // machine) run `growth` too.
+    let growth = compile_c("growth.c", "html_growth", WORKLOAD_CFLAGS);
+    let tracer = Tracer::spawn_all(&[
+        "--comm",
+        "html_growth",
+        "--interval",
+        "500ms",
+        "--html",
+        page.to_str().unwrap(),
+        "--report",
+        report_path.to_str().unwrap(),
+    ]);
+    // Stopped while both still run: the leak grows, the other only churns.
+    let mut leak = Workload::spawn_bin(&growth, &["leak", "200"]);
+    let mut clean = Workload::spawn_bin(&growth, &["clean", "200"]);
+    leak.go();
+    clean.go();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    tracer.stop(libc::SIGINT).assert_success();
+    let report = read_json(&report_path);
+    let mut by_growth: Vec<&Value> = processes(&report).iter().collect();
+    by_growth.sort_by(|a, b| {
+        as_f64(b, "growth_bytes_per_s").total_cmp(&as_f64(a, "growth_bytes_per_s"))
+    });
+    let pids: Vec<u64> = by_growth.iter().map(|p| as_u64(p, "pid")).collect();
+    assert_eq!(pids, [leak.pid as u64, clean.pid as u64], "{report}");
+
+    let mut browser = open(&page);
+    let rows = browser
+        .eval("[...document.querySelectorAll('tr[data-pid]')].map(r => Number(r.dataset.pid))");
+    assert_eq!(rows, json!(pids), "the page ranks as the report does");
+    for process in by_growth.iter().rev() {
+        let pid = as_u64(process, "pid");
+        browser.click(&format!("tr[data-pid='{pid}']"));
+        browser.eval("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))");
+        assert_eq!(
+            chart_points(&mut browser, "total"),
+            columns(&process["timeline"], "outstanding_bytes"),
+            "pid {pid}"
+        );
+        let total = browser.eval("Number(document.querySelector('.flame').dataset.total)");
+        assert_eq!(total, process["totals"]["outstanding_bytes"], "pid {pid}");
+    }
+    browser.screenshot(&screenshot_path("host-wide.png"));
+    assert!(browser.errors().is_empty(), "{:#?}", browser.errors());
+}

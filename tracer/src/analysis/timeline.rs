@@ -110,7 +110,8 @@ pub struct TimelineReport {
 /// One stack's outstanding bytes over time.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StackSeries {
-    /// The stack is the report's `suspects[suspect]`.
+    /// The stack is the `suspect`th (from 0) of this process's entries in
+    /// the report's `suspects` (in one-process mode, `suspects[suspect]`).
     pub suspect: usize,
     pub elapsed_s: Vec<f64>,
     pub bytes: Vec<u64>,

@@ -80,7 +80,8 @@ impl Tracee {
     }
 
     /// The timeline as the report writes it, with the series of the first
-    /// [`TIMELINE_SUSPECTS`] of `ranked` (the report's suspects, in order)
+    /// [`TIMELINE_SUSPECTS`] of `ranked` (this process's suspects, in the
+    /// report's order)
     /// from the history they were ranked on.
     pub fn timeline(&self, ranked: &[Suspect]) -> TimelineReport {
         let stacks = ranked

@@ -395,7 +395,10 @@ impl Process {
             totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
             age_bytes: view.total_ages(),
             stacks: self.tracee.largest(&view, usize::MAX),
-            timeline: Some(self.tracee.timeline(&[])),
+            timeline: Some(
+                self.tracee
+                    .timeline(&self.tracee.rank(&self.tracee.view(now.now_ns))),
+            ),
             growth_bytes_per_s: None,
         }
     }

@@ -47,13 +47,12 @@ pub fn merge_snapshots(report: &mut Value, snapshots: &[Value]) -> usize {
         .iter()
         .filter(|snapshot| snapshot["duration_s"].as_f64().is_some_and(|t| t <= end_s))
         .collect();
-    let suspects: Vec<(u64, Vec<String>)> = report["suspects"]
+    let suspects: Vec<(Option<u64>, Vec<String>)> = report["suspects"]
         .as_array()
         .map(Vec::as_slice)
         .unwrap_or_default()
         .iter()
-        .take(TIMELINE_SUSPECTS)
-        .map(|suspect| (suspect["pid"].as_u64().unwrap_or(0), frame_keys(suspect)))
+        .map(|suspect| (suspect["pid"].as_u64(), frame_keys(suspect)))
         .collect();
     let mut used = 0;
     let Some(processes) = report["processes"].as_array_mut() else {
@@ -99,11 +98,11 @@ pub fn merge_snapshots(report: &mut Value, snapshots: &[Value]) -> usize {
             Value::Array(series) => series,
             _ => Vec::new(),
         };
-        for (index, (_, keys)) in suspects
+        // Series are numbered among the process's own suspects.
+        let own = suspects
             .iter()
-            .enumerate()
-            .filter(|(_, (suspect_pid, _))| Some(*suspect_pid) == pid)
-        {
+            .filter(|(suspect_pid, _)| *suspect_pid == pid);
+        for (index, (_, keys)) in own.take(TIMELINE_SUSPECTS).enumerate() {
             let points = taken
                 .iter()
                 .map(|(t, p)| (*t, [json!(stack_bytes(p, keys))]));
