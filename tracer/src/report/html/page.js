@@ -75,12 +75,16 @@
   function fmt(key, v) {
     if (typeof v === 'boolean') return v ? 'yes' : 'no';
     if (typeof v !== 'number') return v === null || v === undefined ? '–' : String(v);
+    if (key === 'pid') return String(v);
+    if (/(_fraction|^retention)$/.test(key)) return (100 * v).toFixed(0) + '%';
+    if (/_ratio$/.test(key)) return v.toFixed(2);
     if (/bytes_per_s$/.test(key)) return rate(v);
     if (/bytes/.test(key)) return bytes(v);
+    if (/_per_s$/.test(key)) return num(v) + '/s';
     if (/(_s|_age)$/.test(key)) return secs(v);
     return num(v);
   }
-  const NAMES = { r_squared: 'R²', slope_bytes_per_s: 'Slope', window_s: 'Window', increasing_steps: 'Steps up',
+  const NAMES = { r_squared: 'R²', at_s: 'At', threshold_s: 'Freed within', slope_bytes_per_s: 'Slope', window_s: 'Window', increasing_steps: 'Steps up',
     decreasing_steps: 'Steps down', oldest_age_s: 'Oldest block', growth_bytes_per_s: 'Growth' };
   function humanize(key) {
     if (Object.hasOwn(NAMES, key)) return NAMES[key];
@@ -205,15 +209,19 @@
       const name = 'suspect #' + (Number(st.suspect) + 1) + ': ' + (x ? leaf(x) : 'stack');
       series.push({ key: 'suspect-' + st.suspect, name, color: PALETTE[i % PALETTE.length], xs: arr(st.elapsed_s), ys: arr(st.bytes), width: 1.8 });
     });
-    // The total on one chart; the suspects, far smaller, on their own scale.
-    sec.append(lineChart(series.slice(0, 1), 220));
+    // The total on one chart (with the peak, when the report has one); the
+    // suspects, far smaller, on their own scale.
+    const peak = obj(R.peak);
+    const marks = typeof peak.at_s === 'number' && (peak.pid === undefined || peak.pid === p.pid)
+      ? [{ t: peak.at_s, bytes: peak.bytes, name: 'peak ' + bytes(peak.bytes) + ' at ' + secs(peak.at_s) }] : [];
+    sec.append(lineChart(series.slice(0, 1), 220, marks));
     if (series.length > 1) {
       sec.append(h('div', 'note', 'The top suspects\' stacks, over the ticks the ranking judged them on:'));
       sec.append(lineChart(series.slice(1), 200));
     }
     return sec;
   }
-  function lineChart(series, H) {
+  function lineChart(series, H, marks) {
     const W = 960, L = 74, Rm = 16, T = 12, B = 30;
     const box = h('div');
     let x0 = Infinity, x1 = -Infinity, y1 = 0;
@@ -221,6 +229,7 @@
       se.xs.forEach((x) => { x0 = Math.min(x0, x); x1 = Math.max(x1, x); });
       se.ys.forEach((y) => { y1 = Math.max(y1, Number(y) || 0); });
     }
+    for (const m of marks || []) { x0 = Math.min(x0, m.t); x1 = Math.max(x1, m.t); y1 = Math.max(y1, Number(m.bytes) || 0); }
     if (!(x1 > x0)) { x0 = Math.min(x0, 0); x1 = x0 + 1; }
     y1 = niceMax(y1);
     const X = (x) => L + (x - x0) / (x1 - x0) * (W - L - Rm);
@@ -257,6 +266,15 @@
       const sw = h('i');
       sw.style.background = se.color;
       legend.append(h('span', null, sw, se.name));
+    }
+    for (const m of marks || []) {
+      const c = s('circle', { cx: X(m.t).toFixed(1), cy: Y(m.bytes).toFixed(1), r: 5, fill: 'none', stroke: '#c0392b', 'stroke-width': 2, class: 'peak', 'data-t': m.t, 'data-bytes': m.bytes });
+      const title = s('title');
+      title.textContent = m.name;
+      c.append(title);
+      svg.append(c);
+      const sw = h('i', 'ring');
+      legend.append(h('span', null, sw, m.name));
     }
     box.append(svg, legend);
     return box;
@@ -449,7 +467,7 @@
     const cols = [];
     for (const r of rows.slice(0, MAX_ROWS)) {
       for (const [k, v] of Object.entries(obj(r))) {
-        if (k !== 'frames' && (v === null || typeof v !== 'object') && !cols.includes(k)) cols.push(k);
+        if (k !== 'frames' && k !== 'pid' && (v === null || typeof v !== 'object') && !cols.includes(k)) cols.push(k);
         if (k === 'age_bytes' && !cols.includes(k)) cols.push(k);
       }
     }
@@ -471,12 +489,18 @@
   // Sections for keys this page does not know by name.
   function extraSections(source, known, pid) {
     const out = [];
+    // Scalars named after a list (`temporary_bytes` beside `temporary`)
+    // are shown with it.
+    const grouped = (k) => Object.keys(source).some((list) => k.startsWith(list + '_') && isStackList(source[list]));
     for (const [k, v] of Object.entries(source)) {
-      if (known.has(k) || v === null || v === undefined) continue;
-      const sec = h('section', null, h('h2', null, humanize(k)));
+      if (known.has(k) || v === null || v === undefined || grouped(k)) continue;
+      const sec = h('section', null, h('h2', null, Object.hasOwn(TITLES, k) ? TITLES[k] : humanize(k)));
       if (isStackList(v)) {
         const mine = v.filter((r) => pid === undefined || r.pid === undefined || r.pid === pid);
         if (!mine.length) continue;
+        const scalars = {};
+        for (const [k2, v2] of Object.entries(source)) if (k2.startsWith(k + '_') && typeof v2 !== 'object') scalars[k2.slice(k.length + 1)] = v2;
+        if (Object.keys(scalars).length) sec.append(evidenceGrid(scalars));
         sec.append(stackTable(mine));
       } else if (typeof v === 'object' && !Array.isArray(v)) {
         sec.append(evidenceGrid(v));
@@ -512,6 +536,8 @@
     return null;
   }
 
+  const TITLES = { peak: 'Peak of outstanding memory, and the stacks that held it', hot_spots: 'Allocation hot spots (everything allocated, freed or not)',
+    temporary: 'Temporary allocations (freed soon after allocation)' };
   const KNOWN_PROCESS = new Set(['pid', 'comm', 'exe', 'libc', 'totals', 'age_bytes', 'stacks', 'timeline', 'growth_bytes_per_s']);
   const KNOWN_REPORT = new Set(['version', 'duration_s', 'min_age_s', 'sample_rate_bytes', 'totals', 'processes', 'suspects',
     'tracked_processes', 'exited_processes', 'exited_processes_omitted']);
