@@ -28,6 +28,7 @@ pub mod browser;
 mod child;
 pub mod environment;
 pub mod expected;
+pub mod fleet;
 pub mod folded;
 pub mod metrics;
 pub mod pprof;

@@ -12,7 +12,9 @@ use crate::util::{self, probe};
 
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
 /// what the integration tests trace: replacement allocators and Node.js
-/// (whose JIT frames tests/jit.rs names), and the headless browser
+/// (whose JIT frames tests/jit.rs names), what tests/fleet.rs deploys
+/// with: podman and runc (the image), prometheus (scraping, `promtool`) and
+/// systemd (`systemd-analyze verify` on the unit), and the headless browser
 /// tests/html.rs loads the HTML report in.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
@@ -24,6 +26,10 @@ const APT_PACKAGES: &[&str] = &[
     "libgoogle-perftools4",
     "libmimalloc2.0",
     "nodejs",
+    "podman",
+    "runc",
+    "prometheus",
+    "systemd",
     "chromium",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
