@@ -145,6 +145,17 @@ fn html_report_of_a_run_draws_its_numbers_and_zooms_into_a_clicked_frame() {
         json!(CACHE_BYTES)
     );
     assert!(leak["width"].as_f64().unwrap() < leak["box"].as_f64().unwrap() / 4.0);
+    // The second flamegraph: bytes allocated over the run, from the hot
+    // spots.
+    let allocated: u64 = report["hot_spots"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hot_spots: {report}"))
+        .iter()
+        .map(|spot| as_u64(spot, "allocated_bytes"))
+        .sum();
+    assert_eq!(allocated, as_u64(&process["totals"], "allocated_bytes"));
+    let drawn = browser.eval("Number(document.querySelectorAll('.flame')[1].dataset.total)");
+    assert_eq!(drawn, json!(allocated));
 
     // Clicking the leak's frame zooms into it: it spans the graph, and the
     // cache beside it is gone.

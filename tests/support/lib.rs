@@ -14,7 +14,9 @@
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
 //!   files, `--metrics-addr`),
 //! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
-//!   `integration_tests::browser::Browser`).
+//!   `integration_tests::browser::Browser`),
+//! * [`verdicts`]: the leak-verdict battery and its scoring (not
+//!   re-exported: its names are for the tests that use it).
 //!
 //! All child processes are SIGKILLed and reaped on drop, so a failing
 //! assertion never leaves a tracer or a workload behind.
@@ -36,6 +38,7 @@ pub mod protocol;
 pub mod report;
 pub mod ticks;
 pub mod tracer;
+pub mod verdicts;
 pub mod workloads;
 
 pub use environment::*;
