@@ -13,6 +13,8 @@
 //! * [`report`], [`folded`], [`ticks`], [`pprof`], [`metrics`]: reading
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
 //!   files, `--metrics-addr`),
+//! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
+//!   `integration_tests::browser::Browser`),
 //! * [`verdicts`]: the leak-verdict battery and its scoring (not
 //!   re-exported: its names are for the tests that use it).
 //!
@@ -24,6 +26,7 @@ use std::time::Duration;
 pub use serde_json;
 pub use tempfile;
 
+pub mod browser;
 mod child;
 pub mod environment;
 pub mod expected;

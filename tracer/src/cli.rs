@@ -10,7 +10,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{diff::DiffArgs, report::LogFormat, unwind::UnwindMode};
+use crate::{diff::DiffArgs, html::HtmlArgs, report::LogFormat, unwind::UnwindMode};
 
 /// Trace a live process's heap allocations with eBPF and report the call
 /// stacks that hold outstanding (leaked) memory.
@@ -32,6 +32,9 @@ pub enum Subcommands {
     /// Compare two JSON reports: the stacks whose outstanding bytes changed
     /// most, largest change first.
     Diff(DiffArgs),
+    /// Render a JSON report (and its run's snapshots) as a self-contained
+    /// HTML page.
+    Html(HtmlArgs),
 }
 
 /// Tracing: what to trace, for how long, and what to write.
@@ -69,6 +72,11 @@ pub struct TraceArgs {
     /// Write a flamegraph (SVG) of outstanding bytes by stack.
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
+
+    /// Write the HTML report: one self-contained page with memory over
+    /// time, flamegraphs and the suspects.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
 
     /// Write outstanding bytes by stack in folded format (`a;b;c BYTES`).
     #[arg(long, value_name = "FILE")]

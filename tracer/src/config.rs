@@ -102,6 +102,7 @@ pub struct Outputs {
     pub flamegraph: Option<PathBuf>,
     pub folded: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub html: Option<PathBuf>,
 }
 
 impl Outputs {
@@ -112,11 +113,12 @@ impl Outputs {
             flamegraph: Some(PathBuf::from(format!("alloctrace-{name}.svg"))),
             folded: None,
             report: Some(PathBuf::from(format!("alloctrace-{name}.json"))),
+            html: None,
         }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        [&self.flamegraph, &self.folded, &self.report]
+        [&self.flamegraph, &self.folded, &self.report, &self.html]
             .into_iter()
             .filter_map(|path| path.as_deref())
     }
@@ -145,6 +147,7 @@ impl Config {
             flamegraph: args.flamegraph.clone(),
             folded: args.folded.clone(),
             report: args.report.clone(),
+            html: args.html.clone(),
         };
         let default_outputs =
             outputs.paths().next().is_none() && args.watch.pprof.is_none() && !args.floor;

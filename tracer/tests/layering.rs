@@ -29,6 +29,7 @@ const STAGES: &[(&str, u32)] = &[
     ("report", 8),
     ("metrics", 9),
     ("diff", 9),
+    ("html", 9),
     ("filters", 9),
     ("cli", 10),
     ("config", 11),

@@ -13,9 +13,11 @@ use crate::util::{self, probe};
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
 /// what the integration tests trace: replacement allocators, Node.js and a
 /// JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
-/// workload, `jcmd` serves `--jvm-perfmap`), and what tests/fleet.rs deploys
+/// workload, `jcmd` serves `--jvm-perfmap`), Chromium (tests/html.rs draws
+/// the HTML report in it), and what tests/fleet.rs deploys
 /// with: podman and runc (the image), prometheus (scraping, `promtool`) and
-/// systemd (`systemd-analyze verify` on the unit).
+/// systemd (`systemd-analyze verify` on the unit), and the headless browser
+/// tests/html.rs loads the HTML report in.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -31,6 +33,7 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "prometheus",
     "systemd",
+    "chromium",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

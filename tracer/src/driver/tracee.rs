@@ -10,12 +10,15 @@ use tracer_ebpf::Event;
 
 use crate::{
     analysis::{
-        AgeBuckets, History, LedgerNow, Sites, Suspect, Tick, history::DEFAULT_WINDOW,
-        rank_suspects, window_live_bytes,
+        AgeBuckets, History, LedgerNow, Sites, Suspect, Tick,
+        history::DEFAULT_WINDOW,
+        rank_suspects,
+        timeline::{Point, StackSeries, Timeline, TimelineReport},
+        window_live_bytes,
     },
     events::{Arrived, Carried},
     ledger::{Ledger, mapped::MappedLedger},
-    report::{NameStacks, StackKind, StackReport, StackView, SuspectReport},
+    report::{NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS},
     stacks::{StackId, StackTable},
     symbolize::{Frame, ProcessSymbolizer, SharedSymbols},
 };
@@ -34,6 +37,8 @@ pub struct Tracee {
     sites: Sites,
     /// The last tick recorded, on the events' clock.
     last_tick_ns: u64,
+    /// The process's totals at every tick of the run (bounded).
+    pub timeline: Timeline,
 }
 
 impl Tracee {
@@ -47,6 +52,7 @@ impl Tracee {
             history: History::new(DEFAULT_WINDOW),
             sites: Sites::new(),
             last_tick_ns: 0,
+            timeline: Timeline::default(),
         }
     }
 
@@ -105,9 +111,14 @@ impl Tracee {
         StackView::of(&self.ledger, now_ns, u64::MAX)
     }
 
-    /// Records a tick of `view` in the history.
+    /// Records a tick of `view` in the history and the timeline.
     pub fn record(&mut self, elapsed_s: f64, view: &StackView) {
         self.last_tick_ns = view.now_ns;
+        self.timeline.record(Point {
+            elapsed_s,
+            outstanding_bytes: view.usage.iter().map(|usage| usage.bytes).sum(),
+            outstanding_count: view.usage.iter().map(|usage| usage.count).sum(),
+        });
         self.history.record(Tick {
             elapsed_s,
             at_ns: view.now_ns,
@@ -121,6 +132,19 @@ impl Tracee {
                 self.sites.insert(stack, site);
             }
         }
+    }
+
+    /// The timeline as the report writes it, with the series of the first
+    /// [`TIMELINE_SUSPECTS`] of `ranked` (this process's suspects, in the
+    /// report's order) from the history they were ranked on.
+    pub fn timeline(&self, ranked: &[Suspect]) -> TimelineReport {
+        let stacks = ranked
+            .iter()
+            .take(TIMELINE_SUSPECTS)
+            .enumerate()
+            .map(|(index, suspect)| StackSeries::new(index, &self.history.samples(&suspect.stack)))
+            .collect();
+        self.timeline.report(stacks)
     }
 
     /// The ledger as of the last tick recorded (the final one, once tracing

@@ -83,6 +83,8 @@ mod tests {
             mapped: None,
             age_bytes: Default::default(),
             stacks,
+            timeline: None,
+            growth_bytes_per_s: None,
         }
     }
 

@@ -280,9 +280,9 @@ impl Mode for ProcessMode {
         let view =
             report::StackView::of(&self.tracee.ledger, now.now_ns, now.allocated_before_ns());
         // Suspects are about all blocks, as the history is.
-        let suspects = self
-            .tracee
-            .suspects(&self.tracee.view(now.now_ns), usize::MAX);
+        let all = self.tracee.view(now.now_ns);
+        let ranked = self.tracee.rank(&all);
+        let suspects = all.suspects(&ranked, &self.tracee, self.target.pid, usize::MAX);
         Report {
             version: report::REPORT_VERSION,
             duration_s: now.elapsed_s,
@@ -303,6 +303,8 @@ impl Mode for ProcessMode {
                     self.tracee.mapped_stacks(now.now_ns),
                 ]
                 .concat(),
+                timeline: Some(self.tracee.timeline(&ranked)),
+                growth_bytes_per_s: None,
             }],
             suspects,
             host: None,
