@@ -337,3 +337,87 @@ impl Event {
         (u64::from_ne_bytes(low), u64::from_ne_bytes(high))
     }
 }
+
+/// In-kernel DWARF unwinding (`--unwind dwarf`, and `auto` for processes
+/// without frame pointers): the programs walk a process's stack with
+/// per-file CFI tables that userspace compiles from `.eh_frame` and loads
+/// into [`UNWIND_ROWS_MAP`], located through the process's
+/// [`UNWIND_PROCESSES_MAP`] entry. A process without an entry keeps the
+/// frame-pointer walk.
+pub mod dwarf {
+    /// Array of [`UnwindRow`]s: every loaded file's table, each a contiguous
+    /// run sorted by `pc`. Its size (set at load time) is the table memory cap.
+    pub const UNWIND_ROWS_MAP: &str = "UNWIND_ROWS";
+    /// Hash map `u32 tgid -> ProcessMappings`: the executable mappings of
+    /// each process unwound with tables.
+    pub const UNWIND_PROCESSES_MAP: &str = "UNWIND_PROCESSES";
+    /// Entries of [`UNWIND_PROCESSES_MAP`]: processes unwound with tables at once.
+    pub const MAX_UNWIND_PROCESSES: u32 = 8192;
+    /// Executable mappings kept per process (sorted by start); a process
+    /// with more keeps only the first ones (the others fall back to frame
+    /// pointers). The largest on a Debian desktop host measured ~90.
+    pub const MAX_PROCESS_MAPPINGS: usize = 256;
+    /// Rows of [`UNWIND_ROWS_MAP`] by default: 8 bytes each, so 64 MiB of
+    /// kernel memory, allocated when the map is created.
+    pub const DEFAULT_UNWIND_ROWS: u32 = 8 << 20;
+    /// Binary-search steps over a table: enough for 2^24 rows in one file.
+    pub const ROW_SEARCH_STEPS: u32 = 24;
+
+    /// How a row finds the caller's frame.
+    pub mod kind {
+        /// CFA = rsp + `cfa_offset`.
+        pub const CFA_RSP: u8 = 0;
+        /// CFA = rbp + `cfa_offset`.
+        pub const CFA_RBP: u8 = 1;
+        /// No rule the table can express (PLT stubs, DWARF expressions, DRAP
+        /// realignment, code without CFI): this frame is unwound through
+        /// its frame pointer, as the frame-pointer walk would.
+        pub const FRAME_POINTER: u8 = 2;
+        /// The return address is undefined: the outermost frame (`_start`,
+        /// `clone`'s child); the walk stops after it.
+        pub const OUTERMOST: u8 = 3;
+    }
+
+    /// One row of a file's table: the rule from `pc` (an ELF virtual address
+    /// of the file) up to the next row's `pc`. The return address is always
+    /// at CFA - 8 (x86_64's call pushes it there); a row whose CFI says
+    /// otherwise is a [`kind::FRAME_POINTER`] row.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct UnwindRow {
+        pub pc: u32,
+        pub cfa_offset: u16,
+        /// One of [`kind`].
+        pub kind: u8,
+        /// The caller's rbp is saved at CFA + 8 * `rbp_slot`; 0: rbp is unchanged.
+        pub rbp_slot: i8,
+    }
+
+    const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+
+    /// One executable mapping of a process: addresses `start..end` hold
+    /// file code whose ELF address is `address - bias`, unwound with rows
+    /// `first_row..first_row + row_count` of [`UNWIND_ROWS_MAP`]
+    /// (`row_count == 0`: no table, frame pointers).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ProcessMapping {
+        pub start: u64,
+        pub end: u64,
+        pub bias: u64,
+        pub first_row: u32,
+        pub row_count: u32,
+    }
+
+    const _: () = assert!(core::mem::size_of::<ProcessMapping>() == 32);
+
+    /// A process's executable mappings, sorted by `start`; `count` are valid.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug)]
+    pub struct ProcessMappings {
+        pub count: u64,
+        pub mappings: [ProcessMapping; MAX_PROCESS_MAPPINGS],
+    }
+
+    const _: () = assert!(core::mem::size_of::<ProcessMappings>() == 8 + 32 * MAX_PROCESS_MAPPINGS);
+}

@@ -15,6 +15,7 @@
 
 mod framepointers;
 mod module;
+pub mod tables;
 
 use std::time::{Duration, Instant};
 
