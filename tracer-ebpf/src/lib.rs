@@ -204,6 +204,13 @@ pub const NO_STACK: i32 = -1;
 /// and its walk measured far slower than the programs' own.
 pub const INLINE_STACK: i32 = -2;
 
+/// `stack_id` of an [`EventWithStack`] whose frames the DWARF unwinder
+/// walked through code in no mapping userspace had listed for the process
+/// (a library `dlopen`ed since): frames past it may be missing. Userspace
+/// re-reads the process's mappings; the kernel does not remember the
+/// stack's hash, so it is sent whole until the walk is complete.
+pub const INLINE_STACK_PARTIAL: i32 = -5;
+
 /// `stack_id` of an event that carries a copy of the caller's registers and
 /// the top of its user stack, for userspace to unwind with DWARF CFI: the
 /// record is an [`EventWithStackCopy`] followed by `stack_len` stack bytes.
@@ -348,19 +355,26 @@ pub mod dwarf {
     /// Array of [`UnwindRow`]s: every loaded file's table, each a contiguous
     /// run sorted by `pc`. Its size (set at load time) is the table memory cap.
     pub const UNWIND_ROWS_MAP: &str = "UNWIND_ROWS";
-    /// Hash map `u32 tgid -> ProcessMappings`: the executable mappings of
-    /// each process unwound with tables.
+    /// Hash map `u32 tgid -> ProcessTable`: where in [`UNWIND_MAPPINGS_MAP`]
+    /// each table-unwound process's executable mappings are.
     pub const UNWIND_PROCESSES_MAP: &str = "UNWIND_PROCESSES";
     /// Entries of [`UNWIND_PROCESSES_MAP`]: processes unwound with tables at once.
-    pub const MAX_UNWIND_PROCESSES: u32 = 8192;
-    /// Executable mappings kept per process (sorted by start); a process
-    /// with more keeps only the first ones (the others fall back to frame
-    /// pointers). The largest on a Debian desktop host measured ~90.
-    pub const MAX_PROCESS_MAPPINGS: usize = 256;
+    pub const MAX_UNWIND_PROCESSES: u32 = 16384;
+    /// Array of [`ProcessMapping`]s: each process's executable mappings, a
+    /// contiguous run sorted by `start`. Sized at load time.
+    pub const UNWIND_MAPPINGS_MAP: &str = "UNWIND_MAPPINGS";
+    /// Slots of [`UNWIND_MAPPINGS_MAP`] by default (32 bytes each: 4 MiB).
+    pub const DEFAULT_MAPPING_SLOTS: u32 = 1 << 17;
+    /// Executable mappings kept per process (the binary search makes
+    /// `log2` of it steps); a process with more keeps only the first ones,
+    /// the others falling back to frame pointers.
+    pub const MAX_PROCESS_MAPPINGS: u32 = 512;
+    /// Binary-search steps over a process's mappings.
+    pub const MAPPING_SEARCH_STEPS: u32 = 9;
     /// Rows of [`UNWIND_ROWS_MAP`] by default: 8 bytes each, so 64 MiB of
     /// kernel memory, allocated when the map is created.
     pub const DEFAULT_UNWIND_ROWS: u32 = 8 << 20;
-    /// Binary-search steps over a table: enough for 2^24 rows in one file.
+    /// Binary-search steps over a file's table: enough for 2^24 rows.
     pub const ROW_SEARCH_STEPS: u32 = 24;
 
     /// How a row finds the caller's frame.
@@ -411,13 +425,13 @@ pub mod dwarf {
 
     const _: () = assert!(core::mem::size_of::<ProcessMapping>() == 32);
 
-    /// A process's executable mappings, sorted by `start`; `count` are valid.
+    /// A process's run of [`UNWIND_MAPPINGS_MAP`].
     #[repr(C)]
-    #[derive(Clone, Copy, Debug)]
-    pub struct ProcessMappings {
-        pub count: u64,
-        pub mappings: [ProcessMapping; MAX_PROCESS_MAPPINGS],
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ProcessTable {
+        pub first_mapping: u32,
+        pub mapping_count: u32,
     }
 
-    const _: () = assert!(core::mem::size_of::<ProcessMappings>() == 8 + 32 * MAX_PROCESS_MAPPINGS);
+    const _: () = assert!(core::mem::size_of::<ProcessTable>() == 8);
 }

@@ -17,11 +17,12 @@ use aya_ebpf::{
 use aya_log_ebpf::{debug, warn};
 use tracer_ebpf::{
     COUNTER_SLOTS, Counter, DEFAULT_RING_SIZE, EVENT_RINGS, Event, EventKind, EventWithStack,
-    EventWithStackCopy, INLINE_STACK, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, MAX_THREAD_SLOTS,
-    NO_STACK, SAMPLE_TABLE_SLOTS, STACK_COPY, STACK_COPY_CHUNK, STACK_HASH, sample_slot,
+    EventWithStackCopy, INLINE_STACK, INLINE_STACK_PARTIAL, MAX_INLINE_FRAMES,
+    MAX_STACK_COPY_BYTES, MAX_THREAD_SLOTS, NO_STACK, SAMPLE_TABLE_SLOTS, STACK_COPY,
+    STACK_COPY_CHUNK, STACK_HASH, sample_slot,
 };
 
-use crate::filter;
+use crate::{dwarf, filter, stack_hash::start_hash};
 
 /// Declares the event rings, `EVENTS_0` to `EVENTS_{EVENT_RINGS - 1}`, and
 /// [`ring`], which picks the current CPU's.
@@ -494,10 +495,15 @@ fn emit_with_stack<C: EbpfContext>(
     }
     let regs = hit.ctx.as_ptr() as *const aya_ebpf::bindings::pt_regs;
     // SAFETY: uprobe contexts are the trapped task's `pt_regs`; at the
-    // allocator's return, `rip` is the return address in its caller and
-    // `rbp` the caller's frame pointer (callee-saved, so restored).
-    let (ip, bp) = unsafe { ((*regs).rip, (*regs).rbp) };
+    // allocator's return, `rip` is the return address in its caller, `rsp`
+    // its stack pointer and `rbp` its frame pointer (callee-saved, so
+    // restored).
+    let (ip, sp, bp) = unsafe { ((*regs).rip, (*regs).rsp, (*regs).rbp) };
     let tgid = hit.pid_tgid >> 32;
+    if let Some(walk) = dwarf::walk(tgid as u32, ip, sp, bp) {
+        emit_walked(hit, kind, addr, old_addr, size, &walk);
+        return;
+    }
     // The process is part of the name: the same addresses mean other code
     // in another process (host-wide mode).
     let (hash, _) = walk_frames(ip, bp, tgid, |_, _| {});
@@ -532,6 +538,62 @@ fn emit_with_stack<C: EbpfContext>(
         // SAFETY: plain data; when two CPUs race for the slot, one of their
         // stacks is only sent again later.
         unsafe { *known = hash };
+    }
+}
+
+/// Sends an allocation whose stack the DWARF unwinder walked: by hash when
+/// the stack is known, else with its frames (see [`emit_with_stack`]). An
+/// incomplete walk is not remembered, so it is sent again until userspace
+/// has loaded the tables it lacked.
+#[inline(always)]
+fn emit_walked<C: EbpfContext>(
+    hit: &Hit<C>,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    walk: &dwarf::Walk,
+) {
+    let known_slot = walk.hash as u32 % KNOWN_STACK_SLOTS;
+    if walk.complete && KNOWN_STACKS.get(known_slot) == Some(&walk.hash) {
+        emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, walk.hash);
+        return;
+    }
+    let Some(mut entry) = ring().reserve::<EventWithStack>(0) else {
+        count_lost(hit.ctx);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, writable EventWithStack, and
+    // `walk.frames` to the per-CPU frames of this run.
+    unsafe {
+        let frames = &raw mut (*record).frames;
+        if generated::bpf_probe_read_kernel(
+            frames.cast(),
+            size_of::<[u64; MAX_INLINE_FRAMES]>() as u32,
+            walk.frames.cast(),
+        ) != 0
+        {
+            entry.discard(0);
+            bump(Counter::StackErrors);
+            return;
+        }
+        let stack_id = if walk.complete {
+            INLINE_STACK
+        } else {
+            INLINE_STACK_PARTIAL
+        };
+        let mut event = event(hit.pid_tgid, kind, addr, old_addr, size, stack_id);
+        event.stack_hash = walk.hash;
+        (*record).event = event;
+        (*record).stack_bytes = (walk.count.min(MAX_INLINE_FRAMES) * 8) as u64;
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    if walk.complete
+        && let Some(known) = KNOWN_STACKS.get_ptr_mut(known_slot)
+    {
+        // SAFETY: as in `emit_with_stack`.
+        unsafe { *known = walk.hash };
     }
 }
 
@@ -609,14 +671,13 @@ fn emit_with_stack_copy<C: EbpfContext>(
 /// first frame that cannot be read, does not move up the stack, or is 0.
 #[inline(always)]
 fn walk_frames(ip: u64, bp: u64, tgid: u64, mut frame: impl FnMut(usize, u64)) -> (u64, usize) {
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = 0xcbf2_9ce4_8422_2325 ^ tgid;
+    let mut hash = start_hash(tgid);
     let mut fp = bp;
     let mut return_address = ip;
     let mut count = 0;
     while count < MAX_INLINE_FRAMES {
         frame(count, return_address);
-        hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
+        hash = hash.add_frame(return_address);
         count += 1;
         // SAFETY: reads user memory through the fault-tolerant helper.
         let Ok([next_fp, next_return]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) })
@@ -629,7 +690,7 @@ fn walk_frames(ip: u64, bp: u64, tgid: u64, mut frame: impl FnMut(usize, u64)) -
         fp = next_fp;
         return_address = next_return;
     }
-    (hash, count)
+    (hash.finish(), count)
 }
 
 fn event(

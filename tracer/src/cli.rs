@@ -71,15 +71,24 @@ pub struct Cli {
     pub ring_size: Option<u32>,
 
     /// How user stacks are collected: `fp` walks frame pointers in the
-    /// kernel (cheapest; breaks at code built without them), `dwarf` copies
-    /// the top of the stack and unwinds it with DWARF CFI (falling back to
-    /// frame pointers per frame, e.g. in JIT code), `auto` picks `dwarf`
-    /// when the target's executable is built without frame pointers.
+    /// kernel (cheapest; breaks at code built without them); `dwarf` unwinds
+    /// in the kernel with DWARF CFI tables compiled once per file (falling
+    /// back to frame pointers per frame, e.g. in JIT code); `auto` uses
+    /// `dwarf` for processes whose executable is built without frame
+    /// pointers and `fp` for the others; `stack-copy` copies the top of the
+    /// stack into every event and unwinds it in userspace (slower; one
+    /// process only).
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
 
-    /// Bytes of user stack copied per allocation for DWARF unwinding, a
-    /// multiple of 4K (frames beyond them are cut off).
+    /// Kernel memory for the DWARF unwinding tables (8 bytes per row),
+    /// allocated when tracing starts; files past it fall back to frame
+    /// pointers [default: 16M for one process, 64M with --all]
+    #[arg(long, value_name = "BYTES", value_parser = parse_table_memory)]
+    pub unwind_table_memory: Option<u32>,
+
+    /// Bytes of user stack copied per allocation by `--unwind stack-copy`,
+    /// a multiple of 4K (frames beyond them are cut off).
     #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes)]
     pub stack_bytes: u32,
 
@@ -199,6 +208,7 @@ pub enum UnwindMode {
     Fp,
     Dwarf,
     Auto,
+    StackCopy,
 }
 
 /// Where the final outputs go.
@@ -260,6 +270,8 @@ pub struct Config {
     /// `None`: the default for the unwinding mode chosen.
     pub ring_size: Option<u32>,
     pub unwind: UnwindMode,
+    /// Rows of the in-kernel unwinder's tables (`--unwind-table-memory`).
+    pub unwind_table_rows: u32,
     pub stack_bytes: u32,
     pub max_tracked: u64,
     /// `--sample-rate`: the kernel reports a sample, the ledger weighs it up.
@@ -333,6 +345,7 @@ impl Config {
         if cli.host.all {
             check_host_wide(&cli)?;
         }
+        let unwind_table_rows = unwind_table_rows(&cli);
         let outputs = Outputs {
             flamegraph: cli.flamegraph,
             folded: cli.folded,
@@ -370,6 +383,7 @@ impl Config {
             min_age: cli.min_age.unwrap_or_default(),
             ring_size: cli.ring_size,
             unwind: cli.unwind,
+            unwind_table_rows,
             stack_bytes: cli.stack_bytes,
             max_tracked: cli.max_tracked,
             sampling: cli.sample_rate.map(Sampling::new),
@@ -391,7 +405,7 @@ fn check_host_wide(cli: &Cli) -> anyhow::Result<()> {
         (cli.watch.snapshot_every.is_some(), "--snapshot-every"),
         (cli.watch.fail_on_growth.is_some(), "--fail-on-growth"),
         (cli.allocator_lib.is_some(), "--allocator-lib"),
-        (cli.unwind == UnwindMode::Dwarf, "--unwind dwarf"),
+        (cli.unwind == UnwindMode::StackCopy, "--unwind stack-copy"),
         (cli.sample_rate.is_some(), "--sample-rate"),
     ];
     if let Some((_, flag)) = unsupported.iter().find(|(given, _)| *given) {
@@ -466,6 +480,30 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     match u32::try_from(bytes) {
         Ok(bytes) if bytes >= page && bytes.is_power_of_two() => Ok(bytes),
         _ => Err(format!("'{text}' must be a power of two between 4K and 2G")),
+    }
+}
+
+/// Rows of the in-kernel unwinder's tables: none unless some process may
+/// be unwound with them. A busy host maps more distinct files than one
+/// process (see the README's host-wide memory figures).
+fn unwind_table_rows(cli: &Cli) -> u32 {
+    if matches!(cli.unwind, UnwindMode::Fp | UnwindMode::StackCopy) {
+        return 0;
+    }
+    let default = if cli.host.all { 64 << 20 } else { 16 << 20 };
+    let bytes = cli.unwind_table_memory.unwrap_or(default);
+    bytes / size_of::<tracer_ebpf::dwarf::UnwindRow>() as u32
+}
+
+/// Accepts sizes such as `64M`, from 1M to 2G.
+fn parse_table_memory(text: &str) -> Result<u32, String> {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|_| format!("'{text}' is not a size (try 64M)"))?;
+    match u32::try_from(bytes) {
+        Ok(bytes) if (1 << 20..=1 << 31).contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{text}' must be from 1M to 2G")),
     }
 }
 

@@ -29,13 +29,14 @@ use self::{
     summary::{HostTick, ProcessTick},
 };
 use crate::{
-    cli::{Config, LogFormat},
+    cli::{Config, LogFormat, UnwindMode},
     events::{EventReader, Release},
     placement::Plan,
     probes::{Counters, Probes, Programs},
     report::{SummaryState, Totals},
     session::{Clocks, Cut, Outcome, StopSignals, monotonic_ns, periodic, restore_default_sigint},
     symbolize::SharedSymbols,
+    unwind::{self, tables::TableLoader},
 };
 
 /// How often `/proc` is scanned for allocator libraries not probed yet
@@ -59,7 +60,26 @@ pub async fn run(config: &Config, spec: &HostSpec) -> anyhow::Result<Outcome> {
     let mut stop_signals = StopSignals::install()?;
     let ring_size = config.ring_size.unwrap_or(tracer_ebpf::DEFAULT_RING_SIZE);
     let filter = spec.filters.kernel_filter(own_pid);
-    let (mut probes, maps) = Probes::load_host_wide(&filter, ring_size, config.verbose)?;
+    let table_policy = unwind::table_policy(config.unwind);
+    let table_rows = if table_policy.is_some() {
+        config.unwind_table_rows
+    } else {
+        0
+    };
+    let (mut probes, mut maps) =
+        Probes::load_host_wide(&filter, ring_size, table_rows, config.verbose)?;
+    let tables = match (table_policy, maps.unwind.take()) {
+        (Some(policy), Some(unwind_maps)) => {
+            let mut tables = TableLoader::spawn(unwind_maps, policy)?;
+            // Before the probes, so the processes already running are
+            // unwound with tables from their first traced allocation.
+            for pid in running_processes(own_pid) {
+                tables.load_process(pid);
+            }
+            Some(tables)
+        }
+        _ => None,
+    };
     probes.attach_process_markers()?;
     let programs = if config.floor {
         Programs::Floor
@@ -74,9 +94,13 @@ pub async fn run(config: &Config, spec: &HostSpec) -> anyhow::Result<Outcome> {
     if probed.libraries == 0 {
         bail!("no process maps a C library or known allocator that could be probed");
     }
+    let unwinding = match config.unwind {
+        UnwindMode::Auto => "DWARF unwinding where frame pointers are missing",
+        UnwindMode::Dwarf => "DWARF unwinding",
+        UnwindMode::Fp | UnwindMode::StackCopy => "frame-pointer unwinding",
+    };
     eprintln!(
-        "alloctrace: tracing all processes ({} allocator libraries, {} functions, frame-pointer \
-         unwinding)",
+        "alloctrace: tracing all processes ({} allocator libraries, {} functions, {unwinding})",
         probed.libraries, probed.functions
     );
     let shared = SharedSymbols::new();
@@ -91,6 +115,7 @@ pub async fn run(config: &Config, spec: &HostSpec) -> anyhow::Result<Outcome> {
         lost_seen: 0,
         config: config.clone(),
         spec: spec.clone(),
+        tables,
     };
     let stop = session
         .trace_until_stopped(&mut probes, &mut probed, programs, &mut stop_signals)
@@ -111,6 +136,18 @@ pub async fn run(config: &Config, spec: &HostSpec) -> anyhow::Result<Outcome> {
     session.print_summary();
     session.write_outputs()?;
     Ok(Outcome::default())
+}
+
+/// Every process running now but this one (kernel threads have no
+/// mappings and are skipped by the table loader itself).
+fn running_processes(own_pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&pid| pid != own_pid)
+        .collect()
 }
 
 /// The libraries probed so far.
@@ -161,6 +198,8 @@ struct HostSession {
     cut: Option<Cut>,
     /// Lost events already noted in the ledgers.
     lost_seen: u64,
+    /// The in-kernel unwinder's tables, when stacks are unwound with them.
+    tables: Option<TableLoader>,
 }
 
 impl HostSession {
@@ -221,6 +260,7 @@ impl HostSession {
         let clock = self.clock();
         let processes = &mut self.processes;
         let libraries = &mut self.libraries;
+        let mut tables = self.tables.as_mut();
         let mut past_cut = false;
         // Stacks are interned at release, in the process the event belongs
         // to by then (an exec marker read later may end the old one first).
@@ -232,6 +272,9 @@ impl HostSession {
             }
             if event.kind() == Some(EventKind::Exec) {
                 libraries.exec_seen(event.pid);
+            }
+            if let Some(tables) = tables.as_deref_mut() {
+                tables.observe(event);
             }
             processes.apply(event, carried, elapsed_s, clock);
         });
@@ -273,7 +316,10 @@ impl HostSession {
     }
 
     fn totals(&self) -> Totals {
-        Totals::new(self.processes.totals(), self.clock().lost_events)
+        Totals {
+            unwind_tables: self.tables.as_ref().map(TableLoader::stats),
+            ..Totals::new(self.processes.totals(), self.clock().lost_events)
+        }
     }
 
     /// Now (or the moment tracing stopped), for reports.

@@ -30,6 +30,9 @@ impl HostSession {
     }
 
     pub(super) fn write_outputs(&self) -> anyhow::Result<()> {
+        if let Some(tables) = &self.tables {
+            tables.stats().log();
+        }
         let report = self.final_report();
         let outputs = if self.config.default_outputs {
             Outputs::defaults_named("all")

@@ -32,6 +32,7 @@ use crate::{
     analysis::{AgeBuckets, Evidence, Suspect},
     ledger::{self, Ledger, StackId, StackUsage},
     symbolize::{Frame, StackSymbolizer},
+    unwind::tables::TableStats,
 };
 
 /// Version of the JSON report's shape; bumped on incompatible changes.
@@ -97,6 +98,9 @@ pub struct Totals {
     pub dropped_bytes: u64,
     /// Bytes of every allocation seen, freed or not.
     pub allocated_bytes: u64,
+    /// The in-kernel DWARF unwinder's tables: memory and fallbacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind_tables: Option<TableStats>,
 }
 
 impl Totals {
@@ -111,6 +115,7 @@ impl Totals {
             dropped_allocations: ledger.dropped_allocations,
             dropped_bytes: ledger.dropped_bytes,
             allocated_bytes: ledger.allocated_bytes,
+            unwind_tables: None,
         }
     }
 }

@@ -18,7 +18,10 @@ use crate::{
     placement::Plan,
     probes::{KernelMaps, Probes, Programs, Settings, UprobeLinks},
     target::{Target, TargetError},
-    unwind,
+    unwind::{
+        self,
+        tables::{Policy, TableLoader},
+    },
 };
 
 /// Everything set up before the ready line.
@@ -31,8 +34,10 @@ pub(super) struct Attached {
     pub maps: KernelMaps,
     pub exit: ProcessExit,
     pub stop_signals: StopSignals,
-    /// Allocation events carry stack copies for DWARF unwinding.
+    /// Stacks are unwound with DWARF CFI (in the kernel, or from stack copies).
     pub dwarf_unwinding: bool,
+    /// The in-kernel unwinder's tables, unless `--unwind fp` or `stack-copy`.
+    pub tables: Option<TableLoader>,
 }
 
 impl Attached {
@@ -67,19 +72,20 @@ impl Attached {
         // Before the ready line: a signal sent as soon as it appears must
         // stop tracing cleanly, not kill the tracer.
         let stop_signals = StopSignals::install()?;
-        let stack_copy_bytes =
-            unwind::stack_copy_bytes(config.unwind, config.stack_bytes, &target.host_exe);
+        let stack_copy_bytes = unwind::stack_copy_bytes(config.unwind, config.stack_bytes);
+        let table_policy = unwind::table_policy(config.unwind);
         let ring_size = config.ring_size.unwrap_or(if stack_copy_bytes == 0 {
             tracer_ebpf::DEFAULT_RING_SIZE
         } else {
             tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
         });
-        let (mut probes, maps) = Probes::load(&Settings {
+        let (mut probes, mut maps) = Probes::load(&Settings {
             pid: target.pid,
             ring_size,
             stack_copy_bytes,
             sampling: config.sampling.as_ref(),
             thread_slots: config.thread_slots,
+            unwind_table_rows: config.unwind_table_rows,
             uprobe_links: if config.perf_event_uprobes {
                 UprobeLinks::PerfEvents
             } else {
@@ -91,6 +97,20 @@ impl Attached {
             Programs::Floor
         } else {
             Programs::Tracing
+        };
+        let mut tables = match (table_policy, maps.unwind.take()) {
+            (Some(policy), Some(unwind_maps)) => Some(TableLoader::spawn(unwind_maps, policy)?),
+            _ => None,
+        };
+        // Before the probes: the first allocation is unwound with them. A
+        // launched command gets its tables at its exec (see the session).
+        let kernel_dwarf = match (&mut tables, launched) {
+            (Some(tables), None) => tables.load_process(target.pid),
+            (Some(_), Some(_)) => {
+                table_policy == Some(Policy::Always)
+                    || !unwind::keeps_frame_pointers(&target.host_exe)
+            }
+            (None, _) => false,
         };
         probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
         if launched.is_none() && !target.is_alive() {
@@ -104,7 +124,8 @@ impl Attached {
             maps,
             exit,
             stop_signals,
-            dwarf_unwinding: stack_copy_bytes > 0,
+            dwarf_unwinding: stack_copy_bytes > 0 || kernel_dwarf,
+            tables,
         })
     }
 }

@@ -30,7 +30,7 @@ use crate::{
     report::{SummaryState, Totals},
     symbolize::StackSymbolizer,
     target::Target,
-    unwind::StackUnwinder,
+    unwind::{StackUnwinder, tables::TableLoader},
 };
 
 /// How often the ring buffer is drained when the kernel does not wake us:
@@ -80,6 +80,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         exit,
         mut stop_signals,
         dwarf_unwinding,
+        tables,
     } = Attached::attach(config, launched.as_ref())?;
     eprintln!(
         "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding{})",
@@ -130,6 +131,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         target,
         config: config.clone(),
         outputs,
+        tables,
     };
     let stop = session
         .trace_until_stopped(&mut probes, &exit, &mut stop_signals)
@@ -225,6 +227,8 @@ struct Session {
     metrics: Option<Metrics>,
     /// Events applied to the ledger.
     events: u64,
+    /// The in-kernel unwinder's tables, when stacks are unwound with them.
+    tables: Option<TableLoader>,
 }
 
 impl Session {
@@ -305,6 +309,7 @@ impl Session {
         let symbols = &mut self.symbols;
         let execs_expected = &mut self.execs_expected;
         let forks = &mut self.forks;
+        let mut tables = self.tables.as_mut();
         let mut exec_ns = None;
         let mut past_cut = false;
         let mut events = 0;
@@ -315,6 +320,10 @@ impl Session {
             past_cut |= event.timestamp_ns > cut_ns || exec_ns.is_some();
             if past_cut {
                 return;
+            }
+            // Launch mode's own exec loads the command's tables.
+            if let Some(tables) = tables.as_deref_mut() {
+                tables.observe(event);
             }
             match event.kind() {
                 Some(EventKind::Exec) => {
@@ -365,7 +374,10 @@ impl Session {
             .cut
             .map(|cut| cut.lost_events)
             .unwrap_or_else(|| self.counters.get(Counter::LostEvents));
-        Totals::new(self.ledger.totals(), lost)
+        Totals {
+            unwind_tables: self.tables.as_ref().map(TableLoader::stats),
+            ..Totals::new(self.ledger.totals(), lost)
+        }
     }
 
     /// Now, or the moment tracing stopped once it has.

@@ -211,6 +211,9 @@ impl Session {
             self.counters.get(Counter::MapErrors),
             self.ledger.overwritten()
         );
+        if let Some(tables) = &self.tables {
+            tables.stats().log();
+        }
         let stack_errors = self.counters.get(Counter::StackErrors);
         if stack_errors > 0 {
             log::warn!("{stack_errors} allocations had no stack (user stack unreadable)");

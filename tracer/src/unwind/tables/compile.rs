@@ -288,15 +288,15 @@ fn same_rule(a: &UnwindRow, b: &UnwindRow) -> bool {
     (a.kind, a.cfa_offset, a.rbp_slot) == (b.kind, b.cfa_offset, b.rbp_slot)
 }
 
-/// The row covering ELF address `pc` (the last one starting at or before it).
-pub fn lookup(rows: &[UnwindRow], pc: u64) -> Option<&UnwindRow> {
-    let after = rows.partition_point(|row| u64::from(row.pc) <= pc);
-    after.checked_sub(1).map(|index| &rows[index])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The row covering ELF address `pc`, as the probe finds it.
+    fn lookup(rows: &[UnwindRow], pc: u64) -> Option<&UnwindRow> {
+        let after = rows.partition_point(|row| u64::from(row.pc) <= pc);
+        after.checked_sub(1).map(|index| &rows[index])
+    }
 
     fn libc() -> Vec<u8> {
         let maps = crate::maps::read(std::process::id()).expect("own maps");

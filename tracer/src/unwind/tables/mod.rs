@@ -7,3 +7,6 @@
 //! 500 processes is compiled and loaded once.
 
 pub mod compile;
+pub mod manager;
+
+pub use manager::{Policy, TableLoader, TableStats, UnwindMaps};
