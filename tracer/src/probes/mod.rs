@@ -33,7 +33,6 @@ use tracer_ebpf::{
 };
 
 use self::multi::MultiPrograms;
-use crate::unwind::tables::UnwindMaps;
 use crate::{
     placement::{Plan, RETURN_PROGRAM, Returns},
     sampling::Sampling,
@@ -48,7 +47,7 @@ const EXEC_PROGRAM: &str = "process_exec";
 const EXIT_PROGRAM: &str = "process_exit";
 /// The BTF tracepoint that tells the host-wide filter a task's name changed.
 const RENAME_PROGRAM: &str = "task_renamed";
-/// The BTF tracepoint that marks the target's forks (see `crate::forks`).
+/// The BTF tracepoint that marks the target's forks (see `modes::process::forks`).
 const FORK_PROGRAM: &str = "process_fork";
 
 /// The kernel tracepoint of each BTF tracepoint program.
@@ -131,6 +130,14 @@ pub struct Probes {
     links: Vec<OwnedFd>,
     /// Forwards the programs' aya-log records; must live as long as they do.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// The in-kernel DWARF unwinder's maps (see `tracer_ebpf::dwarf`), for the
+/// table loader (`unwind::tables`) to fill.
+pub struct UnwindMaps {
+    pub rows: Map,
+    pub mappings: Map,
+    pub processes: Map,
 }
 
 /// Maps userspace reads, detached from the programs' lifetime.

@@ -43,13 +43,6 @@ use crate::{
     unwind::keeps_frame_pointers,
 };
 
-/// The three maps of the kernel unwinder, taken from the loaded object.
-pub struct UnwindMaps {
-    pub rows: Map,
-    pub mappings: Map,
-    pub processes: Map,
-}
-
 /// Which processes get tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Policy {
@@ -144,10 +137,12 @@ pub struct KernelTables {
 }
 
 impl KernelTables {
-    pub fn new(maps: UnwindMaps, policy: Policy) -> anyhow::Result<Self> {
-        let rows = MappedArray::new(maps.rows, "rows")?;
-        let mappings = MappedArray::new(maps.mappings, "mappings")?;
-        let processes = BpfHashMap::try_from(maps.processes)?;
+    /// Takes over the kernel unwinder's maps (`tracer_ebpf::dwarf`): rows,
+    /// mappings and processes.
+    pub fn new(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
+        let rows = MappedArray::new(rows, "rows")?;
+        let mappings = MappedArray::new(mappings, "mappings")?;
+        let processes = BpfHashMap::try_from(processes)?;
         let stats = TableStats {
             kernel_cap_bytes: rows.capacity as u64 * size_of::<UnwindRow>() as u64,
             ..TableStats::default()
@@ -641,8 +636,10 @@ pub struct TableLoader {
 const REFRESH_PERIOD: Duration = Duration::from_millis(20);
 
 impl TableLoader {
-    pub fn spawn(maps: UnwindMaps, policy: Policy) -> anyhow::Result<Self> {
-        let mut tables = KernelTables::new(maps, policy)?;
+    /// Starts the loader over the kernel unwinder's maps (see
+    /// [`KernelTables::new`]).
+    pub fn spawn(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
+        let mut tables = KernelTables::new(rows, mappings, processes, policy)?;
         let (requests, receiver) = mpsc::channel();
         let stats = Arc::new(Mutex::new(tables.stats()));
         let shared = Arc::clone(&stats);

@@ -9,4 +9,4 @@
 pub mod compile;
 pub mod manager;
 
-pub use manager::{Policy, TableLoader, TableStats, UnwindMaps};
+pub use manager::{Policy, TableLoader, TableStats};

@@ -1,31 +1,25 @@
-//! Setting a session up, up to the ready line: resolve the target, load and
-//! attach the probes, and arm what tells the session to stop (the target's
+//! Setting one-process mode up, up to the ready line: resolve the target,
+//! load and attach the probes, and arm what tells it to stop (the target's
 //! exit, SIGINT and SIGTERM).
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, anyhow, bail};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{Signal, SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 
+use super::{forks::ForkedChildren, launch::Launched};
 use crate::{
-    cli::{Config, TargetSpec},
+    config::{Common, ProcessConfig, ProcessTarget},
+    driver::{self, StopSignals},
     events::watch_readable,
-    forks::ForkedChildren,
-    launch::Launched,
     placement::Plan,
     probes::{KernelMaps, Probes, Programs, Settings, UprobeLinks},
     target::{Target, TargetError},
-    unwind::{
-        self,
-        tables::{Policy, TableLoader},
-    },
+    unwind::{self, StackUnwinder, UnwindMode, tables::TableLoader},
 };
 
 /// Everything set up before the ready line.
-pub(super) struct Attached {
+pub(super) struct Attachment {
     pub target: Target,
     pub plan: Plan,
     /// The target's future children, to rid of the breakpoints they inherit.
@@ -33,29 +27,40 @@ pub(super) struct Attached {
     pub probes: Probes,
     pub maps: KernelMaps,
     pub exit: ProcessExit,
-    pub stop_signals: StopSignals,
-    /// Stacks are unwound with DWARF CFI (in the kernel, or from stack copies).
-    pub dwarf_unwinding: bool,
-    /// The in-kernel unwinder's tables, unless `--unwind fp` or `stack-copy`.
+    pub signals: StopSignals,
+    /// Unwinds the stack copies allocation events carry (`stack-copy`).
+    pub unwinder: Option<StackUnwinder>,
+    /// The in-kernel unwinder's tables (`dwarf`, `auto`).
     pub tables: Option<TableLoader>,
+    /// Stacks are unwound with DWARF CFI, in the kernel or from copies.
+    pub dwarf: bool,
 }
 
-impl Attached {
+impl Attachment {
     /// Attaches to `config`'s target: the running process, or the
     /// `launched` command still held before its exec.
-    pub fn attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
-        Self::try_attach(config, launched).map_err(|error| explain_failure(config, error))
+    pub fn attach(
+        common: &Common,
+        config: &ProcessConfig,
+        launched: Option<&Launched>,
+    ) -> anyhow::Result<Self> {
+        Self::try_attach(common, config, launched).map_err(|error| explain_failure(config, error))
     }
 
-    fn try_attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
+    fn try_attach(
+        common: &Common,
+        config: &ProcessConfig,
+        launched: Option<&Launched>,
+    ) -> anyhow::Result<Self> {
         let allocator_lib = config.allocator_lib.as_deref();
-        let target = match (&config.target, launched) {
-            (_, Some(launched)) => {
-                Target::for_command(launched.pid(), launched.exe(), allocator_lib)?
+        let target = match launched {
+            Some(launched) => Target::for_command(launched.pid(), launched.exe(), allocator_lib)?,
+            None => {
+                let ProcessTarget::Pid(pid) = config.target else {
+                    anyhow::bail!("launch mode starts its command before attaching");
+                };
+                Target::resolve(pid, allocator_lib)?
             }
-            (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
-            (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
-            (TargetSpec::All(_), None) => unreachable!("host-wide mode has its own session"),
         };
         let plan = Plan::for_object(&target.allocator.host_path)?;
         let forks = ForkedChildren::new(target.pid, &target.allocator.host_path, &plan)?;
@@ -71,10 +76,9 @@ impl Attached {
         let exit = ProcessExit::watch(target.pid)?;
         // Before the ready line: a signal sent as soon as it appears must
         // stop tracing cleanly, not kill the tracer.
-        let stop_signals = StopSignals::install()?;
+        let signals = StopSignals::install()?;
         let stack_copy_bytes = unwind::stack_copy_bytes(config.unwind, config.stack_bytes);
-        let table_policy = unwind::table_policy(config.unwind);
-        let ring_size = config.ring_size.unwrap_or(if stack_copy_bytes == 0 {
+        let ring_size = common.ring_size.unwrap_or(if stack_copy_bytes == 0 {
             tracer_ebpf::DEFAULT_RING_SIZE
         } else {
             tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
@@ -85,29 +89,26 @@ impl Attached {
             stack_copy_bytes,
             sampling: config.sampling.as_ref(),
             thread_slots: config.thread_slots,
-            unwind_table_rows: config.unwind_table_rows,
+            unwind_table_rows: common.unwind_table_rows,
             uprobe_links: if config.perf_event_uprobes {
                 UprobeLinks::PerfEvents
             } else {
                 UprobeLinks::Fastest
             },
-            verbose: config.verbose,
+            verbose: common.verbose,
         })?;
-        let programs = if config.floor {
+        let programs = if common.floor {
             Programs::Floor
         } else {
             Programs::Tracing
         };
-        let mut tables = match (table_policy, maps.unwind.take()) {
-            (Some(policy), Some(unwind_maps)) => Some(TableLoader::spawn(unwind_maps, policy)?),
-            _ => None,
-        };
-        // Before the probes: the first allocation is unwound with them. A
-        // launched command gets its tables at its exec (see the session).
+        let mut tables = driver::table_loader(config.unwind, &mut maps)?;
+        // Before the probes, so the first allocation is unwound with them. A
+        // launched command gets its own at its exec (the driver sees it).
         let kernel_dwarf = match (&mut tables, launched) {
             (Some(tables), None) => tables.load_process(target.pid),
             (Some(_), Some(_)) => {
-                table_policy == Some(Policy::Always)
+                config.unwind == UnwindMode::Dwarf
                     || !unwind::keeps_frame_pointers(&target.host_exe)
             }
             (None, _) => false,
@@ -116,6 +117,7 @@ impl Attached {
         if launched.is_none() && !target.is_alive() {
             bail!("pid {} exited while alloctrace was attaching", target.pid);
         }
+        let unwinder = (stack_copy_bytes > 0).then(|| StackUnwinder::new(target.pid));
         Ok(Self {
             target,
             plan,
@@ -123,9 +125,10 @@ impl Attached {
             probes,
             maps,
             exit,
-            stop_signals,
-            dwarf_unwinding: stack_copy_bytes > 0 || kernel_dwarf,
+            signals,
+            unwinder,
             tables,
+            dwarf: stack_copy_bytes > 0 || kernel_dwarf,
         })
     }
 }
@@ -133,8 +136,8 @@ impl Attached {
 /// A process that exits while being resolved or attached to makes any step
 /// fail (its maps read empty, perf_event_open says ESRCH...): say what
 /// really happened rather than the step's symptom.
-fn explain_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
-    let TargetSpec::Pid(pid) = config.target else {
+fn explain_failure(config: &ProcessConfig, error: anyhow::Error) -> anyhow::Error {
+    let ProcessTarget::Pid(pid) = config.target else {
         return error;
     };
     let gone = procfs::process::Process::new(pid as i32)
@@ -148,21 +151,6 @@ fn explain_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
         anyhow!("pid {pid} exited while alloctrace was attaching")
     } else {
         error
-    }
-}
-
-/// SIGINT and SIGTERM, caught from before the ready line on.
-pub(crate) struct StopSignals {
-    pub interrupt: Signal,
-    pub terminate: Signal,
-}
-
-impl StopSignals {
-    pub(crate) fn install() -> anyhow::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
-        })
     }
 }
 

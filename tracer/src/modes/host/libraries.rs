@@ -19,7 +19,7 @@ use std::{
 
 use procfs::process::MMapPath;
 
-use super::filter::HostFilters;
+use crate::filters::HostFilters;
 use crate::target::{AllocatorKind, allocator_library, in_process_root};
 
 /// A mapped file's identity: device (major, minor) and inode.
