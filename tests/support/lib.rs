@@ -32,6 +32,7 @@ pub mod protocol;
 pub mod report;
 pub mod ticks;
 pub mod tracer;
+pub mod unwinding;
 pub mod workloads;
 
 pub use environment::*;
@@ -43,6 +44,7 @@ pub use protocol::*;
 pub use report::*;
 pub use ticks::*;
 pub use tracer::*;
+pub use unwinding::*;
 pub use workloads::*;
 
 /// How long the tracer may take to attach and print its ready line.

@@ -10,7 +10,7 @@
 //! return address at CFA - 8, rbp restored from CFA + 8n or unchanged.
 //! Code no row covers (JIT code in anonymous memory, PLT stubs, rules the
 //! table cannot express) is stepped through its frame pointer, as the
-//! frame-pointer walk would.
+//! frame-pointer walk would; code in no listed mapping ends the walk.
 //!
 //! Plain bounded loops, no `bpf_loop` or tail calls: the uprobe programs are
 //! loaded for uprobe_multi links by our own loader without BTF, and the
@@ -70,7 +70,7 @@ pub struct Walk {
     pub count: usize,
     /// Every frame's pc lay in a mapping userspace had listed. A walk that
     /// met unlisted code (a library `dlopen`ed since userspace last read the
-    /// process's mappings) may be cut short or wrong past it, so its stack
+    /// process's mappings) stops there, cut short but right, and its stack
     /// is sent again until the tables catch up.
     pub complete: bool,
     /// The frames, leaf first (`count` of them).
@@ -94,11 +94,14 @@ pub fn walk(tgid: u32, mut pc: u64, mut sp: u64, mut bp: u64) -> Option<Walk> {
         unsafe { (*frames)[index] = pc };
         hash = hash.add_frame(pc);
         count = index + 1;
-        let mapping = find_mapping(process, pc);
-        if mapping.is_none() {
+        // Code in no listed mapping (mapped since userspace last looked):
+        // whether it keeps frame pointers is unknown, so the walk stops
+        // rather than guess a frame.
+        let Some(mapping) = find_mapping(process, pc) else {
             complete = false;
-        }
-        let row = mapping.and_then(|mapping| find_row(mapping, pc));
+            break;
+        };
+        let row = find_row(mapping, pc);
         let next = match row {
             Some(row) if row.kind == kind::OUTERMOST => break,
             Some(row) if row.kind == kind::CFA_RSP || row.kind == kind::CFA_RBP => {

@@ -205,8 +205,9 @@ pub const NO_STACK: i32 = -1;
 pub const INLINE_STACK: i32 = -2;
 
 /// `stack_id` of an [`EventWithStack`] whose frames the DWARF unwinder
-/// walked through code in no mapping userspace had listed for the process
-/// (a library `dlopen`ed since): frames past it may be missing. Userspace
+/// walked into code in no mapping userspace had listed for the process (a
+/// library `dlopen`ed since) and stopped there: the frames past it are
+/// missing, those it has are right. Userspace
 /// re-reads the process's mappings; the kernel does not remember the
 /// stack's hash, so it is sent whole until the walk is complete.
 pub const INLINE_STACK_PARTIAL: i32 = -5;

@@ -187,7 +187,10 @@ pub struct Attached {
 
 /// The in-kernel unwinder's table loader for `--unwind mode`, over the maps
 /// of the loaded programs; `None` when stacks are not unwound with tables.
-pub fn table_loader(mode: UnwindMode, maps: &mut KernelMaps) -> anyhow::Result<Option<TableLoader>> {
+pub fn table_loader(
+    mode: UnwindMode,
+    maps: &mut KernelMaps,
+) -> anyhow::Result<Option<TableLoader>> {
     let (Some(policy), Some(unwind)) = (unwind::table_policy(mode), maps.unwind.take()) else {
         return Ok(None);
     };

@@ -135,9 +135,9 @@ pub struct Probes {
 /// The in-kernel DWARF unwinder's maps (see `tracer_ebpf::dwarf`), for the
 /// table loader (`unwind::tables`) to fill.
 pub struct UnwindMaps {
-    pub rows: Map,
-    pub mappings: Map,
-    pub processes: Map,
+    pub rows: aya::maps::Map,
+    pub mappings: aya::maps::Map,
+    pub processes: aya::maps::Map,
 }
 
 /// Maps userspace reads, detached from the programs' lifetime.
