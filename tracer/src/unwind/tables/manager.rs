@@ -17,7 +17,7 @@
 //! points at it, so the probe never sees a half-written list.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     fs::File,
     os::{
         fd::{AsFd as _, AsRawFd as _},
@@ -617,8 +617,74 @@ fn free_run(free: &mut Vec<(u32, u32)>, start: u32, len: u32) {
 enum Request {
     /// Load, and say whether the process got tables, if asked.
     Load(u32, Option<mpsc::SyncSender<bool>>),
+    /// Load when nothing else waits (processes found running at the start).
+    Background(u32),
     Refresh(u32),
     Forget(u32),
+}
+
+/// The table thread's state.
+struct Worker {
+    tables: KernelTables,
+    /// When each process's list was last rebuilt on request.
+    refreshed: HashMap<u32, Instant>,
+    /// Background loads not done yet, oldest first.
+    background: VecDeque<u32>,
+}
+
+impl Worker {
+    /// The next request to handle: any sent one before a background load,
+    /// so that a process just seen is not stuck behind a host's worth of
+    /// tables. `None` once every handle is gone.
+    fn next(&mut self, receiver: &mpsc::Receiver<Request>) -> Option<Request> {
+        loop {
+            let request = if self.background.is_empty() {
+                receiver.recv().ok()?
+            } else {
+                match receiver.try_recv() {
+                    Ok(request) => request,
+                    Err(mpsc::TryRecvError::Empty) => {
+                        return self
+                            .background
+                            .pop_front()
+                            .map(|pid| Request::Load(pid, None));
+                    }
+                    Err(mpsc::TryRecvError::Disconnected) => return None,
+                }
+            };
+            match request {
+                Request::Background(pid) => self.background.push_back(pid),
+                request => return Some(request),
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) {
+        match request {
+            Request::Load(pid, done) => {
+                let loaded = self.tables.load_process(pid);
+                if let Some(done) = done {
+                    let _ = done.send(loaded);
+                }
+            }
+            Request::Background(pid) => self.background.push_back(pid),
+            Request::Refresh(pid) => {
+                let now = Instant::now();
+                let recent = self
+                    .refreshed
+                    .get(&pid)
+                    .is_some_and(|at| now - *at < REFRESH_PERIOD);
+                if !recent && self.tables.is_loaded(pid) {
+                    self.refreshed.insert(pid, now);
+                    self.tables.load_process(pid);
+                }
+            }
+            Request::Forget(pid) => {
+                self.refreshed.remove(&pid);
+                self.tables.forget_process(pid);
+            }
+        }
+    }
 }
 
 /// [`KernelTables`] on a thread of its own; cheap to clone, `Send`.
@@ -639,38 +705,21 @@ impl TableLoader {
     /// Starts the loader over the kernel unwinder's maps (see
     /// [`KernelTables::new`]).
     pub fn spawn(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
-        let mut tables = KernelTables::new(rows, mappings, processes, policy)?;
+        let tables = KernelTables::new(rows, mappings, processes, policy)?;
         let (requests, receiver) = mpsc::channel();
         let stats = Arc::new(Mutex::new(tables.stats()));
         let shared = Arc::clone(&stats);
         std::thread::Builder::new()
             .name("unwind-tables".into())
             .spawn(move || {
-                let mut refreshed: HashMap<u32, Instant> = HashMap::new();
-                while let Ok(request) = receiver.recv() {
-                    match request {
-                        Request::Load(pid, done) => {
-                            let loaded = tables.load_process(pid);
-                            if let Some(done) = done {
-                                let _ = done.send(loaded);
-                            }
-                        }
-                        Request::Refresh(pid) => {
-                            let now = Instant::now();
-                            let recent = refreshed
-                                .get(&pid)
-                                .is_some_and(|at| now - *at < REFRESH_PERIOD);
-                            if !recent && tables.is_loaded(pid) {
-                                refreshed.insert(pid, now);
-                                tables.load_process(pid);
-                            }
-                        }
-                        Request::Forget(pid) => {
-                            refreshed.remove(&pid);
-                            tables.forget_process(pid);
-                        }
-                    }
-                    *shared.lock().unwrap_or_else(|e| e.into_inner()) = tables.stats();
+                let mut worker = Worker {
+                    tables,
+                    refreshed: HashMap::new(),
+                    background: VecDeque::new(),
+                };
+                while let Some(request) = worker.next(&receiver) {
+                    worker.handle(request);
+                    *shared.lock().unwrap_or_else(|e| e.into_inner()) = worker.tables.stats();
                 }
             })
             .context("starting the unwind table thread")?;
@@ -723,6 +772,12 @@ impl TableLoader {
     /// a new image after `execve`).
     pub fn load_process_later(&self, pid: u32) {
         let _ = self.requests.send(Request::Load(pid, None));
+    }
+
+    /// Loads `pid`'s tables when no other request waits.
+    pub fn load_process_in_background(&mut self, pid: u32) {
+        self.seen.insert(pid);
+        let _ = self.requests.send(Request::Background(pid));
     }
 
     /// Asks for `pid`'s list to be brought up to date, without waiting.
