@@ -42,22 +42,29 @@ use tracer_ebpf::{
 
 use crate::stack_hash::start_hash;
 
-/// Every loaded file's table (see `tracer_ebpf::dwarf::UNWIND_ROWS_MAP`);
-/// userspace sets its size, the table memory cap, at load time, and writes
-/// tables straight into its memory (mappable).
-#[map(name = "UNWIND_ROWS")]
-static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+shared_map!(
+    UNWIND_ROWS_MAP,
+    /// Every loaded file's table; userspace sets its size, the table memory
+    /// cap, at load time, and writes tables straight into its memory
+    /// (mappable).
+    static UNWIND_ROWS: Array<UnwindRow> =
+        Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+);
 
-/// Where each table-unwound process's mappings are in [`UNWIND_MAPPINGS`].
-#[map(name = "UNWIND_PROCESSES")]
-static UNWIND_PROCESSES: HashMap<u32, ProcessTable> =
-    HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+shared_map!(
+    UNWIND_PROCESSES_MAP,
+    /// Where each table-unwound process's mappings are in [`UNWIND_MAPPINGS`].
+    static UNWIND_PROCESSES: HashMap<u32, ProcessTable> =
+        HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+);
 
-/// Every table-unwound process's executable mappings, one sorted run each;
-/// userspace sets its size at load time.
-#[map(name = "UNWIND_MAPPINGS")]
-static UNWIND_MAPPINGS: Array<ProcessMapping> =
-    Array::with_max_entries(DEFAULT_MAPPING_SLOTS, BPF_F_MMAPABLE);
+shared_map!(
+    UNWIND_MAPPINGS_MAP,
+    /// Every table-unwound process's executable mappings, one sorted run
+    /// each; userspace sets its size at load time.
+    static UNWIND_MAPPINGS: Array<ProcessMapping> =
+        Array::with_max_entries(DEFAULT_MAPPING_SLOTS, BPF_F_MMAPABLE);
+);
 
 /// Where a walk leaves its frames: the stack is hashed while it is walked,
 /// and only copied into an event when the hash is new.

@@ -300,7 +300,55 @@ pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
 
 #[cfg(test)]
 mod tests {
+    use tracer_ebpf::{Event, EventKind};
+
     use super::*;
+    use crate::ledger::Budget;
+
+    /// Names stack N's one frame `fN`: the report model needs no symbolizer.
+    struct Named;
+
+    impl NameStacks for Named {
+        fn frames(&self, stack: StackId) -> Vec<Frame> {
+            test_stack(0, &[&format!("f{}", stack.get())]).frames
+        }
+    }
+
+    fn alloc(addr: u64, size: u64, at_s: u64) -> Event {
+        Event {
+            kind: EventKind::Alloc as u32,
+            tid: 1,
+            pid: 1,
+            stack_id: 0,
+            size,
+            addr,
+            old_addr: 0,
+            timestamp_ns: at_s * 1_000_000_000,
+            stack_hash: 0,
+        }
+    }
+
+    #[test]
+    fn a_view_lists_the_largest_stacks_first_with_their_names_and_ages() {
+        let mut ledger = Ledger::new(Budget::new(u64::MAX), None);
+        ledger.apply(&alloc(0x10, 100, 1), StackId::from(1));
+        ledger.apply(&alloc(0x20, 300, 5), StackId::from(2));
+        ledger.apply(&alloc(0x30, 50, 3), StackId::from(1));
+        let view = StackView::of(&ledger, 11_000_000_000, u64::MAX);
+        let largest = view.largest(&Named, 10);
+        let summary: Vec<(String, u64, u64, f64)> = largest
+            .iter()
+            .map(|s| (s.frames[0].label(), s.bytes, s.count, s.oldest_age_s))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("f2".to_owned(), 300, 1, 6.0),
+                ("f1".to_owned(), 150, 2, 10.0)
+            ]
+        );
+        assert_eq!(view.largest(&Named, 1).len(), 1);
+    }
 
     #[test]
     fn snapshot_names_sort_by_time_and_avoid_colons() {
