@@ -14,6 +14,8 @@ const STAGES: &[(&str, u32)] = &[
     ("maps", 0),
     ("sampling", 0),
     ("debuginfo", 0),
+    ("container", 0),
+    ("privileges", 0),
     ("placement", 1),
     ("target", 2),
     ("probes", 3),
