@@ -208,6 +208,8 @@ fn dwarf_unwinding_host_wide_recovers_whole_chains() {
     let report_path = dir.path().join("report.json");
     let mut w = Workload::spawn_bin(&deep_nofp_bin(), &[]);
     let tracer = Tracer::spawn_all(&[
+        "--unwind".as_ref(),
+        "dwarf".as_ref(),
         "--comm".as_ref(),
         "deep_nofp".as_ref(),
         "--interval".as_ref(),
