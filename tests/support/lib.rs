@@ -12,7 +12,9 @@
 //!   contract,
 //! * [`report`], [`folded`], [`ticks`], [`pprof`], [`metrics`]: reading
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
-//!   files, `--metrics-addr`).
+//!   files, `--metrics-addr`),
+//! * [`verdicts`]: the leak-verdict battery and its scoring (not
+//!   re-exported: its names are for the tests that use it).
 //!
 //! All child processes are SIGKILLed and reaped on drop, so a failing
 //! assertion never leaves a tracer or a workload behind.
@@ -34,6 +36,7 @@ pub mod report;
 pub mod ticks;
 pub mod tracer;
 pub mod unwinding;
+pub mod verdicts;
 pub mod workloads;
 
 pub use environment::*;
