@@ -6,7 +6,8 @@
 //! * [`environment`]: the workspace, the `alloctrace` binary under test,
 //!   the root check, temporary directories,
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
-//!   their sources,
+//!   their sources; [`unwinding`]: the in-kernel DWARF unwinding tests'
+//!   `dlopen` workload and its library,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
