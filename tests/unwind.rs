@@ -1,6 +1,9 @@
-//! Full stacks without frame pointers: DWARF unwinding of copied user
-//! stacks (`--unwind dwarf`, chosen by `--unwind auto` for such builds),
-//! and inlined frames with their own file:line.
+//! Full stacks without frame pointers: DWARF unwinding in the kernel from
+//! per-file tables (`--unwind dwarf`, chosen by `--unwind auto` for such
+//! builds), in one process and host-wide, through a library loaded after
+//! attaching, frame for frame as the userspace unwinder of copied stacks
+//! (`--unwind stack-copy`) finds them; and inlined frames with their own
+//! file:line.
 
 use std::path::Path;
 
@@ -38,6 +41,39 @@ const DEEP_SITES: &[DeepSite] = &[
     },
 ];
 
+/// Checks every [`DEEP_SITES`] chain in `report`: each stack with the
+/// site's leaf holds the whole chain in order, and the site's bytes and
+/// count are exact.
+fn assert_deep_chains_whole(report: &Value) {
+    for site in DEEP_SITES {
+        let stacks = stacks_with_leaf(report, site.chain[0]);
+        assert!(
+            !stacks.is_empty(),
+            "no stack for {}:\n{}",
+            site.chain[0],
+            summarize_report(report)
+        );
+        let (mut bytes, mut count) = (0, 0);
+        for stack in stacks {
+            let functions = frame_functions(stack);
+            assert!(
+                functions.starts_with(site.chain),
+                "stack of {} is not the whole chain {:?}: {functions:?}",
+                site.chain[0],
+                site.chain
+            );
+            bytes += as_u64(stack, "bytes");
+            count += as_u64(stack, "count");
+        }
+        assert_eq!(
+            (bytes, count),
+            (site.bytes, site.count),
+            "outstanding at {}",
+            site.chain[0]
+        );
+    }
+}
+
 /// Runs `bin` (ready/go/done protocol) under `alloctrace <args>` and returns
 /// the ready line and the final report.
 fn trace(bin: &Path, args: &[&str]) -> (String, Value) {
@@ -73,33 +109,12 @@ fn dwarf_unwinding_recovers_whole_chains_without_frame_pointers() {
         "auto should pick DWARF for a build without frame pointers: {ready}"
     );
     assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
-    for site in DEEP_SITES {
-        let stacks = stacks_with_leaf(&report, site.chain[0]);
-        assert!(
-            !stacks.is_empty(),
-            "no stack for {}:\n{}",
-            site.chain[0],
-            summarize_report(&report)
-        );
-        let (mut bytes, mut count) = (0, 0);
-        for stack in stacks {
-            let functions = frame_functions(stack);
-            assert!(
-                functions.starts_with(site.chain),
-                "stack of {} is not the whole chain {:?}: {functions:?}",
-                site.chain[0],
-                site.chain
-            );
-            bytes += as_u64(stack, "bytes");
-            count += as_u64(stack, "count");
-        }
-        assert_eq!(
-            (bytes, count),
-            (site.bytes, site.count),
-            "outstanding at {}",
-            site.chain[0]
-        );
-    }
+    assert_deep_chains_whole(&report);
+    // Unwound in the kernel from the files' tables: the executable, libc
+    // and the dynamic loader, one table each.
+    let tables = &report["totals"]["unwind_tables"];
+    assert_eq!(as_u64(tables, "processes"), 1, "{tables}");
+    assert!(as_u64(tables, "files") >= 3, "{tables}");
 }
 
 /// Why DWARF is needed: the kernel's frame-pointer walk cannot get past the
@@ -182,4 +197,110 @@ fn inlined_frames_carry_their_own_lines() {
         }
         assert_eq!(frame_functions(stack).get(3), Some(&"main"), "{stack}");
     }
+}
+
+/// Host-wide, a process built without frame pointers that was running when
+/// tracing started gets its tables, and every chain comes out whole.
+#[test]
+fn dwarf_unwinding_host_wide_recovers_whole_chains() {
+    require_root();
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut w = Workload::spawn_bin(&deep_nofp_bin(), &[]);
+    let tracer = Tracer::spawn_all(&[
+        "--unwind".as_ref(),
+        "dwarf".as_ref(),
+        "--comm".as_ref(),
+        "deep_nofp".as_ref(),
+        "--interval".as_ref(),
+        "1h".as_ref(),
+        "--report".as_ref(),
+        report_path.as_os_str(),
+    ]);
+    assert!(
+        tracer.ready_line.contains("DWARF unwinding"),
+        "{}",
+        tracer.ready_line
+    );
+    w.run();
+    std::thread::sleep(SETTLE);
+    tracer.stop(libc::SIGINT).assert_success();
+    let report = read_json(&report_path);
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    assert_deep_chains_whole(&report_of_process(&report, w.pid));
+}
+
+/// KEEP IN SYNC with tests/workloads/chain_nofp.c and dlopen_nofp.c.
+const LIBRARY_CHAIN: &[&str] = &[
+    "chain_5",
+    "chain_4",
+    "chain_3",
+    "chain_2",
+    "chain_1",
+    "call_library",
+    "main",
+];
+
+/// A library built without frame pointers and loaded after alloctrace
+/// attached is unwound through its whole chain: the first allocation from
+/// its code may stop at that code (its table is loaded on seeing it, and a
+/// stack is never guessed past code the tracer has not read), every later
+/// one is whole, and no block is lost.
+#[test]
+fn library_loaded_after_attaching_is_unwound_through_its_chain() {
+    require_root();
+    let library = chain_nofp_library();
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut w = Workload::spawn_bin(&dlopen_nofp_bin(), &[library.to_str().unwrap()]);
+    let tracer = Tracer::spawn(w.pid, &["--report".as_ref(), report_path.as_os_str()], None);
+    for _ in 0..5 {
+        w.go();
+        w.expect_line("done", DONE_TIMEOUT);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    std::thread::sleep(SETTLE);
+    tracer.stop(libc::SIGINT).assert_success();
+    let report = read_json(&report_path);
+    let stacks = stacks_with_leaf(&report, "chain_5");
+    let total: u64 = stacks.iter().map(|s| as_u64(s, "bytes")).sum();
+    assert_eq!(total, 5 * 700, "{}", summarize_report(&report));
+    let mut whole = 0;
+    for stack in &stacks {
+        let functions = frame_functions(stack);
+        assert!(
+            LIBRARY_CHAIN.starts_with(&functions) || functions.starts_with(LIBRARY_CHAIN),
+            "not a prefix of the chain: {functions:?}"
+        );
+        if functions.starts_with(LIBRARY_CHAIN) {
+            whole += as_u64(stack, "count");
+        }
+    }
+    assert!(whole >= 4, "only {whole} of 5 blocks with the whole chain");
+}
+
+/// The kernel's table-driven unwinder and the userspace unwinder of copied
+/// stacks find the same stacks, frame for frame, with the same bytes.
+#[test]
+fn kernel_and_stack_copy_unwinders_agree_frame_for_frame() {
+    require_root();
+    let stacks_of = |unwind: &str| {
+        let (_, report) = trace(&deep_nofp_bin(), &["--unwind", unwind]);
+        let mut stacks: Vec<(Vec<String>, u64)> = all_stacks(&report)
+            .into_iter()
+            .map(|stack| {
+                let frames = frames(stack)
+                    .iter()
+                    .map(|frame| format!("{}:{}", frame["function"], frame["line"]))
+                    .collect();
+                (frames, as_u64(stack, "bytes"))
+            })
+            .collect();
+        stacks.sort();
+        stacks
+    };
+    let kernel = stacks_of("dwarf");
+    let copied = stacks_of("stack-copy");
+    assert!(kernel.len() >= DEEP_SITES.len(), "{kernel:?}");
+    assert_eq!(kernel, copied);
 }

@@ -6,7 +6,8 @@
 //! * [`environment`]: the workspace, the `alloctrace` binary under test,
 //!   the root check, temporary directories,
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
-//!   their sources; [`java`]: compiling the Java ones,
+//!   their sources; [`java`]: compiling the Java ones; [`unwinding`]: the
+//!   in-kernel DWARF unwinding tests' `dlopen` workload and its library,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
@@ -39,6 +40,7 @@ pub mod protocol;
 pub mod report;
 pub mod ticks;
 pub mod tracer;
+pub mod unwinding;
 pub mod verdicts;
 pub mod workloads;
 
@@ -52,6 +54,7 @@ pub use protocol::*;
 pub use report::*;
 pub use ticks::*;
 pub use tracer::*;
+pub use unwinding::*;
 pub use workloads::*;
 
 /// How long the tracer may take to attach and print its ready line.

@@ -6,20 +6,21 @@
 use aya_ebpf::helpers::bpf_probe_read_user;
 use tracer_ebpf::MAX_INLINE_FRAMES;
 
+use crate::stack_hash::start_hash;
+
 /// Walks the caller's frame-pointer chain from `ip`/`bp`, handing each
 /// return address (leaf first) to `frame` with its index; returns the
 /// stack's hash (mixed with `tgid`) and the number of frames. Stops at the
 /// first frame that cannot be read, does not move up the stack, or is 0.
 #[inline(always)]
 pub fn walk_frames(ip: u64, bp: u64, tgid: u64, mut frame: impl FnMut(usize, u64)) -> (u64, usize) {
-    const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = 0xcbf2_9ce4_8422_2325 ^ tgid;
+    let mut hash = start_hash(tgid);
     let mut fp = bp;
     let mut return_address = ip;
     let mut count = 0;
     while count < MAX_INLINE_FRAMES {
         frame(count, return_address);
-        hash = (hash ^ return_address).wrapping_mul(FNV_PRIME);
+        hash = hash.add_frame(return_address);
         count += 1;
         // SAFETY: reads user memory through the fault-tolerant helper.
         let Ok([next_fp, next_return]) = (unsafe { bpf_probe_read_user(fp as *const [u64; 2]) })
@@ -32,5 +33,5 @@ pub fn walk_frames(ip: u64, bp: u64, tgid: u64, mut frame: impl FnMut(usize, u64
         fp = next_fp;
         return_address = next_return;
     }
-    (hash, count)
+    (hash.finish(), count)
 }

@@ -86,6 +86,17 @@ macro_rules! shared_names {
 
 shared_names! {
     // Maps.
+    /// Array of [`dwarf::ProcessMapping`]s: each process's executable
+    /// mappings, a contiguous run sorted by `start`. Sized at load time.
+    UNWIND_MAPPINGS_MAP = "UNWIND_MAPPINGS";
+    /// Hash map `u32 tgid -> dwarf::ProcessTable`: where in
+    /// [`UNWIND_MAPPINGS_MAP`] each table-unwound process's executable
+    /// mappings are.
+    UNWIND_PROCESSES_MAP = "UNWIND_PROCESSES";
+    /// Array of [`dwarf::UnwindRow`]s: every loaded file's table, each a
+    /// contiguous run sorted by `pc`. Its size (set at load time) is the
+    /// table memory cap (see [`dwarf`]).
+    UNWIND_ROWS_MAP = "UNWIND_ROWS";
     /// Per-CPU array of `u64` counters, indexed by [`Counter`].
     COUNTERS_MAP = "COUNTERS";
     /// Array of `u64` thresholds: an allocation of `size` bytes is sampled when
@@ -281,6 +292,14 @@ pub const NO_STACK: i32 = -1;
 /// and its walk measured far slower than the programs' own.
 pub const INLINE_STACK: i32 = -2;
 
+/// `stack_id` of an [`EventWithStack`] whose frames the DWARF unwinder
+/// walked into code in no mapping userspace had listed for the process (a
+/// library `dlopen`ed since) and stopped there: the frames past it are
+/// missing, those it has are right. Userspace
+/// re-reads the process's mappings; the kernel does not remember the
+/// stack's hash, so it is sent whole until the walk is complete.
+pub const INLINE_STACK_PARTIAL: i32 = -5;
+
 /// `stack_id` of an event that carries a copy of the caller's registers and
 /// the top of its user stack, for userspace to unwind with DWARF CFI: the
 /// record is an [`EventWithStackCopy`] followed by `stack_len` stack bytes.
@@ -407,4 +426,88 @@ impl Event {
         high.copy_from_slice(&comm[8..]);
         (u64::from_ne_bytes(low), u64::from_ne_bytes(high))
     }
+}
+
+/// In-kernel DWARF unwinding (`--unwind dwarf`, and `auto` for processes
+/// without frame pointers): the programs walk a process's stack with
+/// per-file CFI tables that userspace compiles from `.eh_frame` and loads
+/// into [`UNWIND_ROWS_MAP`], located through the process's
+/// [`UNWIND_PROCESSES_MAP`] entry. A process without an entry keeps the
+/// frame-pointer walk.
+pub mod dwarf {
+    pub use super::{UNWIND_MAPPINGS_MAP, UNWIND_PROCESSES_MAP, UNWIND_ROWS_MAP};
+
+    /// Entries of [`UNWIND_PROCESSES_MAP`]: processes unwound with tables at once.
+    pub const MAX_UNWIND_PROCESSES: u32 = 16384;
+    /// Slots of [`UNWIND_MAPPINGS_MAP`] by default (32 bytes each: 4 MiB).
+    pub const DEFAULT_MAPPING_SLOTS: u32 = 1 << 17;
+    /// Executable mappings kept per process (the binary search makes
+    /// `log2` of it steps); a process with more keeps only the first ones,
+    /// the others falling back to frame pointers.
+    pub const MAX_PROCESS_MAPPINGS: u32 = 512;
+    /// Binary-search steps over a process's mappings.
+    pub const MAPPING_SEARCH_STEPS: u32 = 9;
+    /// Rows of [`UNWIND_ROWS_MAP`] by default: 8 bytes each, so 64 MiB of
+    /// kernel memory, allocated when the map is created.
+    pub const DEFAULT_UNWIND_ROWS: u32 = 8 << 20;
+    /// Binary-search steps over a file's table: enough for 2^24 rows.
+    pub const ROW_SEARCH_STEPS: u32 = 24;
+
+    /// How a row finds the caller's frame.
+    pub mod kind {
+        /// CFA = rsp + `cfa_offset`.
+        pub const CFA_RSP: u8 = 0;
+        /// CFA = rbp + `cfa_offset`.
+        pub const CFA_RBP: u8 = 1;
+        /// No rule the table can express (PLT stubs, DWARF expressions, DRAP
+        /// realignment, code without CFI): this frame is unwound through
+        /// its frame pointer, as the frame-pointer walk would.
+        pub const FRAME_POINTER: u8 = 2;
+        /// The return address is undefined: the outermost frame (`_start`,
+        /// `clone`'s child); the walk stops after it.
+        pub const OUTERMOST: u8 = 3;
+    }
+
+    /// One row of a file's table: the rule from `pc` (an ELF virtual address
+    /// of the file) up to the next row's `pc`. The return address is always
+    /// at CFA - 8 (x86_64's call pushes it there); a row whose CFI says
+    /// otherwise is a [`kind::FRAME_POINTER`] row.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct UnwindRow {
+        pub pc: u32,
+        pub cfa_offset: u16,
+        /// One of [`kind`].
+        pub kind: u8,
+        /// The caller's rbp is saved at CFA + 8 * `rbp_slot`; 0: rbp is unchanged.
+        pub rbp_slot: i8,
+    }
+
+    const _: () = assert!(core::mem::size_of::<UnwindRow>() == 8);
+
+    /// One executable mapping of a process: addresses `start..end` hold
+    /// file code whose ELF address is `address - bias`, unwound with rows
+    /// `first_row..first_row + row_count` of [`UNWIND_ROWS_MAP`]
+    /// (`row_count == 0`: no table, frame pointers).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ProcessMapping {
+        pub start: u64,
+        pub end: u64,
+        pub bias: u64,
+        pub first_row: u32,
+        pub row_count: u32,
+    }
+
+    const _: () = assert!(core::mem::size_of::<ProcessMapping>() == 32);
+
+    /// A process's run of [`UNWIND_MAPPINGS_MAP`].
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct ProcessTable {
+        pub first_mapping: u32,
+        pub mapping_count: u32,
+    }
+
+    const _: () = assert!(core::mem::size_of::<ProcessTable>() == 8);
 }

@@ -54,9 +54,10 @@
 //!   the `fexit` programs on the mapping system calls;
 //! - `calls`: the call in flight on each thread; `sampling`:
 //!   `--sample-rate`; `filter`: the host-wide process filter;
-//! - `stacks`: the stack an allocation event carries (a frame-pointer
-//!   stack, sent once and then named by hash, or a stack copy), walked by
-//!   `framewalk`;
+//! - `stacks`: the stack an allocation event carries (a walked stack, sent
+//!   once and then named by hash, or a stack copy), walked by `dwarf` from
+//!   the process's CFI tables or by `framewalk` through frame pointers,
+//!   both hashed by `stack_hash`;
 //! - `emit`: writing events to the per-CPU rings, and when to wake the
 //!   reader;
 //! - `counters`: what the programs count instead of failing, `hit`: the
@@ -84,6 +85,8 @@ mod calls;
 #[cfg(target_arch = "bpf")]
 mod counters;
 #[cfg(target_arch = "bpf")]
+mod dwarf;
+#[cfg(target_arch = "bpf")]
 mod emit;
 #[cfg(target_arch = "bpf")]
 mod filter;
@@ -99,6 +102,8 @@ mod mapped;
 mod programs;
 #[cfg(target_arch = "bpf")]
 mod sampling;
+#[cfg(target_arch = "bpf")]
+mod stack_hash;
 #[cfg(target_arch = "bpf")]
 mod stacks;
 

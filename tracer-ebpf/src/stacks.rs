@@ -1,6 +1,7 @@
-//! The stack an allocation event carries. With `--unwind dwarf`, a copy of
-//! the caller's registers and the top of its user stack, for userspace to
-//! unwind; otherwise the caller's frame-pointer stack, walked here
+//! The stack an allocation event carries. With `--unwind stack-copy`, a copy
+//! of the caller's registers and the top of its user stack, for userspace to
+//! unwind; otherwise the caller's stack walked here, with the process's
+//! DWARF tables when it has them (`dwarf`), else through frame pointers
 //! (`framewalk`), whose frames cross to userspace the first time it is seen
 //! and only its hash after (see `tracer_ebpf::STACK_HASH`).
 //!
@@ -15,12 +16,13 @@ use aya_ebpf::{
     maps::Array,
 };
 use tracer_ebpf::{
-    Counter, EventKind, EventWithStack, EventWithStackCopy, INLINE_STACK, MAX_STACK_COPY_BYTES,
-    STACK_COPY, STACK_COPY_CHUNK, STACK_HASH,
+    Counter, EventKind, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_PARTIAL,
+    MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, STACK_COPY, STACK_COPY_CHUNK, STACK_HASH,
 };
 
 use crate::{
     counters::{Outcome, bump},
+    dwarf,
     emit::{emit_hashed, event, ring, wakeup_flags},
     framewalk::walk_frames,
     hit::Hit,
@@ -73,10 +75,14 @@ pub fn emit_with_stack_at<C: EbpfContext>(
     if copy_bytes != 0 {
         return emit_with_stack_copy(hit, regs, kind, addr, old_addr, size, copy_bytes);
     }
-    // At the allocator's return, `rip` is the return address in its caller
-    // and `rbp` the caller's frame pointer (callee-saved, so restored).
-    let (ip, bp) = (regs.rip, regs.rbp);
+    // At the allocator's return, `rip` is the return address in its caller,
+    // `rsp` its stack pointer and `rbp` its frame pointer (callee-saved, so
+    // restored).
+    let (ip, sp, bp) = (regs.rip, regs.rsp, regs.rbp);
     let tgid = hit.pid_tgid >> 32;
+    if let Some(walk) = dwarf::walk(tgid as u32, ip, sp, bp) {
+        return emit_walked(hit, kind, addr, old_addr, size, &walk);
+    }
     // The process is part of the name: the same addresses mean other code
     // in another process (host-wide mode).
     let (hash, _) = walk_frames(ip, bp, tgid, |_, _| {});
@@ -109,6 +115,60 @@ pub fn emit_with_stack_at<C: EbpfContext>(
         // SAFETY: plain data; when two CPUs race for the slot, one of their
         // stacks is only sent again later.
         unsafe { *known = hash };
+    }
+    Ok(())
+}
+
+/// Sends an allocation whose stack the DWARF unwinder walked: by hash when
+/// the stack is known, else with its frames (see [`emit_with_stack`]). An
+/// incomplete walk is not remembered, so it is sent again until userspace
+/// has loaded the tables it lacked.
+#[inline(always)]
+fn emit_walked<C: EbpfContext>(
+    hit: &Hit<C>,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+    walk: &dwarf::Walk,
+) -> Outcome {
+    let known_slot = walk.hash as u32 % KNOWN_STACK_SLOTS;
+    if walk.complete && KNOWN_STACKS.get(known_slot) == Some(&walk.hash) {
+        return emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, walk.hash);
+    }
+    let mut entry = ring()
+        .reserve::<EventWithStack>(0)
+        .ok_or(Counter::LostEvents)?;
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved, writable EventWithStack, and
+    // `walk.frames` to the per-CPU frames of this run.
+    unsafe {
+        let frames = &raw mut (*record).frames;
+        if generated::bpf_probe_read_kernel(
+            frames.cast(),
+            size_of::<[u64; MAX_INLINE_FRAMES]>() as u32,
+            walk.frames.cast(),
+        ) != 0
+        {
+            entry.discard(0);
+            return Err(Counter::StackErrors);
+        }
+        let stack_id = if walk.complete {
+            INLINE_STACK
+        } else {
+            INLINE_STACK_PARTIAL
+        };
+        let mut event = event(hit.pid_tgid, kind, addr, old_addr, size, stack_id);
+        event.stack_hash = walk.hash;
+        (*record).event = event;
+        (*record).stack_bytes = (walk.count.min(MAX_INLINE_FRAMES) * 8) as u64;
+    }
+    entry.submit(BPF_RB_FORCE_WAKEUP as u64);
+    if walk.complete
+        && let Some(known) = KNOWN_STACKS.get_ptr_mut(known_slot)
+    {
+        // SAFETY: as in `emit_with_stack`.
+        unsafe { *known = walk.hash };
     }
     Ok(())
 }

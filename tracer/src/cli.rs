@@ -96,16 +96,24 @@ pub struct TraceArgs {
     pub ring_size: Option<u32>,
 
     /// How user stacks are collected: `fp` walks frame pointers in the
-    /// kernel (cheapest; breaks at code built without them), `dwarf` copies
-    /// the top of the stack and unwinds it with DWARF CFI (falling back to
-    /// frame pointers per frame, e.g. in JIT code), `auto` picks `dwarf`
-    /// when the target's executable is built without frame pointers.
-    /// With --all: `fp` only.
+    /// kernel (cheapest; breaks at code built without them); `dwarf` unwinds
+    /// in the kernel with DWARF CFI tables compiled once per file (falling
+    /// back to frame pointers per frame, e.g. in JIT code); `auto` uses
+    /// `dwarf` for processes whose executable is built without frame
+    /// pointers and `fp` for the others; `stack-copy` copies the top of the
+    /// stack into every event and unwinds it in userspace (slower; not with
+    /// --all).
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
 
-    /// Bytes of user stack copied per allocation for DWARF unwinding, a
-    /// multiple of 4K (frames beyond them are cut off).
+    /// Kernel memory for the DWARF unwinding tables (8 bytes per row),
+    /// allocated when tracing starts; files past it fall back to frame
+    /// pointers [default: 16M for one process, 64M with --all]
+    #[arg(long, value_name = "BYTES", value_parser = parse_table_memory)]
+    pub unwind_table_memory: Option<u32>,
+
+    /// Bytes of user stack copied per allocation by `--unwind stack-copy`,
+    /// a multiple of 4K (frames beyond them are cut off).
     #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes,
           conflicts_with = "all")]
     pub stack_bytes: u32,
@@ -292,6 +300,18 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     match u32::try_from(bytes) {
         Ok(bytes) if bytes >= page && bytes.is_power_of_two() => Ok(bytes),
         _ => Err(format!("'{text}' must be a power of two between 4K and 2G")),
+    }
+}
+
+/// Accepts sizes such as `64M`, from 1M to 2G.
+fn parse_table_memory(text: &str) -> Result<u32, String> {
+    let bytes = parse_size::Config::new()
+        .with_binary()
+        .parse_size(text)
+        .map_err(|_| format!("'{text}' is not a size (try 64M)"))?;
+    match u32::try_from(bytes) {
+        Ok(bytes) if (1 << 20..=1 << 31).contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{text}' must be from 1M to 2G")),
     }
 }
 

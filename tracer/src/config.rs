@@ -42,6 +42,9 @@ pub struct Common {
     pub min_age: Duration,
     /// `None`: the default for the unwinding chosen.
     pub ring_size: Option<u32>,
+    /// Rows of the in-kernel unwinder's tables (`--unwind-table-memory`);
+    /// 0 when no process is unwound with them.
+    pub unwind_table_rows: u32,
     /// Outstanding allocations tracked at most, over every traced process.
     pub max_tracked: u64,
     pub verbose: bool,
@@ -90,6 +93,7 @@ pub struct ProcessConfig {
 
 #[derive(Debug, Clone)]
 pub struct HostConfig {
+    pub unwind: UnwindMode,
     pub filters: HostFilters,
     /// `--flamegraph-dir`: one flamegraph per process.
     pub flamegraph_dir: Option<PathBuf>,
@@ -138,6 +142,20 @@ pub struct GateSettings {
     pub after: Duration,
 }
 
+/// Rows of the in-kernel unwinder's tables: none unless some process may
+/// be unwound with them. A busy host maps more distinct files than one
+/// process does (see the README's host-wide memory figures).
+fn unwind_table_rows(args: &TraceArgs) -> u32 {
+    if matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy)
+        || (args.host.all && args.unwind == UnwindMode::Auto)
+    {
+        return 0;
+    }
+    let default = if args.host.all { 64 << 20 } else { 16 << 20 };
+    let bytes = args.unwind_table_memory.unwrap_or(default);
+    bytes / size_of::<tracer_ebpf::dwarf::UnwindRow>() as u32
+}
+
 impl Config {
     pub fn from_args(args: TraceArgs) -> anyhow::Result<Self> {
         if args.interval.is_zero() {
@@ -170,6 +188,7 @@ impl Config {
             default_outputs,
             min_age: args.min_age.unwrap_or_default(),
             ring_size: args.ring_size,
+            unwind_table_rows: unwind_table_rows(&args),
             max_tracked: args.max_tracked,
             verbose: args.verbose,
             floor: args.floor,
@@ -225,12 +244,12 @@ impl ProcessConfig {
 
 impl HostConfig {
     fn from_args(args: &TraceArgs) -> anyhow::Result<Self> {
-        // A value, not a flag, so clap cannot refuse it: host-wide mode
-        // walks frame pointers in the kernel only.
-        if args.unwind == UnwindMode::Dwarf {
+        // A value, not a flag, so clap cannot refuse it: stack copies are
+        // unwound per process, with one process's memory map.
+        if args.unwind == UnwindMode::StackCopy {
             bail!(
-                "--unwind dwarf cannot be used with --all (host-wide mode walks frame pointers); \
-                 trace one process with --pid for it"
+                "--unwind stack-copy cannot be used with --all (host-wide mode unwinds in the \
+                 kernel); use --unwind dwarf, or trace one process with --pid"
             );
         }
         let HostArgs {
@@ -246,6 +265,14 @@ impl HostConfig {
             check_writable(&dir.join("process.svg"))?;
         }
         Ok(Self {
+            // Host-wide, tables only when asked for: with every process of a
+            // busy host unwound from tables, compiling them and naming the
+            // deeper stacks slowed the host-wide tests' startup and exit past
+            // their timeouts on the development VM (see issue 14's notes).
+            unwind: match args.unwind {
+                UnwindMode::Auto => UnwindMode::Fp,
+                mode => mode,
+            },
             filters: HostFilters::new(comm, cgroup.as_deref(), exclude_pid)?,
             flamegraph_dir: flamegraph_dir.clone(),
             metrics_addr: args.watch.metrics_addr,

@@ -122,6 +122,26 @@ fn cached_debug_file(binary: &Path, dirs: &[PathBuf]) -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// The separate debug file of the ELF file with `build_id`: in the
+/// distribution's `/usr/lib/debug/.build-id/xx/yyyy.debug` tree, else in a
+/// debuginfod client cache (see [`cache_dirs`]).
+pub fn debug_file_by_build_id(build_id: &[u8]) -> Option<PathBuf> {
+    let hex = hex(build_id);
+    if hex.len() < 3 {
+        return None;
+    }
+    let system = Path::new("/usr/lib/debug/.build-id")
+        .join(&hex[..2])
+        .join(format!("{}.debug", &hex[2..]));
+    std::iter::once(system)
+        .chain(
+            cache_dirs()
+                .into_iter()
+                .map(|dir| dir.join(&hex).join("debuginfo")),
+        )
+        .find(|path| path.is_file())
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }

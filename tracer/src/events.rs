@@ -20,7 +20,10 @@ use tokio::{
     io::{Interest, unix::AsyncFd},
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
 };
-use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, NO_STACK, STACK_COPY};
+use tracer_ebpf::{
+    Event, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_PARTIAL, NO_STACK,
+    STACK_COPY,
+};
 
 use crate::{
     clock::monotonic_ns,
@@ -373,7 +376,7 @@ impl Epoll {
 pub fn decode(item: &[u8]) -> Option<(Event, Carried<'_>)> {
     let event = read_record::<Event>(item)?;
     let carried = match event.stack_id {
-        INLINE_STACK => {
+        INLINE_STACK | INLINE_STACK_PARTIAL => {
             let record = read_record::<EventWithStack>(item)?;
             let count = record.frames().len();
             let offset = std::mem::offset_of!(EventWithStack, frames);

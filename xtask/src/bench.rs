@@ -4,8 +4,10 @@
 //! The workload is xtask/bench/churn.c, a malloc/free churn of small blocks.
 //! It is run untraced, under `alloctrace --floor` (empty programs at the same
 //! probe points: the bare uprobe trap cost), under alloctrace's full tracing
-//! with the kernel's frame-pointer walk (`--unwind fp`) and with stack copies
-//! unwound in userspace (`--unwind dwarf`, the unwinding cost), and under
+//! with the kernel's frame-pointer walk (`--unwind fp`), and, on a second
+//! build of the same workload without frame pointers, with the kernel's DWARF
+//! unwinder (`--unwind dwarf`) and with stack copies unwound in userspace
+//! (`--unwind stack-copy`): the unwinding cost; and under
 //! bcc's `memleak-bpfcc` when this machine can run it. Timings move
 //! by ±20% from run to run, so the setups are run in rotation for several
 //! rounds and medians are reported. The table goes to stdout; the raw numbers
@@ -60,7 +62,10 @@ enum Setup {
     Ours,
     /// Full tracing with mapped memory too (`--trace-memory both`).
     OursMapped,
+    /// In-kernel DWARF unwinding, on the build without frame pointers.
     OursDwarf,
+    /// Stack copies unwound in userspace, on the build without frame pointers.
+    OursStackCopy,
     OursSampled,
     Bcc,
 }
@@ -79,6 +84,7 @@ impl Setup {
             Setup::Ours => "alloctrace",
             Setup::OursMapped => "alloctrace_mapped",
             Setup::OursDwarf => "alloctrace_dwarf",
+            Setup::OursStackCopy => "alloctrace_stack_copy",
             Setup::OursSampled => "alloctrace_sampled",
             Setup::Bcc => "bcc_memleak",
         }
@@ -91,10 +97,17 @@ impl Setup {
             Setup::FloorPerfEvents => {
                 "floor through perf-event uprobes (`--floor --perf-event-uprobes`)"
             }
-            Setup::HostExcluded => "host-wide, filtered out (`--all --comm no-such-comm`)",
+            Setup::HostExcluded => {
+                "host-wide, filtered out (`--all --unwind dwarf --comm no-such-comm`)"
+            }
             Setup::Ours => "alloctrace (full tracing, `--unwind fp`)",
             Setup::OursMapped => "alloctrace (full tracing, `--trace-memory both`)",
-            Setup::OursDwarf => "alloctrace (full tracing, `--unwind dwarf`)",
+            Setup::OursDwarf => {
+                "alloctrace (full tracing, `--unwind dwarf`, in the kernel; build without frame pointers)"
+            }
+            Setup::OursStackCopy => {
+                "alloctrace (full tracing, `--unwind stack-copy`; build without frame pointers)"
+            }
             Setup::OursSampled => "alloctrace (`--sample-rate 64K`, `--unwind fp`)",
             Setup::Bcc => "bcc memleak-bpfcc",
         }
@@ -104,6 +117,8 @@ impl Setup {
 /// Everything a run needs to know.
 struct Bench {
     churn: PathBuf,
+    /// The same workload built without frame pointers, for the DWARF setups.
+    churn_nofp: PathBuf,
     tracer: PathBuf,
     /// memleak-bpfcc, when this machine can run it.
     memleak: Option<PathBuf>,
@@ -131,7 +146,8 @@ pub fn run(args: &Args) -> Result<()> {
     let tracer = build::build(false)?;
     let out = util::target_dir().join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
-    let churn = compile_churn(&out)?;
+    let churn = compile_churn(&out, "churn", "-fno-omit-frame-pointer")?;
+    let churn_nofp = compile_churn(&out, "churn_nofp", "-fomit-frame-pointer")?;
 
     let mut setups = vec![Setup::Untraced];
     let mut skipped = Vec::new();
@@ -148,6 +164,7 @@ pub fn run(args: &Args) -> Result<()> {
     setups.push(Setup::Ours);
     setups.push(Setup::OursMapped);
     setups.push(Setup::OursDwarf);
+    setups.push(Setup::OursStackCopy);
     setups.push(Setup::OursSampled);
     let memleak = match find_memleak() {
         Ok(path) => {
@@ -165,6 +182,7 @@ pub fn run(args: &Args) -> Result<()> {
 
     let bench = Bench {
         churn,
+        churn_nofp,
         tracer,
         memleak,
         out,
@@ -201,13 +219,14 @@ pub fn run(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Compile the workload into `out` and return its path.
-fn compile_churn(out: &Path) -> Result<PathBuf> {
+/// Compile the workload into `out/name`, with `frame_pointers` (the gcc
+/// flag that keeps or omits them), and return its path.
+fn compile_churn(out: &Path, name: &str, frame_pointers: &str) -> Result<PathBuf> {
     let source = util::workspace_root().join("xtask/bench/churn.c");
-    let bin = out.join("churn");
+    let bin = out.join(name);
     util::run(
         Command::new("cc")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-pthread"])
+            .args(["-O2", "-g", frame_pointers, "-pthread"])
             .arg("-o")
             .arg(&bin)
             .arg(&source),
@@ -332,7 +351,7 @@ fn run_rounds(bench: &Bench, setups: &[Setup], rounds: u32) -> Result<Vec<(Setup
 
 /// One run of the workload under `setup`.
 fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
-    let mut churn = Churn::start(bench)?;
+    let mut churn = Churn::start(bench, setup)?;
     let report = bench.out.join(format!("alloctrace-round{round}.json"));
     let tracer = match setup {
         Setup::Untraced => None,
@@ -344,12 +363,16 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
             alloctrace(bench, churn.pid, &["--floor", "--perf-event-uprobes"]),
             setup,
         )?),
-        Setup::Ours | Setup::OursMapped | Setup::OursDwarf | Setup::OursSampled => {
+        Setup::Ours
+        | Setup::OursMapped
+        | Setup::OursDwarf
+        | Setup::OursStackCopy
+        | Setup::OursSampled => {
             let _ = std::fs::remove_file(&report);
-            let unwind = if setup == Setup::OursDwarf {
-                "dwarf"
-            } else {
-                "fp"
+            let unwind = match setup {
+                Setup::OursDwarf => "dwarf",
+                Setup::OursStackCopy => "stack-copy",
+                _ => "fp",
             };
             let mut args = vec![
                 OsStr::new("--unwind"),
@@ -378,7 +401,7 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
     };
     // Neither stops when the workload exits.
     let cpu_ticks = tracer.finish(matches!(setup, Setup::Bcc | Setup::HostExcluded))?;
-    if matches!(setup, Setup::Ours | Setup::OursDwarf) {
+    if matches!(setup, Setup::Ours | Setup::OursDwarf | Setup::OursStackCopy) {
         let (events, lost) = read_report(&report)?;
         sample.events = Some(events);
         sample.lost_events = Some(lost);
@@ -393,7 +416,8 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
 /// cost host-wide probes put on processes they do not trace.
 fn host_wide_filtered_out(bench: &Bench) -> Command {
     let mut cmd = Command::new(&bench.tracer);
-    cmd.args(["--all", "--comm", "no-such-comm", "--interval", "1h"])
+    cmd.args(["--all", "--unwind", "dwarf", "--comm", "no-such-comm"])
+        .args(["--interval", "1h"])
         .arg("--report")
         .arg(bench.out.join("alloctrace-all.json"));
     cmd
@@ -444,16 +468,21 @@ struct Churn {
 }
 
 impl Churn {
-    /// Start the workload and wait for its `ready <pid>` line.
-    fn start(bench: &Bench) -> Result<Self> {
-        let mut cmd = Command::new(&bench.churn);
+    /// Start the workload (the build `setup` runs) and wait for its
+    /// `ready <pid>` line.
+    fn start(bench: &Bench, setup: Setup) -> Result<Self> {
+        let binary = match setup {
+            Setup::OursDwarf | Setup::OursStackCopy => &bench.churn_nofp,
+            _ => &bench.churn,
+        };
+        let mut cmd = Command::new(binary);
         cmd.arg(bench.threads.to_string())
             .arg(bench.seconds.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let mut child = cmd
             .spawn()
-            .with_context(|| format!("starting {}", bench.churn.display()))?;
+            .with_context(|| format!("starting {}", binary.display()))?;
         let stdin = child.stdin.take();
         let stdout = child.stdout.take().context("churn has no stdout pipe")?;
         let mut churn = Churn {
@@ -757,6 +786,7 @@ fn summarize(
     }
     let ours = samples(results, Setup::Ours);
     let dwarf = samples(results, Setup::OursDwarf);
+    let stack_copy = samples(results, Setup::OursStackCopy);
     json!({
         "workload": {
             "threads": bench.threads,
@@ -777,6 +807,9 @@ fn summarize(
             // Mapped-memory tracing must stay within 1.05x of heap-only.
             "mapped_over_heap_only": ratio(results, Setup::OursMapped, Setup::Ours),
             "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
+            "dwarf_over_floor": ratio(results, Setup::OursDwarf, Setup::Floor),
+            "dwarf_over_floor_per_round": per_round_ratios(results, Setup::OursDwarf, Setup::Floor),
+            "stack_copy_over_floor": ratio(results, Setup::OursStackCopy, Setup::Floor),
             "sampled_over_floor": ratio(results, Setup::OursSampled, Setup::Floor),
             "host_wide_filtered_out_over_floor": ratio(results, Setup::HostExcluded, Setup::Floor),
         },
@@ -786,6 +819,9 @@ fn summarize(
         "dwarf_lost_events_total": dwarf.iter().filter_map(|s| s.lost_events).sum::<u64>(),
         "dwarf_tracer_cpu_ns_per_event_median":
             median(dwarf.iter().filter_map(|s| s.cpu_ns_per_event)),
+        "stack_copy_lost_events_total": stack_copy.iter().filter_map(|s| s.lost_events).sum::<u64>(),
+        "stack_copy_tracer_cpu_ns_per_event_median":
+            median(stack_copy.iter().filter_map(|s| s.cpu_ns_per_event)),
     })
 }
 
@@ -821,6 +857,7 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
 
     let ours = samples(results, Setup::Ours);
     let dwarf = samples(results, Setup::OursDwarf);
+    let stack_copy = samples(results, Setup::OursStackCopy);
     let lost = |samples: &[Sample]| {
         samples
             .iter()
@@ -865,6 +902,16 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
         "- sampled (`--sample-rate {SAMPLE_RATE}`)/floor: {}",
         fmt_ratio(ratio(results, Setup::OursSampled, Setup::Floor))
     );
+    let dwarf_rounds: Vec<String> = per_round_ratios(results, Setup::OursDwarf, Setup::Floor)
+        .iter()
+        .map(|ratio| format!("{ratio:.2}x"))
+        .collect();
+    println!(
+        "- in-kernel DWARF/floor: {} (each round: {}); stack-copy/floor: {}",
+        fmt_ratio(ratio(results, Setup::OursDwarf, Setup::Floor)),
+        dwarf_rounds.join(", "),
+        fmt_ratio(ratio(results, Setup::OursStackCopy, Setup::Floor))
+    );
     println!(
         "- unwinding cost (`--unwind dwarf` minus `--unwind fp`, medians): {} ns per pair ({})",
         fmt_ns(unwinding_cost(results)),
@@ -873,9 +920,14 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
     println!("- lost events (alloctrace fp, per run): {}", lost(ours));
     println!("- lost events (alloctrace dwarf, per run): {}", lost(dwarf));
     println!(
+        "- lost events (alloctrace stack-copy, per run): {}",
+        lost(stack_copy)
+    );
+    println!(
         "- alloctrace CPU per event (median; utime+stime from ready to exit / (allocs+frees)): \
-         fp {} ns, dwarf {} ns",
+         fp {} ns, dwarf {} ns, stack-copy {} ns",
         fmt_ns(median(ours.iter().filter_map(|s| s.cpu_ns_per_event))),
-        fmt_ns(median(dwarf.iter().filter_map(|s| s.cpu_ns_per_event)))
+        fmt_ns(median(dwarf.iter().filter_map(|s| s.cpu_ns_per_event))),
+        fmt_ns(median(stack_copy.iter().filter_map(|s| s.cpu_ns_per_event)))
     );
 }

@@ -43,7 +43,7 @@ use crate::{
         write_flamegraph_lines,
     },
     stacks::StackId,
-    unwind::StackUnwinder,
+    unwind::{self, StackUnwinder, UnwindMode, tables::TableLoader},
 };
 
 /// How often the programs' log records are forwarded (`--verbose`). Events
@@ -174,11 +174,27 @@ pub struct Attached {
     pub probes: Probes,
     pub maps: KernelMaps,
     pub signals: StopSignals,
-    /// Turns stack copies into frames on the reading thread (DWARF mode).
+    /// Turns stack copies into frames on the reading thread
+    /// (`--unwind stack-copy`).
     pub unwinder: Option<StackUnwinder>,
+    /// Keeps the in-kernel unwinder's tables in step with the traced
+    /// processes (`--unwind dwarf`, and `auto`).
+    pub tables: Option<TableLoader>,
     /// The ready line: every clock runs from it (`--duration` is a promise
     /// about how long the target is traced).
     pub started: Instant,
+}
+
+/// The in-kernel unwinder's table loader for `--unwind mode`, over the maps
+/// of the loaded programs; `None` when stacks are not unwound with tables.
+pub fn table_loader(
+    mode: UnwindMode,
+    maps: &mut KernelMaps,
+) -> anyhow::Result<Option<TableLoader>> {
+    let (Some(policy), Some(unwind)) = (unwind::table_policy(mode), maps.unwind.take()) else {
+        return Ok(None);
+    };
+    TableLoader::spawn(unwind.rows, unwind.mappings, unwind.processes, policy).map(Some)
 }
 
 /// Runs `mode` from its ready line until stopped, then ends the run.
@@ -192,6 +208,7 @@ pub async fn run<M: Mode>(
         maps,
         mut signals,
         unwinder,
+        tables,
         started,
     } = attached;
     let mut driver = Driver {
@@ -204,6 +221,7 @@ pub async fn run<M: Mode>(
         cut: None,
         lost_seen: 0,
         warned_dropping: false,
+        tables,
     };
     let stop = driver
         .trace_until_stopped(&mut mode, &mut probes, &mut signals)
@@ -259,6 +277,7 @@ struct Driver<'a> {
     /// Lost events already noted in the ledgers.
     lost_seen: u64,
     warned_dropping: bool,
+    tables: Option<TableLoader>,
 }
 
 impl Driver<'_> {
@@ -339,9 +358,13 @@ impl Driver<'_> {
             mode.resolve_on_read(event, carried)
         });
         let (mut stop, mut past_cut) = (None, false);
+        let mut tables = self.tables.as_mut();
         self.reader.release(horizon, |event, arrived| {
             past_cut |= event.timestamp_ns > cut_ns;
             if stop.is_none() && !past_cut {
+                if let Some(tables) = tables.as_deref_mut() {
+                    tables.observe(event);
+                }
                 stop = mode.apply(event, arrived, &now);
             }
         });
@@ -387,7 +410,10 @@ impl Driver<'_> {
     }
 
     fn totals<M: Mode>(&self, mode: &M, now: &Now) -> Totals {
-        Totals::new(mode.totals(), now.lost_events)
+        Totals {
+            unwind_tables: self.tables.as_ref().map(TableLoader::stats),
+            ..Totals::new(mode.totals(), now.lost_events)
+        }
     }
 
     fn print_tick<M: Mode>(&mut self, mode: &mut M) {
@@ -488,6 +514,9 @@ impl Driver<'_> {
             self.now().elapsed_s,
             humantime::format_rfc3339_seconds(self.wall_started),
         );
+        if let Some(tables) = &self.tables {
+            tables.stats().log();
+        }
         let stack_errors = counter(Counter::StackErrors);
         if stack_errors > 0 {
             log::warn!("{stack_errors} allocations had no stack (user stack unreadable)");

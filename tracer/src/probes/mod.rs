@@ -29,7 +29,7 @@ use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
     EVENT_RING_MAPS, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FILTER_VERDICTS_MAP, FilterMode,
     MAX_THREAD_SLOTS, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL,
-    TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP,
+    TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP, dwarf,
 };
 
 use self::multi::MultiPrograms;
@@ -111,6 +111,9 @@ pub struct Settings<'a> {
     /// Thread ids below this keep their calls in flight in the kernel's
     /// array, the others in its hash map: `MAX_THREAD_SLOTS` but in tests.
     pub thread_slots: u32,
+    /// Rows of the in-kernel unwinder's tables (its memory cap); 0 when no
+    /// process is unwound with tables.
+    pub unwind_table_rows: u32,
     pub uprobe_links: UprobeLinks,
     pub verbose: bool,
 }
@@ -138,11 +141,21 @@ pub struct Probes {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
+/// The in-kernel DWARF unwinder's maps (see `tracer_ebpf::dwarf`), for the
+/// table loader (`unwind::tables`) to fill.
+pub struct UnwindMaps {
+    pub rows: aya::maps::Map,
+    pub mappings: aya::maps::Map,
+    pub processes: aya::maps::Map,
+}
+
 /// Maps userspace reads, detached from the programs' lifetime.
 pub struct KernelMaps {
     /// The event rings CPUs write to (see `tracer_ebpf::EVENT_RINGS`).
     pub events: Vec<RingBuf<MapData>>,
     pub counters: Counters,
+    /// The in-kernel unwinder's tables (see `unwind::tables`), until taken.
+    pub unwind: Option<UnwindMaps>,
 }
 
 impl Probes {
@@ -157,6 +170,7 @@ impl Probes {
             stack_copy_bytes,
             sampling,
             thread_slots,
+            unwind_table_rows,
             uprobe_links,
             verbose,
         } = settings;
@@ -169,6 +183,7 @@ impl Probes {
             .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
             .override_global(THREAD_SLOTS_GLOBAL, &thread_slots, true)
             .map_max_entries(FILTER_VERDICTS_MAP, 1);
+        size_unwind_maps(&mut loader, unwind_table_rows);
         let (mut probes, maps) = Self::load_with(loader, ring_size, uprobe_links, verbose)?;
         if let Some(sampling) = sampling {
             let mut table: Array<_, u64> = Array::try_from(probes.map_mut(SAMPLE_TABLE_MAP)?)?;
@@ -183,6 +198,7 @@ impl Probes {
     pub fn load_host_wide(
         filter: &KernelFilter,
         ring_size: u32,
+        unwind_table_rows: u32,
         verbose: bool,
     ) -> anyhow::Result<(Self, KernelMaps)> {
         let mode = FilterMode::HostWide as u32;
@@ -194,6 +210,7 @@ impl Probes {
             .override_global(COMM_FILTER_GLOBAL, &comm_filter, true)
             .override_global(CGROUP_ID_GLOBAL, &cgroup_id, true)
             .override_global(CGROUP_LEVEL_GLOBAL, &cgroup_level, true);
+        size_unwind_maps(&mut loader, unwind_table_rows);
         let links = UprobeLinks::Fastest;
         let (mut probes, maps) = Self::load_with(loader, ring_size, links, verbose)?;
         let mut excluded: HashMap<_, u32, u8> =
@@ -278,6 +295,11 @@ impl Probes {
                 .map(|name| Ok(RingBuf::try_from(take_map(&mut ebpf, name)?)?))
                 .collect::<anyhow::Result<_>>()?,
             counters: Counters(PerCpuArray::try_from(take_map(&mut ebpf, COUNTERS_MAP)?)?),
+            unwind: Some(UnwindMaps {
+                rows: take_map(&mut ebpf, dwarf::UNWIND_ROWS_MAP)?,
+                mappings: take_map(&mut ebpf, dwarf::UNWIND_MAPPINGS_MAP)?,
+                processes: take_map(&mut ebpf, dwarf::UNWIND_PROCESSES_MAP)?,
+            }),
         };
         let probes = Self {
             ebpf,
@@ -538,6 +560,20 @@ const UNUSED_RING_SIZE: u32 = 4096;
 fn rings_in_use() -> usize {
     let cpus = aya::util::nr_cpus().unwrap_or(EVENT_RING_MAPS.len());
     cpus.clamp(1, EVENT_RING_MAPS.len())
+}
+
+/// Sizes the in-kernel unwinder's maps: `rows` table rows (the memory cap),
+/// or the smallest maps the kernel allows when no process is unwound with
+/// tables (they are allocated whole at load).
+fn size_unwind_maps(loader: &mut EbpfLoader<'_>, rows: u32) {
+    let mapping_slots = if rows == 0 {
+        1
+    } else {
+        dwarf::DEFAULT_MAPPING_SLOTS
+    };
+    loader
+        .map_max_entries(dwarf::UNWIND_ROWS_MAP, rows.max(1))
+        .map_max_entries(dwarf::UNWIND_MAPPINGS_MAP, mapping_slots);
 }
 
 fn take_map(ebpf: &mut Ebpf, name: &str) -> anyhow::Result<aya::maps::Map> {

@@ -40,6 +40,7 @@ use crate::{
     ledger::{self, Ledger, StackUsage},
     stacks::StackId,
     symbolize::Frame,
+    unwind::tables::TableStats,
 };
 
 /// Names a stack's frames, leaf first: what the report model needs of the
@@ -142,6 +143,9 @@ pub struct Totals {
     pub dropped_bytes: u64,
     /// Bytes of every allocation seen, freed or not.
     pub allocated_bytes: u64,
+    /// The in-kernel DWARF unwinder's tables: memory and fallbacks.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unwind_tables: Option<TableStats>,
 }
 
 impl Totals {
@@ -156,6 +160,7 @@ impl Totals {
             dropped_allocations: ledger.dropped_allocations,
             dropped_bytes: ledger.dropped_bytes,
             allocated_bytes: ledger.allocated_bytes,
+            unwind_tables: None,
         }
     }
 }

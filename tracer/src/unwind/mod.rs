@@ -1,6 +1,9 @@
-//! Userspace stack unwinding for `--unwind dwarf`: turns the registers and
-//! the copy of the top of the user stack that the kernel attached to an
-//! allocation event into return addresses, leaf first.
+//! Stack unwinding beyond frame pointers. The default path is the kernel's
+//! own DWARF unwinder, fed by [`tables`] (`--unwind dwarf`, and `auto` for
+//! processes without frame pointers). This module itself is the userspace
+//! unwinder of `--unwind stack-copy`: it turns the registers and the copy of
+//! the top of the user stack that the kernel attached to an allocation
+//! event into return addresses, leaf first.
 //!
 //! Each executable file mapping of the target becomes a [`framehop`] module
 //! with its DWARF CFI (`.eh_frame`/`.debug_frame`); frames whose code no CFI
@@ -15,6 +18,7 @@
 
 mod framepointers;
 mod module;
+pub mod tables;
 
 use std::time::{Duration, Instant};
 
@@ -23,8 +27,6 @@ use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
 };
 
-use framepointers::survey;
-
 use crate::maps::{self, Backing, Mapping};
 
 /// How user stacks are collected (`--unwind`).
@@ -32,10 +34,13 @@ use crate::maps::{self, Backing, Mapping};
 pub enum UnwindMode {
     /// Walk frame pointers in the kernel.
     Fp,
-    /// Copy the top of the stack and unwind it here with DWARF CFI.
+    /// Unwind in the kernel with DWARF CFI tables (see [`tables`]).
     Dwarf,
-    /// `dwarf` when the target's executable lacks frame pointers, else `fp`.
+    /// `dwarf` for processes whose executable lacks frame pointers, else `fp`.
     Auto,
+    /// Copy the top of the stack into each event and unwind it here with
+    /// DWARF CFI ([`StackUnwinder`]).
+    StackCopy,
 }
 
 /// The caller's registers at the allocator's return and the top of its
@@ -55,29 +60,43 @@ const MAX_FRAMES: usize = 127;
 /// a wild frame-pointer walk can produce unmapped addresses on every event.
 const REFRESH_PERIOD: Duration = Duration::from_millis(100);
 
-/// The stack-copy size for the kernel programs under `mode`: 0 keeps the
-/// kernel's frame-pointer walk. `auto` copies stacks only when the target's
-/// executable does not keep frame pointers (see [`framepointers`]).
-pub fn stack_copy_bytes(mode: UnwindMode, stack_bytes: u32, exe: &std::path::Path) -> u32 {
-    let dwarf = match mode {
-        UnwindMode::Fp => false,
-        UnwindMode::Dwarf => true,
-        UnwindMode::Auto => match survey(exe) {
-            Ok(survey) => {
-                log::debug!(
-                    "{} of {} sampled functions of the executable keep a frame pointer",
-                    survey.with_frame_pointer,
-                    survey.functions
-                );
-                !survey.keeps_frame_pointers()
-            }
-            Err(error) => {
-                log::debug!("surveying the executable for frame pointers: {error:#}");
-                true
-            }
-        },
-    };
-    if dwarf { stack_bytes } else { 0 }
+/// The stack-copy size for the kernel programs under `mode`: 0 but for
+/// `--unwind stack-copy`.
+pub fn stack_copy_bytes(mode: UnwindMode, stack_bytes: u32) -> u32 {
+    if mode == UnwindMode::StackCopy {
+        stack_bytes
+    } else {
+        0
+    }
+}
+
+/// Which processes the in-kernel unwinder gives tables under `mode`, if any.
+pub fn table_policy(mode: UnwindMode) -> Option<tables::Policy> {
+    match mode {
+        UnwindMode::Dwarf => Some(tables::Policy::Always),
+        UnwindMode::Auto => Some(tables::Policy::WithoutFramePointers),
+        UnwindMode::Fp | UnwindMode::StackCopy => None,
+    }
+}
+
+/// Whether the executable at `path` keeps frame pointers (see
+/// [`framepointers`]); not when it cannot be surveyed (stripped of symbols).
+pub fn keeps_frame_pointers(path: &std::path::Path) -> bool {
+    match framepointers::survey(path) {
+        Ok(survey) => {
+            log::debug!(
+                "{} of {} sampled functions of {} keep a frame pointer",
+                survey.with_frame_pointer,
+                survey.functions,
+                path.display()
+            );
+            survey.keeps_frame_pointers()
+        }
+        Err(error) => {
+            log::debug!("surveying {} for frame pointers: {error:#}", path.display());
+            false
+        }
+    }
 }
 
 /// The outcome of one walk up a stack.

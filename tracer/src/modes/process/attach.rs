@@ -10,12 +10,12 @@ use tokio::io::unix::AsyncFd;
 use super::{forks::ForkedChildren, launch::Launched};
 use crate::{
     config::{Common, ProcessConfig, ProcessTarget},
-    driver::StopSignals,
+    driver::{self, StopSignals},
     events::watch_readable,
     placement::Plan,
     probes::{KernelMaps, Probes, Programs, Settings, UprobeLinks},
     target::{Target, TargetError},
-    unwind::{self, StackUnwinder},
+    unwind::{self, StackUnwinder, UnwindMode, tables::TableLoader},
 };
 
 /// Everything set up before the ready line.
@@ -28,8 +28,12 @@ pub(super) struct Attachment {
     pub maps: KernelMaps,
     pub exit: ProcessExit,
     pub signals: StopSignals,
-    /// Unwinds the stack copies allocation events carry (DWARF unwinding).
+    /// Unwinds the stack copies allocation events carry (`stack-copy`).
     pub unwinder: Option<StackUnwinder>,
+    /// The in-kernel unwinder's tables (`dwarf`, `auto`).
+    pub tables: Option<TableLoader>,
+    /// Stacks are unwound with DWARF CFI, in the kernel or from copies.
+    pub dwarf: bool,
 }
 
 impl Attachment {
@@ -73,19 +77,19 @@ impl Attachment {
         // Before the ready line: a signal sent as soon as it appears must
         // stop tracing cleanly, not kill the tracer.
         let signals = StopSignals::install()?;
-        let stack_copy_bytes =
-            unwind::stack_copy_bytes(config.unwind, config.stack_bytes, &target.host_exe);
+        let stack_copy_bytes = unwind::stack_copy_bytes(config.unwind, config.stack_bytes);
         let ring_size = common.ring_size.unwrap_or(if stack_copy_bytes == 0 {
             tracer_ebpf::DEFAULT_RING_SIZE
         } else {
             tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
         });
-        let (mut probes, maps) = Probes::load(&Settings {
+        let (mut probes, mut maps) = Probes::load(&Settings {
             pid: target.pid,
             ring_size,
             stack_copy_bytes,
             sampling: config.sampling.as_ref(),
             thread_slots: config.thread_slots,
+            unwind_table_rows: common.unwind_table_rows,
             uprobe_links: if config.perf_event_uprobes {
                 UprobeLinks::PerfEvents
             } else {
@@ -103,6 +107,17 @@ impl Attachment {
         if config.memory.mapped() {
             probes.attach_mapped()?;
         }
+        let mut tables = driver::table_loader(config.unwind, &mut maps)?;
+        // Before the probes, so the first allocation is unwound with them. A
+        // launched command gets its own at its exec (the driver sees it).
+        let kernel_dwarf = match (&mut tables, launched) {
+            (Some(tables), None) => tables.load_process(target.pid),
+            (Some(_), Some(_)) => {
+                config.unwind == UnwindMode::Dwarf
+                    || !unwind::keeps_frame_pointers(&target.host_exe)
+            }
+            (None, _) => false,
+        };
         probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
         if launched.is_none() && !target.is_alive() {
             bail!("pid {} exited while alloctrace was attaching", target.pid);
@@ -117,6 +132,8 @@ impl Attachment {
             exit,
             signals,
             unwinder,
+            tables,
+            dwarf: stack_copy_bytes > 0 || kernel_dwarf,
         })
     }
 }

@@ -103,6 +103,8 @@ impl ProcessMode {
             exit,
             signals,
             unwinder,
+            tables,
+            dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
         eprintln!(
             "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding{})",
@@ -110,11 +112,7 @@ impl ProcessMode {
             target.allocator.kind.describe(),
             target.allocator.path.display(),
             plan.function_count,
-            if unwinder.is_some() {
-                "DWARF"
-            } else {
-                "frame-pointer"
-            },
+            if dwarf { "DWARF" } else { "frame-pointer" },
             match &config.sampling {
                 Some(sampling) => format!(", sampling 1 per {} B", sampling.rate()),
                 None => String::new(),
@@ -169,6 +167,7 @@ impl ProcessMode {
             maps,
             signals,
             unwinder,
+            tables,
             started,
         };
         Ok((mode, attached))

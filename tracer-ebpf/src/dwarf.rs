@@ -1,0 +1,230 @@
+//! The in-kernel DWARF unwinder: walks a process's user stack with the CFI
+//! tables userspace compiled for its files (see `tracer_ebpf::dwarf`), for
+//! processes whose code lacks frame pointers.
+//!
+//! Per frame: find the executable mapping holding the pc (binary search in
+//! the process's sorted list), then the table row for `pc - 1 - bias`
+//! (binary search in the file's run of [`UNWIND_ROWS`]: every pc here is a
+//! return address, and the call it follows may be a function's last
+//! instruction), then apply the row: CFA from rsp or rbp plus an offset, the
+//! return address at CFA - 8, rbp restored from CFA + 8n or unchanged.
+//! Code no row covers (JIT code in anonymous memory, PLT stubs, rules the
+//! table cannot express) is stepped through its frame pointer, as the
+//! frame-pointer walk would; code in no listed mapping ends the walk.
+//!
+//! Plain bounded loops, no `bpf_loop` or tail calls: the uprobe programs are
+//! loaded for uprobe_multi links by our own loader without BTF, and the
+//! kernel accepts `bpf_loop` callbacks only with BTF function info. What
+//! keeps the verifier's work linear in the 64 frames:
+//! - every table is read through map lookups (helpers), never by indexing
+//!   a map value: an index into a value must be exact for the bounds check,
+//!   so each comparison of a binary search would double the paths the
+//!   verifier explores (a first version indexing an 8 KiB per-process value
+//!   hit the 1M-instruction limit); a lookup key need not be, and the two
+//!   sides of each comparison converge into one state;
+//! - the searches always run their full number of steps (a step past the
+//!   answer changes nothing): an early exit, or even skipping the lookup of
+//!   the steps past the answer, made the verifier explore each exit apart
+//!   and hit its 1M-instruction limit (measured).
+
+use aya_ebpf::{
+    bindings::BPF_F_MMAPABLE,
+    helpers::bpf_probe_read_user,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray},
+};
+use tracer_ebpf::{
+    MAX_INLINE_FRAMES,
+    dwarf::{
+        DEFAULT_MAPPING_SLOTS, DEFAULT_UNWIND_ROWS, MAPPING_SEARCH_STEPS, MAX_UNWIND_PROCESSES,
+        ProcessMapping, ProcessTable, ROW_SEARCH_STEPS, UnwindRow, kind,
+    },
+};
+
+use crate::stack_hash::start_hash;
+
+shared_map!(
+    UNWIND_ROWS_MAP,
+    /// Every loaded file's table; userspace sets its size, the table memory
+    /// cap, at load time, and writes tables straight into its memory
+    /// (mappable).
+    static UNWIND_ROWS: Array<UnwindRow> =
+        Array::with_max_entries(DEFAULT_UNWIND_ROWS, BPF_F_MMAPABLE);
+);
+
+shared_map!(
+    UNWIND_PROCESSES_MAP,
+    /// Where each table-unwound process's mappings are in [`UNWIND_MAPPINGS`].
+    static UNWIND_PROCESSES: HashMap<u32, ProcessTable> =
+        HashMap::with_max_entries(MAX_UNWIND_PROCESSES, 0);
+);
+
+shared_map!(
+    UNWIND_MAPPINGS_MAP,
+    /// Every table-unwound process's executable mappings, one sorted run
+    /// each; userspace sets its size at load time.
+    static UNWIND_MAPPINGS: Array<ProcessMapping> =
+        Array::with_max_entries(DEFAULT_MAPPING_SLOTS, BPF_F_MMAPABLE);
+);
+
+/// Where a walk leaves its frames: the stack is hashed while it is walked,
+/// and only copied into an event when the hash is new.
+#[map]
+static FRAMES: PerCpuArray<[u64; MAX_INLINE_FRAMES]> = PerCpuArray::with_max_entries(1, 0);
+
+/// A finished table walk.
+pub struct Walk {
+    pub hash: u64,
+    pub count: usize,
+    /// Every frame's pc lay in a mapping userspace had listed. A walk that
+    /// met unlisted code (a library `dlopen`ed since userspace last read the
+    /// process's mappings) stops there, cut short but right, and its stack
+    /// is sent again until the tables catch up.
+    pub complete: bool,
+    /// The frames, leaf first (`count` of them).
+    pub frames: *const [u64; MAX_INLINE_FRAMES],
+}
+
+/// Walks process `tgid`'s stack from the caller registers `pc`, `sp`, `bp`
+/// with its tables; `None` when the process has none (the caller then walks
+/// frame pointers).
+#[inline(always)]
+pub fn walk(tgid: u32, mut pc: u64, mut sp: u64, mut bp: u64) -> Option<Walk> {
+    // SAFETY: plain data, copied out.
+    let process = unsafe { *UNWIND_PROCESSES.get_ptr(tgid)? };
+    let frames = FRAMES.get_ptr_mut(0)?;
+    let mut hash = start_hash(u64::from(tgid));
+    let mut count = 0;
+    let mut complete = true;
+    for index in 0..MAX_INLINE_FRAMES {
+        // SAFETY: `index` is below the array's length; the per-CPU slot is
+        // only used by this program run (uprobe programs are not preempted).
+        unsafe { (*frames)[index] = pc };
+        hash = hash.add_frame(pc);
+        count = index + 1;
+        // Code in no listed mapping (mapped since userspace last looked):
+        // whether it keeps frame pointers is unknown, so the walk stops
+        // rather than guess a frame.
+        let Some(mapping) = find_mapping(process, pc) else {
+            complete = false;
+            break;
+        };
+        let row = find_row(mapping, pc);
+        let next = match row {
+            Some(row) if row.kind == kind::OUTERMOST => break,
+            Some(row) if row.kind == kind::CFA_RSP || row.kind == kind::CFA_RBP => {
+                step_cfi(&row, sp, bp)
+            }
+            _ => step_frame_pointer(sp, bp),
+        };
+        let Some((next_pc, next_sp, next_bp)) = next else {
+            break;
+        };
+        if next_pc == 0 || next_sp <= sp {
+            break;
+        }
+        (pc, sp, bp) = (next_pc, next_sp, next_bp);
+    }
+    Some(Walk {
+        hash: hash.finish(),
+        count,
+        complete,
+        frames,
+    })
+}
+
+/// The caller's (pc, sp, bp) by a table row.
+#[inline(always)]
+fn step_cfi(row: &UnwindRow, sp: u64, bp: u64) -> Option<(u64, u64, u64)> {
+    let base = if row.kind == kind::CFA_RSP { sp } else { bp };
+    let cfa = base.wrapping_add(u64::from(row.cfa_offset));
+    // rbp saved right below the return address (`push %rbp` first thing in
+    // the function, the usual case) is read with it: each read of user
+    // memory costs tens of ns.
+    if row.rbp_slot == -2 {
+        // SAFETY: user memory through the fault-tolerant helper.
+        let [caller_bp, return_address] =
+            unsafe { bpf_probe_read_user(cfa.wrapping_sub(16) as *const [u64; 2]) }.ok()?;
+        return Some((return_address, cfa, caller_bp));
+    }
+    // SAFETY (both reads): as above.
+    let return_address =
+        unsafe { bpf_probe_read_user((cfa.wrapping_sub(8)) as *const u64) }.ok()?;
+    let caller_bp = if row.rbp_slot == 0 {
+        bp
+    } else {
+        let slot = cfa.wrapping_add((i64::from(row.rbp_slot) * 8) as u64);
+        unsafe { bpf_probe_read_user(slot as *const u64) }.ok()?
+    };
+    Some((return_address, cfa, caller_bp))
+}
+
+/// The caller's (pc, sp, bp) through the frame pointer: `bp` points at the
+/// saved caller's rbp, with the return address above it. A frame pointer
+/// below the stack pointer is not one (code without frame pointers uses rbp
+/// as it likes), and ends the walk.
+#[inline(always)]
+fn step_frame_pointer(sp: u64, bp: u64) -> Option<(u64, u64, u64)> {
+    if bp < sp {
+        return None;
+    }
+    // SAFETY: user memory through the fault-tolerant helper.
+    let [caller_bp, return_address] = unsafe { bpf_probe_read_user(bp as *const [u64; 2]) }.ok()?;
+    Some((return_address, bp.wrapping_add(16), caller_bp))
+}
+
+/// The mapping holding `pc`: the last one starting at or before it.
+#[inline(always)]
+fn find_mapping(process: ProcessTable, pc: u64) -> Option<ProcessMapping> {
+    let index = last_at_or_before(
+        process.first_mapping,
+        process.mapping_count,
+        MAPPING_SEARCH_STEPS,
+        |index| Some(UNWIND_MAPPINGS.get(index)?.start <= pc),
+    )?;
+    let mapping = *UNWIND_MAPPINGS.get(index)?;
+    (mapping.start <= pc && pc < mapping.end).then_some(mapping)
+}
+
+/// The table row covering return address `pc` in `mapping`, if its file has
+/// a table and one of its rows starts at or before `pc - 1`.
+#[inline(always)]
+fn find_row(mapping: ProcessMapping, pc: u64) -> Option<UnwindRow> {
+    let address = pc.wrapping_sub(1).wrapping_sub(mapping.bias);
+    let address = u32::try_from(address).ok()?;
+    let index = last_at_or_before(
+        mapping.first_row,
+        mapping.row_count,
+        ROW_SEARCH_STEPS,
+        |index| Some(UNWIND_ROWS.get(index)?.pc <= address),
+    )?;
+    let row = *UNWIND_ROWS.get(index)?;
+    (row.pc <= address).then_some(row)
+}
+
+/// Binary search over slots `first..first + count` for the last one at or
+/// before the searched value (`at_or_before(slot)`), in exactly `steps`
+/// steps (see the module doc); the caller checks that slot itself, as it is
+/// the first when every slot is after the value. `None` for no slots, or a
+/// slot that cannot be read.
+#[inline(always)]
+fn last_at_or_before(
+    first: u32,
+    count: u32,
+    steps: u32,
+    at_or_before: impl Fn(u32) -> Option<bool>,
+) -> Option<u32> {
+    if count == 0 {
+        return None;
+    }
+    let mut base = first;
+    let mut size = count;
+    for _ in 0..steps {
+        let half = size / 2;
+        if at_or_before(base + half)? {
+            base += half;
+        }
+        size -= half;
+    }
+    Some(base)
+}
