@@ -21,6 +21,7 @@ mod forks;
 mod host;
 mod launch;
 mod ledger;
+mod mapped;
 mod maps;
 mod metrics;
 mod placement;

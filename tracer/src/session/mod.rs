@@ -82,10 +82,15 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         dwarf_unwinding,
     } = Attached::attach(config, launched.as_ref())?;
     eprintln!(
-        "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding{})",
+        "alloctrace: tracing pid {} ({} {}{}, {} functions, {} unwinding{})",
         target.pid,
         target.allocator.kind.describe(),
         target.allocator.path.display(),
+        if target.allocator.deleted {
+            " (deleted on disk)"
+        } else {
+            ""
+        },
         plan.function_count,
         if dwarf_unwinding {
             "DWARF"
