@@ -1,14 +1,21 @@
 //! Running on production hosts: what a long-lived service looks like after
 //! a package upgrade (its libc and its program deleted or replaced on disk)
-//! is traced exactly, in `--pid` and `--all` modes.
+//! is traced exactly, in `--pid` and `--all` modes; killing alloctrace at
+//! any moment leaves no probe behind, in the target or in the kernel.
+//!
+//! Tests that could leak a uprobe if alloctrace regressed run their target
+//! on a private copy of libc, so the leak would stay on a temporary file.
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    io::{BufRead as _, BufReader},
+    path::PathBuf,
+    process::Stdio,
     sync::Mutex,
+    time::{Duration, Instant},
 };
 
-use integration_tests::*;
+use integration_tests::{production::*, *};
 
 /// Host-wide tracers would trace each other: one at a time.
 static ONE_HOST_WIDE_TRACER: Mutex<()> = Mutex::new(());
@@ -19,53 +26,31 @@ struct UpgradedService {
     workload: Workload,
     /// The deleted libc's path, as the service names it.
     libc: PathBuf,
-    _dir: tempfile::TempDir,
+    _dir: PrivateLibc,
 }
 
 impl UpgradedService {
     /// `name` is the program's file name (and so its `comm`).
     fn start(name: &str) -> Self {
-        let dir = temp_dir();
-        let program = dir.path().join(name);
-        let lib = dir.path().join("lib");
-        fs::create_dir(&lib).expect("mkdir lib");
-        let libc = lib.join("libc.so.6");
+        let libc = PrivateLibc::new();
+        let program = libc.dir.path().join(name);
         fs::copy(leaky_bin(), &program).expect("copy leaky");
-        fs::copy(system_libc(), &libc).expect("copy libc");
-        // `env` execs the program in place, so the pid is the program's.
-        let workload = Workload::spawn_bin(
-            Path::new("/usr/bin/env"),
-            &[
-                &format!("LD_LIBRARY_PATH={}", lib.display()),
-                program.to_str().unwrap(),
-                "stay",
-            ],
-        );
+        let workload = libc.spawn(&program, &["stay"]);
         // The upgrade: one file deleted, the other replaced by a new one.
         fs::remove_file(&program).expect("delete the program");
-        fs::remove_file(&libc).expect("delete libc");
-        fs::write(&libc, b"not the libc the service maps").expect("replace libc");
+        fs::remove_file(&libc.path).expect("delete libc");
+        fs::write(&libc.path, b"not the libc the service maps").expect("replace libc");
         let maps = fs::read_to_string(format!("/proc/{}/maps", workload.pid)).unwrap();
         assert!(
-            maps.contains(&format!("{} (deleted)", libc.display())),
+            maps.contains(&format!("{} (deleted)", libc.path.display())),
             "{maps}"
         );
         Self {
             workload,
-            libc,
-            _dir: dir,
+            libc: libc.path.clone(),
+            _dir: libc,
         }
     }
-}
-
-/// The libc this test binary maps.
-fn system_libc() -> PathBuf {
-    let maps = fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| path.ends_with("/libc.so.6"))
-        .map(PathBuf::from)
-        .expect("this test maps libc.so.6")
 }
 
 #[test]
@@ -129,4 +114,76 @@ fn host_wide_mode_traces_a_service_whose_libc_and_program_were_deleted() {
     let own = report_of_process(&report, pid);
     assert_sites_exact(&own);
     assert_sites_symbolized(&own);
+}
+
+/// Tracers killed at random moments in the kill test.
+const KILLED_TRACERS: usize = 16;
+
+#[test]
+fn sigkill_at_any_moment_leaves_no_probe_behind() {
+    require_root();
+    let libc = PrivateLibc::new();
+    let spinner = libc.spawn(&spinner_bin(), &[]);
+    let pid = spinner.pid.to_string();
+    let mut moments = Moments::seeded();
+    let mut killed = Vec::new();
+    for _ in 0..KILLED_TRACERS {
+        let mut tracer = tracer_command();
+        tracer
+            .args(["--pid", &pid, "--interval", "1h"])
+            .stdout(Stdio::null());
+        let mut tracer = tracer.spawn().expect("start alloctrace");
+        let mut stderr = BufReader::new(tracer.stderr.take().unwrap());
+        let phase = moments.below(4);
+        if phase == 0 {
+            // While attaching (which takes ~750 ms here).
+            std::thread::sleep(Duration::from_millis(moments.below(900)));
+        } else {
+            let mut ready = String::new();
+            stderr.read_line(&mut ready).expect("read the ready line");
+            assert!(ready.starts_with(&ready_prefix(spinner.pid)), "{ready}");
+        }
+        killed.push(tracer.id());
+        killed.extend(children_of(tracer.id()));
+        match phase {
+            0 => {}
+            // While tracing.
+            1 => std::thread::sleep(Duration::from_millis(moments.below(300))),
+            // While detaching, after SIGINT: the case that leaked uprobes
+            // in 5 of 12 runs before the guardian.
+            _ => {
+                // SAFETY: kill(2) on our own child, not reaped yet.
+                unsafe { libc::kill(tracer.id() as i32, libc::SIGINT) };
+                std::thread::sleep(Duration::from_millis(moments.below(500)));
+            }
+        }
+        tracer.kill().expect("SIGKILL alloctrace");
+        tracer.wait().expect("reap alloctrace");
+    }
+    // What a killed tracer left is released by its guardian in a moment.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while code_bytes_changed(spinner.pid, &libc.path) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        code_bytes_changed(spinner.pid, &libc.path),
+        0,
+        "breakpoints left in the target's libc"
+    );
+    let leaked = leaked_uprobes(&kernel_log(), &killed);
+    assert!(leaked.is_empty(), "the kernel leaked uprobes: {leaked:#?}");
+    // Another tool still gets its probe, with a USDT semaphore, on malloc.
+    let [env, library_path] = libc.env();
+    let holder = std::process::Command::new(env)
+        .arg(library_path)
+        .arg(probe_holder_bin())
+        .arg("0")
+        .output()
+        .expect("run probe_holder");
+    assert!(
+        holder.status.success() && String::from_utf8_lossy(&holder.stdout).starts_with("holding"),
+        "another uprobe user cannot attach: {holder:?}"
+    );
+    let mut spinner = spinner;
+    assert!(spinner.is_alive(), "the target died");
 }

@@ -28,6 +28,8 @@ use serde_json::Value;
 pub use serde_json;
 pub use tempfile;
 
+pub mod production;
+
 /// How long the tracer may take to attach and print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the workload may take between `go` and `done` (tracing slows it).

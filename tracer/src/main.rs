@@ -33,7 +33,7 @@ mod symbolize;
 mod target;
 mod unwind;
 
-use std::{path::Path, process::ExitCode};
+use std::{os::fd::AsFd as _, path::Path, process::ExitCode};
 
 use anyhow::bail;
 use clap::error::ErrorKind;
@@ -54,6 +54,17 @@ fn main() -> ExitCode {
             Ok(cli) => exit_code(diff::run(&cli).map(|()| Outcome::default())),
             Err(code) => code,
         };
+    }
+    // Hidden: the process that holds the uprobe links (see probes::guardian).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == probes::guardian::COMMAND)
+    {
+        let socket = std::io::stdin().as_fd().try_clone_to_owned();
+        let result = socket
+            .map(probes::guardian::serve)
+            .map_err(anyhow::Error::from);
+        return exit_code(result.map(|()| Outcome::default()));
     }
     // Hidden: the aggregator's throughput, for `cargo xtask bench`.
     if std::env::args_os()
