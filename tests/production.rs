@@ -1,7 +1,9 @@
 //! Running on production hosts: what a long-lived service looks like after
 //! a package upgrade (its libc and its program deleted or replaced on disk)
 //! is traced exactly, in `--pid` and `--all` modes; killing alloctrace at
-//! any moment leaves no probe behind, in the target or in the kernel.
+//! any moment leaves no probe behind, in the target or in the kernel; the
+//! ready line means the probes are armed, and a probe that loses its
+//! breakpoint afterwards is reported.
 //!
 //! Tests that could leak a uprobe if alloctrace regressed run their target
 //! on a private copy of libc, so the leak would stay on a temporary file.
@@ -186,4 +188,134 @@ fn sigkill_at_any_moment_leaves_no_probe_behind() {
     );
     let mut spinner = spinner;
     assert!(spinner.is_alive(), "the target died");
+}
+
+/// Attachments in a row in the ready-line test.
+const ATTACHMENTS: usize = 4;
+
+#[test]
+fn every_ready_line_is_followed_by_events_from_a_busy_process() {
+    require_root();
+    let libc = PrivateLibc::new();
+    let spinner = libc.spawn(&spinner_bin(), &[]);
+    let pid = spinner.pid.to_string();
+    for attempt in 0..ATTACHMENTS {
+        let dir = temp_dir();
+        let report_path = dir.path().join("report.json");
+        let mut tracer = tracer_command();
+        tracer.args([
+            "--pid",
+            &pid,
+            "--duration",
+            "0.5",
+            "--report",
+            report_path.to_str().unwrap(),
+        ]);
+        let out = run_to_completion(tracer, STOP_TIMEOUT);
+        out.assert_success();
+        assert!(
+            out.stderr.starts_with(&ready_prefix(spinner.pid)),
+            "{}",
+            out.stderr
+        );
+        let totals = &read_json(&report_path)["totals"];
+        assert!(
+            as_u64(totals, "allocs") > 1000 && as_u64(totals, "frees") > 1000,
+            "attachment {attempt}: ready, then {totals}"
+        );
+    }
+}
+
+#[test]
+fn a_probe_that_loses_its_breakpoint_after_the_ready_line_is_reported() {
+    require_root();
+    let libc = PrivateLibc::new();
+    let spinner = libc.spawn(&spinner_bin(), &[]);
+    let tracer = Tracer::spawn(spinner.pid, &["--interval", "0.3"], None);
+    // Another tool writes the original code back over every breakpoint.
+    let restored = restore_code(spinner.pid, &libc.path);
+    assert!(restored >= 2, "alloctrace armed {restored} breakpoints");
+    let warning = tracer.wait_stderr(Duration::from_secs(10), |line| {
+        line.contains("lost its breakpoint")
+    });
+    assert!(
+        warning.starts_with("alloctrace: warning: the probe of ")
+            && warning.contains(&format!("in pid {}", spinner.pid)),
+        "{warning}"
+    );
+    tracer.stop(libc::SIGINT).assert_success();
+}
+
+/// Children in the fork-and-exec test.
+const FORK_EXECS: &str = "200";
+
+#[test]
+fn children_that_exec_at_once_run_their_new_program_untouched() {
+    require_root();
+    let libc = PrivateLibc::new();
+    let selfcheck = selfcheck_bin();
+    let mut forker = libc.spawn(&forker_bin(), &[selfcheck.to_str().unwrap(), FORK_EXECS]);
+    let tracer = Tracer::spawn(forker.pid, &["--interval", "1h"], None);
+    forker.go();
+    let done = forker.expect_line("done ", DONE_TIMEOUT);
+    assert_eq!(done, "done 0", "children whose new program was changed");
+    tracer.stop(libc::SIGINT).assert_success();
+}
+
+#[test]
+fn a_tracers_fork_clean_up_leaves_another_tracers_probes_alone() {
+    require_root();
+    let libc = PrivateLibc::new();
+    // A shell (traced by the first tracer) that starts the spinner (traced
+    // by the second), then keeps forking, so the first keeps scanning its
+    // descendants.
+    let [env, library_path] = libc.env();
+    let mut shell = std::process::Command::new(env)
+        .arg(library_path)
+        .args(["sh", "-c"])
+        .arg(format!(
+            "exec 3<&0; {} <&3 & while :; do /bin/true; sleep 0.05; done",
+            spinner_bin().display()
+        ))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the shell");
+    let _stop_the_shell = KillOnDrop(shell.id());
+    let mut ready = String::new();
+    BufReader::new(shell.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .expect("spinner ready");
+    let spinner: u32 = ready["ready ".len()..].trim().parse().expect("ready <pid>");
+    // The spinner's tracer first: its breakpoints are in place when the
+    // shell's tracer first looks at the shell's descendants.
+    let of_spinner = Tracer::spawn(spinner, &["--interval", "0.2"], None);
+    let of_shell = Tracer::spawn(shell.id(), &["--interval", "1h"], None);
+    std::thread::sleep(Duration::from_secs(2));
+    let armed = code_bytes_changed(spinner, &libc.path);
+    let spinner_out = of_spinner.stop(libc::SIGINT);
+    of_shell.stop(libc::SIGINT).assert_success();
+    drop(shell.stdin.take()); // The spinner exits with its stdin closed.
+    shell.kill().ok();
+    shell.wait().ok();
+    spinner_out.assert_success();
+    assert!(
+        !spinner_out.stderr.contains("lost its breakpoint"),
+        "{}",
+        spinner_out.stderr
+    );
+    assert!(
+        armed >= 2,
+        "the spinner's breakpoints were removed ({armed} left)"
+    );
+}
+
+/// SIGKILLs a process started here when dropped, even by a failing test.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on a process this test started.
+        unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+    }
 }

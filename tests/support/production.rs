@@ -17,6 +17,16 @@ pub fn spinner_bin() -> PathBuf {
     compile_c("spinner.c", "spinner", WORKLOAD_CFLAGS)
 }
 
+/// `selfcheck`: exits 0 when its code is exactly its files' bytes.
+pub fn selfcheck_bin() -> PathBuf {
+    compile_c("selfcheck.c", "selfcheck", WORKLOAD_CFLAGS)
+}
+
+/// `forker PROGRAM COUNT`: forks and at once execs PROGRAM, COUNT times.
+pub fn forker_bin() -> PathBuf {
+    compile_c("forker.c", "forker", WORKLOAD_CFLAGS)
+}
+
 /// The libc this test binary maps.
 pub fn system_libc() -> PathBuf {
     let maps = fs::read_to_string("/proc/self/maps").expect("own maps");
@@ -69,10 +79,32 @@ impl Default for PrivateLibc {
 /// Bytes of `file`'s executable mappings in `pid` that differ from the
 /// file: each is a breakpoint someone left there.
 pub fn code_bytes_changed(pid: u32, file: &Path) -> usize {
+    changed_code(pid, file).len()
+}
+
+/// Writes `file`'s bytes back over every byte of its executable mappings
+/// in `pid` that differs (as a tool that "cleans" breakpoints would);
+/// returns how many.
+pub fn restore_code(pid: u32, file: &Path) -> usize {
+    let mem = fs::File::options()
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .expect("target mem");
+    let changed = changed_code(pid, file);
+    for &(address, original) in &changed {
+        mem.write_all_at(&[original], address)
+            .expect("write target code");
+    }
+    changed.len()
+}
+
+/// (address, byte in the file) of each byte of `file`'s executable
+/// mappings in `pid` that differs from the file.
+fn changed_code(pid: u32, file: &Path) -> Vec<(u64, u8)> {
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).expect("target maps");
     let mem = fs::File::open(format!("/proc/{pid}/mem")).expect("target mem");
     let disk = fs::read(file).expect("mapped file");
-    let mut changed = 0;
+    let mut changed = Vec::new();
     for line in maps.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() < 6 || !fields[1].contains('x') || Path::new(fields[5]) != file {
@@ -86,11 +118,11 @@ pub fn code_bytes_changed(pid: u32, file: &Path) -> usize {
         mem.read_exact_at(&mut memory, start)
             .expect("read target code");
         let on_disk = &disk[offset..(offset + memory.len()).min(disk.len())];
-        changed += memory
-            .iter()
-            .zip(on_disk)
-            .filter(|(memory, disk)| memory != disk)
-            .count();
+        for (index, (&memory, &disk)) in memory.iter().zip(on_disk).enumerate() {
+            if memory != disk {
+                changed.push((start + index as u64, disk));
+            }
+        }
     }
     changed
 }

@@ -13,6 +13,7 @@
 
 mod aggregator_bench;
 mod analysis;
+mod armed;
 mod cli;
 mod debuginfo;
 mod diff;

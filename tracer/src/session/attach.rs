@@ -11,6 +11,7 @@ use tokio::{
 };
 
 use crate::{
+    armed::{ArmedWatch, ProbeSites},
     cli::{Config, TargetSpec},
     events::watch_readable,
     forks::ForkedChildren,
@@ -27,6 +28,9 @@ pub(super) struct Attached {
     pub plan: Plan,
     /// The target's future children, to rid of the breakpoints they inherit.
     pub forks: ForkedChildren,
+    /// The probes' breakpoints in a running target, checked again at each
+    /// summary.
+    pub armed: Option<ArmedWatch>,
     pub probes: Probes,
     pub maps: KernelMaps,
     pub exit: ProcessExit,
@@ -53,7 +57,8 @@ impl Attached {
             (TargetSpec::All(_), None) => unreachable!("host-wide mode has its own session"),
         };
         let plan = Plan::for_object(&target.allocator.host_path)?;
-        let forks = ForkedChildren::new(target.pid, &target.allocator.host_path, &plan)?;
+        let sites = ProbeSites::new(&target.allocator.host_path, &plan)?;
+        let forks = ForkedChildren::new(target.pid, sites.clone());
         for point in &plan.points {
             log::debug!(
                 "probe {} at file offset {:#x}+{} ({:?} return probe)",
@@ -93,13 +98,21 @@ impl Attached {
             Programs::Tracing
         };
         probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
-        if launched.is_none() && !target.is_alive() {
-            bail!("pid {} exited while alloctrace was attaching", target.pid);
+        // A launched command is held before its exec: its probes are armed
+        // when its new image maps the library, after the ready line.
+        let mut armed = None;
+        if launched.is_none() {
+            if !target.is_alive() {
+                bail!("pid {} exited while alloctrace was attaching", target.pid);
+            }
+            sites.await_armed(target.pid)?;
+            armed = Some(ArmedWatch::new(sites, target.pid));
         }
         Ok(Self {
             target,
             plan,
             forks,
+            armed,
             probes,
             maps,
             exit,

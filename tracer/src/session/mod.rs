@@ -20,6 +20,7 @@ use tracer_ebpf::{Counter, Event, EventKind};
 use self::attach::{Attached, ProcessExit};
 use crate::{
     analysis::{History, LeakGate, history::DEFAULT_WINDOW},
+    armed::ArmedWatch,
     cli::{Config, Outputs, TargetSpec},
     events::{EventReader, Release},
     forks::ForkedChildren,
@@ -75,6 +76,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         target,
         plan,
         forks,
+        armed,
         mut probes,
         maps,
         exit,
@@ -116,6 +118,7 @@ pub async fn run(config: &Config) -> anyhow::Result<Outcome> {
         reader: EventReader::new(maps.events, Some(StackUnwinder::new(target.pid)))?,
         symbols: StackSymbolizer::new(target.pid),
         forks,
+        armed,
         counters: maps.counters,
         ledger: Ledger::new(config.max_tracked, config.sampling.clone()),
         summaries: SummaryState::default(),
@@ -224,6 +227,8 @@ struct Session {
     execs_expected: u32,
     /// The target's children, rid of the breakpoints they inherit.
     forks: ForkedChildren,
+    /// Whether the probes are still armed in the target.
+    armed: Option<ArmedWatch>,
     /// Each stack's outstanding bytes at the last ticks.
     history: History,
     gate: Option<LeakGate>,
@@ -266,6 +271,9 @@ impl Session {
                         return Ok(Stop::TargetExeced(exec_ns));
                     }
                     self.symbols.refresh_maps();
+                    if let Some(armed) = &mut self.armed {
+                        armed.check();
+                    }
                     self.print_summary();
                 }
                 _ = &mut warm_up, if self.gate.as_ref().is_some_and(LeakGate::waiting_for_baseline) => {
