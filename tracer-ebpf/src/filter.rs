@@ -20,36 +20,44 @@ use aya_ebpf::{
 use tracer_ebpf::{COMM_LEN, FilterMode, MAX_FILTER_ENTRIES, MAX_THREAD_SLOTS};
 
 /// A [`FilterMode`] as `u32` (`tracer_ebpf::FILTER_MODE_GLOBAL`).
-#[unsafe(no_mangle)]
+#[unsafe(export_name = tracer_ebpf::shared_name!(FILTER_MODE_GLOBAL))]
 static FILTER_MODE: Global<u32> = Global::new(FilterMode::SingleProcess as u32);
 
 /// Non-zero when only the names in [`TRACED_COMMS`] are traced.
-#[unsafe(no_mangle)]
+#[unsafe(export_name = tracer_ebpf::shared_name!(COMM_FILTER_GLOBAL))]
 static COMM_FILTER: Global<u32> = Global::new(0);
 
 /// The cgroup v2 id traced (with its descendants), 0 for any.
-#[unsafe(no_mangle)]
+#[unsafe(export_name = tracer_ebpf::shared_name!(CGROUP_ID_GLOBAL))]
 static CGROUP_ID: Global<u64> = Global::new(0);
 
 /// How deep [`CGROUP_ID`] is below the root cgroup.
-#[unsafe(no_mangle)]
+#[unsafe(export_name = tracer_ebpf::shared_name!(CGROUP_LEVEL_GLOBAL))]
 static CGROUP_LEVEL: Global<u32> = Global::new(0);
 
-#[map(name = "EXCLUDED_TGIDS")]
-static EXCLUDED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_ENTRIES, 0);
+shared_map!(
+    EXCLUDED_TGIDS_MAP,
+    static EXCLUDED_TGIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER_ENTRIES, 0);
+);
 
-#[map(name = "TRACED_COMMS")]
-static TRACED_COMMS: HashMap<[u8; COMM_LEN], u8> = HashMap::with_max_entries(MAX_FILTER_ENTRIES, 0);
+shared_map!(
+    TRACED_COMMS_MAP,
+    static TRACED_COMMS: HashMap<[u8; COMM_LEN], u8> =
+        HashMap::with_max_entries(MAX_FILTER_ENTRIES, 0);
+);
 
-/// The filter's last verdict for each thread whose id is below
-/// `MAX_THREAD_SLOTS`, by thread id. Every probe hit in every process asks
-/// the filter, which cost ~90 ns per hit in `bpf_stats` with `--comm`
-/// (reading the task's name alone ~50 ns); a cached verdict costs an array
-/// lookup, which the verifier inlines. Sized to one entry (unused) outside
-/// host-wide mode (`tracer_ebpf::FILTER_VERDICTS_MAP`). Mappable so that the
-/// kernel page-aligns the values: each is one cache line.
-#[map]
-static FILTER_VERDICTS: Array<Verdict> = Array::with_max_entries(MAX_THREAD_SLOTS, BPF_F_MMAPABLE);
+shared_map!(
+    FILTER_VERDICTS_MAP,
+    /// The filter's last verdict for each thread whose id is below
+    /// `MAX_THREAD_SLOTS`, by thread id. Every probe hit in every process asks
+    /// the filter, which cost ~90 ns per hit in `bpf_stats` with `--comm`
+    /// (reading the task's name alone ~50 ns); a cached verdict costs an array
+    /// lookup, which the verifier inlines. Sized to one entry (unused) outside
+    /// host-wide mode (`tracer_ebpf::FILTER_VERDICTS_MAP`). Mappable so that the
+    /// kernel page-aligns the values: each is one cache line.
+    static FILTER_VERDICTS: Array<Verdict> =
+        Array::with_max_entries(MAX_THREAD_SLOTS, BPF_F_MMAPABLE);
+);
 
 /// How many times a task was renamed (exec, `prctl(PR_SET_NAME)`, a write
 /// to `/proc/*/comm`) since tracing began: the `task_rename` tracepoint

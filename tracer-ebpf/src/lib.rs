@@ -8,48 +8,126 @@
 //! use it without compiling aya-ebpf.
 #![no_std]
 
+/// The one list of the event rings, by index and map name: calls
+/// `$callback! { 0 => EVENTS_0, ..., 15 => EVENTS_15 }`. The kernel
+/// declares a ring per entry, named by its identifier, and picks one by
+/// index; userspace reads them by [`EVENT_RING_MAPS`], made from the same
+/// list, so a ring cannot be added on one side only.
+#[macro_export]
+macro_rules! for_each_event_ring {
+    ($callback:ident) => {
+        $callback! {
+            0 => EVENTS_0, 1 => EVENTS_1, 2 => EVENTS_2, 3 => EVENTS_3,
+            4 => EVENTS_4, 5 => EVENTS_5, 6 => EVENTS_6, 7 => EVENTS_7,
+            8 => EVENTS_8, 9 => EVENTS_9, 10 => EVENTS_10, 11 => EVENTS_11,
+            12 => EVENTS_12, 13 => EVENTS_13, 14 => EVENTS_14, 15 => EVENTS_15,
+        }
+    };
+}
+
+/// The ring names of [`for_each_event_ring`], as an array.
+macro_rules! ring_names {
+    ($($index:literal => $ring:ident),+ $(,)?) => {
+        [$(stringify!($ring)),+]
+    };
+}
+
+/// The ring indices of [`for_each_event_ring`], as an array.
+macro_rules! ring_indices {
+    ($($index:literal => $ring:ident),+ $(,)?) => {
+        [$($index),+]
+    };
+}
+
 /// Ring buffers that carry [`Event`]s to userspace, one per CPU: CPU `c`
-/// writes to ring `c % EVENT_RINGS`, named `EVENTS_{c % EVENT_RINGS}`.
+/// writes to ring `c % EVENT_RINGS`, named `EVENT_RING_MAPS[c % EVENT_RINGS]`.
 /// Within a ring events are in the order they were written; across rings,
 /// userspace orders them by `timestamp_ns`.
-pub const EVENT_RINGS: u32 = 16;
+pub const EVENT_RINGS: u32 = for_each_event_ring!(ring_names).len() as u32;
 
 /// The map names of the event rings, by index (see [`EVENT_RINGS`]).
-pub const EVENT_RING_MAPS: [&str; EVENT_RINGS as usize] = [
-    "EVENTS_0",
-    "EVENTS_1",
-    "EVENTS_2",
-    "EVENTS_3",
-    "EVENTS_4",
-    "EVENTS_5",
-    "EVENTS_6",
-    "EVENTS_7",
-    "EVENTS_8",
-    "EVENTS_9",
-    "EVENTS_10",
-    "EVENTS_11",
-    "EVENTS_12",
-    "EVENTS_13",
-    "EVENTS_14",
-    "EVENTS_15",
-];
-/// Per-CPU array of `u64` counters, indexed by [`Counter`].
-pub const COUNTERS_MAP: &str = "COUNTERS";
+pub const EVENT_RING_MAPS: [&str; EVENT_RINGS as usize] = for_each_event_ring!(ring_names);
 
-/// Global (`u32`) holding the traced process's pid, set at load time: the
-/// exec tracepoint fires for every process on the host and keeps only it.
-pub const TARGET_PID_GLOBAL: &str = "TARGET_PID";
+// The kernel picks ring `cpu % EVENT_RINGS` by the listed index: the list
+// must number the rings 0, 1, 2... in order.
+const _: () = {
+    let indices: [u32; EVENT_RINGS as usize] = for_each_event_ring!(ring_indices);
+    let mut position = 0;
+    while position < indices.len() {
+        assert!(indices[position] as usize == position);
+        position += 1;
+    }
+};
 
-/// Global (`u64`): with `--sample-rate R`, the width in bytes of one slot of
-/// [`SAMPLE_TABLE_MAP`] (`R / SAMPLE_SLOTS_PER_RATE`); 0 traces every call.
-pub const SAMPLE_STEP_GLOBAL: &str = "SAMPLE_STEP";
+/// Defines the names of the maps and globals both sides use, once: a
+/// constant for userspace (`EbpfLoader::override_global`, `Ebpf::map_mut`)
+/// and, for the kernel's declarations, [`shared_name!`]`(CONSTANT)`, the
+/// same name as a literal (attributes such as `export_name` take only
+/// literals, never a constant). A kernel map or global named through it
+/// cannot drift from the name userspace asks for, and a name the kernel
+/// uses but userspace does not know fails to compile.
+macro_rules! shared_names {
+    ($($(#[$doc:meta])* $constant:ident = $name:literal;)+) => {
+        $($(#[$doc])* pub const $constant: &str = $name;)+
 
-/// Array of `u64` thresholds: an allocation of `size` bytes is sampled when
-/// `bpf_get_prandom_u32() < table[sample_slot(size, step)]`. Userspace
-/// computes the table (Poisson sampling by bytes: `p = 1 - exp(-size/R)`,
-/// scaled to 2^32) and weighs each sampled block by the same `p`, so the
-/// estimates are unbiased whatever the rounding of the slots.
-pub const SAMPLE_TABLE_MAP: &str = "SAMPLE_TABLE";
+        /// The literal name of one of this crate's map and global name
+        /// constants, for the kernel's `export_name` attributes.
+        #[macro_export]
+        macro_rules! shared_name {
+            $(($constant) => { $name };)+
+        }
+    };
+}
+
+shared_names! {
+    // Maps.
+    /// Per-CPU array of `u64` counters, indexed by [`Counter`].
+    COUNTERS_MAP = "COUNTERS";
+    /// Array of `u64` thresholds: an allocation of `size` bytes is sampled when
+    /// `bpf_get_prandom_u32() < table[sample_slot(size, step)]`. Userspace
+    /// computes the table (Poisson sampling by bytes: `p = 1 - exp(-size/R)`,
+    /// scaled to 2^32) and weighs each sampled block by the same `p`, so the
+    /// estimates are unbiased whatever the rounding of the slots.
+    SAMPLE_TABLE_MAP = "SAMPLE_TABLE";
+    /// Array of the host-wide filter's per-thread verdicts: one entry (unused)
+    /// in single-process mode, where userspace shrinks it to save 4 MiB.
+    FILTER_VERDICTS_MAP = "FILTER_VERDICTS";
+    /// Hash map `u32 tgid -> u8`: processes host-wide tracing never traces (the
+    /// tracer itself, `--exclude-pid`).
+    EXCLUDED_TGIDS_MAP = "EXCLUDED_TGIDS";
+    /// Hash map `[u8; COMM_LEN] -> u8`: the task names `--comm` allows.
+    TRACED_COMMS_MAP = "TRACED_COMMS";
+
+    // Globals: `aya_ebpf::Global`s in the kernel's read-only data, set at
+    // load time (`EbpfLoader::override_global`).
+    /// Global (`u32`) holding the traced process's pid, set at load time: the
+    /// exec tracepoint fires for every process on the host and keeps only it.
+    TARGET_PID_GLOBAL = "TARGET_PID";
+    /// Global (`u32`): how many bytes of user stack to copy into each
+    /// allocation event; 0 (the default) keeps the kernel's frame-pointer
+    /// walk. Set at load time, so the verifier sees it as a constant and the
+    /// size of every reservation is known.
+    STACK_COPY_BYTES_GLOBAL = "STACK_COPY_BYTES";
+    /// Global (`u64`): with `--sample-rate R`, the width in bytes of one slot of
+    /// [`SAMPLE_TABLE_MAP`] (`R / SAMPLE_SLOTS_PER_RATE`); 0 traces every call.
+    SAMPLE_STEP_GLOBAL = "SAMPLE_STEP";
+    /// Global (`u32`): thread ids below it use the array, `MAX_THREAD_SLOTS`
+    /// unless a test lowers it (hidden `--thread-slots`) to exercise the map.
+    THREAD_SLOTS_GLOBAL = "THREAD_SLOTS";
+    /// Global (`u32`) choosing which processes the programs trace: one of
+    /// [`FilterMode`]. Set at load time.
+    FILTER_MODE_GLOBAL = "FILTER_MODE";
+    /// Global (`u32`): non-zero when [`TRACED_COMMS_MAP`] restricts host-wide
+    /// tracing to the processes named in it (`--comm`).
+    COMM_FILTER_GLOBAL = "COMM_FILTER";
+    /// Global (`u64`): the cgroup v2 id (inode number of the cgroup directory)
+    /// host-wide tracing is restricted to, with its descendants; 0 for none.
+    CGROUP_ID_GLOBAL = "CGROUP_ID";
+    /// Global (`u32`): the depth of [`CGROUP_ID_GLOBAL`] below the root cgroup
+    /// (the root is level 0), where the caller's ancestor is compared with it.
+    CGROUP_LEVEL_GLOBAL = "CGROUP_LEVEL";
+}
+
 /// Slots of [`SAMPLE_TABLE_MAP`].
 pub const SAMPLE_TABLE_SLOTS: u32 = 1024;
 /// Slots per sample rate: sizes up to `SAMPLE_TABLE_SLOTS / SAMPLE_SLOTS_PER_RATE`
@@ -70,30 +148,7 @@ pub const fn sample_slot(size: u64, step: u64) -> u32 {
 /// Slots of the kernel's per-thread call array, indexed by thread id; the
 /// calls of threads with larger ids are kept in a hash map.
 pub const MAX_THREAD_SLOTS: u32 = 1 << 16;
-/// Global (`u32`): thread ids below it use the array, `MAX_THREAD_SLOTS`
-/// unless a test lowers it (hidden `--thread-slots`) to exercise the map.
-pub const THREAD_SLOTS_GLOBAL: &str = "THREAD_SLOTS";
 
-/// Global (`u32`) choosing which processes the programs trace: one of
-/// [`FilterMode`]. Set at load time.
-pub const FILTER_MODE_GLOBAL: &str = "FILTER_MODE";
-/// Global (`u32`): non-zero when [`TRACED_COMMS_MAP`] restricts host-wide
-/// tracing to the processes named in it (`--comm`).
-pub const COMM_FILTER_GLOBAL: &str = "COMM_FILTER";
-/// Global (`u64`): the cgroup v2 id (inode number of the cgroup directory)
-/// host-wide tracing is restricted to, with its descendants; 0 for none.
-pub const CGROUP_ID_GLOBAL: &str = "CGROUP_ID";
-/// Global (`u32`): the depth of [`CGROUP_ID_GLOBAL`] below the root cgroup
-/// (the root is level 0), where the caller's ancestor is compared with it.
-pub const CGROUP_LEVEL_GLOBAL: &str = "CGROUP_LEVEL";
-/// Array of the host-wide filter's per-thread verdicts: one entry (unused)
-/// in single-process mode, where userspace shrinks it to save 4 MiB.
-pub const FILTER_VERDICTS_MAP: &str = "FILTER_VERDICTS";
-/// Hash map `u32 tgid -> u8`: processes host-wide tracing never traces (the
-/// tracer itself, `--exclude-pid`).
-pub const EXCLUDED_TGIDS_MAP: &str = "EXCLUDED_TGIDS";
-/// Hash map `[u8; COMM_LEN] -> u8`: the task names `--comm` allows.
-pub const TRACED_COMMS_MAP: &str = "TRACED_COMMS";
 /// Entries of [`EXCLUDED_TGIDS_MAP`] and [`TRACED_COMMS_MAP`].
 pub const MAX_FILTER_ENTRIES: u32 = 1024;
 /// A task name as the kernel keeps it (`TASK_COMM_LEN`): NUL-padded, at
@@ -209,12 +264,6 @@ pub const INLINE_STACK: i32 = -2;
 /// record is an [`EventWithStackCopy`] followed by `stack_len` stack bytes.
 /// Only sent when [`STACK_COPY_BYTES_GLOBAL`] is non-zero (`--unwind dwarf`).
 pub const STACK_COPY: i32 = -3;
-
-/// Name of the kernel programs' `u32` global holding how many bytes of user
-/// stack to copy into each allocation event; 0 (the default) keeps the
-/// kernel's frame-pointer walk. Set at load time, so the verifier sees it as
-/// a constant and the size of every reservation is known.
-pub const STACK_COPY_BYTES_GLOBAL: &str = "STACK_COPY_BYTES";
 
 /// Largest stack copy the programs accept (`--stack-bytes`): a record must
 /// fit the ring buffer many times over, and the verifier needs a bound.

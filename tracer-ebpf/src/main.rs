@@ -1,10 +1,11 @@
 //! alloctrace's kernel side: uprobes on the target's allocator functions that
-//! turn each call into an [`Event`] on a ring buffer.
+//! turn each call into an [`tracer_ebpf::Event`] on a ring buffer.
 //!
 //! Every allocating function gets an entry program (`<symbol>_enter`) that
 //! parks its arguments for the calling thread, and shares one return program
-//! ([`alloc_exit`]) that pairs the result with them. `free` needs only an entry
-//! program. The programs never aggregate: the ledger lives in userspace.
+//! ([`programs::alloc_exit`]) that pairs the result with them. `free` needs
+//! only an entry program. The programs never aggregate: the ledger lives in
+//! userspace.
 //!
 //! ## Nested and tail calls
 //! glibc's allocator calls itself: `realloc(NULL, n)` calls `malloc`,
@@ -25,7 +26,7 @@
 //! ## Exec
 //! Uprobes follow the traced process through `execve` (the kernel filters
 //! them by the task's current address space), so a BTF tracepoint on
-//! `sched_process_exec` puts an [`EventKind::Exec`] marker in the same ring:
+//! `sched_process_exec` puts an [`tracer_ebpf::EventKind::Exec`] marker in the same ring:
 //! userspace sees exactly which events belong to the old image.
 //!
 //! ## Host-wide mode
@@ -36,20 +37,66 @@
 //! process (`EventKind::ProcessExit`) in the same ring.
 //!
 //! ## Ordering
-//! Events are reserved in one ring buffer, whose reservations are serialized,
-//! so userspace reads them in a single order that respects causality between
-//! threads: `free` and `realloc` announce the block they give up on *entry*,
-//! before the allocator can recycle it, and allocations are announced on
-//! *return*, after the allocator chose the address. An address is therefore
-//! always freed in the stream before another thread's allocation of it appears.
+//! Each event is stamped (`bpf_ktime_get_ns`) when it is made, and userspace
+//! merges the per-CPU rings by that stamp, so it reads them in a single order
+//! that respects causality between threads: `free` and `realloc` announce
+//! the block they give up on *entry*, before the allocator can recycle it,
+//! and allocations are announced on *return*, after the allocator chose the
+//! address. An address is therefore always freed in the stream before
+//! another thread's allocation of it appears.
+//!
+//! ## Modules
+//! Data flows down this list, and no module uses one above it:
+//! - `programs`: the uprobe programs, thin `<symbol>_enter` and
+//!   `alloc_exit` wrappers around fallible `try_*` bodies that apply the
+//!   nesting rules above; `lifecycle`: the tracepoint programs;
+//! - `calls`: the call in flight on each thread; `sampling`:
+//!   `--sample-rate`; `filter`: the host-wide process filter;
+//! - `stacks`: the stack an allocation event carries (a frame-pointer
+//!   stack, sent once and then named by hash, or a stack copy), walked by
+//!   `framewalk`;
+//! - `emit`: writing events to the per-CPU rings, and when to wake the
+//!   reader;
+//! - `counters`: what the programs count instead of failing, `hit`: the
+//!   caller's ids and registers.
+//!
+//! The names userspace opens maps and sets globals by, and the list of
+//! rings, come from the shared ABI (`tracer_ebpf`), never spelled here.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+/// `#[map(name = ...)]` for a map userspace opens by name, with the name
+/// from the shared ABI (`tracer_ebpf::shared_name!`): aya's attribute takes
+/// only a literal, so this writes the two attributes it expands to.
+#[cfg(target_arch = "bpf")]
+macro_rules! shared_map {
+    ($name:ident, $(#[$attr:meta])* static $map:ident: $type:ty = $init:expr;) => {
+        $(#[$attr])*
+        #[unsafe(link_section = "maps")]
+        #[unsafe(export_name = tracer_ebpf::shared_name!($name))]
+        static $map: $type = $init;
+    };
+}
+
+#[cfg(target_arch = "bpf")]
+mod calls;
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod emit;
 #[cfg(target_arch = "bpf")]
 mod filter;
 #[cfg(target_arch = "bpf")]
+mod framewalk;
+#[cfg(target_arch = "bpf")]
+mod hit;
+#[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]
-mod probes;
+mod programs;
+#[cfg(target_arch = "bpf")]
+mod sampling;
+#[cfg(target_arch = "bpf")]
+mod stacks;
 
 #[cfg(not(target_arch = "bpf"))]
 fn main() {

@@ -7,8 +7,8 @@
 //! The ready line is only printed once every probe is armed in the target,
 //! and the check is repeated at each summary: a breakpoint can vanish after
 //! the ready line (another tool writing the original code back, as
-//! `crate::forks` does in children), and the events of that probe with it.
-//! The same sites serve `crate::forks`, which writes the original bytes
+//! one-process mode's fork clean-up does in children), and the events of that probe with it.
+//! The same sites serve one-process mode's fork clean-up, which writes the original bytes
 //! back into the target's children.
 
 use std::{

@@ -1,32 +1,49 @@
-//! Command-line flags, and their validation into a [`Config`] the rest of the
-//! tracer can trust (sizes in range, output paths writable) before anything is
-//! attached to the target.
+//! The command line as clap parses it: flags, subcommands and value
+//! parsers, nothing more. Turning flags into a `Config`
+//! (and refusing what a mode cannot honour) is the `config` module's job.
+//!
+//! Flags that apply to one process only (`--pid` or `-- CMD`) conflict with
+//! `--all` here, and host-wide flags require it, so clap refuses a flag
+//! that does not apply to the chosen mode with one line that names both.
 
-use std::{
-    ffi::OsString,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{Context as _, bail};
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use crate::sampling::Sampling;
+use crate::{diff::DiffArgs, report::LogFormat, unwind::UnwindMode};
 
 /// Trace a live process's heap allocations with eBPF and report the call
 /// stacks that hold outstanding (leaked) memory.
 #[derive(Debug, Parser)]
 #[command(name = "alloctrace", version)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 #[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command", "all"]))]
 pub struct Cli {
+    #[command(subcommand)]
+    pub subcommand: Option<Subcommands>,
+
+    #[command(flatten)]
+    pub trace: TraceArgs,
+}
+
+/// What alloctrace does besides tracing.
+#[derive(Debug, Subcommand)]
+pub enum Subcommands {
+    /// Compare two JSON reports: the stacks whose outstanding bytes changed
+    /// most, largest change first.
+    Diff(DiffArgs),
+}
+
+/// Tracing: what to trace, for how long, and what to write.
+#[derive(Debug, clap::Args)]
+pub struct TraceArgs {
     /// Process to trace (it keeps running; nothing is restarted).
-    #[arg(long, value_name = "PID", conflicts_with = "command")]
+    #[arg(long, value_name = "PID", conflicts_with_all = ["command", "all"])]
     pub pid: Option<u32>,
 
     /// Command to start and trace from its first instruction (after `--`);
     /// alloctrace exits with its exit status.
-    #[arg(last = true, value_name = "CMD")]
+    #[arg(last = true, value_name = "CMD", conflicts_with = "all")]
     pub command: Vec<OsString>,
 
     #[command(flatten)]
@@ -75,17 +92,20 @@ pub struct Cli {
     /// the top of the stack and unwinds it with DWARF CFI (falling back to
     /// frame pointers per frame, e.g. in JIT code), `auto` picks `dwarf`
     /// when the target's executable is built without frame pointers.
+    /// With --all: `fp` only.
     #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
     pub unwind: UnwindMode,
 
     /// Bytes of user stack copied per allocation for DWARF unwinding, a
     /// multiple of 4K (frames beyond them are cut off).
-    #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes)]
+    #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes,
+          conflicts_with = "all")]
     pub stack_bytes: u32,
 
-    /// Track at most this many outstanding allocations; beyond it new ones
-    /// are dropped and counted (`dropped_allocations`) instead of growing the
-    /// tracer's memory without bound.
+    /// Track at most this many outstanding allocations in all (with --all:
+    /// over all processes together); beyond it new ones are dropped and
+    /// counted (`dropped_allocations`, with a warning when it starts)
+    /// instead of growing the tracer's memory without bound.
     #[arg(long, value_name = "N", default_value = "20000000", value_parser = parse_count)]
     pub max_tracked: u64,
 
@@ -93,12 +113,12 @@ pub struct Cli {
     /// reported block per BYTES allocated (Poisson sampling by bytes, as
     /// heapprofd does); every number is then an unbiased estimate. Cheaper
     /// for the kernel and the tracer; every call still traps.
-    #[arg(long, value_name = "BYTES", value_parser = parse_sample_rate)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_sample_rate, conflicts_with = "all")]
     pub sample_rate: Option<u64>,
 
     /// Trace the allocator in this shared library (e.g. a jemalloc or
     /// tcmalloc build the target maps) instead of the one found automatically.
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "all")]
     pub allocator_lib: Option<PathBuf>,
 
     /// Log attach details and kernel-side diagnostics to stderr.
@@ -114,12 +134,12 @@ pub struct Cli {
     /// flight in the kernel's array, the others in its hash map. Both must
     /// give the same numbers.
     #[arg(long, hide = true, default_value_t = tracer_ebpf::MAX_THREAD_SLOTS,
-          value_parser = parse_thread_slots)]
+          value_parser = parse_thread_slots, conflicts_with = "all")]
     pub thread_slots: u32,
 
     /// Benchmark aid: attach the uprobes through perf events, as before
     /// uprobe_multi links, to compare the two.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "all")]
     pub perf_event_uprobes: bool,
 
     #[command(flatten)]
@@ -167,7 +187,7 @@ pub struct WatchArgs {
 
     /// Leak gate: exit with status 3 if any stack's outstanding bytes grew
     /// by more than this (e.g. 1M) after --after.
-    #[arg(long, value_name = "BYTES", value_parser = parse_bytes)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_bytes, conflicts_with = "all")]
     pub fail_on_growth: Option<u64>,
 
     /// Warm-up before --fail-on-growth counts growth (default: none).
@@ -176,249 +196,14 @@ pub struct WatchArgs {
     pub after: Option<Duration>,
 
     /// Write the outstanding allocations as a gzipped pprof profile.
-    #[arg(long, value_name = "FILE.pb.gz")]
+    #[arg(long, value_name = "FILE.pb.gz", conflicts_with = "all")]
     pub pprof: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics; a bare port binds
     /// 127.0.0.1 only.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
+          conflicts_with = "all")]
     pub metrics_addr: Option<SocketAddr>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    /// One readable block per interval.
-    Human,
-    /// One JSON object per interval, one per line.
-    Json,
-}
-
-/// How user stacks are collected (see `Cli::unwind`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum UnwindMode {
-    Fp,
-    Dwarf,
-    Auto,
-}
-
-/// Where the final outputs go.
-#[derive(Debug, Clone, Default)]
-pub struct Outputs {
-    pub flamegraph: Option<PathBuf>,
-    pub folded: Option<PathBuf>,
-    pub report: Option<PathBuf>,
-    pub pprof: Option<PathBuf>,
-}
-
-impl Outputs {
-    /// `alloctrace-PID.svg` and `alloctrace-PID.json` in the current directory.
-    pub fn defaults_for(pid: u32) -> Self {
-        Self::defaults_named(&pid.to_string())
-    }
-
-    /// `alloctrace-NAME.svg` and `alloctrace-NAME.json`.
-    pub fn defaults_named(name: &str) -> Self {
-        Self {
-            flamegraph: Some(PathBuf::from(format!("alloctrace-{name}.svg"))),
-            folded: None,
-            report: Some(PathBuf::from(format!("alloctrace-{name}.json"))),
-            pprof: None,
-        }
-    }
-
-    pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        [&self.flamegraph, &self.folded, &self.report, &self.pprof]
-            .into_iter()
-            .filter_map(|path| path.as_deref())
-    }
-}
-
-/// What to trace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TargetSpec {
-    /// A process that is already running.
-    Pid(u32),
-    /// A command alloctrace starts, with every probe in place before it runs.
-    Launch(Vec<OsString>),
-    /// Every process on the host (`--all`), less those filtered out.
-    All(crate::host::HostSpec),
-}
-
-/// Validated settings for one tracing session.
-#[derive(Debug, Clone)]
-pub struct Config {
-    pub target: TargetSpec,
-    pub duration: Option<Duration>,
-    pub interval: Duration,
-    pub top: usize,
-    pub log_format: LogFormat,
-    pub outputs: Outputs,
-    /// True when the user named no output: the defaults, named after the
-    /// traced pid (see [`Outputs::defaults_for`]), are written and printed.
-    pub default_outputs: bool,
-    pub min_age: Duration,
-    /// `None`: the default for the unwinding mode chosen.
-    pub ring_size: Option<u32>,
-    pub unwind: UnwindMode,
-    pub stack_bytes: u32,
-    pub max_tracked: u64,
-    /// `--sample-rate`: the kernel reports a sample, the ledger weighs it up.
-    pub sampling: Option<Sampling>,
-    pub allocator_lib: Option<PathBuf>,
-    pub verbose: bool,
-    /// Attach empty programs and write nothing (see `Cli::floor`).
-    pub floor: bool,
-    pub thread_slots: u32,
-    /// See `Cli::perf_event_uprobes`.
-    pub perf_event_uprobes: bool,
-    pub watch: Watch,
-}
-
-/// Validated [`WatchArgs`].
-#[derive(Debug, Clone, Default)]
-pub struct Watch {
-    pub snapshots: Option<Snapshots>,
-    pub gate: Option<GateSettings>,
-    pub metrics_addr: Option<SocketAddr>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Snapshots {
-    pub every: Duration,
-    pub dir: PathBuf,
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct GateSettings {
-    pub threshold_bytes: u64,
-    pub after: Duration,
-}
-
-impl Watch {
-    fn from_args(args: WatchArgs, duration: Option<Duration>) -> anyhow::Result<Self> {
-        let snapshots = match (args.snapshot_every, args.snapshot_dir) {
-            (Some(every), Some(dir)) => {
-                if every.is_zero() {
-                    bail!("--snapshot-every must be greater than zero");
-                }
-                std::fs::create_dir_all(&dir)
-                    .with_context(|| format!("cannot create --snapshot-dir {}", dir.display()))?;
-                check_writable(&dir.join("snapshot.json"))?;
-                Some(Snapshots { every, dir })
-            }
-            _ => None,
-        };
-        let gate = args.fail_on_growth.map(|threshold_bytes| GateSettings {
-            threshold_bytes,
-            after: args.after.unwrap_or_default(),
-        });
-        if let (Some(gate), Some(duration)) = (gate, duration)
-            && gate.after >= duration
-        {
-            bail!("--after must be shorter than --duration, or the leak gate has nothing to judge");
-        }
-        Ok(Self {
-            snapshots,
-            gate,
-            metrics_addr: args.metrics_addr,
-        })
-    }
-}
-
-impl Config {
-    pub fn from_cli(mut cli: Cli) -> anyhow::Result<Self> {
-        if cli.interval.is_zero() {
-            bail!("--interval must be greater than zero");
-        }
-        if cli.host.all {
-            check_host_wide(&cli)?;
-        }
-        let outputs = Outputs {
-            flamegraph: cli.flamegraph,
-            folded: cli.folded,
-            report: cli.report,
-            pprof: cli.watch.pprof.take(),
-        };
-        let default_outputs = outputs.paths().next().is_none() && !cli.floor;
-        let checked = if default_outputs {
-            // The pid of a launched command is not known yet; any name in the
-            // same directory tells whether the defaults can be written.
-            Outputs::defaults_named("all")
-        } else {
-            outputs.clone()
-        };
-        for path in checked.paths() {
-            check_writable(path)?;
-        }
-        if let Some(path) = &cli.allocator_lib {
-            std::fs::File::open(path)
-                .with_context(|| format!("--allocator-lib {}", path.display()))?;
-        }
-        let target = match cli.pid {
-            Some(pid) => TargetSpec::Pid(pid),
-            None if cli.host.all => TargetSpec::All(crate::host::HostSpec::from_args(&cli.host)?),
-            None => TargetSpec::Launch(cli.command),
-        };
-        Ok(Self {
-            target,
-            duration: cli.duration,
-            interval: cli.interval,
-            top: cli.top as usize,
-            log_format: cli.log_format,
-            outputs,
-            default_outputs,
-            min_age: cli.min_age.unwrap_or_default(),
-            ring_size: cli.ring_size,
-            unwind: cli.unwind,
-            stack_bytes: cli.stack_bytes,
-            max_tracked: cli.max_tracked,
-            sampling: cli.sample_rate.map(Sampling::new),
-            allocator_lib: cli.allocator_lib,
-            verbose: cli.verbose,
-            floor: cli.floor,
-            thread_slots: cli.thread_slots,
-            perf_event_uprobes: cli.perf_event_uprobes,
-            watch: Watch::from_args(cli.watch, cli.duration)?,
-        })
-    }
-}
-
-/// Refuses, with `--all`, the options host-wide mode does not implement yet.
-fn check_host_wide(cli: &Cli) -> anyhow::Result<()> {
-    let unsupported = [
-        (cli.watch.pprof.is_some(), "--pprof"),
-        (cli.watch.metrics_addr.is_some(), "--metrics-addr"),
-        (cli.watch.snapshot_every.is_some(), "--snapshot-every"),
-        (cli.watch.fail_on_growth.is_some(), "--fail-on-growth"),
-        (cli.allocator_lib.is_some(), "--allocator-lib"),
-        (cli.unwind == UnwindMode::Dwarf, "--unwind dwarf"),
-        (cli.sample_rate.is_some(), "--sample-rate"),
-    ];
-    if let Some((_, flag)) = unsupported.iter().find(|(given, _)| *given) {
-        bail!(
-            "{flag} cannot be used with --all (host-wide mode); trace one process with --pid for it"
-        );
-    }
-    if let Some(dir) = &cli.host.flamegraph_dir {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create --flamegraph-dir {}", dir.display()))?;
-        check_writable(&dir.join("process.svg"))?;
-    }
-    Ok(())
-}
-
-/// Fails now, before attaching, if `path` could not be written at the end.
-fn check_writable(path: &Path) -> anyhow::Result<()> {
-    if path.is_dir() {
-        bail!("output path {} is a directory", path.display());
-    }
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    tempfile::NamedTempFile::new_in(dir)
-        .with_context(|| format!("output path {} is not writable", path.display()))?;
-    Ok(())
 }
 
 /// Accepts `30s`, `5m`, `1h`, `250ms` and plain (possibly fractional) seconds.
@@ -433,7 +218,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// Accepts counts such as `1000000`, `10M` or `1G` (decimal multiples).
-fn parse_count(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_count(text: &str) -> Result<u64, String> {
     match parse_size::Config::new().with_decimal().parse_size(text) {
         Ok(count) if count > 0 => Ok(count),
         _ => Err(format!("'{text}' is not a positive count (try 10M)")),

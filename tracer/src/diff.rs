@@ -10,18 +10,15 @@
 use std::{collections::HashMap, fs, io::Write, path::PathBuf};
 
 use anyhow::Context as _;
-use clap::Parser;
 use serde::Deserialize;
 
 use crate::report::{
     bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph,
 };
 
-/// Compare two alloctrace JSON reports: the stacks whose outstanding bytes
-/// changed most, largest change first.
-#[derive(Debug, Parser)]
-#[command(name = "alloctrace diff", version)]
-pub struct DiffCli {
+/// `alloctrace diff`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct DiffArgs {
     /// The earlier report (or snapshot).
     #[arg(value_name = "OLD.json")]
     pub old: PathBuf,
@@ -100,7 +97,7 @@ impl StackDelta {
     }
 }
 
-pub fn run(cli: &DiffCli) -> anyhow::Result<()> {
+pub fn run(cli: &DiffArgs) -> anyhow::Result<()> {
     let old = load(&cli.old)?;
     let new = load(&cli.new)?;
     let deltas = compare(&old, &new);

@@ -22,25 +22,20 @@ use tokio::{
 };
 use tracer_ebpf::{Event, EventWithStack, EventWithStackCopy, INLINE_STACK, NO_STACK, STACK_COPY};
 
-use crate::{ledger::StackId, session::monotonic_ns, unwind::StackUnwinder};
+use crate::{
+    clock::monotonic_ns,
+    unwind::{StackCopy, StackUnwinder},
+};
 
-/// The stack an event brought along, beyond a stack-map id.
+/// The stack an event brought along.
 pub enum Carried<'a> {
-    /// Nothing: the event's `stack_id` (if any) is in the kernel's map.
+    /// Nothing: no stack, or only the hash of one sent before (see
+    /// `tracer_ebpf::STACK_HASH`).
     Nothing,
     /// Return addresses from the kernel's frame-pointer walk, leaf first.
     Frames(&'a [u64]),
     /// Registers and stack bytes for userspace to unwind.
     StackCopy(StackCopy<'a>),
-}
-
-/// The caller's registers at the allocator's return and the top of its stack.
-pub struct StackCopy<'a> {
-    pub ip: u64,
-    pub sp: u64,
-    pub bp: u64,
-    /// Bytes copied from the user stack starting at `sp`.
-    pub stack: &'a [u8],
 }
 
 /// How long after its timestamp an event is surely in its ring: a program
@@ -66,7 +61,10 @@ pub enum Release {
 /// [`READ_PERIOD_MS`], or at once when a ring signals it is filling, however
 /// long the session takes over a summary or a first symbolization: with 10
 /// million live blocks a summary took longer than an 8 MiB ring lasts.
-pub struct EventReader {
+///
+/// `R` is what a mode resolves a carried stack into when it resolves it on
+/// read (see [`EventReader::read`]).
+pub struct EventReader<R> {
     batches: UnboundedReceiver<Batch>,
     /// Batches received while waiting for one (see [`EventReader::next_batch`]).
     received: Vec<Batch>,
@@ -75,7 +73,7 @@ pub struct EventReader {
     thread: Option<JoinHandle<()>>,
     /// When the newest batch's pass over the rings began.
     read_ns: u64,
-    merge: Merge,
+    merge: Merge<R>,
 }
 
 /// How often the reading thread empties the rings when none is filling.
@@ -86,10 +84,10 @@ struct Batch {
     /// When the pass began: every event stamped [`SETTLE_NS`] before this
     /// was in a ring by then, so it is in this batch or an earlier one.
     started_ns: u64,
-    records: Vec<Record>,
+    records: Vec<Decoded>,
 }
 
-impl EventReader {
+impl<R> EventReader<R> {
     /// Starts reading `rings`. With an `unwinder`, the reading thread turns
     /// stack copies into frames as it reads them, straight from the ring:
     /// copying 8 KiB per event out of the ring first cost more CPU than the
@@ -140,7 +138,7 @@ impl EventReader {
     pub fn read(
         &mut self,
         release: Release,
-        mut resolve: impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
+        mut resolve: impl FnMut(&Event, Carried<'_>) -> Option<R>,
     ) -> u64 {
         if release == Release::All {
             self.stop_reading();
@@ -150,8 +148,8 @@ impl EventReader {
         }
         for batch in self.received.drain(..) {
             self.read_ns = self.read_ns.max(batch.started_ns);
-            for record in batch.records {
-                self.merge.add(record, &mut resolve);
+            for decoded in batch.records {
+                self.merge.add(decoded, &mut resolve);
             }
         }
         match release {
@@ -162,7 +160,7 @@ impl EventReader {
 
     /// Hands the events read and stamped at or before `horizon_ns` to
     /// `sink`, oldest first; returns how many.
-    pub fn release(&mut self, horizon_ns: u64, sink: impl FnMut(&Event, Carried<'_>)) -> usize {
+    pub fn release(&mut self, horizon_ns: u64, sink: impl FnMut(&Event, Arrived<'_, R>)) -> usize {
         self.merge.release(horizon_ns, sink)
     }
 
@@ -191,7 +189,7 @@ fn read_rings(
         let mut records = Vec::new();
         for ring in &mut rings {
             while let Some(item) = ring.next() {
-                records.extend(Record::decode(&item, unwinder.as_mut()));
+                records.extend(Decoded::decode(&item, unwinder.as_mut()));
             }
         }
         if sender
@@ -213,18 +211,38 @@ fn read_rings(
 /// them, and an event that follows from another (the free of a block
 /// allocated on another CPU) is stamped after it, so the timestamp order is
 /// an order in which every block's events make sense.
-#[derive(Default)]
-pub struct Merge {
-    held: Vec<Record>,
+pub struct Merge<R> {
+    held: Vec<Record<R>>,
 }
 
-/// An event copied out of its ring, with the frames it brought.
-struct Record {
+impl<R> Default for Merge<R> {
+    fn default() -> Self {
+        Self { held: Vec::new() }
+    }
+}
+
+/// An event's stack as it is released: resolved when it was read, or as
+/// it arrived.
+pub enum Arrived<'a, R> {
+    Resolved(R),
+    Carried(Carried<'a>),
+}
+
+/// An event copied out of its ring, with the frames it brought (or what
+/// they were resolved into on read).
+struct Record<R> {
+    event: Event,
+    frames: Option<Vec<u64>>,
+    resolved: Option<R>,
+}
+
+/// An event and its frames as decoded from one ring item.
+struct Decoded {
     event: Event,
     frames: Option<Vec<u64>>,
 }
 
-impl Record {
+impl Decoded {
     /// Copies one ring item out (`None` when malformed). A stack copy is
     /// kept as the frames `unwinder` finds in it; without an unwinder the
     /// event has no stack.
@@ -241,7 +259,9 @@ impl Record {
         };
         Some(Self { event, frames })
     }
+}
 
+impl<R> Record<R> {
     fn carried(&self) -> Carried<'_> {
         self.frames
             .as_deref()
@@ -249,46 +269,57 @@ impl Record {
     }
 }
 
-impl Merge {
+impl<R> Merge<R> {
     /// Adds one ring item (ignored when malformed); see [`Merge::add`].
     pub fn push(
         &mut self,
         item: &[u8],
-        resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
+        resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<R>,
     ) {
-        if let Some(record) = Record::decode(item, None) {
-            self.add(record, resolve);
+        if let Some(decoded) = Decoded::decode(item, None) {
+            self.add(decoded, resolve);
         }
     }
 
     /// Adds one event. A stack it carries goes to `resolve` right away,
     /// while the process is surely there to be symbolized, and the event is
-    /// kept with the stack id it returns; when it returns `None`, with the
-    /// stack.
+    /// kept with what it returns; when it returns `None`, with the stack.
     fn add(
         &mut self,
-        mut record: Record,
-        resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<StackId>,
+        decoded: Decoded,
+        resolve: &mut impl FnMut(&Event, Carried<'_>) -> Option<R>,
     ) {
-        if record.frames.is_some()
-            && let Some(stack_id) = resolve(&record.event, record.carried())
-        {
-            record.event.stack_id = stack_id;
-            record.frames = None;
+        let mut record = Record {
+            event: decoded.event,
+            frames: decoded.frames,
+            resolved: None,
+        };
+        if record.frames.is_some() {
+            record.resolved = resolve(&record.event, record.carried());
+            if record.resolved.is_some() {
+                record.frames = None;
+            }
         }
         self.held.push(record);
     }
 
     /// Hands every event stamped at or before `horizon_ns` to `sink`, oldest
     /// first; returns how many.
-    pub fn release(&mut self, horizon_ns: u64, mut sink: impl FnMut(&Event, Carried<'_>)) -> usize {
+    pub fn release(
+        &mut self,
+        horizon_ns: u64,
+        mut sink: impl FnMut(&Event, Arrived<'_, R>),
+    ) -> usize {
         // Stable, and fast on what it gets: one sorted run per ring.
         self.held.sort_by_key(|record| record.event.timestamp_ns);
         let ready = self
             .held
             .partition_point(|record| record.event.timestamp_ns <= horizon_ns);
-        for record in self.held.drain(..ready) {
-            sink(&record.event, record.carried());
+        for mut record in self.held.drain(..ready) {
+            match record.resolved.take() {
+                Some(resolved) => sink(&record.event, Arrived::Resolved(resolved)),
+                None => sink(&record.event, Arrived::Carried(record.carried())),
+            }
         }
         ready
     }
@@ -411,7 +442,7 @@ mod tests {
         unsafe { std::mem::transmute(event) }
     }
 
-    fn released(merge: &mut Merge, horizon_ns: u64) -> Vec<(u64, u64)> {
+    fn released(merge: &mut Merge<()>, horizon_ns: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         merge.release(horizon_ns, |event, _| {
             out.push((event.timestamp_ns, event.addr))
@@ -422,7 +453,7 @@ mod tests {
     #[test]
     fn rings_read_one_after_the_other_come_out_in_timestamp_order() {
         let mut merge = Merge::default();
-        let mut keep = |_: &Event, _: Carried<'_>| None;
+        let mut keep = |_: &Event, _: Carried<'_>| None::<()>;
         // Ring 1 (read first) frees a block that ring 0 allocated earlier.
         merge.push(&item(EventKind::Free, 0xa0, 20), &mut keep);
         merge.push(&item(EventKind::Alloc, 0xb0, 40), &mut keep);
@@ -464,18 +495,23 @@ mod tests {
         };
         let mut merge = Merge::default();
         merge.push(view(&first), &mut |_, carried| match carried {
-            Carried::Frames(frames) => Some(frames.len() as StackId + 100),
+            Carried::Frames(frames) => Some(frames.len() + 100),
             _ => None,
         });
         merge.push(view(&second), &mut |_, _| None);
         let mut seen = Vec::new();
-        merge.release(u64::MAX, |event, carried| {
-            let frames = match carried {
-                Carried::Frames(frames) => frames.to_vec(),
-                _ => Vec::new(),
-            };
-            seen.push((event.stack_id, frames));
+        merge.release(u64::MAX, |event, arrived| {
+            seen.push(match arrived {
+                Arrived::Resolved(resolved) => (event.stack_hash, Some(resolved), Vec::new()),
+                Arrived::Carried(Carried::Frames(frames)) => {
+                    (event.stack_hash, None, frames.to_vec())
+                }
+                Arrived::Carried(_) => (event.stack_hash, None, Vec::new()),
+            });
         });
-        assert_eq!(seen, [(102, vec![]), (INLINE_STACK, vec![0x1111, 0x2222])]);
+        assert_eq!(
+            seen,
+            [(7, Some(102), vec![]), (8, None, vec![0x1111, 0x2222])]
+        );
     }
 }

@@ -1,86 +1,43 @@
-//! `alloctrace`: attach to a live process and find the call stacks that hold
-//! the memory it keeps growing, without restarting it.
-//!
-//! The data flows through one module per stage: [`probes`] (kernel programs,
-//! attached to the target's libc at offsets chosen by [`placement`]) →
-//! [`events`] (the ring buffer) → [`ledger`] (outstanding allocations) →
-//! [`unwind`] (copied stacks to addresses, with `--unwind dwarf`) →
-//! [`symbolize`] (stack ids to frames) → [`report`] (summaries and final
-//! outputs). [`analysis`] follows the ledger over time (leak suspects, the CI
-//! leak gate) and [`metrics`] serves it to Prometheus. [`session`] runs them;
-//! [`diff`] compares two reports. This file only picks the command and maps
-//! errors to exit codes.
-
-mod aggregator_bench;
-mod analysis;
-mod armed;
-mod cli;
-mod debuginfo;
-mod diff;
-mod events;
-mod forks;
-mod host;
-mod launch;
-mod ledger;
-mod mapped;
-mod maps;
-mod metrics;
-mod placement;
-mod probes;
-mod report;
-mod sampling;
-mod session;
-mod symbolize;
-mod target;
-mod unwind;
+//! `alloctrace`: the command line over the `tracer` library. This file only
+//! parses arguments, picks the subcommand (tracing in the mode the flags
+//! name, or `diff`), checks privileges and maps errors to exit codes.
 
 use std::{os::fd::AsFd as _, path::Path, process::ExitCode};
 
 use anyhow::bail;
 use clap::error::ErrorKind;
 
-use crate::{
+use tracer::{
     analysis::gate::EXIT_LEAK_GATE_FAILED,
-    cli::{Cli, Config},
-    diff::DiffCli,
-    session::Outcome,
+    cli::{Cli, Subcommands, TraceArgs},
+    config::Config,
+    diff,
+    driver::Outcome,
 };
 
 fn main() -> ExitCode {
-    // `diff` has its own parser rather than being a subcommand, so that
-    // tracing keeps its flat `alloctrace --pid PID` form.
-    if std::env::args_os().nth(1).is_some_and(|arg| arg == "diff") {
-        let args = std::env::args_os().skip(1);
-        return match parse::<DiffCli>(args) {
-            Ok(cli) => exit_code(diff::run(&cli).map(|()| Outcome::default())),
-            Err(code) => code,
-        };
-    }
     // Hidden: the process that holds the uprobe links (see probes::guardian).
     if std::env::args_os()
         .nth(1)
-        .is_some_and(|arg| arg == probes::guardian::COMMAND)
+        .is_some_and(|arg| arg == tracer::probes::guardian::COMMAND)
     {
         let socket = std::io::stdin().as_fd().try_clone_to_owned();
         let result = socket
-            .map(probes::guardian::serve)
+            .map(tracer::probes::guardian::serve)
             .map_err(anyhow::Error::from);
-        return exit_code(result.map(|()| Outcome::default()));
-    }
-    // Hidden: the aggregator's throughput, for `cargo xtask bench`.
-    if std::env::args_os()
-        .nth(1)
-        .is_some_and(|arg| arg == "bench-aggregator")
-    {
-        let result = aggregator_bench::run(std::env::args_os().skip(2));
         return exit_code(result.map(|()| Outcome::default()));
     }
     let cli = match parse::<Cli>(std::env::args_os()) {
         Ok(cli) => cli,
         Err(code) => return code,
     };
-    init_logging(cli.verbose);
-    exit_code(run(cli))
+    match cli.subcommand {
+        Some(Subcommands::Diff(args)) => exit_code(diff::run(&args).map(|()| Outcome::default())),
+        None => {
+            init_logging(cli.trace.verbose);
+            exit_code(trace(cli.trace))
+        }
+    }
 }
 
 /// Parses `args`; help and version print and exit 0, errors exit 2.
@@ -109,14 +66,14 @@ fn exit_code(result: anyhow::Result<Outcome>) -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<Outcome> {
+fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
     check_privileges()?;
     check_kernel()?;
-    let config = Config::from_cli(cli)?;
+    let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(session::run(&config))
+    runtime.block_on(tracer::trace(config))
 }
 
 /// Errors are one line, prefixed with the program name, for people and for

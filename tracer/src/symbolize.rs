@@ -1,11 +1,10 @@
-//! Turning stacks into readable frames: function, module, file:line, with
-//! inlined functions expanded.
+//! Turning return addresses into readable frames: function, module,
+//! file:line, with inlined functions expanded.
 //!
-//! Stacks arrive as kernel stack-map ids, or as address lists (frames the
-//! kernel sent inline, stacks unwound from copies) that [`StackSymbolizer::intern`]
-//! turns into ids, one per distinct stack. Each is symbolized the first time
-//! it is seen, while the target is alive, and the results are cached by
-//! address. The process's memory maps are cached too (in blazesym and in a
+//! Which addresses make up which stack is the `stacks` stage's business;
+//! this one only names addresses. A stack's addresses are symbolized the
+//! first time it is seen ([`ProcessSymbolizer::symbolize_new`]), while the
+//! target is alive, and the results are cached by address. The process's memory maps are cached too (in blazesym and in a
 //! snapshot of our own), so the final report is complete even when the
 //! target exited before it was written. JIT frames are named from the
 //! runtime's perf map, re-read with the memory map when an address outside
@@ -31,12 +30,9 @@ use blazesym::{
     },
 };
 use serde::{Serialize, Serializer};
-use tracer_ebpf::{Event, NO_STACK, STACK_HASH};
 
 use crate::{
     debuginfo,
-    events::Carried,
-    ledger::StackId,
     maps::{self, Backing, Mapping},
 };
 
@@ -104,11 +100,6 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
-/// The first id given to a stack. Ids are this process's own (a stack's
-/// frames arrive in the events), kept well clear of small numbers so an id
-/// is never mistaken for a kernel marker such as [`NO_STACK`].
-const FIRST_INLINE_ID: StackId = 1 << 24;
-
 /// What the symbolizers of every traced process share: blazesym, whose
 /// caches of parsed files are keyed by file identity, so a library is parsed
 /// once however many processes map it.
@@ -130,23 +121,17 @@ impl SharedSymbols {
     }
 }
 
-pub struct StackSymbolizer {
+/// Names the addresses of one process.
+pub struct ProcessSymbolizer {
     pid: u32,
     shared: Rc<SharedSymbols>,
-    /// Return addresses of each stack id seen, leaf first.
-    stacks: HashMap<StackId, Rc<[u64]>>,
-    /// Ids given to stacks that arrived as addresses.
-    inline_ids: HashMap<Rc<[u64]>, StackId>,
-    /// Ids of the stacks the kernel sent under a hash (see
-    /// `tracer_ebpf::STACK_HASH`), by that hash.
-    hashed_ids: HashMap<u64, StackId>,
     /// Frames of each address symbolized, leaf first (inlined expanded).
     frames: HashMap<u64, Rc<[Frame]>>,
     mappings: Vec<Mapping>,
     target_alive: bool,
 }
 
-impl StackSymbolizer {
+impl ProcessSymbolizer {
     pub fn new(pid: u32) -> Self {
         Self::sharing(pid, SharedSymbols::new())
     }
@@ -156,9 +141,6 @@ impl StackSymbolizer {
         let mut this = Self {
             pid,
             shared,
-            stacks: HashMap::new(),
-            inline_ids: HashMap::new(),
-            hashed_ids: HashMap::new(),
             frames: HashMap::new(),
             mappings: Vec::new(),
             target_alive: true,
@@ -222,46 +204,10 @@ impl StackSymbolizer {
         self.target_alive = false;
     }
 
-    /// The stack id of an event, from what it carries: its frames interned
-    /// (and remembered under the hash the kernel sent them with; a stack copy
-    /// arrives as the frames the reader unwound from it), the stack an
-    /// earlier event sent under this event's hash ([`NO_STACK`] if that
-    /// event was lost), or the event's own marker when it has no stack.
-    pub fn stack_of(&mut self, event: &Event, carried: Carried<'_>) -> StackId {
-        match carried {
-            Carried::Frames(frames) => {
-                let id = self.intern(frames);
-                if event.stack_hash != 0 {
-                    self.hashed_ids.insert(event.stack_hash, id);
-                }
-                id
-            }
-            // Never here: the reader turns stack copies into frames (see
-            // `EventReader::new`).
-            Carried::StackCopy(_) => NO_STACK,
-            Carried::Nothing if event.stack_id == STACK_HASH => self
-                .hashed_ids
-                .get(&event.stack_hash)
-                .copied()
-                .unwrap_or(NO_STACK),
-            Carried::Nothing => event.stack_id,
-        }
-    }
-
-    /// An id for a stack given as return addresses, leaf first (the frames
-    /// the kernel walked, or a stack unwound from a copy), shared by every
-    /// identical stack, so the ledger counts each distinct stack once;
-    /// symbolized on first sight.
-    pub fn intern(&mut self, frames: &[u64]) -> StackId {
-        if let Some(&id) = self.inline_ids.get(frames) {
-            return id;
-        }
-        let id = FIRST_INLINE_ID + self.inline_ids.len() as StackId;
-        let frames: Rc<[u64]> = Rc::from(frames);
-        self.inline_ids.insert(frames.clone(), id);
-        self.stacks.insert(id, frames.clone());
-        self.symbolize_unseen(frames.iter().copied());
-        id
+    /// Symbolizes, in one batch, the addresses of a stack seen for the
+    /// first time that were not symbolized before.
+    pub fn symbolize_new(&mut self, addresses: &[u64]) {
+        self.symbolize_unseen(addresses.iter().copied());
     }
 
     /// Symbolizes, in one batch, the addresses not symbolized before.
@@ -280,12 +226,9 @@ impl StackSymbolizer {
         }
     }
 
-    /// The frames of a stack, leaf first, starting at the first frame that is
-    /// not an allocator wrapper.
-    pub fn frames(&self, stack: StackId) -> Vec<Frame> {
-        let Some(addresses) = self.stacks.get(&stack) else {
-            return Vec::new();
-        };
+    /// The frames of a stack's `addresses` (leaf first), starting at the
+    /// first frame that is not an allocator wrapper.
+    pub fn frames(&self, addresses: &[u64]) -> Vec<Frame> {
         let frames: Vec<Frame> = addresses
             .iter()
             .flat_map(|address| {

@@ -3,7 +3,7 @@
 //! allocation with millions of them in the target.
 //!
 //! Throughput: the kernel cannot feed the aggregator at full speed (each
-//! event costs the target a trap), so `alloctrace bench-aggregator` replays
+//! event costs the target a trap), so the `aggregator` example replays
 //! a synthetic churn stream with a growing leak, in the ring's record layout,
 //! through the tracer's own decoding and ledger code.
 //!
@@ -64,21 +64,31 @@ impl Memory {
 const AGGREGATOR_EVENTS: u64 = 20_000_000;
 const AGGREGATOR_RUNS: usize = 3;
 
-/// The median of a few runs of `alloctrace bench-aggregator`, in events/s.
+/// The median of a few runs of the `aggregator` example (built here, next
+/// to `tracer`), in events/s.
 pub fn aggregator_throughput(tracer: &Path) -> Result<f64> {
+    util::run(util::cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "tracer",
+        "--example",
+        "aggregator",
+    ]))?;
+    let aggregator = tracer.with_file_name("examples").join("aggregator");
     let mut rates = Vec::new();
     for _ in 0..AGGREGATOR_RUNS {
-        let output = Command::new(tracer)
-            .args(["bench-aggregator", &AGGREGATOR_EVENTS.to_string()])
+        let output = Command::new(&aggregator)
+            .arg(AGGREGATOR_EVENTS.to_string())
             .output()
-            .context("running alloctrace bench-aggregator")?;
-        util::check(output.status, "alloctrace bench-aggregator")?;
+            .with_context(|| format!("running {}", aggregator.display()))?;
+        util::check(output.status, "the aggregator benchmark")?;
         let result: Value = serde_json::from_slice(&output.stdout)
-            .context("parsing alloctrace bench-aggregator's output")?;
+            .context("parsing the aggregator benchmark's output")?;
         let rate = result
             .get("events_per_s")
             .and_then(Value::as_f64)
-            .context("no events_per_s from bench-aggregator")?;
+            .context("no events_per_s from the aggregator benchmark")?;
         rates.push(rate);
     }
     rates.sort_by(f64::total_cmp);

@@ -74,9 +74,9 @@ impl AgeBuckets {
 mod tests {
     use super::*;
 
-    fn block(stack: StackId, size: u64, at_s: u64) -> LiveBlock {
+    fn block(stack: u32, size: u64, at_s: u64) -> LiveBlock {
         LiveBlock {
-            stack,
+            stack: StackId::from(stack),
             size,
             timestamp_ns: at_s * NS_PER_S,
         }
@@ -94,7 +94,7 @@ mod tests {
         ];
         let ages = AgeBuckets::by_stack(blocks.into_iter(), now, u64::MAX);
         assert_eq!(
-            ages[&1],
+            ages[&StackId::from(1)],
             AgeBuckets {
                 under_10s: 1,
                 under_1m: 2 + 4,
@@ -102,7 +102,7 @@ mod tests {
                 older: 8
             }
         );
-        assert_eq!(ages[&2].older, 16);
+        assert_eq!(ages[&StackId::from(2)].older, 16);
     }
 
     #[test]
@@ -110,7 +110,12 @@ mod tests {
         let now = 100 * NS_PER_S;
         let blocks = [block(1, 1, 10), block(1, 2, 99)];
         let ages = AgeBuckets::by_stack(blocks.into_iter(), now, 50 * NS_PER_S);
-        assert_eq!(ages[&1].older + ages[&1].under_10m + ages[&1].under_1m, 1);
-        assert_eq!(ages[&1].under_10s, 0);
+        assert_eq!(
+            ages[&StackId::from(1)].older
+                + ages[&StackId::from(1)].under_10m
+                + ages[&StackId::from(1)].under_1m,
+            1
+        );
+        assert_eq!(ages[&StackId::from(1)].under_10s, 0);
     }
 }

@@ -112,7 +112,7 @@ mod tests {
         gate.take_baseline(&[usage(1, 10_000), usage(2, 50)]);
         let offenders = gate.judge(&[usage(1, 10_000), usage(2, 200)]).unwrap();
         assert_eq!(offenders.len(), 1);
-        assert_eq!((offenders[0].stack, offenders[0].growth()), (2, 150));
+        assert_eq!((offenders[0].stack.get(), offenders[0].growth()), (2, 150));
     }
 
     #[test]

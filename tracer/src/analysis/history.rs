@@ -1,8 +1,12 @@
-//! A short history of each stack's outstanding bytes, one sample per tick,
-//! with bounded memory: only the last `window` ticks of a stack are kept, and
-//! a stack whose every kept sample is zero is forgotten.
+//! A short history of each stack's (or, host-wide, each process's)
+//! outstanding bytes, one sample per tick, with bounded memory: only the
+//! last `window` ticks of a key are kept, and a key whose every kept sample
+//! is zero is forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    hash::Hash,
+};
 
 use crate::ledger::{StackId, StackUsage};
 
@@ -18,13 +22,26 @@ pub struct Sample {
     pub bytes: u64,
 }
 
+/// Samples by key: stacks ([`StackId`], the default) for leak suspects,
+/// process ids for host-wide mode's ranking of processes.
 #[derive(Debug)]
-pub struct History {
+pub struct History<K = StackId> {
     window: usize,
-    stacks: HashMap<StackId, VecDeque<Sample>>,
+    stacks: HashMap<K, VecDeque<Sample>>,
 }
 
 impl History {
+    /// Records one tick: every stack in `usage` at its bytes, every stack
+    /// already tracked but absent from `usage` at zero.
+    pub fn record(&mut self, elapsed_s: f64, usage: &[StackUsage]) {
+        self.record_bytes(
+            elapsed_s,
+            usage.iter().map(|usage| (usage.stack, usage.bytes)),
+        );
+    }
+}
+
+impl<K: Copy + Eq + Hash> History<K> {
     pub fn new(window: usize) -> Self {
         Self {
             window: window.max(2),
@@ -32,13 +49,40 @@ impl History {
         }
     }
 
-    /// Records one tick: every stack in `usage` at its bytes, every stack
-    /// already tracked but absent from `usage` at zero.
-    pub fn record(&mut self, elapsed_s: f64, usage: &[StackUsage]) {
-        let mut bytes_now: HashMap<StackId, u64> = usage
-            .iter()
-            .map(|usage| (usage.stack, usage.bytes))
-            .collect();
+    /// A key first seen at `elapsed_s`, holding nothing then: its first
+    /// recorded tick then counts as growth from zero.
+    pub fn start(&mut self, key: K, elapsed_s: f64) {
+        self.stacks.entry(key).or_insert_with(|| {
+            VecDeque::from([Sample {
+                elapsed_s,
+                bytes: 0,
+            }])
+        });
+    }
+
+    /// Forgets `key` (a process that ended).
+    pub fn remove(&mut self, key: &K) {
+        self.stacks.remove(key);
+    }
+
+    /// Change of `key`'s bytes per second between its oldest and newest
+    /// kept samples (0 with fewer than two).
+    pub fn growth_bytes_per_s(&self, key: &K) -> f64 {
+        let Some(samples) = self.stacks.get(key) else {
+            return 0.0;
+        };
+        match (samples.front(), samples.back()) {
+            (Some(first), Some(last)) if last.elapsed_s > first.elapsed_s => {
+                (last.bytes as f64 - first.bytes as f64) / (last.elapsed_s - first.elapsed_s)
+            }
+            _ => 0.0,
+        }
+    }
+
+    /// Records one tick: every key in `bytes` at its bytes, every key
+    /// already tracked but absent from `bytes` at zero.
+    pub fn record_bytes(&mut self, elapsed_s: f64, bytes: impl IntoIterator<Item = (K, u64)>) {
+        let mut bytes_now: HashMap<K, u64> = bytes.into_iter().collect();
         for (stack, samples) in &mut self.stacks {
             let bytes = bytes_now.remove(stack).unwrap_or(0);
             samples.push_back(Sample { elapsed_s, bytes });
@@ -57,15 +101,15 @@ impl History {
     }
 
     /// The kept samples of each tracked stack, oldest first.
-    pub fn stacks(&self) -> impl Iterator<Item = (StackId, Vec<Sample>)> + '_ {
+    pub fn stacks(&self) -> impl Iterator<Item = (K, Vec<Sample>)> + '_ {
         self.stacks
             .iter()
             .map(|(stack, samples)| (*stack, samples.iter().copied().collect()))
     }
 
-    /// Number of stacks tracked.
+    /// Number of keys tracked.
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.stacks.len()
     }
 }
@@ -75,10 +119,10 @@ mod tests {
     use super::*;
     use crate::analysis::usage;
 
-    fn samples_of(history: &History, stack: StackId) -> Vec<u64> {
+    fn samples_of(history: &History, stack: u32) -> Vec<u64> {
         history
             .stacks()
-            .find(|(id, _)| *id == stack)
+            .find(|(id, _)| *id == StackId::from(stack))
             .map(|(_, samples)| samples.iter().map(|s| s.bytes).collect())
             .unwrap_or_default()
     }

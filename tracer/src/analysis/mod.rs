@@ -18,9 +18,9 @@ pub use suspects::{Evidence, Suspect, rank_suspects};
 
 /// A stack's usage with one block allocated at time zero, for the tests.
 #[cfg(test)]
-fn usage(stack: crate::ledger::StackId, bytes: u64) -> crate::ledger::StackUsage {
+fn usage(stack: u32, bytes: u64) -> crate::ledger::StackUsage {
     crate::ledger::StackUsage {
-        stack,
+        stack: crate::stacks::StackId::from(stack),
         bytes,
         count: 1,
         oldest_ns: 0,

@@ -257,7 +257,7 @@ mod tests {
         let now_ns = 20_000_000_000;
         let now = [leak, cache, pool].map(|stack| usage(stack, 1));
         let suspects = rank_suspects(&history, &now, now_ns);
-        let ranked: Vec<StackId> = suspects.iter().map(|s| s.stack).collect();
+        let ranked: Vec<u32> = suspects.iter().map(|s| s.stack.get()).collect();
         assert_eq!(ranked, [leak]);
     }
 }

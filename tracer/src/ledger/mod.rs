@@ -14,11 +14,11 @@ use std::collections::HashMap;
 
 use tracer_ebpf::{Event, EventKind};
 
+pub use self::live::Budget;
 use self::live::{Allocation, LiveBlocks};
 use crate::sampling::Sampling;
 
-/// A kernel stack id (or [`tracer_ebpf::NO_STACK`]).
-pub type StackId = i32;
+pub use crate::stacks::StackId;
 
 const NS_PER_MS: u64 = 1_000_000;
 
@@ -39,7 +39,7 @@ pub struct Totals {
     pub preexisting_frees: u64,
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,
-    /// Allocations not tracked because the ledger held `max_tracked` blocks.
+    /// Allocations not tracked because the [`Budget`] was spent.
     pub dropped_allocations: u64,
     pub dropped_bytes: u64,
     /// Bytes of every allocation since tracing began, freed or not.
@@ -109,8 +109,6 @@ pub struct Ledger {
     live: LiveBlocks,
     /// `--sample-rate`: the blocks recorded are a sample, weighed up.
     sampling: Option<Sampling>,
-    /// Cap on `live`'s length; allocations beyond it are dropped and counted.
-    max_tracked: u64,
     /// CLOCK_MONOTONIC ns that `Allocation::time_ms` counts from; set from
     /// the first event.
     epoch_ns: Option<u64>,
@@ -126,14 +124,14 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// An empty ledger that tracks at most `max_tracked` live blocks. With
-    /// `sampling`, it holds the blocks a sampled kernel reported, and every
-    /// number it gives is an estimate for all blocks.
-    pub fn new(max_tracked: u64, sampling: Option<Sampling>) -> Self {
+    /// An empty ledger that tracks live blocks while `budget` lasts (new
+    /// ones beyond it are dropped and counted). With `sampling`, it holds
+    /// the blocks a sampled kernel reported, and every number it gives is an
+    /// estimate for all blocks.
+    pub fn new(budget: Budget, sampling: Option<Sampling>) -> Self {
         Self {
-            live: LiveBlocks::new(),
+            live: LiveBlocks::new(budget),
             sampling,
-            max_tracked,
             epoch_ns: None,
             last_loss_ns: None,
             in_flight: HashMap::new(),
@@ -149,13 +147,14 @@ impl Ledger {
         self.last_loss_ns = Some(at_ns);
     }
 
-    /// Applies one event from the kernel. Unknown kinds are ignored.
-    pub fn apply(&mut self, event: &Event) {
+    /// Applies one event from the kernel, whose allocation (if it makes
+    /// one) came from `stack`. Unknown kinds are ignored.
+    pub fn apply(&mut self, event: &Event, stack: StackId) {
         match event.kind() {
-            Some(EventKind::Alloc) => self.allocate(event.addr, event),
+            Some(EventKind::Alloc) => self.allocate(event.addr, event, stack),
             Some(EventKind::Free) => self.free(event.addr),
             Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
-            Some(EventKind::ReallocEnd) => self.end_realloc(event),
+            Some(EventKind::ReallocEnd) => self.end_realloc(event, stack),
             Some(EventKind::Exec | EventKind::ProcessExit | EventKind::Fork) | None => {}
         }
     }
@@ -262,14 +261,13 @@ impl Ledger {
             .collect()
     }
 
-    fn allocate(&mut self, addr: u64, event: &Event) {
+    fn allocate(&mut self, addr: u64, event: &Event, stack: StackId) {
         let allocation = Allocation {
             size: event.size,
-            stack: event.stack_id,
+            stack,
             time_ms: self.time_ms(event.timestamp_ns),
         };
-        let full = self.live.len() as u64 >= self.max_tracked;
-        if full && !self.live.contains_key(&addr) {
+        if self.live.is_full() && !self.live.contains_key(&addr) {
             self.tally.dropped_allocations += 1;
             self.tally.dropped_bytes += allocation.size;
             return;
@@ -316,7 +314,7 @@ impl Ledger {
         }
     }
 
-    fn end_realloc(&mut self, event: &Event) {
+    fn end_realloc(&mut self, event: &Event, stack: StackId) {
         let in_flight = match self.in_flight.remove(&event.tid) {
             Some(in_flight) if in_flight.old_addr == event.old_addr => Some(in_flight),
             Some(other) => {
@@ -355,7 +353,7 @@ impl Ledger {
             self.count_release(in_flight);
         }
         if event.addr != 0 {
-            self.allocate(event.addr, event);
+            self.allocate(event.addr, event, stack);
         }
     }
 

@@ -37,16 +37,26 @@ fn realloc(tid: u32, old: u64, new: u64, size: u64, stack: i32) -> [Event; 2] {
 }
 
 fn ledger_after(events: &[Event]) -> Ledger {
-    let mut ledger = Ledger::new(u64::MAX, None);
-    events.iter().for_each(|e| ledger.apply(e));
+    let mut ledger = Ledger::new(Budget::new(u64::MAX), None);
+    events.iter().for_each(|e| apply(&mut ledger, e));
     ledger
 }
 
-fn usage(ledger: &Ledger) -> Vec<(StackId, u64, u64)> {
+/// The tests name stacks by number in the event's `stack_id`; `NO_STACK`
+/// is no stack.
+fn stack_of(event: &Event) -> StackId {
+    StackId::from(u32::try_from(event.stack_id).unwrap_or(0))
+}
+
+fn apply(ledger: &mut Ledger, event: &Event) {
+    ledger.apply(event, stack_of(event));
+}
+
+fn usage(ledger: &Ledger) -> Vec<(u32, u64, u64)> {
     ledger
         .usage_by_stack(u64::MAX)
         .into_iter()
-        .map(|u| (u.stack, u.bytes, u.count))
+        .map(|u| (u.stack.get(), u.bytes, u.count))
         .collect()
 }
 
@@ -74,14 +84,14 @@ fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
     ]);
     let allocated = ledger.allocated_by_stack();
     assert_eq!(
-        allocated[&1],
+        allocated[&StackId::from(1)],
         Allocated {
             bytes: 130,
             count: 2
         }
     );
     assert_eq!(
-        allocated[&2],
+        allocated[&StackId::from(2)],
         Allocated {
             bytes: 500,
             count: 1
@@ -92,7 +102,7 @@ fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
     assert_eq!(
         live,
         [LiveBlock {
-            stack: 2,
+            stack: StackId::from(2),
             size: 500,
             timestamp_ns: 10 * SECOND
         }]
@@ -193,7 +203,7 @@ fn usage_leaves_out_blocks_younger_than_the_cutoff() {
     assert_eq!(
         ledger.usage_by_stack(12 * SECOND),
         vec![StackUsage {
-            stack: 1,
+            stack: StackId::from(1),
             bytes: 8,
             count: 1,
             oldest_ns: 10 * SECOND,
@@ -204,16 +214,16 @@ fn usage_leaves_out_blocks_younger_than_the_cutoff() {
 
 #[test]
 fn beyond_max_tracked_allocations_are_dropped_and_counted() {
-    let mut ledger = Ledger::new(2, None);
+    let mut ledger = Ledger::new(Budget::new(2), None);
     for e in [alloc(0x10, 8, 1), alloc(0x20, 8, 1), alloc(0x30, 100, 2)] {
-        ledger.apply(&e);
+        apply(&mut ledger, &e);
     }
     assert_eq!(usage(&ledger), vec![(1, 16, 2)]);
     let totals = ledger.totals();
     assert_eq!((totals.dropped_allocations, totals.dropped_bytes), (1, 100));
     // Room again after a free.
-    ledger.apply(&free(0x10));
-    ledger.apply(&alloc(0x30, 100, 2));
+    apply(&mut ledger, &free(0x10));
+    apply(&mut ledger, &alloc(0x30, 100, 2));
     assert_eq!(usage(&ledger), vec![(2, 100, 1), (1, 8, 1)]);
 }
 
@@ -223,11 +233,30 @@ fn stacks_with_blocks_live_at_a_loss_are_approximate() {
     late.timestamp_ns = 20 * SECOND;
     let mut ledger = ledger_after(&[alloc(0x10, 8, 1)]);
     ledger.note_loss(15 * SECOND);
-    ledger.apply(&late);
-    let approximate: Vec<(StackId, bool)> = ledger
+    apply(&mut ledger, &late);
+    let approximate: Vec<(u32, bool)> = ledger
         .usage_by_stack(u64::MAX)
         .iter()
-        .map(|u| (u.stack, u.approximate))
+        .map(|u| (u.stack.get(), u.approximate))
         .collect();
     assert_eq!(approximate, vec![(2, false), (1, true)]);
+}
+
+#[test]
+fn ledgers_sharing_a_budget_cap_their_blocks_together_and_give_them_back_when_dropped() {
+    let budget = Budget::new(3);
+    let mut first = Ledger::new(budget.clone(), None);
+    let mut second = Ledger::new(budget.clone(), None);
+    for e in [alloc(0x10, 8, 1), alloc(0x20, 8, 1)] {
+        apply(&mut first, &e);
+    }
+    for e in [alloc(0x10, 8, 2), alloc(0x20, 8, 2)] {
+        apply(&mut second, &e);
+    }
+    assert_eq!(budget.used(), 3);
+    assert_eq!(second.totals().dropped_allocations, 1);
+    drop(first);
+    assert_eq!(budget.used(), 1);
+    apply(&mut second, &alloc(0x30, 8, 2));
+    assert_eq!(usage(&second), vec![(2, 16, 2)]);
 }

@@ -47,7 +47,7 @@ const EXEC_PROGRAM: &str = "process_exec";
 const EXIT_PROGRAM: &str = "process_exit";
 /// The BTF tracepoint that tells the host-wide filter a task's name changed.
 const RENAME_PROGRAM: &str = "task_renamed";
-/// The BTF tracepoint that marks the target's forks (see `crate::forks`).
+/// The BTF tracepoint that marks the target's forks (see `modes::process::forks`).
 const FORK_PROGRAM: &str = "process_fork";
 
 /// The kernel tracepoint of each BTF tracepoint program.

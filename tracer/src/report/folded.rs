@@ -2,8 +2,6 @@
 //! outermost to the leaf joined by `;`, then a space and the weight (here,
 //! outstanding bytes). This is also what the flamegraph is drawn from.
 
-use std::io::Write;
-
 use super::StackReport;
 
 /// The folded lines for `stacks`, in their order.
@@ -41,13 +39,6 @@ pub fn folded_line(leaf_first: &[String], weight: u64) -> String {
             .collect()
     };
     format!("{} {weight}", path.join(";"))
-}
-
-pub fn write_folded(stacks: &[StackReport], out: &mut dyn Write) -> anyhow::Result<()> {
-    for line in folded_lines(stacks) {
-        writeln!(out, "{line}")?;
-    }
-    Ok(())
 }
 
 /// `;` separates frames and the last space the weight, so neither may appear

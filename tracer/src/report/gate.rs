@@ -45,7 +45,7 @@ mod tests {
     #[test]
     fn names_each_offender_with_its_growth() {
         let offender = Offender {
-            stack: 1,
+            stack: crate::stacks::StackId::from(1),
             bytes_before: 1024,
             bytes_after: 3 * 1024,
             count_after: 3,

@@ -2,7 +2,8 @@
 //! in — the JSON report, folded stacks, the flamegraph, the pprof profile
 //! (final outputs), the periodic summary and the leak gate's verdict.
 //!
-//! The model is built from the ledger and the symbolizer and is the only
+//! The model is built from the ledger and frames named through
+//! [`NameStacks`] (so it is unit-tested without a symbolizer) and is the only
 //! thing the formats see, so each format is a small pure function with its own
 //! tests.
 
@@ -23,16 +24,32 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flamegraph_lines};
-pub use folded::{folded_line, folded_lines_under, write_folded};
+pub use folded::{folded_line, folded_lines, folded_lines_under};
 pub use gate::gate_failure;
 pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 
 use crate::{
     analysis::{AgeBuckets, Evidence, Suspect},
-    ledger::{self, Ledger, StackId, StackUsage},
-    symbolize::{Frame, StackSymbolizer},
+    ledger::{self, Ledger, StackUsage},
+    stacks::StackId,
+    symbolize::Frame,
 };
+
+/// Names a stack's frames, leaf first: what the report model needs of the
+/// stacks stage and the symbolizer together.
+pub trait NameStacks {
+    fn frames(&self, stack: StackId) -> Vec<Frame>;
+}
+
+/// Format of the periodic summary on stdout (`--log-format`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One readable block per interval.
+    Human,
+    /// One JSON object per interval, one per line.
+    Json,
+}
 
 /// Version of the JSON report's shape; bumped on incompatible changes.
 pub const REPORT_VERSION: u32 = 1;
@@ -161,7 +178,7 @@ impl StackView {
     }
 
     /// The `limit` largest stacks, symbolized.
-    pub fn largest(&self, symbols: &StackSymbolizer, limit: usize) -> Vec<StackReport> {
+    pub fn largest(&self, symbols: &impl NameStacks, limit: usize) -> Vec<StackReport> {
         self.usage
             .iter()
             .take(limit)
@@ -180,7 +197,7 @@ impl StackView {
     pub fn suspects(
         &self,
         suspects: &[Suspect],
-        symbols: &StackSymbolizer,
+        symbols: &impl NameStacks,
         pid: u32,
         limit: usize,
     ) -> Vec<SuspectReport> {
@@ -199,7 +216,7 @@ impl StackView {
             .collect()
     }
 
-    fn stack_report(&self, usage: &StackUsage, symbols: &StackSymbolizer) -> StackReport {
+    fn stack_report(&self, usage: &StackUsage, symbols: &impl NameStacks) -> StackReport {
         StackReport {
             bytes: usage.bytes,
             count: usage.count,
@@ -242,13 +259,14 @@ pub fn write_json(report: &Report, out: &mut dyn Write) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `DIR/alloctrace-PID-YYYY-MM-DDTHH-MM-SS.mmmZ.json`: sorts by time, and
-/// has no `:` (awkward in shells and some file systems).
-pub fn snapshot_path(dir: &Path, pid: u32, at: SystemTime) -> PathBuf {
+/// `DIR/alloctrace-NAME-YYYY-MM-DDTHH-MM-SS.mmmZ.json` (NAME: the pid, or
+/// `all`): sorts by time, and has no `:` (awkward in shells and some file
+/// systems).
+pub fn snapshot_path(dir: &Path, name: &str, at: SystemTime) -> PathBuf {
     let stamp = humantime::format_rfc3339_millis(at)
         .to_string()
         .replace(':', "-");
-    dir.join(format!("alloctrace-{pid}-{stamp}.json"))
+    dir.join(format!("alloctrace-{name}-{stamp}.json"))
 }
 
 /// A stack of one block whose frames are named `leaf_first`, for the tests
@@ -277,12 +295,60 @@ pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
 
 #[cfg(test)]
 mod tests {
+    use tracer_ebpf::{Event, EventKind};
+
     use super::*;
+    use crate::ledger::Budget;
+
+    /// Names stack N's one frame `fN`: the report model needs no symbolizer.
+    struct Named;
+
+    impl NameStacks for Named {
+        fn frames(&self, stack: StackId) -> Vec<Frame> {
+            test_stack(0, &[&format!("f{}", stack.get())]).frames
+        }
+    }
+
+    fn alloc(addr: u64, size: u64, at_s: u64) -> Event {
+        Event {
+            kind: EventKind::Alloc as u32,
+            tid: 1,
+            pid: 1,
+            stack_id: 0,
+            size,
+            addr,
+            old_addr: 0,
+            timestamp_ns: at_s * 1_000_000_000,
+            stack_hash: 0,
+        }
+    }
+
+    #[test]
+    fn a_view_lists_the_largest_stacks_first_with_their_names_and_ages() {
+        let mut ledger = Ledger::new(Budget::new(u64::MAX), None);
+        ledger.apply(&alloc(0x10, 100, 1), StackId::from(1));
+        ledger.apply(&alloc(0x20, 300, 5), StackId::from(2));
+        ledger.apply(&alloc(0x30, 50, 3), StackId::from(1));
+        let view = StackView::of(&ledger, 11_000_000_000, u64::MAX);
+        let largest = view.largest(&Named, 10);
+        let summary: Vec<(String, u64, u64, f64)> = largest
+            .iter()
+            .map(|s| (s.frames[0].label(), s.bytes, s.count, s.oldest_age_s))
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("f2".to_owned(), 300, 1, 6.0),
+                ("f1".to_owned(), 150, 2, 10.0)
+            ]
+        );
+        assert_eq!(view.largest(&Named, 1).len(), 1);
+    }
 
     #[test]
     fn snapshot_names_sort_by_time_and_avoid_colons() {
         let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_700_000_000_123);
-        let path = snapshot_path(Path::new("/snaps"), 42, at);
+        let path = snapshot_path(Path::new("/snaps"), "42", at);
         assert_eq!(
             path,
             Path::new("/snaps/alloctrace-42-2023-11-14T22-13-20.123Z.json")

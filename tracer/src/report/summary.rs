@@ -121,6 +121,11 @@ impl Summary {
 
     fn write_stacks(&self, text: &mut String) {
         write_top_stacks(text, "  ", &self.top);
+        self.write_suspects(text);
+    }
+
+    /// One line per suspect, most suspicious first.
+    pub fn write_suspects(&self, text: &mut String) {
         for (rank, suspect) in self.suspects.iter().enumerate() {
             let _ = writeln!(
                 text,

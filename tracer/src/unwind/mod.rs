@@ -25,11 +25,28 @@ use framehop::{
 
 use framepointers::survey;
 
-use crate::{
-    cli::UnwindMode,
-    events::StackCopy,
-    maps::{self, Backing, Mapping},
-};
+use crate::maps::{self, Backing, Mapping};
+
+/// How user stacks are collected (`--unwind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum UnwindMode {
+    /// Walk frame pointers in the kernel.
+    Fp,
+    /// Copy the top of the stack and unwind it here with DWARF CFI.
+    Dwarf,
+    /// `dwarf` when the target's executable lacks frame pointers, else `fp`.
+    Auto,
+}
+
+/// The caller's registers at the allocator's return and the top of its
+/// stack, as an event carries them for unwinding here.
+pub struct StackCopy<'a> {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes copied from the user stack starting at `sp`.
+    pub stack: &'a [u8],
+}
 
 /// Frames kept at most, like the kernel's own limit (`perf_event_max_stack`).
 const MAX_FRAMES: usize = 127;

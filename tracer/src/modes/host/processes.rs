@@ -12,20 +12,20 @@
 //! process that had it before; should a marker be lost anyway, each tick
 //! compares every tracked pid's start time with `/proc`.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    rc::Rc,
-};
+use std::{collections::HashMap, rc::Rc};
 
 use tracer_ebpf::{Event, EventKind};
 
 use crate::{
-    analysis::AgeBuckets,
-    events::Carried,
-    ledger::{self, Ledger},
+    analysis::{AgeBuckets, History},
+    clock::monotonic_ns,
+    driver::{Now, Tracee},
+    events::Arrived,
+    ledger::{self, Budget, Ledger},
     maps::Backing,
-    report::{HostCounts, ProcessReport, StackReport, StackView, Totals},
-    symbolize::{SharedSymbols, StackSymbolizer},
+    report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
+    stacks::StackId,
+    symbolize::SharedSymbols,
     target::allocator_library,
 };
 
@@ -35,17 +35,6 @@ pub const GROWTH_TICKS: usize = 3;
 /// Final reports of exited processes kept at most (the largest by
 /// outstanding bytes); the rest are only counted.
 pub const MAX_EXITED_REPORTS: usize = 1000;
-
-/// What a report needs besides the ledger.
-#[derive(Clone, Copy, Debug)]
-pub struct ReportClock {
-    /// The moment the report describes (CLOCK_MONOTONIC ns).
-    pub now_ns: u64,
-    /// Blocks younger than this are left out of the stacks.
-    pub min_age_ns: u64,
-    /// Events the kernel lost on the whole host so far.
-    pub lost_events: u64,
-}
 
 /// One line of a tick's ranking.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,35 +58,7 @@ struct Process {
     named_at_ns: u64,
     /// The parent, as `/proc` said then.
     ppid: i32,
-    ledger: Ledger,
-    symbols: StackSymbolizer,
-    growth: Growth,
-}
-
-/// Outstanding bytes at the last ticks.
-#[derive(Debug)]
-struct Growth(VecDeque<(f64, u64)>);
-
-impl Growth {
-    /// A process first seen at `elapsed_s`, holding nothing then.
-    fn new(elapsed_s: f64) -> Self {
-        Self(VecDeque::from([(elapsed_s, 0)]))
-    }
-
-    fn record(&mut self, elapsed_s: f64, bytes: u64) {
-        self.0.push_back((elapsed_s, bytes));
-        while self.0.len() > GROWTH_TICKS + 1 {
-            self.0.pop_front();
-        }
-    }
-
-    /// Change per second between the oldest and newest samples.
-    fn bytes_per_s(&self) -> f64 {
-        match (self.0.front(), self.0.back()) {
-            (Some(&(t0, b0)), Some(&(t1, b1))) if t1 > t0 => (b1 as f64 - b0 as f64) / (t1 - t0),
-            _ => 0.0,
-        }
-    }
+    tracee: Tracee,
 }
 
 /// Processes that exited: their final reports (bounded) and totals.
@@ -136,67 +97,62 @@ impl Exited {
 
 pub struct Processes {
     shared: Rc<SharedSymbols>,
-    max_tracked: u64,
+    /// `--max-tracked`, shared by every process's ledger.
+    budget: Budget,
     live: HashMap<u32, Process>,
+    /// Each live process's outstanding bytes at the last ticks.
+    growth: History<u32>,
     /// Names from exec markers of processes without a ledger yet.
     names: HashMap<u32, String>,
     exited: Exited,
 }
 
 impl Processes {
-    pub fn new(shared: Rc<SharedSymbols>, max_tracked: u64) -> Self {
+    pub fn new(shared: Rc<SharedSymbols>, budget: Budget) -> Self {
         Self {
             shared,
-            max_tracked,
+            budget,
             live: HashMap::new(),
+            growth: History::new(GROWTH_TICKS + 1),
             names: HashMap::new(),
             exited: Exited::default(),
         }
     }
 
     /// Applies one event of the ring, in order.
-    pub fn apply(
-        &mut self,
-        event: &Event,
-        carried: Carried<'_>,
-        elapsed_s: f64,
-        clock: ReportClock,
-    ) {
+    pub fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, now: &Now) {
         match event.kind() {
             Some(EventKind::Exec) => {
                 // The old image's blocks are gone with it: a new ledger,
                 // under the new name, starts at the next event.
-                let clock = ReportClock {
+                let clock = Now {
                     now_ns: event.timestamp_ns,
-                    ..clock
+                    ..*now
                 };
                 let comm = comm_text(&event.marker_comm());
                 if let Some(process) = self.live.get_mut(&event.pid) {
                     process.name_old_image(event.timestamp_ns, &comm);
                 }
-                self.end(event.pid, clock);
+                self.end(event.pid, &clock);
                 self.names.insert(event.pid, comm);
             }
             Some(EventKind::ProcessExit) => {
-                let clock = ReportClock {
+                let clock = Now {
                     now_ns: event.timestamp_ns,
-                    ..clock
+                    ..*now
                 };
                 if let Some(process) = self.live.get_mut(&event.pid) {
                     // The name it had when it ended, even if it was gone
                     // before `/proc` could be read.
                     process.comm = comm_text(&event.marker_comm());
                 }
-                self.end(event.pid, clock);
+                self.end(event.pid, &clock);
                 self.names.remove(&event.pid);
             }
-            Some(_) => {
-                let process = self.track(event.pid, elapsed_s);
-                // Host-wide mode walks frame pointers in the kernel; stack
-                // copies are never requested.
-                let stack_id = process.symbols.stack_of(event, carried);
-                process.ledger.apply(&Event { stack_id, ..*event });
-            }
+            Some(_) => self
+                .track(event.pid, now.elapsed_s)
+                .tracee
+                .apply(event, arrived),
             None => {}
         }
     }
@@ -204,14 +160,14 @@ impl Processes {
     /// Tells the ledgers the kernel lost events at or before `at_ns`.
     pub fn note_loss(&mut self, at_ns: u64) {
         for process in self.live.values_mut() {
-            process.ledger.note_loss(at_ns);
+            process.tracee.ledger.note_loss(at_ns);
         }
     }
 
-    /// One tick: records each process's outstanding bytes, ends the
-    /// processes that are gone without a marker, and ranks the rest by
+    /// One tick: records each process's outstanding bytes and stacks, ends
+    /// the processes that are gone without a marker, and ranks the rest by
     /// growth, then by outstanding bytes.
-    pub fn tick(&mut self, elapsed_s: f64, clock: ReportClock) -> Vec<Ranked> {
+    pub fn tick(&mut self, now: &Now) -> Vec<Ranked> {
         let gone: Vec<u32> = self
             .live
             .values()
@@ -219,22 +175,32 @@ impl Processes {
             .map(|process| process.pid)
             .collect();
         for pid in gone {
-            self.end(pid, clock);
+            self.end(pid, now);
         }
         self.names
             .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        for process in self.live.values_mut() {
+            let view = process.tracee.view(now.now_ns);
+            process.tracee.record(now.elapsed_s, &view);
+        }
+        let outstanding = self.live.values().map(|process| {
+            (
+                process.pid,
+                process.tracee.ledger.totals().outstanding_bytes,
+            )
+        });
+        self.growth.record_bytes(now.elapsed_s, outstanding);
         let mut ranked: Vec<Ranked> = self
             .live
-            .values_mut()
+            .values()
             .map(|process| {
-                let totals = process.ledger.totals();
-                process.growth.record(elapsed_s, totals.outstanding_bytes);
+                let totals = process.tracee.ledger.totals();
                 Ranked {
                     pid: process.pid,
                     comm: process.comm.clone(),
                     outstanding_bytes: totals.outstanding_bytes,
                     outstanding_count: totals.outstanding_count,
-                    growth_bytes_per_s: process.growth.bytes_per_s(),
+                    growth_bytes_per_s: self.growth.growth_bytes_per_s(&process.pid),
                 }
             })
             .collect();
@@ -250,15 +216,43 @@ impl Processes {
     /// The `limit` largest stacks of a live process.
     pub fn top_stacks(&self, pid: u32, now_ns: u64, limit: usize) -> Vec<StackReport> {
         self.live.get(&pid).map_or_else(Vec::new, |process| {
-            StackView::of(&process.ledger, now_ns, u64::MAX).largest(&process.symbols, limit)
+            process.tracee.largest(&process.tracee.view(now_ns), limit)
         })
+    }
+
+    /// The `limit` largest stacks and the `limit` most suspicious ones of
+    /// all live processes.
+    pub fn largest_and_suspects(
+        &self,
+        now_ns: u64,
+        limit: usize,
+    ) -> (Vec<StackReport>, Vec<SuspectReport>) {
+        let mut largest = Vec::new();
+        let mut suspects = Vec::new();
+        for process in self.live.values() {
+            let view = process.tracee.view(now_ns);
+            largest.extend(process.tracee.largest(&view, limit));
+            suspects.extend(process.tracee.suspects(&view, limit));
+        }
+        largest.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
+        largest.truncate(limit);
+        (largest, most_suspicious(suspects, limit))
+    }
+
+    /// The `limit` most suspicious stacks of all live processes.
+    pub fn suspects(&self, now_ns: u64, limit: usize) -> Vec<SuspectReport> {
+        let suspects = self
+            .live
+            .values()
+            .flat_map(|process| process.tracee.suspects(&process.tracee.view(now_ns), limit));
+        most_suspicious(suspects.collect(), limit)
     }
 
     /// Outstanding bytes of every live process by age.
     pub fn total_ages(&self, now_ns: u64) -> AgeBuckets {
         let mut total = AgeBuckets::default();
         for process in self.live.values() {
-            total.merge(&StackView::of(&process.ledger, now_ns, u64::MAX).total_ages());
+            total.merge(&process.tracee.view(now_ns).total_ages());
         }
         total
     }
@@ -273,7 +267,7 @@ impl Processes {
             ..self.exited.totals
         };
         for process in self.live.values() {
-            add_totals(&mut totals, process.ledger.totals());
+            add_totals(&mut totals, process.tracee.ledger.totals());
         }
         totals
     }
@@ -286,13 +280,13 @@ impl Processes {
         }
     }
 
-    /// Reports of the live processes (as of `clock`) and of the exited
+    /// Reports of the live processes (as of `now`) and of the exited
     /// ones kept, largest outstanding bytes first.
-    pub fn reports(&self, clock: ReportClock) -> Vec<ProcessReport> {
+    pub fn reports(&self, now: &Now) -> Vec<ProcessReport> {
         let mut reports: Vec<ProcessReport> = self
             .live
             .values()
-            .map(|process| process.report(clock))
+            .map(|process| process.report(now))
             .chain(self.exited.kept.iter().cloned())
             .collect();
         reports.sort_by(|a, b| {
@@ -308,34 +302,35 @@ impl Processes {
     fn track(&mut self, pid: u32, elapsed_s: f64) -> &mut Process {
         let names = &mut self.names;
         let shared = &self.shared;
-        let max_tracked = self.max_tracked;
+        let budget = &self.budget;
+        let growth = &mut self.growth;
         self.live.entry(pid).or_insert_with(|| {
-            let name = names.remove(&pid);
-            Process::start(pid, name, Rc::clone(shared), max_tracked, elapsed_s)
+            growth.start(pid, elapsed_s);
+            let ledger = Ledger::new(budget.clone(), None);
+            Process::start(
+                pid,
+                names.remove(&pid),
+                Tracee::new(pid, ledger, Rc::clone(shared)),
+            )
         })
     }
 
     /// Ends `pid`'s ledger: keeps its final report (within bounds) and
     /// releases everything else.
-    fn end(&mut self, pid: u32, clock: ReportClock) {
+    fn end(&mut self, pid: u32, now: &Now) {
         let Some(mut process) = self.live.remove(&pid) else {
             return;
         };
-        process.symbols.target_exited();
-        let report = process.report(clock);
-        self.exited.add(report, process.ledger.totals());
-        process.symbols.release();
+        self.growth.remove(&pid);
+        process.tracee.symbols.target_exited();
+        let report = process.report(now);
+        self.exited.add(report, process.tracee.ledger.totals());
+        process.tracee.symbols.release();
     }
 }
 
 impl Process {
-    fn start(
-        pid: u32,
-        name: Option<String>,
-        shared: Rc<SharedSymbols>,
-        max_tracked: u64,
-        elapsed_s: f64,
-    ) -> Self {
+    fn start(pid: u32, name: Option<String>, tracee: Tracee) -> Self {
         let proc = procfs::process::Process::new(pid as i32).ok();
         let stat = proc.as_ref().and_then(|proc| proc.stat().ok());
         let comm = name
@@ -350,11 +345,9 @@ impl Process {
             start_time: stat.as_ref().map_or(0, |stat| stat.starttime),
             comm,
             exe,
-            named_at_ns: crate::session::monotonic_ns(),
+            named_at_ns: monotonic_ns(),
             ppid: stat.map_or(0, |stat| stat.ppid),
-            ledger: Ledger::new(max_tracked, None),
-            symbols: StackSymbolizer::sharing(pid, shared),
-            growth: Growth::new(elapsed_s),
+            tracee,
         }
     }
 
@@ -389,23 +382,23 @@ impl Process {
         }
     }
 
-    fn report(&self, clock: ReportClock) -> ProcessReport {
-        let allocated_before_ns = clock.now_ns.saturating_sub(clock.min_age_ns);
-        let view = StackView::of(&self.ledger, clock.now_ns, allocated_before_ns);
+    fn report(&self, now: &Now) -> ProcessReport {
+        let view = StackView::of(&self.tracee.ledger, now.now_ns, now.allocated_before_ns());
         ProcessReport {
             pid: self.pid,
             comm: self.comm.clone(),
             exe: self.exe.clone(),
             libc: self.libc(),
-            totals: Totals::new(self.ledger.totals(), clock.lost_events),
+            totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
             age_bytes: view.total_ages(),
-            stacks: view.largest(&self.symbols, usize::MAX),
+            stacks: self.tracee.largest(&view, usize::MAX),
         }
     }
 
     /// The allocator library the process maps, as it names it.
     fn libc(&self) -> String {
-        self.symbols
+        self.tracee
+            .symbols
             .mappings()
             .iter()
             .find_map(|mapping| match &mapping.backing {
@@ -416,6 +409,13 @@ impl Process {
             })
             .unwrap_or_default()
     }
+}
+
+/// The `limit` highest-scoring of `suspects`.
+fn most_suspicious(mut suspects: Vec<SuspectReport>, limit: usize) -> Vec<SuspectReport> {
+    suspects.sort_by(|a, b| b.evidence.score.total_cmp(&a.evidence.score));
+    suspects.truncate(limit);
+    suspects
 }
 
 fn add_totals(sum: &mut ledger::Totals, more: ledger::Totals) {
@@ -441,16 +441,17 @@ mod tests {
 
     #[test]
     fn growth_is_measured_over_the_last_ticks() {
-        let mut growth = Growth::new(0.0);
-        growth.record(1.0, 1000);
-        assert_eq!(growth.bytes_per_s(), 1000.0);
-        for (t, bytes) in [(2.0, 1000), (3.0, 1000), (4.0, 1000)] {
-            growth.record(t, bytes);
+        let mut growth: History<u32> = History::new(GROWTH_TICKS + 1);
+        growth.start(7, 0.0);
+        growth.record_bytes(1.0, [(7, 1000)]);
+        assert_eq!(growth.growth_bytes_per_s(&7), 1000.0);
+        for t in [2.0, 3.0, 4.0] {
+            growth.record_bytes(t, [(7, 1000)]);
         }
         // The samples before the last GROWTH_TICKS ticks are forgotten.
-        assert_eq!(growth.bytes_per_s(), 0.0);
-        growth.record(5.0, 400);
-        assert_eq!(growth.bytes_per_s(), -200.0);
+        assert_eq!(growth.growth_bytes_per_s(&7), 0.0);
+        growth.record_bytes(5.0, [(7, 400)]);
+        assert_eq!(growth.growth_bytes_per_s(&7), -200.0);
     }
 
     #[test]

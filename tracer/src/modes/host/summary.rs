@@ -7,14 +7,18 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use super::processes::Ranked;
-use crate::report::{HostCounts, StackReport, Summary, bytes, signed_bytes, write_top_stacks};
+use crate::{
+    driver::TickLine,
+    report::{HostCounts, StackReport, Summary, bytes, signed_bytes, write_top_stacks},
+};
 
 /// Processes whose stacks a human summary shows.
 const PROCESSES_WITH_STACKS: usize = 3;
 
 /// One tick. JSON key names are a public interface: the single-process
-/// tick's keys (with the host's totals, and empty `top` and `suspects`),
-/// the process counts, and the ranked `processes`.
+/// tick's keys (with the host's totals, its largest stacks and its
+/// suspects, each naming its pid), the process counts, and the ranked
+/// `processes`.
 #[derive(Debug, Serialize)]
 pub struct HostTick {
     #[serde(flatten)]
@@ -51,12 +55,12 @@ impl ProcessTick {
     }
 }
 
-impl HostTick {
-    pub fn to_json_line(&self) -> String {
+impl TickLine for HostTick {
+    fn to_json_line(&self) -> String {
         serde_json::to_string(self).expect("a summary always serializes")
     }
 
-    pub fn to_human(&self) -> String {
+    fn to_human(&self) -> String {
         let mut text = self.summary.headline();
         let _ = writeln!(
             text,
@@ -78,6 +82,7 @@ impl HostTick {
                 write_top_stacks(&mut text, "      ", &process.top);
             }
         }
+        self.summary.write_suspects(&mut text);
         text
     }
 }

@@ -11,7 +11,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use tracer_ebpf::COMM_LEN;
 
-use crate::{cli::HostArgs, probes::KernelFilter};
+use crate::probes::KernelFilter;
 
 /// Where cgroup v2 is mounted: the unified hierarchy, or its place beside
 /// the v1 controllers on hybrid systems.
@@ -19,14 +19,6 @@ const CGROUP2_MOUNTS: [&str; 2] = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"];
 
 /// `statfs` magic of a cgroup v2 file system.
 const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
-
-/// Validated host-wide settings.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostSpec {
-    pub filters: HostFilters,
-    /// `--flamegraph-dir`: one flamegraph per process.
-    pub flamegraph_dir: Option<PathBuf>,
-}
 
 /// Which processes are traced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -49,9 +41,10 @@ pub struct Cgroup {
     pub level: u32,
 }
 
-impl HostSpec {
-    pub fn from_args(args: &HostArgs) -> anyhow::Result<Self> {
-        for comm in &args.comm {
+impl HostFilters {
+    /// Validates `--comm`, `--cgroup` and `--exclude-pid`.
+    pub fn new(comms: &[String], cgroup: Option<&Path>, excluded: &[u32]) -> anyhow::Result<Self> {
+        for comm in comms {
             if comm.is_empty() || comm.len() >= COMM_LEN {
                 bail!(
                     "--comm {comm:?}: a process name is 1 to {} bytes, as in /proc/PID/comm",
@@ -59,19 +52,13 @@ impl HostSpec {
                 );
             }
         }
-        let cgroup = args.cgroup.as_deref().map(Cgroup::resolve).transpose()?;
         Ok(Self {
-            filters: HostFilters {
-                comms: args.comm.clone(),
-                cgroup,
-                excluded: args.exclude_pid.clone(),
-            },
-            flamegraph_dir: args.flamegraph_dir.clone(),
+            comms: comms.to_vec(),
+            cgroup: cgroup.map(Cgroup::resolve).transpose()?,
+            excluded: excluded.to_vec(),
         })
     }
-}
 
-impl HostFilters {
     /// The kernel filter's settings; `own_pid` (the tracer) is excluded.
     pub fn kernel_filter(&self, own_pid: u32) -> KernelFilter {
         let mut excluded: Vec<u32> = self.excluded.clone();

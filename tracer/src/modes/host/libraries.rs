@@ -19,8 +19,8 @@ use std::{
 
 use procfs::process::MMapPath;
 
-use super::filter::HostFilters;
 use crate::{
+    filters::HostFilters,
     mapped::{self, FileId, MappedFile},
     target::{AllocatorKind, allocator_library},
 };

@@ -1,29 +1,26 @@
-//! Setting a session up, up to the ready line: resolve the target, load and
-//! attach the probes, and arm what tells the session to stop (the target's
+//! Setting one-process mode up, up to the ready line: resolve the target,
+//! load and attach the probes, and arm what tells it to stop (the target's
 //! exit, SIGINT and SIGTERM).
 
 use std::os::fd::{FromRawFd as _, OwnedFd};
 
 use anyhow::{Context as _, anyhow, bail};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{Signal, SignalKind, signal},
-};
+use tokio::io::unix::AsyncFd;
 
+use super::{forks::ForkedChildren, launch::Launched};
 use crate::{
     armed::{ArmedWatch, ProbeSites},
-    cli::{Config, TargetSpec},
+    config::{Common, ProcessConfig, ProcessTarget},
+    driver::StopSignals,
     events::watch_readable,
-    forks::ForkedChildren,
-    launch::Launched,
     placement::Plan,
     probes::{KernelMaps, Probes, Programs, Settings, UprobeLinks},
     target::{Target, TargetError},
-    unwind,
+    unwind::{self, StackUnwinder},
 };
 
 /// Everything set up before the ready line.
-pub(super) struct Attached {
+pub(super) struct Attachment {
     pub target: Target,
     pub plan: Plan,
     /// The target's future children, to rid of the breakpoints they inherit.
@@ -34,27 +31,36 @@ pub(super) struct Attached {
     pub probes: Probes,
     pub maps: KernelMaps,
     pub exit: ProcessExit,
-    pub stop_signals: StopSignals,
-    /// Allocation events carry stack copies for DWARF unwinding.
-    pub dwarf_unwinding: bool,
+    pub signals: StopSignals,
+    /// Unwinds the stack copies allocation events carry (DWARF unwinding).
+    pub unwinder: Option<StackUnwinder>,
 }
 
-impl Attached {
+impl Attachment {
     /// Attaches to `config`'s target: the running process, or the
     /// `launched` command still held before its exec.
-    pub fn attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
-        Self::try_attach(config, launched).map_err(|error| explain_failure(config, error))
+    pub fn attach(
+        common: &Common,
+        config: &ProcessConfig,
+        launched: Option<&Launched>,
+    ) -> anyhow::Result<Self> {
+        Self::try_attach(common, config, launched).map_err(|error| explain_failure(config, error))
     }
 
-    fn try_attach(config: &Config, launched: Option<&Launched>) -> anyhow::Result<Self> {
+    fn try_attach(
+        common: &Common,
+        config: &ProcessConfig,
+        launched: Option<&Launched>,
+    ) -> anyhow::Result<Self> {
         let allocator_lib = config.allocator_lib.as_deref();
-        let target = match (&config.target, launched) {
-            (_, Some(launched)) => {
-                Target::for_command(launched.pid(), launched.exe(), allocator_lib)?
+        let target = match launched {
+            Some(launched) => Target::for_command(launched.pid(), launched.exe(), allocator_lib)?,
+            None => {
+                let ProcessTarget::Pid(pid) = config.target else {
+                    anyhow::bail!("launch mode starts its command before attaching");
+                };
+                Target::resolve(pid, allocator_lib)?
             }
-            (TargetSpec::Pid(pid), None) => Target::resolve(*pid, allocator_lib)?,
-            (TargetSpec::Launch(_), None) => unreachable!("launch mode always has a command"),
-            (TargetSpec::All(_), None) => unreachable!("host-wide mode has its own session"),
         };
         let plan = Plan::for_object(&target.allocator.host_path)?;
         let sites = ProbeSites::new(&target.allocator.host_path, &plan)?;
@@ -71,10 +77,10 @@ impl Attached {
         let exit = ProcessExit::watch(target.pid)?;
         // Before the ready line: a signal sent as soon as it appears must
         // stop tracing cleanly, not kill the tracer.
-        let stop_signals = StopSignals::install()?;
+        let signals = StopSignals::install()?;
         let stack_copy_bytes =
             unwind::stack_copy_bytes(config.unwind, config.stack_bytes, &target.host_exe);
-        let ring_size = config.ring_size.unwrap_or(if stack_copy_bytes == 0 {
+        let ring_size = common.ring_size.unwrap_or(if stack_copy_bytes == 0 {
             tracer_ebpf::DEFAULT_RING_SIZE
         } else {
             tracer_ebpf::DEFAULT_STACK_COPY_RING_SIZE
@@ -90,9 +96,9 @@ impl Attached {
             } else {
                 UprobeLinks::Fastest
             },
-            verbose: config.verbose,
+            verbose: common.verbose,
         })?;
-        let programs = if config.floor {
+        let programs = if common.floor {
             Programs::Floor
         } else {
             Programs::Tracing
@@ -108,6 +114,7 @@ impl Attached {
             sites.await_armed(target.pid)?;
             armed = Some(ArmedWatch::new(sites, target.pid));
         }
+        let unwinder = (stack_copy_bytes > 0).then(|| StackUnwinder::new(target.pid));
         Ok(Self {
             target,
             plan,
@@ -116,8 +123,8 @@ impl Attached {
             probes,
             maps,
             exit,
-            stop_signals,
-            dwarf_unwinding: stack_copy_bytes > 0,
+            signals,
+            unwinder,
         })
     }
 }
@@ -125,8 +132,8 @@ impl Attached {
 /// A process that exits while being resolved or attached to makes any step
 /// fail (its maps read empty, perf_event_open says ESRCH...): say what
 /// really happened rather than the step's symptom.
-fn explain_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
-    let TargetSpec::Pid(pid) = config.target else {
+fn explain_failure(config: &ProcessConfig, error: anyhow::Error) -> anyhow::Error {
+    let ProcessTarget::Pid(pid) = config.target else {
         return error;
     };
     let gone = procfs::process::Process::new(pid as i32)
@@ -140,21 +147,6 @@ fn explain_failure(config: &Config, error: anyhow::Error) -> anyhow::Error {
         anyhow!("pid {pid} exited while alloctrace was attaching")
     } else {
         error
-    }
-}
-
-/// SIGINT and SIGTERM, caught from before the ready line on.
-pub(crate) struct StopSignals {
-    pub interrupt: Signal,
-    pub terminate: Signal,
-}
-
-impl StopSignals {
-    pub(crate) fn install() -> anyhow::Result<Self> {
-        Ok(Self {
-            interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
-            terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
-        })
     }
 }
 

@@ -1,71 +1,35 @@
-//! What host-wide mode writes at the end: the JSON report (every process,
-//! in the single-process report's shape), the combined flamegraph and
-//! folded stacks with a `comm (pid)` frame under the root, and with
+//! What host-wide mode writes: the JSON report (every process, in the
+//! single-process report's shape), the combined flamegraph and folded
+//! stacks with a `comm (pid)` frame under the root, and with
 //! `--flamegraph-dir` one flamegraph per process.
 
 use std::path::{Path, PathBuf};
 
-use super::HostSession;
+use super::HostMode;
 use crate::{
-    cli::Outputs,
+    driver::Now,
     report::{
-        self, ProcessReport, Report, folded_lines_under, write_atomically, write_flamegraph,
-        write_flamegraph_lines,
+        self, ProcessReport, Report, Totals, folded_lines_under, write_atomically, write_flamegraph,
     },
 };
 
-impl HostSession {
-    fn final_report(&self) -> Report {
-        let clock = self.clock();
+impl HostMode {
+    pub(super) fn final_report(&self, now: &Now, totals: Totals) -> Report {
         Report {
             version: report::REPORT_VERSION,
-            duration_s: self.elapsed_s(),
-            min_age_s: self.config.min_age.as_secs_f64(),
+            duration_s: now.elapsed_s,
+            min_age_s: self.common.min_age.as_secs_f64(),
             sample_rate_bytes: None,
-            totals: self.totals(),
-            processes: self.processes.reports(clock),
-            suspects: Vec::new(),
+            totals,
+            processes: self.processes.reports(now),
+            suspects: self.processes.suspects(now.now_ns, usize::MAX),
             host: Some(self.processes.counts()),
         }
-    }
-
-    pub(super) fn write_outputs(&self) -> anyhow::Result<()> {
-        let report = self.final_report();
-        let outputs = if self.config.default_outputs {
-            Outputs::defaults_named("all")
-        } else {
-            self.config.outputs.clone()
-        };
-        if let Some(path) = &outputs.report {
-            write_atomically(path, |out| report::write_json(&report, out))?;
-        }
-        let lines = combined_folded_lines(&report.processes);
-        if let Some(path) = &outputs.folded {
-            write_atomically(path, |out| {
-                for line in &lines {
-                    writeln!(out, "{line}")?;
-                }
-                Ok(())
-            })?;
-        }
-        if let Some(path) = &outputs.flamegraph {
-            let title = "Outstanding bytes by process and stack (all processes)";
-            write_atomically(path, |out| write_flamegraph_lines(&lines, title, out))?;
-        }
-        if let Some(dir) = &self.spec.flamegraph_dir {
-            write_per_process_flamegraphs(dir, &report.processes)?;
-        }
-        if self.config.default_outputs {
-            for path in outputs.paths() {
-                eprintln!("alloctrace: wrote {}", path.display());
-            }
-        }
-        Ok(())
     }
 }
 
 /// Every process's folded stacks under its `comm (pid)` frame.
-fn combined_folded_lines(processes: &[ProcessReport]) -> Vec<String> {
+pub(super) fn combined_folded_lines(processes: &[ProcessReport]) -> Vec<String> {
     processes
         .iter()
         .flat_map(|process| folded_lines_under(&process_frame(process), &process.stacks))
@@ -77,7 +41,10 @@ fn process_frame(process: &ProcessReport) -> String {
 }
 
 /// `DIR/COMM-PID.svg` for every process holding outstanding bytes.
-fn write_per_process_flamegraphs(dir: &Path, processes: &[ProcessReport]) -> anyhow::Result<()> {
+pub(super) fn write_per_process_flamegraphs(
+    dir: &Path,
+    processes: &[ProcessReport],
+) -> anyhow::Result<()> {
     for process in processes.iter().filter(|p| !p.stacks.is_empty()) {
         let title = format!(
             "Outstanding bytes by stack: {} (pid {})",

@@ -1,0 +1,239 @@
+//! Host-wide mode (`alloctrace --all`): one tracer for every process on the
+//! host, for an operator who does not know yet which process leaks.
+//!
+//! The kernel programs are attached once per distinct allocator library
+//! ([`libraries`], rescanned for new ones every second: the mode's own
+//! wake-up) for all processes, behind the in-kernel filter of
+//! `crate::filters`; exec and exit markers share the ring with the
+//! allocator events. Each traced process gets its own ledger, stacks and
+//! symbolizer ([`processes`]), resolved at release (which process an event
+//! belongs to is only known once the markers before it are applied); an
+//! `execve` ends a process's ledger and starts a new one. The ticks rank
+//! processes by growth ([`summary`]) and the final outputs cover every
+//! process, exited ones included ([`outputs`]).
+
+mod libraries;
+mod outputs;
+mod processes;
+mod summary;
+
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use tokio::time::Interval;
+use tracer_ebpf::{Event, EventKind};
+
+use self::{
+    libraries::{Libraries, Library},
+    processes::Processes,
+    summary::{HostTick, ProcessTick},
+};
+use crate::{
+    config::{Common, HostConfig},
+    driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
+    events::{Arrived, Carried},
+    ledger::{self, Budget},
+    placement::Plan,
+    probes::{Probes, Programs},
+    report::{Report, SummaryState, Totals},
+    stacks::StackId,
+    symbolize::SharedSymbols,
+};
+
+/// How often `/proc` is scanned for allocator libraries not probed yet
+/// (a container started with its own libc): a new file's first process is
+/// untraced for at most this long.
+const RESCAN_PERIOD: Duration = Duration::from_secs(1);
+
+/// Traces every process the filters let through until stopped.
+pub async fn run(common: &Common, config: HostConfig) -> anyhow::Result<Outcome> {
+    let (mode, attached) = HostMode::start(common, config)?;
+    driver::run(mode, attached, common).await
+}
+
+pub struct HostMode {
+    common: Common,
+    config: HostConfig,
+    processes: Processes,
+    libraries: Libraries,
+    probed: Probed,
+    programs: Programs,
+    rescan_timer: Interval,
+}
+
+impl HostMode {
+    fn start(common: &Common, config: HostConfig) -> anyhow::Result<(Self, Attached)> {
+        let own_pid = std::process::id();
+        // Before the ready line: a signal sent as soon as it appears must
+        // stop tracing cleanly, not kill the tracer.
+        let signals = StopSignals::install()?;
+        let ring_size = common.ring_size.unwrap_or(tracer_ebpf::DEFAULT_RING_SIZE);
+        let filter = config.filters.kernel_filter(own_pid);
+        let (mut probes, maps) = Probes::load_host_wide(&filter, ring_size, common.verbose)?;
+        probes.attach_process_markers()?;
+        let programs = if common.floor {
+            Programs::Floor
+        } else {
+            Programs::Tracing
+        };
+        let mut libraries = Libraries::new(config.filters.clone(), own_pid);
+        let mut probed = Probed::default();
+        for library in libraries.scan() {
+            probed.attach(&mut probes, &library, programs);
+        }
+        if probed.libraries == 0 {
+            bail!("no process maps a C library or known allocator that could be probed");
+        }
+        eprintln!(
+            "alloctrace: tracing all processes ({} allocator libraries, {} functions, \
+             frame-pointer unwinding)",
+            probed.libraries, probed.functions
+        );
+        let started = Instant::now();
+        let mode = Self {
+            common: common.clone(),
+            processes: Processes::new(SharedSymbols::new(), Budget::new(common.max_tracked)),
+            libraries,
+            probed,
+            programs,
+            rescan_timer: driver::periodic(tokio::time::Instant::from_std(started), RESCAN_PERIOD),
+            config,
+        };
+        let attached = Attached {
+            probes,
+            maps,
+            signals,
+            unwinder: None,
+            started,
+        };
+        Ok((mode, attached))
+    }
+}
+
+/// The libraries probed so far.
+#[derive(Default)]
+struct Probed {
+    libraries: usize,
+    functions: usize,
+}
+
+impl Probed {
+    /// Attaches the probes to `library`; a library that cannot be probed is
+    /// reported and left alone (its processes go untraced).
+    fn attach(&mut self, probes: &mut Probes, library: &Library, programs: Programs) {
+        let attached = Plan::for_object(library.file.path()).and_then(|plan| {
+            probes.attach_library(&plan, library.file.path(), programs)?;
+            Ok(plan.function_count)
+        });
+        match attached {
+            Ok(functions) => {
+                self.libraries += 1;
+                self.functions += functions;
+                eprintln!(
+                    "alloctrace: probing {} {}{} (found in pid {})",
+                    library.kind.describe(),
+                    library.path.display(),
+                    if library.deleted {
+                        " (deleted on disk)"
+                    } else {
+                        ""
+                    },
+                    library.pid
+                );
+            }
+            Err(error) => eprintln!(
+                "alloctrace: cannot probe {} (found in pid {}): {error:#}",
+                library.path.display(),
+                library.pid
+            ),
+        }
+    }
+}
+
+impl Mode for HostMode {
+    type Wakeup = ();
+    type Tick = HostTick;
+
+    fn output_name(&self) -> String {
+        "all".to_owned()
+    }
+
+    fn resolve_on_read(&mut self, _event: &Event, _carried: Carried<'_>) -> Option<StackId> {
+        None
+    }
+
+    fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, now: &Now) -> Option<Stop> {
+        if event.kind() == Some(EventKind::Exec) {
+            self.libraries.exec_seen(event.pid);
+        }
+        self.processes.apply(event, arrived, now);
+        None
+    }
+
+    fn note_loss(&mut self, at_ns: u64) {
+        self.processes.note_loss(at_ns);
+    }
+
+    fn totals(&self) -> ledger::Totals {
+        self.processes.totals()
+    }
+
+    async fn wakeup(&mut self) {
+        self.rescan_timer.tick().await;
+    }
+
+    fn on_wakeup(
+        &mut self,
+        (): (),
+        probes: &mut Probes,
+        _now: &Now,
+    ) -> anyhow::Result<Option<Stop>> {
+        for library in self.libraries.scan() {
+            self.probed.attach(probes, &library, self.programs);
+        }
+        Ok(None)
+    }
+
+    fn tick(&mut self, now: &Now, totals: Totals, summaries: &mut SummaryState) -> HostTick {
+        let top = self.common.top;
+        let ranked = self.processes.tick(now);
+        let processes = ranked
+            .into_iter()
+            .take(top)
+            .map(|ranked| {
+                let stacks = self.processes.top_stacks(ranked.pid, now.now_ns, top);
+                ProcessTick::new(ranked, stacks)
+            })
+            .collect();
+        let (largest, suspects) = self.processes.largest_and_suspects(now.now_ns, top);
+        let ages = self.processes.total_ages(now.now_ns);
+        HostTick {
+            summary: summaries.next(totals, now.elapsed_s, largest, ages, suspects),
+            counts: self.processes.counts(),
+            processes,
+        }
+    }
+
+    fn report(&self, now: &Now, totals: Totals) -> Report {
+        self.final_report(now, totals)
+    }
+
+    fn folded_lines(&self, report: &Report) -> Vec<String> {
+        outputs::combined_folded_lines(&report.processes)
+    }
+
+    fn flamegraph_title(&self) -> String {
+        "Outstanding bytes by process and stack (all processes)".to_owned()
+    }
+
+    fn write_own_outputs(&self, _now: &Now, report: &Report) -> anyhow::Result<()> {
+        if let Some(dir) = &self.config.flamegraph_dir {
+            outputs::write_per_process_flamegraphs(dir, &report.processes)?;
+        }
+        Ok(())
+    }
+
+    fn finish(self, _stop: Stop) -> anyhow::Result<Outcome> {
+        Ok(Outcome::default())
+    }
+}
