@@ -11,7 +11,7 @@
 use std::{
     fs,
     io::{BufRead as _, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Stdio,
     sync::Mutex,
     time::{Duration, Instant},
@@ -318,4 +318,114 @@ impl Drop for KillOnDrop {
         // SAFETY: kill(2) on a process this test started.
         unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
     }
+}
+
+/// The function name a perf map gives the `jitter` workload's code.
+const JIT_NAME: &str = "jitted_leaker";
+
+/// Runs `jitter` (through `launcher` ARGS when given, e.g. chroot), lets
+/// `perf_map(pid, address, size)` put its perf map in place, traces it and
+/// returns the tracer's stderr and report.
+fn trace_jitter(
+    launcher: Option<(&Path, Vec<String>)>,
+    perf_map: impl FnOnce(u32, &str, &str),
+) -> (String, serde_json::Value) {
+    let mut jitter = match launcher {
+        Some((program, args)) => {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            Workload::spawn_bin(program, &args)
+        }
+        None => Workload::spawn_bin(&jitter_bin(), &[]),
+    };
+    let jit = jitter.expect_line("jit ", READY_TIMEOUT);
+    let fields: Vec<&str> = jit.split_whitespace().collect();
+    perf_map(jitter.pid, fields[1], fields[2]);
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let tracer = Tracer::spawn(
+        jitter.pid,
+        &["--report".as_ref(), report_path.as_os_str()],
+        None,
+    );
+    jitter.run();
+    std::thread::sleep(SETTLE);
+    let out = tracer.stop(libc::SIGINT);
+    out.assert_success();
+    (out.stderr, read_json(&report_path))
+}
+
+/// The bytes the report puts under stacks whose first frame is `name`.
+fn bytes_named(report: &serde_json::Value, name: &str) -> u64 {
+    site_totals(report, name).0
+}
+
+#[test]
+fn a_perf_map_owned_by_the_process_user_names_its_jit_frames() {
+    require_root();
+    let mut written = None;
+    let (stderr, report) = trace_jitter(None, |pid, address, size| {
+        let path = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        fs::write(&path, format!("{address} {size} {JIT_NAME}\n")).unwrap();
+        written = Some(path);
+    });
+    fs::remove_file(written.unwrap()).ok();
+    assert!(!stderr.contains("ignoring the perf map"), "{stderr}");
+    assert_eq!(
+        bytes_named(&report, JIT_NAME),
+        4 * 777,
+        "{}",
+        summarize_report(&report)
+    );
+}
+
+#[test]
+fn a_perf_map_owned_by_another_user_is_ignored_with_a_warning() {
+    require_root();
+    let mut written = None;
+    let (stderr, report) = trace_jitter(None, |pid, address, size| {
+        let path = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+        fs::write(&path, format!("{address} {size} {JIT_NAME}\n")).unwrap();
+        std::os::unix::fs::chown(&path, Some(12345), None).unwrap();
+        written = Some(path);
+    });
+    fs::remove_file(written.unwrap()).ok();
+    assert_eq!(
+        bytes_named(&report, JIT_NAME),
+        0,
+        "{}",
+        summarize_report(&report)
+    );
+    let warnings = stderr.matches("ignoring the perf map of pid").count();
+    assert_eq!(warnings, 1, "{stderr}");
+    assert!(stderr.contains("owned by uid 12345"), "{stderr}");
+}
+
+#[test]
+fn a_perf_map_symlinked_out_of_a_chroot_is_not_followed() {
+    require_root();
+    let dir = temp_dir();
+    let root = dir.path().join("root");
+    let inside = chroot_with(&jitter_bin(), &root);
+    fs::create_dir_all(root.join("tmp")).unwrap();
+    // A host file the process must not make alloctrace read.
+    let secret = dir.path().join("host-secret.map");
+    let chroot = Path::new("/usr/sbin/chroot");
+    let launcher = (
+        chroot,
+        vec![root.display().to_string(), inside.display().to_string()],
+    );
+    let (stderr, report) = trace_jitter(Some(launcher), |pid, address, size| {
+        fs::write(&secret, format!("{address} {size} host_secret\n")).unwrap();
+        std::os::unix::fs::symlink(&secret, root.join(format!("tmp/perf-{pid}.map"))).unwrap();
+    });
+    assert_eq!(
+        bytes_named(&report, "host_secret"),
+        0,
+        "{}",
+        summarize_report(&report)
+    );
+    assert!(
+        stderr.contains("ignoring the perf map of pid") && stderr.contains("leads out of"),
+        "{stderr}"
+    );
 }

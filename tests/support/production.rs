@@ -27,6 +27,36 @@ pub fn forker_bin() -> PathBuf {
     compile_c("forker.c", "forker", WORKLOAD_CFLAGS)
 }
 
+/// `jitter`: allocates from code it generates at run time.
+pub fn jitter_bin() -> PathBuf {
+    compile_c("jitter.c", "jitter", WORKLOAD_CFLAGS)
+}
+
+/// A directory holding `bin` and the libraries `ldd` lists for it, at the
+/// same paths: a root file system for `chroot` whose libc is another file
+/// than the host's. Returns `bin`'s path inside it.
+pub fn chroot_with(bin: &Path, root: &Path) -> PathBuf {
+    let output = Command::new("ldd").arg(bin).output().expect("run ldd");
+    assert!(output.status.success());
+    let listing = String::from_utf8_lossy(&output.stdout);
+    let libraries = listing.lines().filter_map(|line| {
+        let path = line.split("=>").last()?.trim().split(" (").next()?.trim();
+        path.starts_with('/').then(|| PathBuf::from(path))
+    });
+    let name = bin.file_name().expect("a file name");
+    for source in libraries.chain([bin.to_path_buf()]) {
+        let target = if source == bin {
+            root.join(name)
+        } else {
+            root.join(source.strip_prefix("/").unwrap())
+        };
+        fs::create_dir_all(target.parent().unwrap()).unwrap();
+        fs::copy(&source, &target)
+            .unwrap_or_else(|e| panic!("copy {} into the chroot: {e}", source.display()));
+    }
+    Path::new("/").join(name)
+}
+
 /// The libc this test binary maps.
 pub fn system_libc() -> PathBuf {
     let maps = fs::read_to_string("/proc/self/maps").expect("own maps");

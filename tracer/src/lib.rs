@@ -33,6 +33,7 @@ pub mod modes;
 pub mod placement;
 pub mod probes;
 pub mod report;
+pub mod safe_open;
 pub mod sampling;
 pub mod stacks;
 pub mod symbolize;

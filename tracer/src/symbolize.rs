@@ -34,6 +34,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     debuginfo,
     maps::{self, Backing, Mapping},
+    safe_open::{self, PerfMap},
 };
 
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
@@ -129,6 +130,8 @@ pub struct ProcessSymbolizer {
     frames: HashMap<u64, Rc<[Frame]>>,
     mappings: Vec<Mapping>,
     target_alive: bool,
+    /// The process's perf map was refused (and said so, once).
+    perf_map_refused: bool,
 }
 
 impl ProcessSymbolizer {
@@ -144,6 +147,7 @@ impl ProcessSymbolizer {
             frames: HashMap::new(),
             mappings: Vec::new(),
             target_alive: true,
+            perf_map_refused: false,
         };
         this.refresh_maps();
         this
@@ -309,9 +313,11 @@ impl ProcessSymbolizer {
         // in another mount namespace, but only while the process lives; after
         // it exits the cached VMAs' symbolic paths are all that is left. The
         // target may exit at any moment, so fall back rather than predict.
+        let perf_map = self.perf_map_trusted();
         let with_map_files = |map_files| {
             Source::Process(Process {
                 map_files,
+                perf_map,
                 ..Process::new(Pid::Pid(pid))
             })
         };
@@ -383,6 +389,24 @@ impl ProcessSymbolizer {
         }
         self.frames.extend(named);
         unnamed
+    }
+
+    /// Whether JIT frames may be named from the process's perf map (see
+    /// `crate::safe_open::perf_map`); a refused one is said once.
+    fn perf_map_trusted(&mut self) -> bool {
+        match safe_open::perf_map(self.pid) {
+            PerfMap::Trusted => true,
+            PerfMap::Absent => false,
+            PerfMap::Refused(why) => {
+                if !std::mem::replace(&mut self.perf_map_refused, true) {
+                    eprintln!(
+                        "alloctrace: warning: ignoring the perf map of pid {}: {why}",
+                        self.pid
+                    );
+                }
+                false
+            }
+        }
     }
 
     /// The module of a symbolized address: the file mapped there as the

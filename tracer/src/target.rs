@@ -235,12 +235,6 @@ impl Target {
     }
 }
 
-/// `/proc/PID/root` + `path`: the file the process sees at `path`.
-pub fn in_process_root(pid: u32, path: &Path) -> PathBuf {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
-}
-
 /// One file a running process maps.
 struct MappedObject {
     /// The path the process names it by.
@@ -430,14 +424,6 @@ mod tests {
                 PathBuf::from("/lib/x86_64-linux-gnu/libc.so.6"),
                 PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
             ]
-        );
-    }
-
-    #[test]
-    fn paths_resolve_through_the_process_root() {
-        assert_eq!(
-            in_process_root(42, Path::new("/usr/lib/libc.so.6")),
-            PathBuf::from("/proc/42/root/usr/lib/libc.so.6")
         );
     }
 
