@@ -130,3 +130,49 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    //! `/proc/PID/maps` lines name files a target created: any text there
+    //! must be read (by procfs, then here) without a panic.
+    use procfs::FromRead as _;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A maps line with any path text (spaces, newlines, the mark...).
+    fn line() -> impl Strategy<Value = String> {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            "[rwxsp-]{4}",
+            any::<u64>(),
+            "[0-9a-f]{1,3}:[0-9a-f]{1,3}",
+            any::<u64>(),
+            ".{0,40}",
+        )
+            .prop_map(|(start, end, perms, offset, dev, inode, path)| {
+                format!("{start:x}-{end:x} {perms} {offset:08x} {dev} {inode} {path}")
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_maps_text_is_read_without_panicking(
+            lines in proptest::collection::vec(line(), 0..8),
+            junk in ".{0,60}",
+        ) {
+            let text = format!("{}\n{junk}\n", lines.join("\n"));
+            if let Ok(maps) = procfs::process::MemoryMaps::from_read(text.as_bytes()) {
+                for map in maps.iter() {
+                    if let procfs::process::MMapPath::Path(path) = &map.pathname {
+                        let _ = without_deleted_mark(path);
+                    }
+                    let _ = device(map.dev.0, map.dev.1);
+                }
+            }
+        }
+    }
+}

@@ -209,6 +209,8 @@ fn null_check_skip(code: &[u8], address: u64) -> u64 {
 }
 
 #[cfg(test)]
+mod fuzz;
+#[cfg(test)]
 mod tests {
     use super::*;
 

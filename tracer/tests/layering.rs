@@ -12,10 +12,13 @@ use std::{collections::BTreeMap, fs, path::Path};
 const STAGES: &[(&str, u32)] = &[
     ("clock", 0),
     ("maps", 0),
+    ("mapped", 0),
+    ("safe_open", 0),
     ("sampling", 0),
     ("debuginfo", 0),
     ("placement", 1),
     ("target", 2),
+    ("armed", 2),
     ("probes", 3),
     ("unwind", 3),
     ("events", 4),
