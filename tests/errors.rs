@@ -296,10 +296,12 @@ fn bad_flag_values() {
     );
 }
 
-/// Starts `probe_holder SECONDS` and waits until it holds its probe.
-fn hold_mallocs_probe(seconds: u32) -> std::process::Child {
+/// Starts `probe_holder SECONDS` with the C library in `libc_dir` and
+/// waits until it holds its probe.
+fn hold_mallocs_probe(seconds: u32, libc_dir: &Path) -> std::process::Child {
     let mut holder = Command::new(probe_holder_bin())
         .arg(seconds.to_string())
+        .env("LD_LIBRARY_PATH", libc_dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("start probe_holder");
@@ -316,7 +318,12 @@ fn hold_mallocs_probe(seconds: u32) -> std::process::Child {
 #[test]
 fn a_probe_another_tool_holds_is_waited_for_then_explained() {
     require_root();
-    let w = Workload::spawn(Mode::Stay);
+    // The holder and the workload share a libc of their own, so probes
+    // that concurrent tests place on the system's cannot meet theirs.
+    let libc = private_libc();
+    let mut workload = Command::new(leaky_bin());
+    workload.arg("stay").env("LD_LIBRARY_PATH", libc.path());
+    let w = Workload::spawn_command(workload);
     let pid = w.pid.to_string();
     let dir = temp_dir();
     let report = dir.path().join("r.json");
@@ -324,7 +331,7 @@ fn a_probe_another_tool_holds_is_waited_for_then_explained() {
     let args = ["--pid", &pid, "--duration", "1", "--report", report];
 
     // Held for longer than alloctrace waits: one clean line, nothing left.
-    let mut holder = hold_mallocs_probe(10);
+    let mut holder = hold_mallocs_probe(10, libc.path());
     let mut cmd = tracer_command();
     cmd.args(args).current_dir(dir.path());
     let out = run_to_completion(cmd, ERR_TIMEOUT);
@@ -335,7 +342,7 @@ fn a_probe_another_tool_holds_is_waited_for_then_explained() {
     assert!(dir_entries(dir.path()).is_empty());
 
     // Let go within the wait: alloctrace attaches and traces.
-    let mut holder = hold_mallocs_probe(1);
+    let mut holder = hold_mallocs_probe(1, libc.path());
     let mut cmd = tracer_command();
     cmd.args(args).current_dir(dir.path());
     let out = run_to_completion(cmd, ERR_TIMEOUT);

@@ -67,6 +67,26 @@ pub fn temp_dir() -> tempfile::TempDir {
         .expect("create temp dir")
 }
 
+/// A directory holding a copy of this machine's C library, for
+/// `LD_LIBRARY_PATH`: programs run with it map a libc of their own inode,
+/// so uprobes other tests (or other tools on the host) hold on the system
+/// libc cannot meet the ones a test places on it.
+pub fn private_libc() -> tempfile::TempDir {
+    let maps = fs::read_to_string("/proc/self/maps").expect("read own maps");
+    let libc = maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+        .find(|path| {
+            Path::new(path)
+                .file_name()
+                .is_some_and(|name| name == "libc.so.6")
+        })
+        .expect("the test process maps libc.so.6");
+    let dir = temp_dir();
+    fs::copy(libc, dir.path().join("libc.so.6")).expect("copy libc");
+    dir
+}
+
 /// Names of the entries of `dir` (sorted).
 pub fn dir_entries(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)

@@ -27,6 +27,7 @@ pub use tempfile;
 mod child;
 pub mod environment;
 pub mod expected;
+pub mod fleet;
 pub mod folded;
 pub mod metrics;
 pub mod pprof;

@@ -4,7 +4,7 @@
 //! behind.
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -51,8 +51,15 @@ impl Workload {
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
+        command.args(args);
+        Self::spawn_command(command)
+    }
+
+    /// Starts `command` (a program using the same protocol, with its
+    /// arguments and environment set) and waits for `ready <pid>`.
+    pub fn spawn_command(mut command: Command) -> Self {
+        let bin = PathBuf::from(command.get_program());
         let mut child = command
-            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -95,8 +95,14 @@ impl Tracer {
     pub fn spawn_all<S: AsRef<OsStr>>(args: &[S]) -> Self {
         let mut cmd = tracer_command();
         cmd.arg("--all").args(args);
+        Self::spawn_all_command(cmd)
+    }
+
+    /// Runs `cmd`, a host-wide tracer however started (under `setpriv`, in a
+    /// container), with piped stdout and stderr, and waits for its ready line.
+    pub fn spawn_all_command(mut cmd: Command) -> Self {
         let spawned_at = Instant::now();
-        let child = cmd.spawn().expect("spawn alloctrace");
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
         Self::wait_ready(child, HOST_READY_PREFIX, spawned_at)
     }
 

@@ -185,6 +185,12 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DIR", requires = "snapshot_every")]
     pub snapshot_dir: Option<PathBuf>,
 
+    /// Keep only the newest N snapshots in --snapshot-dir (for a
+    /// long-running agent); older ones this run or earlier runs wrote are
+    /// deleted.
+    #[arg(long, value_name = "N", requires = "snapshot_every")]
+    pub snapshot_keep: Option<usize>,
+
     /// Leak gate: exit with status 3 if any stack's outstanding bytes grew
     /// by more than this (e.g. 1M) after --after.
     #[arg(long, value_name = "BYTES", value_parser = parse_bytes, conflicts_with = "all")]
@@ -201,8 +207,7 @@ pub struct WatchArgs {
 
     /// Serve Prometheus metrics at http://ADDR/metrics; a bare port binds
     /// 127.0.0.1 only.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
-          conflicts_with = "all")]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
     pub metrics_addr: Option<SocketAddr>,
 }
 

@@ -89,6 +89,7 @@ pub struct HostConfig {
     pub filters: HostFilters,
     /// `--flamegraph-dir`: one flamegraph per process.
     pub flamegraph_dir: Option<PathBuf>,
+    pub metrics_addr: Option<SocketAddr>,
 }
 
 /// Where the final outputs every mode writes go.
@@ -121,6 +122,8 @@ impl Outputs {
 pub struct Snapshots {
     pub every: Duration,
     pub dir: PathBuf,
+    /// `--snapshot-keep`: only the newest this many are left in `dir`.
+    pub keep: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -236,6 +239,7 @@ impl HostConfig {
         Ok(Self {
             filters: HostFilters::new(comm, cgroup.as_deref(), exclude_pid)?,
             flamegraph_dir: flamegraph_dir.clone(),
+            metrics_addr: args.watch.metrics_addr,
         })
     }
 }
@@ -250,9 +254,13 @@ fn snapshots(watch: &WatchArgs) -> anyhow::Result<Option<Snapshots>> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create --snapshot-dir {}", dir.display()))?;
     check_writable(&dir.join("snapshot.json"))?;
+    if watch.snapshot_keep == Some(0) {
+        bail!("--snapshot-keep must be at least 1");
+    }
     Ok(Some(Snapshots {
         every,
         dir: dir.clone(),
+        keep: watch.snapshot_keep,
     }))
 }
 

@@ -13,6 +13,7 @@ use tracer::{
     config::Config,
     diff,
     driver::Outcome,
+    privileges,
 };
 
 fn main() -> ExitCode {
@@ -67,7 +68,7 @@ fn exit_code(result: anyhow::Result<Outcome>) -> ExitCode {
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
-    check_privileges()?;
+    privileges::check(args.host.all)?;
     check_kernel()?;
     let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -97,29 +98,6 @@ fn first_line_of_clap_error(error: &clap::Error) -> String {
         line = format!("{line} {}", listed.join(", "));
     }
     format!("{} (see --help)", line.trim_start_matches("error: "))
-}
-
-fn check_privileges() -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
-            "must run as root: loading eBPF programs and attaching uprobes needs CAP_BPF and CAP_PERFMON"
-        );
-    }
-    // Root in a container or under a capability-dropping wrapper may lack
-    // them; without this check the kernel's refusal reads as a BPF error.
-    let effective = |cap| caps::has_cap(None, caps::CapSet::Effective, cap).unwrap_or(true);
-    let admin = effective(caps::Capability::CAP_SYS_ADMIN);
-    let bpf = effective(caps::Capability::CAP_BPF);
-    let perfmon = effective(caps::Capability::CAP_PERFMON);
-    if !(admin || bpf && perfmon) {
-        bail!(
-            "running as root but without CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN) in the \
-             effective capability set; run alloctrace with those capabilities (e.g. a privileged \
-             container, or capsh/setpriv without dropping them)"
-        );
-    }
-    Ok(())
 }
 
 fn check_kernel() -> anyhow::Result<()> {

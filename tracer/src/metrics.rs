@@ -34,19 +34,38 @@ use prometheus_client::{
 };
 use tokio::net::TcpListener;
 
-use crate::{analysis::AgeBuckets, report::Totals};
+use crate::{
+    analysis::AgeBuckets,
+    container::Container,
+    report::{StackReport, SuspectReport, Totals},
+};
 
 /// What one scrape shows.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct MetricsSnapshot {
+    /// Events read from the kernel, when no single process owns them
+    /// (host-wide mode); one-process mode counts them on the process.
+    pub events: Option<u64>,
+    /// One-process mode: the target; host-wide: every live process.
+    pub processes: Vec<ProcessMetrics>,
+}
+
+/// The series of one process, all labelled with its `pid` and `comm`, and
+/// `container_id` and `pod_uid` when its cgroup names them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessMetrics {
     pub pid: u32,
     pub comm: String,
+    pub container: Option<Container>,
     pub totals: Totals,
-    /// Events read from the kernel.
-    pub events: u64,
+    /// Events read from the kernel (one-process mode).
+    pub events: Option<u64>,
     pub age_bytes: AgeBuckets,
     /// Most suspicious first.
     pub suspects: Vec<SuspectMetric>,
+    /// The largest stacks, largest first, then the rest summed: a bounded
+    /// set of series per process however many stacks it has.
+    pub stacks: Vec<StackMetric>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -55,6 +74,69 @@ pub struct SuspectMetric {
     pub frame: String,
     pub bytes: u64,
     pub growth_bytes_per_s: f64,
+}
+
+impl From<&SuspectReport> for SuspectMetric {
+    fn from(suspect: &SuspectReport) -> Self {
+        Self {
+            frame: first_frame_label(&suspect.stack),
+            bytes: suspect.stack.bytes,
+            growth_bytes_per_s: suspect.growth_bytes_per_s,
+        }
+    }
+}
+
+/// One `alloctrace_stack_outstanding_bytes` series.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StackMetric {
+    /// The stack's identity for as long as the process lives (a hash of its
+    /// return addresses, 16 hex digits), or `other` for the stacks beyond
+    /// the largest. Not a rank: a stack keeps its series when another
+    /// overtakes it, so `deriv()` over it means something.
+    pub stack: String,
+    /// Label of the stack's first frame, or `[other]`.
+    pub frame: String,
+    pub bytes: u64,
+}
+
+/// The largest `top` of `stacks` (largest first) as series, and the
+/// outstanding bytes of the rest (`total` minus theirs) as one `other`.
+pub fn bounded_stacks(stacks: &[StackReport], top: usize, total: u64) -> Vec<StackMetric> {
+    let mut series: Vec<StackMetric> = stacks
+        .iter()
+        .take(top)
+        .map(|stack| StackMetric {
+            stack: stack_key(stack),
+            frame: first_frame_label(stack),
+            bytes: stack.bytes,
+        })
+        .collect();
+    let shown: u64 = series.iter().map(|stack| stack.bytes).sum();
+    series.push(StackMetric {
+        stack: "other".to_owned(),
+        frame: "[other]".to_owned(),
+        bytes: total.saturating_sub(shown),
+    });
+    series
+}
+
+/// A stack's return addresses, hashed: the same stack of the same process
+/// gets the same key at every scrape (SipHash with fixed keys).
+fn stack_key(stack: &StackReport) -> String {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut hasher = std::hash::DefaultHasher::new();
+    for frame in &stack.frames {
+        frame.address.hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
+}
+
+/// The label of a stack's first frame, the allocator's caller.
+pub fn first_frame_label(stack: &StackReport) -> String {
+    stack
+        .frames
+        .first()
+        .map_or_else(|| "[no stack]".to_owned(), |frame| frame.label())
 }
 
 /// The snapshot scrapes read; cloned into the server.
@@ -148,105 +230,158 @@ fn respond(request: &Request<Incoming>, metrics: &Metrics) -> Response<Full<Byte
 
 type Labels = Vec<(String, String)>;
 
+/// Families of one snapshot, filled process by process.
+#[derive(Default)]
+struct Families {
+    outstanding_bytes: Family<Labels, Gauge>,
+    outstanding_allocations: Family<Labels, Gauge>,
+    events: Family<Labels, Counter>,
+    lost_events: Family<Labels, Counter>,
+    allocations: Family<Labels, Counter>,
+    frees: Family<Labels, Counter>,
+    by_age: Family<Labels, Gauge>,
+    suspect_bytes: Family<Labels, Gauge>,
+    suspect_growth: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    stack_bytes: Family<Labels, Gauge>,
+}
+
 /// The OpenMetrics text of `snapshot`.
 pub fn render(snapshot: &MetricsSnapshot) -> String {
-    let mut registry = Registry::default();
-    let process: Labels = vec![
-        ("pid".to_owned(), snapshot.pid.to_string()),
-        ("comm".to_owned(), snapshot.comm.clone()),
-    ];
-    let totals = &snapshot.totals;
-    let gauge = |registry: &mut Registry, name: &str, help: &str, value: u64| {
-        let family = Family::<Labels, Gauge>::default();
-        family.get_or_create(&process).set(value as i64);
-        registry.register(name, help, family);
-    };
-    gauge(
-        &mut registry,
-        "alloctrace_outstanding_bytes",
-        "Bytes allocated and not freed",
-        totals.outstanding_bytes,
-    );
-    gauge(
-        &mut registry,
-        "alloctrace_outstanding_allocations",
-        "Blocks allocated and not freed",
-        totals.outstanding_count,
-    );
-    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
-        let family = Family::<Labels, Counter>::default();
-        family.get_or_create(&process).inc_by(value);
-        registry.register(name, help, family);
-    };
-    counter(
-        &mut registry,
-        "alloctrace_events",
-        "Events read from the kernel",
-        snapshot.events,
-    );
-    counter(
-        &mut registry,
-        "alloctrace_lost_events",
-        "Events the kernel dropped (ring buffer full)",
-        totals.lost_events,
-    );
-    counter(
-        &mut registry,
-        "alloctrace_allocations",
-        "Allocations seen",
-        totals.allocs,
-    );
-    counter(
-        &mut registry,
-        "alloctrace_frees",
-        "Frees of blocks allocated while tracing",
-        totals.frees,
-    );
-
-    let by_age = Family::<Labels, Gauge>::default();
-    for (age, bytes) in [
-        ("under_10s", snapshot.age_bytes.under_10s),
-        ("under_1m", snapshot.age_bytes.under_1m),
-        ("under_10m", snapshot.age_bytes.under_10m),
-        ("older", snapshot.age_bytes.older),
-    ] {
-        let mut labels = process.clone();
-        labels.push(("age".to_owned(), age.to_owned()));
-        by_age.get_or_create(&labels).set(bytes as i64);
+    let families = Families::default();
+    if let Some(events) = snapshot.events {
+        families.events.get_or_create(&Vec::new()).inc_by(events);
     }
-    registry.register(
-        "alloctrace_outstanding_bytes_by_age",
-        "Outstanding bytes by allocation age",
-        by_age,
-    );
-
-    let suspect_bytes = Family::<Labels, Gauge>::default();
-    let suspect_growth = Family::<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
-    for (rank, suspect) in snapshot.suspects.iter().enumerate() {
-        let mut labels = process.clone();
-        labels.push(("rank".to_owned(), (rank + 1).to_string()));
-        labels.push(("frame".to_owned(), suspect.frame.clone()));
-        suspect_bytes
-            .get_or_create(&labels)
-            .set(suspect.bytes as i64);
-        suspect_growth
-            .get_or_create(&labels)
-            .set(suspect.growth_bytes_per_s);
+    for process in &snapshot.processes {
+        families.add(process);
     }
-    registry.register(
-        "alloctrace_suspect_outstanding_bytes",
-        "Outstanding bytes of each leak suspect",
-        suspect_bytes,
-    );
-    registry.register(
-        "alloctrace_suspect_growth_bytes_per_second",
-        "Growth rate of each leak suspect (Theil-Sen slope)",
-        suspect_growth,
-    );
-
     let mut text = String::new();
-    encode(&mut text, &registry).expect("writing to a String cannot fail");
+    encode(&mut text, &families.register()).expect("writing to a String cannot fail");
     text
+}
+
+impl Families {
+    fn add(&self, process: &ProcessMetrics) {
+        let labels = process_labels(process);
+        let with = |key: &str, value: &str| {
+            let mut labels = labels.clone();
+            labels.push((key.to_owned(), value.to_owned()));
+            labels
+        };
+        let totals = &process.totals;
+        let gauge = |family: &Family<Labels, Gauge>, value: u64| {
+            family.get_or_create(&labels).set(value as i64);
+        };
+        gauge(&self.outstanding_bytes, totals.outstanding_bytes);
+        gauge(&self.outstanding_allocations, totals.outstanding_count);
+        let counter = |family: &Family<Labels, Counter>, value: u64| {
+            family.get_or_create(&labels).inc_by(value);
+        };
+        if let Some(events) = process.events {
+            counter(&self.events, events);
+        }
+        counter(&self.lost_events, totals.lost_events);
+        counter(&self.allocations, totals.allocs);
+        counter(&self.frees, totals.frees);
+        for (age, bytes) in [
+            ("under_10s", process.age_bytes.under_10s),
+            ("under_1m", process.age_bytes.under_1m),
+            ("under_10m", process.age_bytes.under_10m),
+            ("older", process.age_bytes.older),
+        ] {
+            self.by_age
+                .get_or_create(&with("age", age))
+                .set(bytes as i64);
+        }
+        for (rank, suspect) in process.suspects.iter().enumerate() {
+            let mut labels = with("rank", &(rank + 1).to_string());
+            labels.push(("frame".to_owned(), suspect.frame.clone()));
+            self.suspect_bytes
+                .get_or_create(&labels)
+                .set(suspect.bytes as i64);
+            self.suspect_growth
+                .get_or_create(&labels)
+                .set(suspect.growth_bytes_per_s);
+        }
+        for stack in &process.stacks {
+            let mut labels = with("stack", &stack.stack);
+            labels.push(("frame".to_owned(), stack.frame.clone()));
+            self.stack_bytes
+                .get_or_create(&labels)
+                .set(stack.bytes as i64);
+        }
+    }
+
+    fn register(self) -> Registry {
+        let mut registry = Registry::default();
+        let r = &mut registry;
+        r.register(
+            "alloctrace_outstanding_bytes",
+            "Bytes allocated and not freed",
+            self.outstanding_bytes,
+        );
+        r.register(
+            "alloctrace_outstanding_allocations",
+            "Blocks allocated and not freed",
+            self.outstanding_allocations,
+        );
+        r.register(
+            "alloctrace_events",
+            "Events read from the kernel",
+            self.events,
+        );
+        r.register(
+            "alloctrace_lost_events",
+            "Events the kernel dropped (ring buffer full)",
+            self.lost_events,
+        );
+        r.register(
+            "alloctrace_allocations",
+            "Allocations seen",
+            self.allocations,
+        );
+        r.register(
+            "alloctrace_frees",
+            "Frees of blocks allocated while tracing",
+            self.frees,
+        );
+        r.register(
+            "alloctrace_outstanding_bytes_by_age",
+            "Outstanding bytes by allocation age",
+            self.by_age,
+        );
+        r.register(
+            "alloctrace_suspect_outstanding_bytes",
+            "Outstanding bytes of each leak suspect",
+            self.suspect_bytes,
+        );
+        r.register(
+            "alloctrace_suspect_growth_bytes_per_second",
+            "Growth rate of each leak suspect (Theil-Sen slope)",
+            self.suspect_growth,
+        );
+        r.register(
+            "alloctrace_stack_outstanding_bytes",
+            "Outstanding bytes of the largest stacks of each process, and of the rest summed (stack other)",
+            self.stack_bytes,
+        );
+        registry
+    }
+}
+
+/// `pid` and `comm`, and the container's id and pod UID when known.
+fn process_labels(process: &ProcessMetrics) -> Labels {
+    let mut labels = vec![
+        ("pid".to_owned(), process.pid.to_string()),
+        ("comm".to_owned(), process.comm.clone()),
+    ];
+    let container = process.container.as_ref();
+    if let Some(id) = container.and_then(|container| container.id.as_ref()) {
+        labels.push(("container_id".to_owned(), id.clone()));
+    }
+    if let Some(pod) = container.and_then(|container| container.pod_uid.as_ref()) {
+        labels.push(("pod_uid".to_owned(), pod.clone()));
+    }
+    labels
 }
 
 #[cfg(test)]
@@ -261,39 +396,97 @@ mod tests {
     }
 
     #[test]
-    fn renders_process_totals_ages_and_suspects() {
+    fn renders_process_totals_ages_suspects_and_bounded_stacks() {
+        let stacks = [
+            crate::report::test_stack(4000, &["leak_site", "main"]),
+            crate::report::test_stack(96, &["other_site", "main"]),
+            crate::report::test_stack(60, &["third_site", "main"]),
+        ];
+        let container = crate::container::parse(
+            "/kubepods/burstable/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/\
+             4c2e5a9b1f3d8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29180716f5e4d3c2b1a0",
+        );
         let snapshot = MetricsSnapshot {
-            pid: 7,
-            comm: "app".to_owned(),
-            totals: Totals {
-                outstanding_bytes: 4096,
-                outstanding_count: 2,
-                lost_events: 1,
-                ..Totals::default()
-            },
-            events: 10,
-            age_bytes: AgeBuckets {
-                older: 4096,
-                ..AgeBuckets::default()
-            },
-            suspects: vec![SuspectMetric {
-                frame: "leak_site".to_owned(),
-                bytes: 4000,
-                growth_bytes_per_s: 80.5,
+            events: None,
+            processes: vec![ProcessMetrics {
+                pid: 7,
+                comm: "app".to_owned(),
+                container: Some(container),
+                totals: Totals {
+                    outstanding_bytes: 4156,
+                    outstanding_count: 3,
+                    lost_events: 1,
+                    ..Totals::default()
+                },
+                events: Some(10),
+                age_bytes: AgeBuckets {
+                    older: 4156,
+                    ..AgeBuckets::default()
+                },
+                suspects: vec![SuspectMetric {
+                    frame: "leak_site".to_owned(),
+                    bytes: 4000,
+                    growth_bytes_per_s: 80.5,
+                }],
+                stacks: bounded_stacks(&stacks, 1, 4156),
             }],
         };
         let text = render(&snapshot);
+        let labels = r#"pid="7",comm="app",container_id="4c2e5a9b1f3d8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29180716f5e4d3c2b1a0",pod_uid="0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b""#;
         for line in [
-            r#"alloctrace_outstanding_bytes{pid="7",comm="app"} 4096"#,
-            r#"alloctrace_outstanding_allocations{pid="7",comm="app"} 2"#,
-            r#"alloctrace_events_total{pid="7",comm="app"} 10"#,
-            r#"alloctrace_lost_events_total{pid="7",comm="app"} 1"#,
-            r#"alloctrace_outstanding_bytes_by_age{pid="7",comm="app",age="older"} 4096"#,
-            r#"alloctrace_suspect_outstanding_bytes{pid="7",comm="app",rank="1",frame="leak_site"} 4000"#,
-            r#"alloctrace_suspect_growth_bytes_per_second{pid="7",comm="app",rank="1",frame="leak_site"} 80.5"#,
+            format!("alloctrace_outstanding_bytes{{{labels}}} 4156"),
+            format!("alloctrace_outstanding_allocations{{{labels}}} 3"),
+            format!("alloctrace_events_total{{{labels}}} 10"),
+            format!("alloctrace_lost_events_total{{{labels}}} 1"),
+            format!(r#"alloctrace_outstanding_bytes_by_age{{{labels},age="older"}} 4156"#),
+            format!(
+                r#"alloctrace_suspect_outstanding_bytes{{{labels},rank="1",frame="leak_site"}} 4000"#
+            ),
+            format!(
+                r#"alloctrace_suspect_growth_bytes_per_second{{{labels},rank="1",frame="leak_site"}} 80.5"#
+            ),
+            format!(
+                r#"alloctrace_stack_outstanding_bytes{{{labels},stack="{}",frame="leak_site"}} 4000"#,
+                stack_key(&stacks[0])
+            ),
+            format!(
+                r#"alloctrace_stack_outstanding_bytes{{{labels},stack="other",frame="[other]"}} 156"#
+            ),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with("alloctrace_stack_outstanding_bytes{"))
+                .count(),
+            2,
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_stack_keeps_its_key_and_another_stack_gets_another() {
+        let leak = crate::report::test_stack(4000, &["leak_site", "main"]);
+        let mut grown = leak.clone();
+        grown.bytes = 8000;
+        let mut elsewhere = leak.clone();
+        elsewhere.frames[1].address = 0x2000;
+        assert_eq!(stack_key(&leak), stack_key(&grown));
+        assert_ne!(stack_key(&leak), stack_key(&elsewhere));
+        assert_eq!(stack_key(&leak).len(), 16);
+    }
+
+    #[test]
+    fn host_wide_events_carry_no_process_labels() {
+        let snapshot = MetricsSnapshot {
+            events: Some(99),
+            processes: Vec::new(),
+        };
+        assert!(
+            render(&snapshot)
+                .lines()
+                .any(|l| l == "alloctrace_events_total 99")
+        );
     }
 }

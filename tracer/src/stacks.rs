@@ -11,6 +11,7 @@
 
 use std::{collections::HashMap, rc::Rc};
 
+use foldhash::fast::FixedState;
 use tracer_ebpf::{Event, STACK_HASH};
 
 use crate::events::Carried;
@@ -46,9 +47,12 @@ impl From<u32> for StackId {
 pub struct StackTable {
     /// Return addresses of each id, leaf first; index `id - 1`.
     addresses: Vec<Rc<[u64]>>,
-    ids: HashMap<Rc<[u64]>, StackId>,
-    /// Ids of the stacks the kernel sent under a hash, by that hash.
-    hashed: HashMap<u64, StackId>,
+    ids: HashMap<Rc<[u64]>, StackId, FixedState>,
+    /// Ids of the stacks the kernel sent under a hash, by that hash. Looked
+    /// up for nearly every event: foldhash rather than the standard
+    /// library's SipHash, which made the aggregator benchmark's 1 M events
+    /// cost 767 M instructions instead of 700 M (callgrind).
+    hashed: HashMap<u64, StackId, FixedState>,
 }
 
 impl StackTable {

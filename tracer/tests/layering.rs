@@ -16,6 +16,8 @@ const STAGES: &[(&str, u32)] = &[
     ("safe_open", 0),
     ("sampling", 0),
     ("debuginfo", 0),
+    ("container", 0),
+    ("privileges", 0),
     ("placement", 1),
     ("target", 2),
     ("armed", 2),

@@ -1,4 +1,4 @@
-//! Developer tasks for alloctrace: `cargo xtask <setup|build|run|test|demo|bench>`.
+//! Developer tasks for alloctrace: `cargo xtask <setup|build|run|test|demo|bench|image|install-unit>`.
 //!
 //! `main.rs` only parses the command line and dispatches; each subcommand lives
 //! in its own module. Shared helpers (echoing/running commands, paths) are in `util`.
@@ -7,6 +7,7 @@ mod bench;
 mod bench_tracer;
 mod build;
 mod demo;
+mod deploy;
 mod run;
 mod setup;
 mod test;
@@ -38,6 +39,10 @@ enum Command {
     Test(test::Args),
     /// Trace a bundled leaky demo service and write a flamegraph + report
     Demo(demo::Args),
+    /// Build the container image offline (FROM scratch: the binary and its libraries)
+    Image(deploy::ImageArgs),
+    /// Install the binary and the systemd unit (deploy/alloctrace.service), and start it
+    InstallUnit(deploy::UnitArgs),
     /// Measure tracing overhead on a malloc/free churn (untraced, floor, alloctrace, bcc)
     Bench(bench::Args),
 }
@@ -51,6 +56,8 @@ fn main() {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Image(args) => deploy::image(&args),
+        Command::InstallUnit(args) => deploy::install_unit(&args),
     };
     if let Err(err) = result {
         // `{:#}` renders the whole context chain on one line.

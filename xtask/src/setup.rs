@@ -11,8 +11,10 @@ use anyhow::{Result, bail};
 use crate::util::{self, probe};
 
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
-/// and what the integration tests trace: replacement allocators and Node.js
-/// (whose JIT frames tests/jit.rs names).
+/// what the integration tests trace: replacement allocators and Node.js
+/// (whose JIT frames tests/jit.rs names), and what tests/fleet.rs deploys
+/// with: podman and runc (the image), prometheus (scraping, `promtool`) and
+/// systemd (`systemd-analyze verify` on the unit).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -23,6 +25,10 @@ const APT_PACKAGES: &[&str] = &[
     "libgoogle-perftools4",
     "libmimalloc2.0",
     "nodejs",
+    "podman",
+    "runc",
+    "prometheus",
+    "systemd",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -306,6 +306,12 @@ impl Driver<'_> {
                         return Ok(stop);
                     }
                 }
+                _ = signals.report_now.recv() => {
+                    if let Some(stop) = self.drain(mode) {
+                        return Ok(stop);
+                    }
+                    self.write_on_demand(mode);
+                }
                 _ = signals.interrupt.recv() => return Ok(Stop::Signal(libc::SIGINT)),
                 _ = signals.terminate.recv() => return Ok(Stop::Signal(libc::SIGTERM)),
                 _ = &mut deadline, if self.common.duration.is_some() => return Ok(Stop::Duration),
@@ -409,6 +415,24 @@ impl Driver<'_> {
         let report = self.report(mode);
         if let Err(error) = write_atomically(&path, |out| report::write_json(&report, out)) {
             log::warn!("snapshot {}: {error:#}", path.display());
+        }
+        if let Some(keep) = snapshots.keep
+            && let Err(error) = report::prune_snapshots(&snapshots.dir, &mode.output_name(), keep)
+        {
+            log::warn!(
+                "pruning snapshots in {}: {error:#}",
+                snapshots.dir.display()
+            );
+        }
+    }
+
+    /// SIGUSR1: the final outputs as of now and a snapshot (with
+    /// `--snapshot-dir`), while tracing goes on. A failure is logged, not
+    /// fatal, as for a snapshot.
+    fn write_on_demand<M: Mode>(&self, mode: &M) {
+        self.write_snapshot(mode);
+        if let Err(error) = self.write_outputs(mode) {
+            log::warn!("writing the outputs on SIGUSR1: {error:#}");
         }
     }
 

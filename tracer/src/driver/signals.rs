@@ -1,6 +1,8 @@
 //! SIGINT and SIGTERM, caught from before the ready line on: a signal sent
 //! as soon as the ready line appears must stop tracing cleanly, not kill the
-//! tracer with its probes half-way.
+//! tracer with its probes half-way. SIGUSR1 (`systemctl reload`) asks for
+//! the outputs now, without stopping; caught as early, since its default
+//! action would end the tracer.
 
 use anyhow::Context as _;
 use tokio::signal::unix::{Signal, SignalKind, signal};
@@ -8,6 +10,7 @@ use tokio::signal::unix::{Signal, SignalKind, signal};
 pub struct StopSignals {
     pub interrupt: Signal,
     pub terminate: Signal,
+    pub report_now: Signal,
 }
 
 impl StopSignals {
@@ -15,6 +18,7 @@ impl StopSignals {
         Ok(Self {
             interrupt: signal(SignalKind::interrupt()).context("catching SIGINT")?,
             terminate: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            report_now: signal(SignalKind::user_defined1()).context("catching SIGUSR1")?,
         })
     }
 }

@@ -31,6 +31,7 @@ pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 
 use crate::{
     analysis::{AgeBuckets, Evidence, Suspect},
+    container::Container,
     ledger::{self, Ledger, StackUsage},
     stacks::StackId,
     symbolize::Frame,
@@ -93,6 +94,9 @@ pub struct ProcessReport {
     pub comm: String,
     pub exe: String,
     pub libc: String,
+    /// The process's cgroup and the container or pod it names; None when
+    /// it was gone before `/proc` could be read.
+    pub container: Option<Container>,
     pub totals: Totals,
     /// Outstanding bytes of the stacks below by age.
     pub age_bytes: AgeBuckets,
@@ -269,6 +273,31 @@ pub fn snapshot_path(dir: &Path, name: &str, at: SystemTime) -> PathBuf {
     dir.join(format!("alloctrace-{name}-{stamp}.json"))
 }
 
+/// Deletes all but the newest `keep` snapshots named `name` in `dir`
+/// (names sort by time). Files of any other name are never touched.
+pub fn prune_snapshots(dir: &Path, name: &str, keep: usize) -> std::io::Result<()> {
+    let prefix = format!("alloctrace-{name}-");
+    let mut snapshots: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            let file_name = entry.file_name();
+            let file_name = file_name.to_string_lossy();
+            file_name.ends_with(".json")
+                && file_name
+                    .strip_prefix(&prefix)
+                    .is_some_and(|stamp| stamp.starts_with(|c: char| c.is_ascii_digit()))
+                && entry.file_type().is_ok_and(|kind| kind.is_file())
+        })
+        .map(|entry| entry.path())
+        .collect();
+    snapshots.sort();
+    let excess = snapshots.len().saturating_sub(keep);
+    for old in &snapshots[..excess] {
+        std::fs::remove_file(old)?;
+    }
+    Ok(())
+}
+
 /// A stack of one block whose frames are named `leaf_first`, for the tests
 /// of the formats.
 #[cfg(test)]
@@ -353,5 +382,41 @@ mod tests {
             path,
             Path::new("/snaps/alloctrace-42-2023-11-14T22-13-20.123Z.json")
         );
+    }
+
+    #[test]
+    fn pruning_keeps_the_newest_snapshots_of_that_name_and_nothing_else_is_touched() {
+        let dir = tempfile::tempdir().unwrap();
+        let start = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let snapshots: Vec<PathBuf> = (0..5)
+            .map(|minute| {
+                let at = start + std::time::Duration::from_secs(60 * minute);
+                snapshot_path(dir.path(), "all", at)
+            })
+            .collect();
+        let others = [
+            "alloctrace-42-2023-11-14T22-13-20.123Z.json",
+            "notes.json",
+            "alloctrace-all-x.json",
+        ];
+        for path in snapshots
+            .iter()
+            .chain(&others.map(|name| dir.path().join(name)))
+        {
+            std::fs::write(path, "{}").unwrap();
+        }
+        prune_snapshots(dir.path(), "all", 2).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = snapshots[3..]
+            .iter()
+            .map(|path| path.file_name().unwrap().to_string_lossy().into_owned())
+            .chain(others.iter().map(|name| (*name).to_owned()))
+            .collect();
+        expected.sort();
+        assert_eq!(left, expected);
     }
 }

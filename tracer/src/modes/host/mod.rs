@@ -33,6 +33,7 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
     events::{Arrived, Carried},
     ledger::{self, Budget},
+    metrics::{Metrics, MetricsSnapshot},
     placement::Plan,
     probes::{Probes, Programs},
     report::{Report, SummaryState, Totals},
@@ -47,7 +48,12 @@ const RESCAN_PERIOD: Duration = Duration::from_secs(1);
 
 /// Traces every process the filters let through until stopped.
 pub async fn run(common: &Common, config: HostConfig) -> anyhow::Result<Outcome> {
-    let (mode, attached) = HostMode::start(common, config)?;
+    // Bound before attaching, so a taken port fails before any probe.
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(Metrics::serve(addr).await?),
+        None => None,
+    };
+    let (mode, attached) = HostMode::start(common, config, metrics)?;
     driver::run(mode, attached, common).await
 }
 
@@ -59,10 +65,17 @@ pub struct HostMode {
     probed: Probed,
     programs: Programs,
     rescan_timer: Interval,
+    metrics: Option<Metrics>,
+    /// Allocator events applied (markers left out).
+    events: u64,
 }
 
 impl HostMode {
-    fn start(common: &Common, config: HostConfig) -> anyhow::Result<(Self, Attached)> {
+    fn start(
+        common: &Common,
+        config: HostConfig,
+        metrics: Option<Metrics>,
+    ) -> anyhow::Result<(Self, Attached)> {
         let own_pid = std::process::id();
         // Before the ready line: a signal sent as soon as it appears must
         // stop tracing cleanly, not kill the tracer.
@@ -97,6 +110,8 @@ impl HostMode {
             probed,
             programs,
             rescan_timer: driver::periodic(tokio::time::Instant::from_std(started), RESCAN_PERIOD),
+            metrics,
+            events: 0,
             config,
         };
         let attached = Attached {
@@ -163,8 +178,10 @@ impl Mode for HostMode {
     }
 
     fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, now: &Now) -> Option<Stop> {
-        if event.kind() == Some(EventKind::Exec) {
-            self.libraries.exec_seen(event.pid);
+        match event.kind() {
+            Some(EventKind::Exec) => self.libraries.exec_seen(event.pid),
+            Some(EventKind::ProcessExit) => {}
+            _ => self.events += 1,
         }
         self.processes.apply(event, arrived, now);
         None
@@ -207,6 +224,12 @@ impl Mode for HostMode {
             .collect();
         let (largest, suspects) = self.processes.largest_and_suspects(now.now_ns, top);
         let ages = self.processes.total_ages(now.now_ns);
+        if let Some(metrics) = &self.metrics {
+            metrics.publish(MetricsSnapshot {
+                events: Some(self.events),
+                processes: self.processes.metrics(now, top),
+            });
+        }
         HostTick {
             summary: summaries.next(totals, now.elapsed_s, largest, ages, suspects),
             counts: self.processes.counts(),

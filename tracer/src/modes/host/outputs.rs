@@ -77,6 +77,7 @@ mod tests {
             comm: comm.into(),
             exe: String::new(),
             libc: String::new(),
+            container: None,
             totals: Totals::default(),
             age_bytes: Default::default(),
             stacks,

@@ -19,10 +19,12 @@ use tracer_ebpf::{Event, EventKind};
 use crate::{
     analysis::{AgeBuckets, History},
     clock::monotonic_ns,
+    container::{self, Container},
     driver::{Now, Tracee},
     events::Arrived,
     ledger::{self, Budget, Ledger},
     maps::Backing,
+    metrics::{ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
     stacks::StackId,
     symbolize::SharedSymbols,
@@ -36,14 +38,17 @@ pub const GROWTH_TICKS: usize = 3;
 /// outstanding bytes); the rest are only counted.
 pub const MAX_EXITED_REPORTS: usize = 1000;
 
-/// One line of a tick's ranking.
-#[derive(Clone, Debug, PartialEq)]
+/// One line of a tick's ranking (JSON ticks carry its keys).
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Ranked {
     pub pid: u32,
     pub comm: String,
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,
+    /// Change of its outstanding bytes per second over the last ticks.
     pub growth_bytes_per_s: f64,
+    /// Its cgroup and the container or pod that names.
+    pub container: Option<Container>,
 }
 
 /// A traced process.
@@ -58,6 +63,8 @@ struct Process {
     named_at_ns: u64,
     /// The parent, as `/proc` said then.
     ppid: i32,
+    /// Read when the ledger starts: `execve` keeps the cgroup.
+    container: Option<Container>,
     tracee: Tracee,
 }
 
@@ -201,6 +208,7 @@ impl Processes {
                     outstanding_bytes: totals.outstanding_bytes,
                     outstanding_count: totals.outstanding_count,
                     growth_bytes_per_s: self.growth.growth_bytes_per_s(&process.pid),
+                    container: process.container.clone(),
                 }
             })
             .collect();
@@ -218,6 +226,35 @@ impl Processes {
         self.live.get(&pid).map_or_else(Vec::new, |process| {
             process.tracee.largest(&process.tracee.view(now_ns), limit)
         })
+    }
+
+    /// The series of every live process: its totals, ages and suspects,
+    /// its `top` largest stacks and the rest summed (so a process with
+    /// thousands of stacks still has `top` + 1 stack series).
+    pub fn metrics(&self, now: &Now, top: usize) -> Vec<ProcessMetrics> {
+        self.live
+            .values()
+            .map(|process| {
+                let view = process.tracee.view(now.now_ns);
+                let totals = Totals::new(process.tracee.ledger.totals(), now.lost_events);
+                let largest = process.tracee.largest(&view, top);
+                ProcessMetrics {
+                    pid: process.pid,
+                    comm: process.comm.clone(),
+                    container: process.container.clone(),
+                    totals,
+                    events: None,
+                    age_bytes: view.total_ages(),
+                    suspects: process
+                        .tracee
+                        .suspects(&view, top)
+                        .iter()
+                        .map(SuspectMetric::from)
+                        .collect(),
+                    stacks: bounded_stacks(&largest, top, totals.outstanding_bytes),
+                }
+            })
+            .collect()
     }
 
     /// The `limit` largest stacks and the `limit` most suspicious ones of
@@ -347,6 +384,7 @@ impl Process {
             exe,
             named_at_ns: monotonic_ns(),
             ppid: stat.map_or(0, |stat| stat.ppid),
+            container: container::of_process(pid),
             tracee,
         }
     }
@@ -389,6 +427,7 @@ impl Process {
             comm: self.comm.clone(),
             exe: self.exe.clone(),
             libc: self.libc(),
+            container: self.container.clone(),
             totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
             age_bytes: view.total_ages(),
             stacks: self.tracee.largest(&view, usize::MAX),
@@ -466,6 +505,7 @@ mod tests {
             comm: "x".into(),
             exe: "x".into(),
             libc: String::new(),
+            container: None,
             totals: Totals {
                 outstanding_bytes: bytes,
                 ..Totals::default()

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::processes::Ranked;
 use crate::{
+    container::Container,
     driver::TickLine,
     report::{HostCounts, StackReport, Summary, bytes, signed_bytes, write_top_stacks},
 };
@@ -29,29 +30,19 @@ pub struct HostTick {
     pub processes: Vec<ProcessTick>,
 }
 
-/// One ranked process of a tick.
+/// One ranked process of a tick: its ranking line (`pid`, `comm`,
+/// outstanding bytes and blocks, `growth_bytes_per_s`, `container`) and its
+/// largest outstanding stacks.
 #[derive(Debug, Serialize)]
 pub struct ProcessTick {
-    pub pid: u32,
-    pub comm: String,
-    pub outstanding_bytes: u64,
-    pub outstanding_count: u64,
-    /// Change of its outstanding bytes per second over the last ticks.
-    pub growth_bytes_per_s: f64,
-    /// Its largest outstanding stacks.
+    #[serde(flatten)]
+    pub process: Ranked,
     pub top: Vec<StackReport>,
 }
 
 impl ProcessTick {
-    pub fn new(ranked: Ranked, top: Vec<StackReport>) -> Self {
-        Self {
-            pid: ranked.pid,
-            comm: ranked.comm,
-            outstanding_bytes: ranked.outstanding_bytes,
-            outstanding_count: ranked.outstanding_count,
-            growth_bytes_per_s: ranked.growth_bytes_per_s,
-            top,
-        }
+    pub fn new(process: Ranked, top: Vec<StackReport>) -> Self {
+        Self { process, top }
     }
 }
 
@@ -67,22 +58,39 @@ impl TickLine for HostTick {
             "  processes: {} traced, {} exited",
             self.counts.tracked_processes, self.counts.exited_processes
         );
-        for (rank, process) in self.processes.iter().enumerate() {
+        for (rank, ProcessTick { process, top }) in self.processes.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "  #{} {} (pid {}): {} in {} blocks, {}/s",
+                "  #{} {} (pid {}{}): {} in {} blocks, {}/s",
                 rank + 1,
                 process.comm,
                 process.pid,
+                process
+                    .container
+                    .as_ref()
+                    .map_or_else(String::new, in_container),
                 bytes(process.outstanding_bytes),
                 process.outstanding_count,
                 signed_bytes(process.growth_bytes_per_s.round() as i64),
             );
             if rank < PROCESSES_WITH_STACKS {
-                write_top_stacks(&mut text, "      ", &process.top);
+                write_top_stacks(&mut text, "      ", top);
             }
         }
         self.summary.write_suspects(&mut text);
         text
     }
+}
+
+/// `, container 4c2e5a9b1f3d` (the short id `docker ps` shows), and the pod
+/// when there is one.
+fn in_container(container: &Container) -> String {
+    let mut text = String::new();
+    if let Some(id) = &container.id {
+        let _ = write!(text, ", container {}", &id[..12]);
+    }
+    if let Some(pod) = &container.pod_uid {
+        let _ = write!(text, ", pod {pod}");
+    }
+    text
 }

@@ -30,6 +30,7 @@ use crate::{
     analysis::LeakGate,
     armed::ArmedWatch,
     config::{Common, ProcessConfig, ProcessTarget},
+    container::{self, Container},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger},
@@ -64,6 +65,8 @@ pub struct ProcessMode {
     /// Ends the leak gate's warm-up (`--after`).
     warm_up: Pin<Box<Sleep>>,
     metrics: Option<Metrics>,
+    /// The target's cgroup and container, read at attach.
+    container: Option<Container>,
     /// Allocator events applied.
     events: u64,
     /// Tracing has stopped: the final tick and outputs remain.
@@ -134,6 +137,7 @@ impl ProcessMode {
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
         let mode = Self {
+            container: container::of_process(target.pid),
             tracee: Tracee::new(target.pid, ledger, SharedSymbols::new()),
             // The launched command's own execve is the start of tracing.
             execs_expected: u32::from(launched.is_some()),
@@ -269,6 +273,7 @@ impl Mode for ProcessMode {
                 comm: self.target.comm.clone(),
                 exe: self.target.exe.display().to_string(),
                 libc: self.target.allocator.path.display().to_string(),
+                container: self.container.clone(),
                 totals,
                 age_bytes: view.total_ages(),
                 stacks: self.tracee.largest(&view, usize::MAX),

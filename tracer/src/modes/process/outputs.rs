@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use super::ProcessMode;
 use crate::{
     driver::Now,
-    metrics::{MetricsSnapshot, SuspectMetric},
+    metrics::{MetricsSnapshot, ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{self, PprofInput, StackView, SuspectReport, Totals, write_atomically},
 };
 
@@ -19,24 +19,19 @@ impl ProcessMode {
         suspects: &[SuspectReport],
     ) {
         let Some(metrics) = &self.metrics else { return };
+        let largest = self.tracee.largest(view, self.common.top);
         metrics.publish(MetricsSnapshot {
-            pid: self.target.pid,
-            comm: self.target.comm.clone(),
-            totals,
-            events: self.events,
-            age_bytes: view.total_ages(),
-            suspects: suspects
-                .iter()
-                .map(|suspect| SuspectMetric {
-                    frame: suspect
-                        .stack
-                        .frames
-                        .first()
-                        .map_or_else(|| "[no stack]".to_owned(), |frame| frame.label()),
-                    bytes: suspect.stack.bytes,
-                    growth_bytes_per_s: suspect.growth_bytes_per_s,
-                })
-                .collect(),
+            events: None,
+            processes: vec![ProcessMetrics {
+                pid: self.target.pid,
+                comm: self.target.comm.clone(),
+                container: self.container.clone(),
+                totals,
+                events: Some(self.events),
+                age_bytes: view.total_ages(),
+                suspects: suspects.iter().map(SuspectMetric::from).collect(),
+                stacks: bounded_stacks(&largest, self.common.top, totals.outstanding_bytes),
+            }],
         });
     }
 
