@@ -429,3 +429,20 @@ fn a_perf_map_symlinked_out_of_a_chroot_is_not_followed() {
         "{stderr}"
     );
 }
+
+#[test]
+fn outputs_replace_a_planted_symlink_instead_of_following_it() {
+    require_root();
+    let dir = temp_dir();
+    let victim = dir.path().join("victim");
+    fs::write(&victim, b"precious").unwrap();
+    let report = dir.path().join("report.json");
+    std::os::unix::fs::symlink(&victim, &report).unwrap();
+    let mut w = Workload::spawn(Mode::Stay);
+    let tracer = Tracer::spawn(w.pid, &["--report".as_ref(), report.as_os_str()], None);
+    w.run();
+    tracer.stop(libc::SIGINT).assert_success();
+    assert_eq!(fs::read(&victim).unwrap(), b"precious");
+    assert!(fs::symlink_metadata(&report).unwrap().is_file());
+    assert_report_complete(&read_json(&report), w.pid);
+}
