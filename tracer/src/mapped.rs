@@ -20,10 +20,12 @@ use std::{
     fmt,
     fs::File,
     io,
-    os::fd::AsRawFd as _,
+    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
     path::{Path, PathBuf},
     sync::Arc,
 };
+
+use crate::safe_open;
 
 /// What the kernel appends to a mapped file's path once it is unlinked.
 const DELETED_MARK: &str = " (deleted)";
@@ -41,11 +43,27 @@ pub struct MappedFile {
 }
 
 impl MappedFile {
-    /// Opens the file mapped at `start..end` in `pid`.
-    pub fn open(pid: u32, (start, end): (u64, u64)) -> io::Result<Self> {
-        Self::from_file(File::open(format!(
-            "/proc/{pid}/map_files/{start:x}-{end:x}"
-        ))?)
+    /// Opens the file `pid` maps at `start..end`, which it names `name`
+    /// and whose identity is `id`. Without `CAP_SYS_ADMIN` or
+    /// `CAP_CHECKPOINT_RESTORE`, which `map_files` needs, the file is opened
+    /// by its name inside the process's root instead, and only accepted if
+    /// it is still the file mapped (not deleted or replaced since).
+    pub fn open(pid: u32, (start, end): (u64, u64), name: &Path, id: FileId) -> io::Result<Self> {
+        let file = match File::open(format!("/proc/{pid}/map_files/{start:x}-{end:x}")) {
+            Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
+                let file = safe_open::open_in_root(pid, name)?;
+                let metadata = file.metadata()?;
+                if (metadata.dev(), metadata.ino()) != id {
+                    return Err(io::Error::other(
+                        "the file at that path is not the one mapped (deleted or replaced since); \
+                         reading the mapped one needs CAP_CHECKPOINT_RESTORE",
+                    ));
+                }
+                file
+            }
+            opened => opened?,
+        };
+        Self::from_file(file)
     }
 
     /// Holds `file` (already opened safely) as a mapped file.
@@ -99,8 +117,6 @@ pub fn device(major: i32, minor: i32) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt as _;
-
     use super::*;
 
     #[test]
@@ -121,8 +137,15 @@ mod tests {
         let maps = crate::maps::read(pid).expect("own maps");
         let here = opens_this_process_code_as_mapped as fn() as usize as u64;
         let mapping = crate::maps::find(&maps, here).expect("own code mapping");
-        let mapped = MappedFile::open(pid, (mapping.start, mapping.end)).expect("map_files");
         let exe = std::fs::metadata("/proc/self/exe").expect("own exe");
+        let name = std::fs::read_link("/proc/self/exe").expect("own exe path");
+        let mapped = MappedFile::open(
+            pid,
+            (mapping.start, mapping.end),
+            &name,
+            (exe.dev(), exe.ino()),
+        )
+        .expect("map_files");
         let through_path = std::fs::metadata(mapped.path()).expect("fd path");
         assert_eq!(
             (through_path.dev(), through_path.ino()),

@@ -100,11 +100,11 @@ pub enum TargetError {
     AllocatorNotMapped { pid: u32, path: String },
     #[error("cannot read /proc/{pid}: {source}")]
     Proc { pid: u32, source: ProcError },
-    #[error("cannot open {path} as pid {pid} maps it: {source}")]
+    #[error("cannot open {path} as pid {pid} maps it: {error}")]
     Open {
         pid: u32,
         path: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot list the libraries of {exe}: {reason}")]
     Libraries { exe: String, reason: String },
@@ -182,10 +182,11 @@ impl Target {
                 || (allocator_lib.is_some() && same_file(&allocator.path, object.id))
         });
         if let Some(object) = object {
-            let file = MappedFile::open(pid, object.range).map_err(|source| TargetError::Open {
+            let opened = MappedFile::open(pid, object.range, &object.name, object.id);
+            let file = opened.map_err(|error| TargetError::Open {
                 pid,
                 path: object.name.display().to_string(),
-                source,
+                error,
             })?;
             allocator.host_path = file.path().to_path_buf();
             allocator.deleted = object.deleted;

@@ -12,8 +12,8 @@ use std::{collections::BTreeMap, fs, path::Path};
 const STAGES: &[(&str, u32)] = &[
     ("clock", 0),
     ("maps", 0),
-    ("mapped", 0),
     ("safe_open", 0),
+    ("mapped", 1),
     ("sampling", 0),
     ("debuginfo", 0),
     ("container", 0),

@@ -96,7 +96,7 @@ impl Libraries {
                 }
                 // A process that exits before its file is opened leaves it
                 // unknown, to be found in the next process that maps it.
-                let Ok(file) = MappedFile::open(pid, map.address) else {
+                let Ok(file) = MappedFile::open(pid, map.address, &path, id) else {
                     continue;
                 };
                 self.known.insert(id);
