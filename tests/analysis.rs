@@ -9,7 +9,7 @@
 
 use std::{path::Path, time::Duration};
 
-use integration_tests::*;
+use integration_tests::{verdicts::gate_offenders, *};
 use serde_json::Value;
 
 const LEAK_SIZE: u64 = 4096;
@@ -179,12 +179,7 @@ fn leak_gate_fails_on_a_leaking_workload_naming_the_leak() {
         "expected the leak gate's exit status 3\n--- stderr ---\n{}",
         out.stderr
     );
-    let offenders: Vec<&str> = out
-        .stderr
-        .lines()
-        .skip_while(|l| !l.contains("leak gate failed"))
-        .skip(1)
-        .collect();
+    let offenders = gate_offenders(&out.stderr);
     assert_eq!(offenders.len(), 1, "offending stacks:\n{}", out.stderr);
     assert!(offenders[0].contains("leak_site"), "{}", out.stderr);
     assert!(

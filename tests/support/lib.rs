@@ -15,6 +15,8 @@
 //!   files, `--metrics-addr`),
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
+//! * [`verdicts`]: the leak-verdict battery and its scoring (not
+//!   re-exported: its names are for the tests that use it).
 //!
 //! All child processes are SIGKILLed and reaped on drop, so a failing
 //! assertion never leaves a tracer or a workload behind.
@@ -36,6 +38,7 @@ pub mod protocol;
 pub mod report;
 pub mod ticks;
 pub mod tracer;
+pub mod verdicts;
 pub mod workloads;
 
 pub use environment::*;

@@ -82,7 +82,7 @@ pub fn thread_slot(tid: u32) -> Option<*mut Pending> {
             .get_ptr_mut(tid)
             .map(|slot| unsafe { &raw mut (*slot).pending })
     } else {
-        PENDING_BY_TID.get_ptr_mut(&tid)
+        PENDING_BY_TID.get_ptr_mut(tid)
     }
 }
 
@@ -96,7 +96,7 @@ pub fn park(tid: u32, slot: Option<*mut Pending>, pending: Pending) -> Outcome {
         None => {
             // Only thread ids past the array get here: array slots always exist.
             PENDING_BY_TID
-                .insert(&tid, &pending, 0)
+                .insert(tid, pending, 0)
                 .map_err(|_| Counter::MapErrors)?;
         }
     }

@@ -125,7 +125,7 @@ pub fn event(
 /// quarter of the default ring is ~40,000 events, far more than a CPU writes
 /// between two checks.
 pub fn wakeup_flags(timestamp_ns: u64) -> u64 {
-    if (timestamp_ns >> 4) % WAKEUP_CHECK_EVERY != 0 {
+    if !(timestamp_ns >> 4).is_multiple_of(WAKEUP_CHECK_EVERY) {
         return BPF_RB_NO_WAKEUP as u64;
     }
     let ring = ring();

@@ -143,7 +143,7 @@ fn process_traced(pid_tgid: u64) -> bool {
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY (both lookups): the value is plain data, only tested for
     // presence.
-    if unsafe { EXCLUDED_TGIDS.get(&tgid) }.is_some() {
+    if unsafe { EXCLUDED_TGIDS.get(tgid) }.is_some() {
         return false;
     }
     if COMM_FILTER.load() == 0 {
@@ -152,7 +152,7 @@ fn process_traced(pid_tgid: u64) -> bool {
     let Ok(comm) = bpf_get_current_comm() else {
         return false;
     };
-    unsafe { TRACED_COMMS.get(&comm) }.is_some()
+    unsafe { TRACED_COMMS.get(comm) }.is_some()
 }
 
 /// Whether the calling task is in the `--cgroup` (or there is none).

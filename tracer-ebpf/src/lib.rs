@@ -6,6 +6,11 @@
 //! that the other has not seen fails the build instead of misreading events.
 //! The crate is `no_std` and has no dependencies on the host, so userspace can
 //! use it without compiling aya-ebpf.
+//!
+//! Every name the two sides share is spelled here once: the maps and
+//! globals userspace opens or sets by name (`*_MAP`, `*_GLOBAL`, which the
+//! kernel's declarations take through [`shared_name!`]) and the list of
+//! event rings ([`for_each_event_ring!`]).
 #![no_std]
 
 /// The one list of the event rings, by index and map name: calls

@@ -3,7 +3,7 @@
 //!
 //! Every allocating function gets an entry program (`<symbol>_enter`) that
 //! parks its arguments for the calling thread, and shares one return program
-//! ([`programs::alloc_exit`]) that pairs the result with them. `free` needs
+//! (`programs::alloc_exit`) that pairs the result with them. `free` needs
 //! only an entry program. The programs never aggregate: the ledger lives in
 //! userspace.
 //!
@@ -20,6 +20,7 @@
 //!   the caller's result; the caller's return probe then finds nothing);
 //! - an entry with a *higher* stack pointer means the pending call's return was
 //!   missed (e.g. the probe attached mid-call): the stale slot is replaced.
+//!
 //! A return is matched to its entry when its stack pointer is the entry's plus
 //! the 8 bytes of the popped return address.
 //!

@@ -53,14 +53,12 @@ pub fn sample(addr: u64, size: u64) -> Result<bool, Counter> {
     if draw >= threshold {
         return Ok(false);
     }
-    SAMPLED
-        .insert(&addr, &1, 0)
-        .map_err(|_| Counter::MapErrors)?;
+    SAMPLED.insert(addr, 1, 0).map_err(|_| Counter::MapErrors)?;
     Ok(true)
 }
 
 /// Whether a block being released was reported: always when tracing every
 /// call; with `--sample-rate`, when it was sampled (and is forgotten now).
 pub fn was_sampled(addr: u64) -> bool {
-    !sampling() || SAMPLED.remove(&addr).is_ok()
+    !sampling() || SAMPLED.remove(addr).is_ok()
 }

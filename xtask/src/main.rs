@@ -1,4 +1,5 @@
-//! Developer tasks for alloctrace: `cargo xtask <setup|build|run|test|demo|bench|image|install-unit>`.
+//! Developer tasks for alloctrace:
+//! `cargo xtask <setup|build|run|test|demo|bench|verdicts|image|install-unit>`.
 //!
 //! `main.rs` only parses the command line and dispatches; each subcommand lives
 //! in its own module. Shared helpers (echoing/running commands, paths) are in `util`.
@@ -12,6 +13,7 @@ mod run;
 mod setup;
 mod test;
 mod util;
+mod verdicts;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +47,8 @@ enum Command {
     InstallUnit(deploy::UnitArgs),
     /// Measure tracing overhead on a malloc/free churn (untraced, floor, alloctrace, bcc)
     Bench(bench::Args),
+    /// Precision and recall of the leak suspects over a battery of heap patterns with known verdicts
+    Verdicts(verdicts::Args),
 }
 
 fn main() {
@@ -56,6 +60,7 @@ fn main() {
         Command::Test(args) => test::run(&args),
         Command::Demo(args) => demo::run(&args),
         Command::Bench(args) => bench::run(&args),
+        Command::Verdicts(args) => verdicts::run(&args),
         Command::Image(args) => deploy::image(&args),
         Command::InstallUnit(args) => deploy::install_unit(&args),
     };

@@ -1,14 +1,14 @@
 //! A short history of each stack's (or, host-wide, each process's)
-//! outstanding bytes, one sample per tick, with bounded memory: only the
-//! last `window` ticks of a key are kept, and a key whose every kept sample
-//! is zero is forgotten.
+//! outstanding bytes (and, for stacks, of all they allocated, freed or not),
+//! one sample per tick, with bounded memory: only the last `window` ticks of
+//! a key are kept, and a key whose every kept sample is zero is forgotten.
 
 use std::{
     collections::{HashMap, VecDeque},
     hash::Hash,
 };
 
-use crate::ledger::{StackId, StackUsage};
+use crate::ledger::{Allocated, StackId, StackUsage};
 
 /// Ticks kept per stack when the caller has no reason to choose: at the
 /// default 10 s interval, the last 5 minutes.
@@ -19,7 +19,26 @@ pub const DEFAULT_WINDOW: usize = 30;
 pub struct Sample {
     /// Seconds since tracing began.
     pub elapsed_s: f64,
+    /// The tick's CLOCK_MONOTONIC ns, the clock of the ledger's blocks (0
+    /// in histories of processes).
+    pub at_ns: u64,
+    /// Outstanding bytes.
     pub bytes: u64,
+    /// Bytes allocated since tracing began, freed or not (0 in histories of
+    /// processes).
+    pub allocated_bytes: u64,
+    /// Of those, the bytes that replaced blocks from before tracing
+    /// ([`Allocated::replaced_bytes`]; 0 in histories of processes).
+    pub replaced_bytes: u64,
+}
+
+/// One tick of a whole ledger, as [`History::record`] takes it.
+pub struct Tick<'a> {
+    pub elapsed_s: f64,
+    pub at_ns: u64,
+    pub usage: &'a [StackUsage],
+    /// [`crate::ledger::Ledger::allocated_by_stack`] at the tick.
+    pub allocated: &'a HashMap<StackId, Allocated>,
 }
 
 /// Samples by key: stacks ([`StackId`], the default) for leak suspects,
@@ -33,11 +52,52 @@ pub struct History<K = StackId> {
 impl History {
     /// Records one tick: every stack in `usage` at its bytes, every stack
     /// already tracked but absent from `usage` at zero.
-    pub fn record(&mut self, elapsed_s: f64, usage: &[StackUsage]) {
-        self.record_bytes(
-            elapsed_s,
-            usage.iter().map(|usage| (usage.stack, usage.bytes)),
+    pub fn record(&mut self, tick: Tick<'_>) {
+        self.record_samples(
+            tick.elapsed_s,
+            tick.at_ns,
+            tick.usage.iter().map(|usage| (usage.stack, usage.bytes)),
+            |stack| {
+                let allocated = tick.allocated.get(stack).copied().unwrap_or_default();
+                (allocated.bytes, allocated.replaced_bytes)
+            },
         );
+    }
+
+    /// Each tracked stack's window: the CLOCK_MONOTONIC ns of its first and
+    /// last kept ticks.
+    pub fn windows(&self) -> impl Iterator<Item = (StackId, u64, u64)> + '_ {
+        self.stacks.iter().filter_map(|(stack, samples)| {
+            Some((*stack, samples.front()?.at_ns, samples.back()?.at_ns))
+        })
+    }
+
+    /// Ticks kept of `stack` (0 when it is not tracked).
+    pub fn ticks_of(&self, stack: StackId) -> usize {
+        self.stacks.get(&stack).map_or(0, VecDeque::len)
+    }
+
+    /// Records a tick of `usage` with nothing allocated beyond it, for the
+    /// tests: each stack's allocated bytes are its outstanding bytes.
+    #[cfg(test)]
+    pub fn record_usage(&mut self, elapsed_s: f64, usage: &[StackUsage]) {
+        let allocated = usage
+            .iter()
+            .map(|u| {
+                let allocated = Allocated {
+                    bytes: u.bytes,
+                    count: u.count,
+                    ..Allocated::default()
+                };
+                (u.stack, allocated)
+            })
+            .collect();
+        self.record(Tick {
+            elapsed_s,
+            at_ns: (elapsed_s * 1e9) as u64,
+            usage,
+            allocated: &allocated,
+        });
     }
 }
 
@@ -55,7 +115,10 @@ impl<K: Copy + Eq + Hash> History<K> {
         self.stacks.entry(key).or_insert_with(|| {
             VecDeque::from([Sample {
                 elapsed_s,
+                at_ns: 0,
                 bytes: 0,
+                allocated_bytes: 0,
+                replaced_bytes: 0,
             }])
         });
     }
@@ -82,14 +145,36 @@ impl<K: Copy + Eq + Hash> History<K> {
     /// Records one tick: every key in `bytes` at its bytes, every key
     /// already tracked but absent from `bytes` at zero.
     pub fn record_bytes(&mut self, elapsed_s: f64, bytes: impl IntoIterator<Item = (K, u64)>) {
+        self.record_samples(elapsed_s, 0, bytes, |_| (0, 0));
+    }
+
+    /// [`History::record_bytes`], with the tick's time on the events'
+    /// clock and each key's allocated and replaced bytes.
+    fn record_samples(
+        &mut self,
+        elapsed_s: f64,
+        at_ns: u64,
+        bytes: impl IntoIterator<Item = (K, u64)>,
+        allocated: impl Fn(&K) -> (u64, u64),
+    ) {
+        let sample = |key: &K, bytes: u64| {
+            let (allocated_bytes, replaced_bytes) = allocated(key);
+            Sample {
+                elapsed_s,
+                at_ns,
+                bytes,
+                allocated_bytes,
+                replaced_bytes,
+            }
+        };
         let mut bytes_now: HashMap<K, u64> = bytes.into_iter().collect();
         for (stack, samples) in &mut self.stacks {
             let bytes = bytes_now.remove(stack).unwrap_or(0);
-            samples.push_back(Sample { elapsed_s, bytes });
+            samples.push_back(sample(stack, bytes));
         }
         for (stack, bytes) in bytes_now {
-            self.stacks
-                .insert(stack, VecDeque::from([Sample { elapsed_s, bytes }]));
+            let first = sample(&stack, bytes);
+            self.stacks.insert(stack, VecDeque::from([first]));
         }
         let window = self.window;
         self.stacks.retain(|_, samples| {
@@ -131,7 +216,7 @@ mod tests {
     fn keeps_only_the_last_window_ticks() {
         let mut history = History::new(3);
         for tick in 1..=5 {
-            history.record(tick as f64, &[usage(1, tick * 10)]);
+            history.record_usage(tick as f64, &[usage(1, tick * 10)]);
         }
         assert_eq!(samples_of(&history, 1), [30, 40, 50]);
     }
@@ -139,10 +224,10 @@ mod tests {
     #[test]
     fn a_stack_gone_from_the_ledger_is_recorded_at_zero_then_forgotten() {
         let mut history = History::new(2);
-        history.record(1.0, &[usage(1, 8), usage(2, 8)]);
-        history.record(2.0, &[usage(2, 8)]);
+        history.record_usage(1.0, &[usage(1, 8), usage(2, 8)]);
+        history.record_usage(2.0, &[usage(2, 8)]);
         assert_eq!(samples_of(&history, 1), [8, 0]);
-        history.record(3.0, &[usage(2, 8)]);
+        history.record_usage(3.0, &[usage(2, 8)]);
         assert_eq!(history.len(), 1, "stack 1 was zero for the whole window");
         assert_eq!(samples_of(&history, 2), [8, 8]);
     }

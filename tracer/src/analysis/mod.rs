@@ -13,8 +13,8 @@ pub mod suspects;
 
 pub use age::AgeBuckets;
 pub use gate::LeakGate;
-pub use history::History;
-pub use suspects::{Evidence, Suspect, rank_suspects};
+pub use history::{History, Tick};
+pub use suspects::{Evidence, LedgerNow, Sites, Suspect, rank_suspects, window_live_bytes};
 
 /// A stack's usage with one block allocated at time zero, for the tests.
 #[cfg(test)]

@@ -9,13 +9,17 @@
 //! can give it up.
 
 mod live;
+mod per_stack;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use tracer_ebpf::{Event, EventKind};
 
-pub use self::live::Budget;
-use self::live::{Allocation, LiveBlocks};
+pub use self::{live::Budget, per_stack::TEMPORARY_NS};
+use self::{
+    live::{Allocation, LiveBlocks},
+    per_stack::PerStack,
+};
 use crate::sampling::Sampling;
 
 pub use crate::stacks::StackId;
@@ -73,6 +77,25 @@ pub struct LiveBlock {
 pub struct Allocated {
     pub bytes: u64,
     pub count: u64,
+    /// Of those, the blocks freed within [`TEMPORARY_NS`] of their
+    /// allocation (by `free`; a realloc's release is not counted).
+    pub temporary_bytes: u64,
+    pub temporary_count: u64,
+    /// Bytes of the allocations that replaced a block from before tracing:
+    /// a realloc of such a block, or the next allocation of a thread that
+    /// had just freed one (a cache refreshing an entry it filled before
+    /// attach). They grow the stack's outstanding bytes without growing the
+    /// process's.
+    pub replaced_bytes: u64,
+}
+
+/// The largest outstanding total since tracing began.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Peak {
+    pub bytes: u64,
+    pub count: u64,
+    /// CLOCK_MONOTONIC ns when it was reached (0 if nothing was allocated).
+    pub at_ns: u64,
 }
 
 /// What a live block counts for: itself when every call is traced; with
@@ -119,9 +142,16 @@ pub struct Ledger {
     /// Allocations seen at an address the ledger still held: only possible
     /// when the free in between was lost, so counted to flag inexact numbers.
     overwritten: u64,
-    /// Per-stack totals of all allocations (pprof's `alloc_space`).
-    allocated: HashMap<StackId, Allocated>,
+    /// Per-stack totals of all allocations (pprof's `alloc_space`), the
+    /// temporary ones, and the peak.
+    per_stack: PerStack,
+    /// Threads whose last event freed a block from before tracing.
+    after_unknown_free: HashSet<u32, foldhash::fast::FixedState>,
 }
+
+/// Bound on [`Ledger::after_unknown_free`]: far more threads than a process
+/// runs at once.
+const MAX_THREADS_AFTER_UNKNOWN_FREE: usize = 4096;
 
 impl Ledger {
     /// An empty ledger that tracks live blocks while `budget` lasts (new
@@ -137,7 +167,8 @@ impl Ledger {
             in_flight: HashMap::new(),
             tally: Tally::default(),
             overwritten: 0,
-            allocated: HashMap::new(),
+            per_stack: PerStack::default(),
+            after_unknown_free: HashSet::default(),
         }
     }
 
@@ -150,13 +181,49 @@ impl Ledger {
     /// Applies one event from the kernel, whose allocation (if it makes
     /// one) came from `stack`. Unknown kinds are ignored.
     pub fn apply(&mut self, event: &Event, stack: StackId) {
-        match event.kind() {
-            Some(EventKind::Alloc) => self.allocate(event.addr, event, stack),
-            Some(EventKind::Free) => self.free(event.addr),
-            Some(EventKind::ReallocStart) => self.start_realloc(event.tid, event.old_addr),
-            Some(EventKind::ReallocEnd) => self.end_realloc(event, stack),
-            Some(EventKind::Exec | EventKind::ProcessExit | EventKind::Fork) | None => {}
+        let Some(kind) = event.kind() else { return };
+        // Empty most of the time: only frees of blocks from before tracing
+        // fill it.
+        let after_unknown_free =
+            !self.after_unknown_free.is_empty() && self.after_unknown_free.remove(&event.tid);
+        match kind {
+            EventKind::Alloc => {
+                let tracked = self.allocate(event.addr, event, stack);
+                if tracked && after_unknown_free {
+                    self.note_replacement(event, stack);
+                }
+            }
+            EventKind::Free => {
+                if !self.free(event.addr, event.timestamp_ns) {
+                    self.note_unknown_free(event.tid);
+                }
+            }
+            EventKind::ReallocStart => self.start_realloc(event.tid, event.old_addr),
+            EventKind::ReallocEnd => {
+                let (tracked, moved_unknown) = self.end_realloc(event, stack);
+                if tracked && (moved_unknown || after_unknown_free) {
+                    self.note_replacement(event, stack);
+                }
+            }
+            EventKind::Exec | EventKind::ProcessExit | EventKind::Fork => {}
         }
+    }
+
+    /// A thread freed a block from before tracing: its next allocation, if
+    /// it comes next, is taken as that block's replacement.
+    fn note_unknown_free(&mut self, tid: u32) {
+        if self.after_unknown_free.len() >= MAX_THREADS_AFTER_UNKNOWN_FREE {
+            // Threads that exited right after such a free (glibc's thread
+            // exit frees its cache): forget them all rather than grow.
+            self.after_unknown_free.clear();
+        }
+        self.after_unknown_free.insert(tid);
+    }
+
+    /// The allocation `event` replaced a block from before tracing.
+    fn note_replacement(&mut self, event: &Event, stack: StackId) {
+        let bytes = self.weigh(event.size).bytes;
+        self.per_stack.replaced(stack, bytes);
     }
 
     pub fn totals(&self) -> Totals {
@@ -246,22 +313,52 @@ impl Ledger {
 
     /// Per-stack totals of everything allocated since tracing began.
     pub fn allocated_by_stack(&self) -> HashMap<StackId, Allocated> {
-        self.allocated
-            .iter()
-            .map(|(&stack, allocated)| {
-                let count = blocks(allocated.count);
-                (
+        self.per_stack
+            .totals()
+            .map(
+                |(
                     stack,
-                    Allocated {
-                        count,
-                        ..*allocated
-                    },
-                )
-            })
+                    [
+                        bytes,
+                        units,
+                        temporary_bytes,
+                        temporary_units,
+                        replaced_bytes,
+                    ],
+                )| {
+                    let allocated = Allocated {
+                        bytes,
+                        count: blocks(units),
+                        temporary_bytes,
+                        temporary_count: blocks(temporary_units),
+                        replaced_bytes,
+                    };
+                    (stack, allocated)
+                },
+            )
             .collect()
     }
 
-    fn allocate(&mut self, addr: u64, event: &Event, stack: StackId) {
+    /// The largest outstanding total since tracing began.
+    pub fn peak(&self) -> Peak {
+        let peak = self.per_stack.peak();
+        Peak {
+            bytes: peak.bytes,
+            count: blocks(peak.units),
+            at_ns: peak.at_ns,
+        }
+    }
+
+    /// The bytes each stack held when the outstanding total peaked (the
+    /// stacks holding any), largest first.
+    pub fn stacks_at_peak(&self) -> Vec<(StackId, u64)> {
+        let mut stacks: Vec<(StackId, u64)> = self.per_stack.at_peak().collect();
+        stacks.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        stacks
+    }
+
+    /// Adds a block; false when the ledger is full and it is dropped.
+    fn allocate(&mut self, addr: u64, event: &Event, stack: StackId) -> bool {
         let allocation = Allocation {
             size: event.size,
             stack,
@@ -270,7 +367,7 @@ impl Ledger {
         if self.live.is_full() && !self.live.contains_key(&addr) {
             self.tally.dropped_allocations += 1;
             self.tally.dropped_bytes += allocation.size;
-            return;
+            return false;
         }
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
@@ -281,19 +378,30 @@ impl Ledger {
         self.tally.allocated_bytes += weight.bytes;
         self.tally.outstanding_bytes += weight.bytes;
         self.tally.outstanding_units += weight.units;
-        // `count` in units until `allocated_by_stack` converts it.
-        let allocated = self.allocated.entry(allocation.stack).or_default();
-        allocated.bytes += weight.bytes;
-        allocated.count += weight.units;
+        self.per_stack
+            .allocated(allocation.stack, weight.bytes, weight.units);
+        self.per_stack.note_total(
+            self.tally.outstanding_bytes,
+            self.tally.outstanding_units,
+            event.timestamp_ns,
+        );
+        true
     }
 
-    fn free(&mut self, addr: u64) {
+    /// Removes a freed block; false when the ledger did not know it (it
+    /// was allocated before tracing).
+    fn free(&mut self, addr: u64, at_ns: u64) -> bool {
         match self.live.remove(&addr) {
             Some(allocation) => {
-                self.forget(allocation);
+                let age_ns = at_ns.saturating_sub(self.time_ns(allocation.time_ms));
+                self.release(allocation, age_ns <= TEMPORARY_NS);
                 self.tally.free_units += self.weigh(allocation.size).units;
+                true
             }
-            None => self.tally.preexisting_frees += 1,
+            None => {
+                self.tally.preexisting_frees += 1;
+                false
+            }
         }
     }
 
@@ -314,7 +422,9 @@ impl Ledger {
         }
     }
 
-    fn end_realloc(&mut self, event: &Event, stack: StackId) {
+    /// Ends a realloc; returns whether its new block is tracked and whether
+    /// the block it replaced was from before tracing.
+    fn end_realloc(&mut self, event: &Event, stack: StackId) -> (bool, bool) {
         let in_flight = match self.in_flight.remove(&event.tid) {
             Some(in_flight) if in_flight.old_addr == event.old_addr => Some(in_flight),
             Some(other) => {
@@ -347,14 +457,14 @@ impl Ledger {
             {
                 self.restore(old_addr, allocation);
             }
-            return;
+            return (false, false);
         }
+        let moved_unknown = in_flight.is_some_and(|in_flight| in_flight.allocation.is_none());
         if let Some(in_flight) = in_flight {
             self.count_release(in_flight);
         }
-        if event.addr != 0 {
-            self.allocate(event.addr, event, stack);
-        }
+        let tracked = event.addr != 0 && self.allocate(event.addr, event, stack);
+        (tracked, moved_unknown)
     }
 
     /// Counts a block realloc gave up (or whose realloc's end was lost).
@@ -369,6 +479,7 @@ impl Ledger {
         let weight = self.weigh(allocation.size);
         self.tally.outstanding_bytes += weight.bytes;
         self.tally.outstanding_units += weight.units;
+        self.per_stack.restored(allocation.stack, weight.bytes);
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
             self.forget(previous);
@@ -391,9 +502,17 @@ impl Ledger {
 
     /// Removes a block's contribution to the outstanding totals.
     fn forget(&mut self, allocation: Allocation) {
+        self.release(allocation, false);
+    }
+
+    /// Removes a block's contribution to the outstanding totals, counting
+    /// it as a temporary allocation of its stack if `temporary`.
+    fn release(&mut self, allocation: Allocation, temporary: bool) {
         let weight = self.weigh(allocation.size);
         self.tally.outstanding_bytes -= weight.bytes;
         self.tally.outstanding_units -= weight.units;
+        self.per_stack
+            .released(allocation.stack, weight.bytes, weight.units, temporary);
     }
 }
 

@@ -87,14 +87,19 @@ fn allocated_totals_count_every_allocation_per_stack_freed_or_not() {
         allocated[&StackId::from(1)],
         Allocated {
             bytes: 130,
-            count: 2
+            count: 2,
+            // The free came at once; the realloc's release is not a free.
+            temporary_bytes: 100,
+            temporary_count: 1,
+            replaced_bytes: 0,
         }
     );
     assert_eq!(
         allocated[&StackId::from(2)],
         Allocated {
             bytes: 500,
-            count: 1
+            count: 1,
+            ..Allocated::default()
         }
     );
     assert_eq!(ledger.totals().allocated_bytes, 630);
@@ -259,4 +264,103 @@ fn ledgers_sharing_a_budget_cap_their_blocks_together_and_give_them_back_when_dr
     assert_eq!(budget.used(), 1);
     apply(&mut second, &alloc(0x30, 8, 2));
     assert_eq!(usage(&second), vec![(2, 16, 2)]);
+}
+
+fn peak_stacks(ledger: &Ledger) -> Vec<(u32, u64)> {
+    let stacks = ledger.stacks_at_peak().into_iter();
+    stacks.map(|(stack, bytes)| (stack.get(), bytes)).collect()
+}
+
+fn at(mut event: Event, ms: u64) -> Event {
+    event.timestamp_ns = 10 * SECOND + ms * 1_000_000;
+    event
+}
+
+#[test]
+fn blocks_freed_within_the_temporary_time_are_temporary() {
+    let limit_ms = TEMPORARY_NS / 1_000_000;
+    let ledger = ledger_after(&[
+        at(alloc(0x10, 8, 1), 0),
+        at(alloc(0x20, 16, 1), 0),
+        at(alloc(0x30, 32, 2), 0),
+        at(free(0x10), limit_ms),
+        at(free(0x20), limit_ms + 1),
+        at(free(0x30), 1),
+    ]);
+    let allocated = ledger.allocated_by_stack();
+    assert_eq!(
+        (
+            allocated[&StackId::from(1)].temporary_count,
+            allocated[&StackId::from(1)].temporary_bytes
+        ),
+        (1, 8)
+    );
+    assert_eq!(
+        (
+            allocated[&StackId::from(2)].temporary_count,
+            allocated[&StackId::from(2)].temporary_bytes
+        ),
+        (1, 32)
+    );
+}
+
+#[test]
+fn the_peak_is_the_largest_total_and_names_what_each_stack_held_then() {
+    let [start, end] = realloc(MAIN, 0x40, 0x50, 10, 3);
+    let ledger = ledger_after(&[
+        at(alloc(0x10, 100, 1), 0),
+        at(alloc(0x20, 50, 2), 1),
+        // Peak: 100 (stack 1) + 50 (stack 2) + 30 (stack 3) = 180 at 2 ms.
+        at(alloc(0x40, 30, 3), 2),
+        at(free(0x10), 3),
+        // Stack 2 grows past its peak share, but the total stays lower.
+        at(alloc(0x30, 60, 2), 4),
+        at(start, 5),
+        at(end, 5),
+    ]);
+    let peak = ledger.peak();
+    assert_eq!((peak.bytes, peak.count), (180, 3));
+    assert_eq!(peak.at_ns, 10 * SECOND + 2_000_000);
+    assert_eq!(peak_stacks(&ledger), [(1, 100), (2, 50), (3, 30)]);
+    assert_eq!(ledger.totals().outstanding_bytes, 120);
+}
+
+#[test]
+fn a_new_peak_replaces_the_stacks_held_at_the_old_one() {
+    let ledger = ledger_after(&[
+        at(alloc(0x10, 100, 1), 0),
+        at(free(0x10), 1),
+        at(alloc(0x20, 70, 2), 2),
+        at(alloc(0x30, 70, 3), 3),
+    ]);
+    assert_eq!(ledger.peak().bytes, 140);
+    assert_eq!(peak_stacks(&ledger), [(2, 70), (3, 70)]);
+}
+
+fn replaced(ledger: &Ledger, stack: u32) -> u64 {
+    ledger.allocated_by_stack()[&StackId::from(stack)].replaced_bytes
+}
+
+#[test]
+fn an_allocation_right_after_its_thread_freed_a_block_from_before_tracing_replaces_it() {
+    let [start, end] = realloc(MAIN, 0x900, 0x40, 70, 4);
+    let ledger = ledger_after(&[
+        // 0x800 is from before tracing: the next allocation on this thread
+        // replaces it; one on another thread, or after a known free, does not.
+        free(0x800),
+        alloc(0x10, 8, 1),
+        alloc(0x20, 16, 1),
+        free(0x810),
+        event(EventKind::Alloc, OTHER, 0x30, 0, 32, 2),
+        alloc(0x50, 64, 3),
+        free(0x50),
+        alloc(0x60, 128, 3),
+        // A realloc of a block from before tracing replaces it.
+        start,
+        end,
+    ]);
+    assert_eq!(replaced(&ledger, 1), 8);
+    assert_eq!(replaced(&ledger, 2), 0);
+    assert_eq!(replaced(&ledger, 3), 64);
+    assert_eq!(replaced(&ledger, 4), 70);
 }

@@ -1,18 +1,24 @@
 //! The leak gate's verdict for people (on stderr): which stacks grew past
-//! the threshold, by how much, from where.
+//! the threshold, by how much, from where, and why the suspects' ranking
+//! agrees (or that it had too few ticks to judge).
 
 use std::{fmt::Write as _, time::Duration};
 
 use super::summary::{bytes, describe_frames};
 use crate::{analysis::gate::Offender, symbolize::Frame};
 
-/// The text printed when the gate fails: a headline, then one line per
-/// offending stack, largest growth first.
-pub fn gate_failure(
-    offenders: &[(Offender, Vec<Frame>)],
-    threshold: u64,
-    after: Duration,
-) -> String {
+/// An offending stack as the gate's verdict names it.
+pub struct NamedOffender {
+    pub offender: Offender,
+    pub frames: Vec<Frame>,
+    /// The ranking's reason ([`super::why_suspect`]) when it is a suspect;
+    /// `None` when the stack had too few ticks to be judged.
+    pub why: Option<String>,
+}
+
+/// The text printed when the gate fails: a headline, then for each
+/// offending stack, largest growth first, a line and the reason.
+pub fn gate_failure(offenders: &[NamedOffender], threshold: u64, after: Duration) -> String {
     let since = if after.is_zero() {
         "since attach".to_owned()
     } else {
@@ -24,7 +30,12 @@ pub fn gate_failure(
         offenders.len(),
         bytes(threshold),
     );
-    for (offender, frames) in offenders {
+    for NamedOffender {
+        offender,
+        frames,
+        why,
+    } in offenders
+    {
         let _ = writeln!(
             text,
             "  +{} ({} -> {}, {} blocks): {}",
@@ -34,6 +45,10 @@ pub fn gate_failure(
             offender.count_after,
             describe_frames(frames),
         );
+        let why = why
+            .as_deref()
+            .unwrap_or("too few ticks to judge its trend: held to bytes alone");
+        let _ = writeln!(text, "    why: {why}");
     }
     text
 }
@@ -49,6 +64,7 @@ mod tests {
             bytes_before: 1024,
             bytes_after: 3 * 1024,
             count_after: 3,
+            site_growth: 2 * 1024,
         };
         let frame = Frame {
             address: 0x10,
@@ -58,11 +74,17 @@ mod tests {
             line: Some(30),
             inlined: false,
         };
-        let text = gate_failure(&[(offender, vec![frame])], 1024, Duration::from_secs(2));
+        let named = NamedOffender {
+            offender,
+            frames: vec![frame],
+            why: None,
+        };
+        let text = gate_failure(&[named], 1024, Duration::from_secs(2));
         assert_eq!(
             text,
             "alloctrace: leak gate failed: 1 stack grew by more than 1.0 KiB after the first 2s\n  \
-             +2.0 KiB (1.0 KiB -> 3.0 KiB, 3 blocks): leak_site (growth.c:30)\n"
+             +2.0 KiB (1.0 KiB -> 3.0 KiB, 3 blocks): leak_site (growth.c:30)\n    \
+             why: too few ticks to judge its trend: held to bytes alone\n"
         );
     }
 }

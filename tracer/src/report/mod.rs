@@ -12,6 +12,7 @@ mod folded;
 mod gate;
 mod pprof;
 mod summary;
+mod views;
 
 use std::{
     collections::HashMap,
@@ -25,9 +26,10 @@ use serde::Serialize;
 
 pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flamegraph_lines};
 pub use folded::{folded_line, folded_lines, folded_lines_under};
-pub use gate::gate_failure;
+pub use gate::{NamedOffender, gate_failure};
 pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
+pub use views::{HeapViews, TickViews, why_suspect};
 
 use crate::{
     analysis::{AgeBuckets, Evidence, Suspect},
@@ -73,6 +75,12 @@ pub struct Report {
     /// Host-wide mode: the processes seen.
     #[serde(flatten, skip_serializing_if = "Option::is_none")]
     pub host: Option<HostCounts>,
+    /// One process's peak, hot spots and temporary allocations (keys
+    /// `peak`, `hot_spots`, `temporary_threshold_s`, `temporary_allocs`,
+    /// `temporary_bytes`, `temporary`; see [`HeapViews`]). Not in host-wide
+    /// mode yet.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub views: Option<HeapViews>,
 }
 
 /// How many processes host-wide mode has seen.
@@ -159,6 +167,8 @@ pub struct SuspectReport {
     #[serde(flatten)]
     pub stack: StackReport,
     pub evidence: Evidence,
+    /// The evidence in a few words, for people.
+    pub why: String,
 }
 
 /// The ledger by stack at one moment: what ticks, snapshots and the final
@@ -214,6 +224,7 @@ impl StackView {
                     growth_bytes_per_s: suspect.evidence.slope_bytes_per_s,
                     stack: self.stack_report(usage, symbols),
                     evidence: suspect.evidence,
+                    why: why_suspect(&suspect.evidence),
                 })
             })
             .take(limit)

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use serde::Serialize;
 
-use super::{StackReport, SuspectReport, Totals};
+use super::{StackReport, SuspectReport, TickViews, Totals};
 use crate::{analysis::AgeBuckets, symbolize::Frame};
 
 /// One interval's summary. JSON key names are a public interface.
@@ -35,6 +35,10 @@ pub struct Summary {
     pub age_bytes: AgeBuckets,
     /// Stacks growing steadily, most suspicious first.
     pub suspects: Vec<SuspectReport>,
+    /// The peak so far and the temporary allocations (keys `peak_bytes`,
+    /// `peak_at_s`, `temporary_allocs`); not in host-wide mode yet.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub views: Option<TickViews>,
 }
 
 /// What a tick needs to remember of the previous one.
@@ -73,6 +77,7 @@ impl SummaryState {
             top,
             age_bytes,
             suspects,
+            views: None,
         }
     }
 }
@@ -116,6 +121,27 @@ impl Summary {
             .map(|(label, count)| format!("{label} {}", bytes(*count)))
             .collect();
         let _ = writeln!(text, "  by age: {}", ages.join(", "));
+        if let Some(views) = &self.views {
+            let _ = writeln!(
+                text,
+                "  peak {} at {:.1}s | temporary {} of {} allocs ({:.0}%)",
+                bytes(views.peak_bytes),
+                views.peak_at_s,
+                views.temporary_allocs,
+                self.allocs,
+                100.0 * views.temporary_allocs as f64 / self.allocs.max(1) as f64
+            );
+            if let Some(hot) = &views.hot_spot {
+                let _ = writeln!(
+                    text,
+                    "  hot spot {} in {} allocs ({}/s): {}",
+                    bytes(hot.allocated_bytes),
+                    hot.allocs,
+                    bytes(hot.allocated_bytes_per_s.round() as u64),
+                    describe_frames(&hot.frames)
+                );
+            }
+        }
         text
     }
 
@@ -139,6 +165,7 @@ impl Summary {
                 suspect.stack.oldest_age_s,
                 describe_frames(&suspect.stack.frames),
             );
+            let _ = writeln!(text, "    why: {}", suspect.why);
         }
     }
 }

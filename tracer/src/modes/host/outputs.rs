@@ -24,6 +24,7 @@ impl HostMode {
             processes: self.processes.reports(now),
             suspects: self.processes.suspects(now.now_ns, usize::MAX),
             host: Some(self.processes.counts()),
+            views: None,
         }
     }
 }

@@ -252,7 +252,15 @@ impl Mode for ProcessMode {
         let top = self.tracee.largest(&view, self.common.top);
         let suspects = self.tracee.suspects(&view, self.common.top);
         self.publish_metrics(totals, &view, &suspects);
-        summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects)
+        let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
+        summary.views = Some(report::TickViews::of(
+            &self.tracee.ledger,
+            &self.tracee,
+            self.target.pid,
+            now.elapsed_s,
+            now.now_ns,
+        ));
+        summary
     }
 
     fn report(&self, now: &Now, totals: Totals) -> Report {
@@ -280,6 +288,13 @@ impl Mode for ProcessMode {
             }],
             suspects,
             host: None,
+            views: Some(report::HeapViews::of(
+                &self.tracee.ledger,
+                &self.tracee,
+                self.target.pid,
+                now.elapsed_s,
+                now.now_ns,
+            )),
         }
     }
 

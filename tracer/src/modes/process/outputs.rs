@@ -6,9 +6,11 @@ use std::collections::HashMap;
 
 use super::ProcessMode;
 use crate::{
+    analysis::{Evidence, gate::Ranked, suspects::MIN_TICKS},
     driver::Now,
     metrics::{MetricsSnapshot, ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{self, PprofInput, StackView, SuspectReport, Totals, write_atomically},
+    stacks::StackId,
 };
 
 impl ProcessMode {
@@ -49,17 +51,37 @@ impl ProcessMode {
         let Some(gate) = &self.gate else {
             return Ok(false);
         };
-        let offenders = gate.judge(&self.tracee.ledger.usage_by_stack(u64::MAX))?;
+        // Judged as the suspects are: netted by site, sparing what the
+        // ranking cleared.
+        let view = self.tracee.view_at_last_tick();
+        let suspects: HashMap<StackId, Evidence> = self
+            .tracee
+            .rank(&view)
+            .into_iter()
+            .map(|suspect| (suspect.stack, suspect.evidence))
+            .collect();
+        let history = &self.tracee.history;
+        let ranked = |stack| {
+            if suspects.contains_key(&stack) {
+                Ranked::Suspect
+            } else if history.ticks_of(stack) >= MIN_TICKS {
+                Ranked::Cleared
+            } else {
+                Ranked::Unjudged
+            }
+        };
+        let stacks = view.usage.iter().map(|usage| usage.stack);
+        let sites = self.tracee.sites(stacks.chain(gate.baseline_stacks()));
+        let offenders = gate.judge(&view.usage, &sites, ranked)?;
         if offenders.is_empty() {
             return Ok(false);
         }
         let named: Vec<_> = offenders
             .into_iter()
-            .map(|offender| {
-                (
-                    offender,
-                    report::NameStacks::frames(&self.tracee, offender.stack),
-                )
+            .map(|offender| report::NamedOffender {
+                offender,
+                frames: report::NameStacks::frames(&self.tracee, offender.stack),
+                why: suspects.get(&offender.stack).map(report::why_suspect),
             })
             .collect();
         eprint!(
