@@ -231,7 +231,8 @@ fn a_probe_that_loses_its_breakpoint_after_the_ready_line_is_reported() {
     require_root();
     let libc = PrivateLibc::new();
     let spinner = libc.spawn(&spinner_bin(), &[]);
-    let tracer = Tracer::spawn(spinner.pid, &["--interval", "0.3"], None);
+    let outputs = temp_dir();
+    let tracer = Tracer::spawn(spinner.pid, &["--interval", "0.3"], Some(outputs.path()));
     // Another tool writes the original code back over every breakpoint.
     let restored = restore_code(spinner.pid, &libc.path);
     assert!(restored >= 2, "alloctrace armed {restored} breakpoints");
@@ -255,7 +256,8 @@ fn children_that_exec_at_once_run_their_new_program_untouched() {
     let libc = PrivateLibc::new();
     let selfcheck = selfcheck_bin();
     let mut forker = libc.spawn(&forker_bin(), &[selfcheck.to_str().unwrap(), FORK_EXECS]);
-    let tracer = Tracer::spawn(forker.pid, &["--interval", "1h"], None);
+    let outputs = temp_dir();
+    let tracer = Tracer::spawn(forker.pid, &["--interval", "1h"], Some(outputs.path()));
     forker.go();
     let done = forker.expect_line("done ", DONE_TIMEOUT);
     assert_eq!(done, "done 0", "children whose new program was changed");
@@ -289,8 +291,9 @@ fn a_tracers_fork_clean_up_leaves_another_tracers_probes_alone() {
     let spinner: u32 = ready["ready ".len()..].trim().parse().expect("ready <pid>");
     // The spinner's tracer first: its breakpoints are in place when the
     // shell's tracer first looks at the shell's descendants.
-    let of_spinner = Tracer::spawn(spinner, &["--interval", "0.2"], None);
-    let of_shell = Tracer::spawn(shell.id(), &["--interval", "1h"], None);
+    let outputs = temp_dir();
+    let of_spinner = Tracer::spawn(spinner, &["--interval", "0.2"], Some(outputs.path()));
+    let of_shell = Tracer::spawn(shell.id(), &["--interval", "1h"], Some(outputs.path()));
     std::thread::sleep(Duration::from_secs(2));
     let armed = code_bytes_changed(spinner, &libc.path);
     let spinner_out = of_spinner.stop(libc::SIGINT);
