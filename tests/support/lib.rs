@@ -6,7 +6,7 @@
 //! * [`environment`]: the workspace, the `alloctrace` binary under test,
 //!   the root check, temporary directories,
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
-//!   their sources,
+//!   their sources; [`java`]: compiling the Java ones,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
@@ -15,6 +15,8 @@
 //!   files, `--metrics-addr`),
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
+//! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
+//!   `integration_tests::browser::Browser`),
 //! * [`verdicts`]: the leak-verdict battery and its scoring (not
 //!   re-exported: its names are for the tests that use it).
 //!
@@ -26,11 +28,13 @@ use std::time::Duration;
 pub use serde_json;
 pub use tempfile;
 
+pub mod browser;
 mod child;
 pub mod environment;
 pub mod expected;
 pub mod fleet;
 pub mod folded;
+pub mod java;
 pub mod metrics;
 pub mod pprof;
 pub mod production;
@@ -44,6 +48,7 @@ pub mod workloads;
 pub use environment::*;
 pub use expected::*;
 pub use folded::*;
+pub use java::*;
 pub use metrics::*;
 pub use pprof::read_pprof;
 pub use protocol::*;

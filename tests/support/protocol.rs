@@ -47,17 +47,33 @@ impl Workload {
     /// Like [`Workload::spawn_bin`], running in `cwd` when given (for
     /// programs that leave files in their working directory).
     pub fn spawn_bin_in(bin: &Path, args: &[&str], cwd: Option<&Path>) -> Self {
+        Self::spawn_bin_waiting(bin, args, cwd, Duration::from_secs(10))
+    }
+
+    /// Like [`Workload::spawn_bin_in`], waiting up to `ready_timeout` for
+    /// `ready` (a JVM takes seconds to start on a busy machine).
+    pub fn spawn_bin_waiting(
+        bin: &Path,
+        args: &[&str],
+        cwd: Option<&Path>,
+        ready_timeout: Duration,
+    ) -> Self {
         let mut command = Command::new(bin);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }
         command.args(args);
-        Self::spawn_command(command)
+        Self::spawn_command_waiting(command, ready_timeout)
     }
 
     /// Starts `command` (a program using the same protocol, with its
     /// arguments and environment set) and waits for `ready <pid>`.
-    pub fn spawn_command(mut command: Command) -> Self {
+    pub fn spawn_command(command: Command) -> Self {
+        Self::spawn_command_waiting(command, Duration::from_secs(10))
+    }
+
+    /// Like [`Workload::spawn_command`], waiting up to `ready_timeout`.
+    pub fn spawn_command_waiting(mut command: Command, ready_timeout: Duration) -> Self {
         let bin = PathBuf::from(command.get_program());
         let mut child = command
             .stdin(Stdio::piped())
@@ -75,7 +91,7 @@ impl Workload {
         };
         let line = w
             .stdout
-            .wait_for(Duration::from_secs(10), |l| l.starts_with("ready "))
+            .wait_for(ready_timeout, |l| l.starts_with("ready "))
             .unwrap_or_else(|e| panic!("workload {} never printed ready: {e}", bin.display()));
         let pid: u32 = line["ready ".len()..].trim().parse().expect("ready <pid>");
         assert_eq!(pid, w.pid, "workload reported a different pid");

@@ -236,6 +236,19 @@ pub enum EventKind {
     /// of the uprobes in its copy of the parent's memory. Carries the
     /// parent's comm (see [`Event::marker_comm`]).
     Fork = 7,
+    /// An anonymous private mapping of `size` bytes at `addr` was made
+    /// (`mmap`) from stack `stack_id`, outside any traced allocator call;
+    /// `old_addr` is 1 when it is accessible memory, 0 for a reservation
+    /// (`PROT_NONE` or `MAP_NORESERVE`).
+    Map = 8,
+    /// `munmap(addr, size)` succeeded.
+    Unmap = 9,
+    /// `mremap(old_addr, stack_hash, size)` (the old length rides in
+    /// `stack_hash`: the event carries no stack) returned `addr`.
+    Remap = 10,
+    /// `mprotect(addr, size, prot)` succeeded; `old_addr` is 1 when the
+    /// range is now accessible, 0 for `PROT_NONE`.
+    Protect = 11,
 }
 
 impl EventKind {
@@ -249,6 +262,10 @@ impl EventKind {
             5 => Some(Self::Exec),
             6 => Some(Self::ProcessExit),
             7 => Some(Self::Fork),
+            8 => Some(Self::Map),
+            9 => Some(Self::Unmap),
+            10 => Some(Self::Remap),
+            11 => Some(Self::Protect),
             _ => None,
         }
     }

@@ -58,7 +58,7 @@ fn try_process_fork(ctx: &BtfTracePointContext) -> Outcome {
 }
 
 /// Whether the current task belongs to the traced process.
-fn in_target() -> bool {
+pub fn in_target() -> bool {
     (bpf_get_current_pid_tgid() >> 32) as u32 == TARGET_PID.load()
 }
 

@@ -50,7 +50,8 @@
 //! Data flows down this list, and no module uses one above it:
 //! - `programs`: the uprobe programs, thin `<symbol>_enter` and
 //!   `alloc_exit` wrappers around fallible `try_*` bodies that apply the
-//!   nesting rules above; `lifecycle`: the tracepoint programs;
+//!   nesting rules above; `lifecycle`: the tracepoint programs; `mapped`:
+//!   the `fexit` programs on the mapping system calls;
 //! - `calls`: the call in flight on each thread; `sampling`:
 //!   `--sample-rate`; `filter`: the host-wide process filter;
 //! - `stacks`: the stack an allocation event carries (a frame-pointer
@@ -92,6 +93,8 @@ mod framewalk;
 mod hit;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
+#[cfg(target_arch = "bpf")]
+mod mapped;
 #[cfg(target_arch = "bpf")]
 mod programs;
 #[cfg(target_arch = "bpf")]

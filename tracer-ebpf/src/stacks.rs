@@ -8,7 +8,10 @@
 //! directly.
 
 use aya_ebpf::{
-    EbpfContext, Global, bindings::BPF_RB_FORCE_WAKEUP, helpers::generated, macros::map,
+    EbpfContext, Global,
+    bindings::{BPF_RB_FORCE_WAKEUP, pt_regs},
+    helpers::generated,
+    macros::map,
     maps::Array,
 };
 use tracer_ebpf::{
@@ -51,13 +54,27 @@ pub fn emit_with_stack<C: EbpfContext>(
     old_addr: u64,
     size: u64,
 ) -> Outcome {
+    emit_with_stack_at(hit, hit.regs(), kind, addr, old_addr, size)
+}
+
+/// [`emit_with_stack`] for a caller whose user registers `regs` are not
+/// the program's context (a syscall's, in `mapped`): as at an allocator's
+/// return, `rip` must be the return address in the caller.
+#[inline(always)]
+pub fn emit_with_stack_at<C: EbpfContext>(
+    hit: &Hit<C>,
+    regs: &pt_regs,
+    kind: EventKind,
+    addr: u64,
+    old_addr: u64,
+    size: u64,
+) -> Outcome {
     let copy_bytes = STACK_COPY_BYTES.load();
     if copy_bytes != 0 {
-        return emit_with_stack_copy(hit, kind, addr, old_addr, size, copy_bytes);
+        return emit_with_stack_copy(hit, regs, kind, addr, old_addr, size, copy_bytes);
     }
     // At the allocator's return, `rip` is the return address in its caller
     // and `rbp` the caller's frame pointer (callee-saved, so restored).
-    let regs = hit.regs();
     let (ip, bp) = (regs.rip, regs.rbp);
     let tgid = hit.pid_tgid >> 32;
     // The process is part of the name: the same addresses mean other code
@@ -102,6 +119,7 @@ pub fn emit_with_stack<C: EbpfContext>(
 #[inline(always)]
 fn emit_with_stack_copy<C: EbpfContext>(
     hit: &Hit<C>,
+    regs: &pt_regs,
     kind: EventKind,
     addr: u64,
     old_addr: u64,
@@ -116,7 +134,6 @@ fn emit_with_stack_copy<C: EbpfContext>(
         .reserve_bytes(HEADER + chunks * CHUNK, 0)
         .ok_or(Counter::LostEvents)?;
     let record = entry.as_mut_ptr();
-    let regs = hit.regs();
     let (ip, sp, bp) = (regs.rip, regs.rsp, regs.rbp);
     // The first chunk runs up to the page boundary above `sp`, the others
     // are whole pages: a chunk then faults exactly when its page is not

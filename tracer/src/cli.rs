@@ -10,7 +10,7 @@ use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::{diff::DiffArgs, report::LogFormat, unwind::UnwindMode};
+use crate::{diff::DiffArgs, html::HtmlArgs, report::LogFormat, unwind::UnwindMode};
 
 /// Trace a live process's heap allocations with eBPF and report the call
 /// stacks that hold outstanding (leaked) memory.
@@ -32,6 +32,9 @@ pub enum Subcommands {
     /// Compare two JSON reports: the stacks whose outstanding bytes changed
     /// most, largest change first.
     Diff(DiffArgs),
+    /// Render a JSON report (and its run's snapshots) as a self-contained
+    /// HTML page.
+    Html(HtmlArgs),
 }
 
 /// Tracing: what to trace, for how long, and what to write.
@@ -69,6 +72,11 @@ pub struct TraceArgs {
     /// Write a flamegraph (SVG) of outstanding bytes by stack.
     #[arg(long, value_name = "FILE.svg")]
     pub flamegraph: Option<PathBuf>,
+
+    /// Write the HTML report: one self-contained page with memory over
+    /// time, flamegraphs and the suspects.
+    #[arg(long, value_name = "FILE.html")]
+    pub html: Option<PathBuf>,
 
     /// Write outstanding bytes by stack in folded format (`a;b;c BYTES`).
     #[arg(long, value_name = "FILE")]
@@ -121,6 +129,20 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "all")]
     pub allocator_lib: Option<PathBuf>,
 
+    /// What memory is traced: `heap` (the allocator's malloc family), or
+    /// `both`, which adds the anonymous private mappings the process makes
+    /// itself (mmap, munmap, mremap, mprotect; reservations count once
+    /// committed; the allocator's own mappings stay heap blocks).
+    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "all")]
+    pub trace_memory: MemoryKinds,
+
+    /// Ask the traced JVM to write its perf map (`jcmd PID Compiler.perfmap`,
+    /// JDK 17+) at attach time and at each summary, so JIT-compiled Java
+    /// methods are named. It writes /tmp/perf-PID.map for the target. Run
+    /// the JVM with -XX:+PreserveFramePointer so its frames can be walked.
+    #[arg(long, conflicts_with = "all")]
+    pub jvm_perfmap: bool,
+
     /// Log attach details and kernel-side diagnostics to stderr.
     #[arg(short, long)]
     pub verbose: bool,
@@ -144,6 +166,20 @@ pub struct TraceArgs {
 
     #[command(flatten)]
     pub watch: WatchArgs,
+}
+
+/// What memory `--trace-memory` traces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MemoryKinds {
+    Heap,
+    Both,
+}
+
+impl MemoryKinds {
+    /// Whether mapped memory is traced.
+    pub fn mapped(self) -> bool {
+        self == Self::Both
+    }
 }
 
 /// Host-wide mode: every process on the host, ranked by growth.

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{Context as _, bail};
 
 use crate::{
-    cli::{HostArgs, TraceArgs, WatchArgs},
+    cli::{HostArgs, MemoryKinds, TraceArgs, WatchArgs},
     filters::HostFilters,
     report::LogFormat,
     sampling::Sampling,
@@ -76,6 +76,10 @@ pub struct ProcessConfig {
     /// `--sample-rate`: the kernel reports a sample, the ledger weighs it up.
     pub sampling: Option<Sampling>,
     pub allocator_lib: Option<PathBuf>,
+    /// `--trace-memory`: heap blocks, and mapped memory too?
+    pub memory: MemoryKinds,
+    /// `--jvm-perfmap`: have the JVM write its perf map at each summary.
+    pub jvm_perfmap: bool,
     pub thread_slots: u32,
     /// See `Cli::perf_event_uprobes`.
     pub perf_event_uprobes: bool,
@@ -98,6 +102,7 @@ pub struct Outputs {
     pub flamegraph: Option<PathBuf>,
     pub folded: Option<PathBuf>,
     pub report: Option<PathBuf>,
+    pub html: Option<PathBuf>,
 }
 
 impl Outputs {
@@ -108,11 +113,12 @@ impl Outputs {
             flamegraph: Some(PathBuf::from(format!("alloctrace-{name}.svg"))),
             folded: None,
             report: Some(PathBuf::from(format!("alloctrace-{name}.json"))),
+            html: None,
         }
     }
 
     pub fn paths(&self) -> impl Iterator<Item = &Path> {
-        [&self.flamegraph, &self.folded, &self.report]
+        [&self.flamegraph, &self.folded, &self.report, &self.html]
             .into_iter()
             .filter_map(|path| path.as_deref())
     }
@@ -141,6 +147,7 @@ impl Config {
             flamegraph: args.flamegraph.clone(),
             folded: args.folded.clone(),
             report: args.report.clone(),
+            html: args.html.clone(),
         };
         let default_outputs =
             outputs.paths().next().is_none() && args.watch.pprof.is_none() && !args.floor;
@@ -205,6 +212,8 @@ impl ProcessConfig {
             stack_bytes: args.stack_bytes,
             sampling: args.sample_rate.map(Sampling::new),
             allocator_lib: args.allocator_lib,
+            memory: args.trace_memory,
+            jvm_perfmap: args.jvm_perfmap,
             thread_slots: args.thread_slots,
             perf_event_uprobes: args.perf_event_uprobes,
             pprof: args.watch.pprof,

@@ -13,7 +13,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use crate::report::{
-    bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph,
+    FrameName, bytes, folded_line, signed_bytes, write_atomically, write_differential_flamegraph,
 };
 
 /// `alloctrace diff`'s arguments.
@@ -50,29 +50,7 @@ struct ProcessFile {
 struct StackFile {
     bytes: u64,
     count: u64,
-    frames: Vec<FrameFile>,
-}
-
-#[derive(Debug, Deserialize)]
-struct FrameFile {
-    function: Option<String>,
-    module: Option<String>,
-}
-
-impl FrameFile {
-    /// The frame's name across runs: no address, no offset.
-    fn key(&self) -> String {
-        match (&self.function, &self.module) {
-            (Some(function), _) => function.clone(),
-            (None, Some(module)) => {
-                let path = module
-                    .rsplit_once("+0x")
-                    .map_or(module.as_str(), |(path, _)| path);
-                format!("[{path}]")
-            }
-            (None, None) => "[unknown]".to_owned(),
-        }
-    }
+    frames: Vec<FrameName>,
 }
 
 /// Outstanding bytes and blocks of one stack in one report.
@@ -142,7 +120,7 @@ fn compare(old: &ReportFile, new: &ReportFile) -> Vec<StackDelta> {
     let mut by_frames: HashMap<Vec<String>, (Usage, Usage)> = HashMap::new();
     for (report, is_new) in [(old, false), (new, true)] {
         for stack in report.processes.iter().flat_map(|process| &process.stacks) {
-            let frames = stack.frames.iter().map(FrameFile::key).collect();
+            let frames = stack.frames.iter().map(FrameName::key).collect();
             let (old_usage, new_usage) = by_frames.entry(frames).or_default();
             let usage = if is_new { new_usage } else { old_usage };
             usage.bytes = usage.bytes.saturating_add(stack.bytes);

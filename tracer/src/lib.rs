@@ -13,7 +13,8 @@
 //!
 //! Above them, [`driver`] is the one run loop every mode plugs into, and
 //! [`modes`] holds the modes; [`config`] turns the command line ([`cli`])
-//! into what a mode needs. [`diff`] compares two reports.
+//! into what a mode needs. [`diff`] compares two reports; [`html`] renders a
+//! saved one as a page.
 
 pub mod analysis;
 pub mod armed;
@@ -26,11 +27,13 @@ pub mod diff;
 pub mod driver;
 pub mod events;
 pub mod filters;
+pub mod html;
 pub mod ledger;
 pub mod mapped;
 pub mod maps;
 pub mod metrics;
 pub mod modes;
+pub mod perfmap;
 pub mod placement;
 pub mod privileges;
 pub mod probes;

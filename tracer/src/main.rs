@@ -1,6 +1,6 @@
 //! `alloctrace`: the command line over the `tracer` library. This file only
 //! parses arguments, picks the subcommand (tracing in the mode the flags
-//! name, or `diff`), checks privileges and maps errors to exit codes.
+//! name, `diff` or `html`), checks privileges and maps errors to exit codes.
 
 use std::{os::fd::AsFd as _, path::Path, process::ExitCode};
 
@@ -13,7 +13,7 @@ use tracer::{
     config::Config,
     diff,
     driver::Outcome,
-    privileges,
+    html, privileges,
 };
 
 fn main() -> ExitCode {
@@ -34,6 +34,7 @@ fn main() -> ExitCode {
     };
     match cli.subcommand {
         Some(Subcommands::Diff(args)) => exit_code(diff::run(&args).map(|()| Outcome::default())),
+        Some(Subcommands::Html(args)) => exit_code(html::run(&args).map(|()| Outcome::default())),
         None => {
             init_logging(cli.trace.verbose);
             exit_code(trace(cli.trace))

@@ -7,8 +7,10 @@
 //! target is alive, and the results are cached by address. The process's memory maps are cached too (in blazesym and in a
 //! snapshot of our own), so the final report is complete even when the
 //! target exited before it was written. JIT frames are named from the
-//! runtime's perf map, re-read with the memory map when an address outside
-//! every mapped file turns up; separate debug files come from
+//! runtime's perf map ([`crate::perfmap`]), re-read with the memory map
+//! when an address outside every mapped file turns up, and at every
+//! refresh, when frames it did not name before are named again; separate
+//! debug files come from
 //! [`crate::debuginfo`] as well as blazesym's own debug-link search. An
 //! address that cannot be named still says which module and offset it is in.
 
@@ -34,7 +36,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     debuginfo,
     maps::{self, Backing, Mapping},
-    safe_open::{self, PerfMap},
+    perfmap::PerfMap,
 };
 
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
@@ -129,9 +131,8 @@ pub struct ProcessSymbolizer {
     /// Frames of each address symbolized, leaf first (inlined expanded).
     frames: HashMap<u64, Rc<[Frame]>>,
     mappings: Vec<Mapping>,
+    perf_map: PerfMap,
     target_alive: bool,
-    /// The process's perf map was refused (and said so, once).
-    perf_map_refused: bool,
 }
 
 impl ProcessSymbolizer {
@@ -146,16 +147,31 @@ impl ProcessSymbolizer {
             shared,
             frames: HashMap::new(),
             mappings: Vec::new(),
+            perf_map: PerfMap::default(),
             target_alive: true,
-            perf_map_refused: false,
         };
         this.refresh_maps();
         this
     }
 
-    /// Re-reads the target's memory maps (libraries loaded since); call while
-    /// the target is alive, so later symbolization does not need it.
+    /// Re-reads the target's memory maps (libraries loaded since) and its
+    /// perf map, naming the JIT frames it names now; call while the target
+    /// is alive, so later symbolization does not need it.
     pub fn refresh_maps(&mut self) {
+        self.read_maps();
+        if self.perf_map.refresh(self.pid) {
+            let unnamed: Vec<u64> = self
+                .frames
+                .iter()
+                .filter(|(_, frames)| frames.iter().all(|frame| frame.function.is_none()))
+                .map(|(&address, _)| address)
+                .collect();
+            self.name_from_perf_map(&unnamed);
+        }
+    }
+
+    /// Re-reads the target's memory maps, for us and for blazesym.
+    fn read_maps(&mut self) {
         let Some(pid) = NonZeroU32::new(self.pid) else {
             return;
         };
@@ -260,10 +276,36 @@ impl ProcessSymbolizer {
                     .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
             });
         if !outside_files.is_empty() && self.target_alive {
-            self.refresh_maps();
-            self.symbolize_once(outside_files);
+            self.read_maps();
+            let still_unnamed = self.symbolize_once(outside_files);
+            self.perf_map.refresh(self.pid);
+            self.name_from_perf_map(&still_unnamed);
         }
         self.symbolize_in_files(&unnamed_in_files);
+    }
+
+    /// Names those of `addresses` outside every mapped file that the perf
+    /// map covers, as JIT code.
+    fn name_from_perf_map(&mut self, addresses: &[u64]) {
+        for &address in addresses {
+            let in_file = maps::find(&self.mappings, address)
+                .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)));
+            if in_file {
+                continue;
+            }
+            // One byte back, into the call (see `symbolize_once`).
+            if let Some(function) = self.perf_map.find(address.saturating_sub(1)) {
+                let frame = Frame {
+                    address,
+                    function: Some(function.to_owned()),
+                    module: Some(JIT_MODULE.to_owned()),
+                    file: None,
+                    line: None,
+                    inlined: false,
+                };
+                self.frames.insert(address, Rc::from([frame]));
+            }
+        }
     }
 
     /// Symbolizes `addresses` from the files mapped there, by file offset:
@@ -313,11 +355,12 @@ impl ProcessSymbolizer {
         // in another mount namespace, but only while the process lives; after
         // it exits the cached VMAs' symbolic paths are all that is left. The
         // target may exit at any moment, so fall back rather than predict.
-        let perf_map = self.perf_map_trusted();
+        // Perf maps are read by `crate::perfmap`, which takes every
+        // runtime's format (see there).
         let with_map_files = |map_files| {
             Source::Process(Process {
                 map_files,
-                perf_map,
+                perf_map: false,
                 ..Process::new(Pid::Pid(pid))
             })
         };
@@ -391,27 +434,9 @@ impl ProcessSymbolizer {
         unnamed
     }
 
-    /// Whether JIT frames may be named from the process's perf map (see
-    /// `crate::safe_open::perf_map`); a refused one is said once.
-    fn perf_map_trusted(&mut self) -> bool {
-        match safe_open::perf_map(self.pid) {
-            PerfMap::Trusted => true,
-            PerfMap::Absent => false,
-            PerfMap::Refused(why) => {
-                if !std::mem::replace(&mut self.perf_map_refused, true) {
-                    eprintln!(
-                        "alloctrace: warning: ignoring the perf map of pid {}: {why}",
-                        self.pid
-                    );
-                }
-                false
-            }
-        }
-    }
-
     /// The module of a symbolized address: the file mapped there as the
     /// target names it (not the debug file its symbols may have come from);
-    /// for perf-map symbols, which come without one, JIT code.
+    /// a symbol that comes without either is taken for JIT code.
     fn module_name(&self, address: u64, symbolized_in: Option<&std::ffi::OsStr>) -> String {
         match maps::find(&self.mappings, address).map(|mapping| &mapping.backing) {
             Some(Backing::File(path)) => path.display().to_string(),

@@ -58,6 +58,8 @@ enum Setup {
     /// `alloctrace --all` whose filter rejects the workload in the kernel.
     HostExcluded,
     Ours,
+    /// Full tracing with mapped memory too (`--trace-memory both`).
+    OursMapped,
     OursDwarf,
     OursSampled,
     Bcc,
@@ -75,6 +77,7 @@ impl Setup {
             Setup::FloorPerfEvents => "floor_perf_events",
             Setup::HostExcluded => "host_wide_filtered_out",
             Setup::Ours => "alloctrace",
+            Setup::OursMapped => "alloctrace_mapped",
             Setup::OursDwarf => "alloctrace_dwarf",
             Setup::OursSampled => "alloctrace_sampled",
             Setup::Bcc => "bcc_memleak",
@@ -90,6 +93,7 @@ impl Setup {
             }
             Setup::HostExcluded => "host-wide, filtered out (`--all --comm no-such-comm`)",
             Setup::Ours => "alloctrace (full tracing, `--unwind fp`)",
+            Setup::OursMapped => "alloctrace (full tracing, `--trace-memory both`)",
             Setup::OursDwarf => "alloctrace (full tracing, `--unwind dwarf`)",
             Setup::OursSampled => "alloctrace (`--sample-rate 64K`, `--unwind fp`)",
             Setup::Bcc => "bcc memleak-bpfcc",
@@ -142,6 +146,7 @@ pub fn run(args: &Args) -> Result<()> {
     }
     setups.push(Setup::HostExcluded);
     setups.push(Setup::Ours);
+    setups.push(Setup::OursMapped);
     setups.push(Setup::OursDwarf);
     setups.push(Setup::OursSampled);
     let memleak = match find_memleak() {
@@ -339,7 +344,7 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
             alloctrace(bench, churn.pid, &["--floor", "--perf-event-uprobes"]),
             setup,
         )?),
-        Setup::Ours | Setup::OursDwarf | Setup::OursSampled => {
+        Setup::Ours | Setup::OursMapped | Setup::OursDwarf | Setup::OursSampled => {
             let _ = std::fs::remove_file(&report);
             let unwind = if setup == Setup::OursDwarf {
                 "dwarf"
@@ -354,6 +359,9 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
             ];
             if setup == Setup::OursSampled {
                 args.extend([OsStr::new("--sample-rate"), OsStr::new(SAMPLE_RATE)]);
+            }
+            if setup == Setup::OursMapped {
+                args.extend([OsStr::new("--trace-memory"), OsStr::new("both")]);
             }
             Some(Tracer::start(alloctrace(bench, churn.pid, &args), setup)?)
         }
@@ -766,6 +774,8 @@ fn summarize(
             "floor_over_floor_perf_events": ratio(results, Setup::Floor, Setup::FloorPerfEvents),
             "ours_over_bcc": ratio(results, Setup::Ours, Setup::Bcc),
             "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
+            // Mapped-memory tracing must stay within 1.05x of heap-only.
+            "mapped_over_heap_only": ratio(results, Setup::OursMapped, Setup::Ours),
             "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
             "sampled_over_floor": ratio(results, Setup::OursSampled, Setup::Floor),
             "host_wide_filtered_out_over_floor": ratio(results, Setup::HostExcluded, Setup::Floor),
@@ -839,6 +849,13 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
         fmt_ns(median_ns(results, Setup::HostExcluded)),
         fmt_ns(median_ns(results, Setup::Floor)),
         fmt_ratio(ratio(results, Setup::HostExcluded, Setup::Floor))
+    );
+    println!(
+        "- mapped-memory tracing on/off (`--trace-memory both` vs heap only): {} ({} vs {} ns \
+         per pair; must stay at most 1.05x)",
+        fmt_ratio(ratio(results, Setup::OursMapped, Setup::Ours)),
+        fmt_ns(median_ns(results, Setup::OursMapped)),
+        fmt_ns(median_ns(results, Setup::Ours))
     );
     println!(
         "- ours/bcc: {}",

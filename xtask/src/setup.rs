@@ -11,10 +11,13 @@ use anyhow::{Result, bail};
 use crate::util::{self, probe};
 
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
-/// what the integration tests trace: replacement allocators and Node.js
-/// (whose JIT frames tests/jit.rs names), and what tests/fleet.rs deploys
+/// what the integration tests trace: replacement allocators, Node.js and a
+/// JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
+/// workload, `jcmd` serves `--jvm-perfmap`), Chromium (tests/html.rs draws
+/// the HTML report in it), and what tests/fleet.rs deploys
 /// with: podman and runc (the image), prometheus (scraping, `promtool`) and
-/// systemd (`systemd-analyze verify` on the unit).
+/// systemd (`systemd-analyze verify` on the unit), and the headless browser
+/// tests/html.rs loads the HTML report in.
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -25,10 +28,12 @@ const APT_PACKAGES: &[&str] = &[
     "libgoogle-perftools4",
     "libmimalloc2.0",
     "nodejs",
+    "openjdk-17-jdk-headless",
     "podman",
     "runc",
     "prometheus",
     "systemd",
+    "chromium",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";

@@ -192,6 +192,14 @@ impl<K: Copy + Eq + Hash> History<K> {
             .map(|(stack, samples)| (*stack, samples.iter().copied().collect()))
     }
 
+    /// The kept samples of `key`, oldest first (empty when forgotten).
+    pub fn samples(&self, key: &K) -> Vec<Sample> {
+        self.stacks
+            .get(key)
+            .map(|samples| samples.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
     /// Number of keys tracked.
     #[cfg(test)]
     fn len(&self) -> usize {

@@ -1,6 +1,7 @@
 //! Leak analysis over time, on top of the ledger: which stacks keep growing
 //! ([`suspects`], from a bounded per-stack [`history`] of ticks), how old the
-//! outstanding bytes are ([`age`]), and the CI leak [`gate`].
+//! outstanding bytes are ([`age`]), the totals over the whole run for the
+//! HTML report's chart ([`timeline`]), and the CI leak [`gate`].
 //!
 //! Like the ledger, everything here is plain data (no aya, no blazesym), fed
 //! by the session and unit-tested on synthetic histories; naming stacks and
@@ -10,6 +11,7 @@ pub mod age;
 pub mod gate;
 pub mod history;
 pub mod suspects;
+pub mod timeline;
 
 pub use age::AgeBuckets;
 pub use gate::LeakGate;

@@ -436,8 +436,8 @@ impl Driver<'_> {
         }
     }
 
-    /// The final outputs every mode writes (JSON report, folded stacks,
-    /// flamegraph), then the mode's own.
+    /// The final outputs every mode writes (JSON report, HTML page, folded
+    /// stacks, flamegraph), then the mode's own.
     fn write_outputs<M: Mode>(&self, mode: &M) -> anyhow::Result<()> {
         let now = self.now();
         let report = self.report(mode);
@@ -448,6 +448,9 @@ impl Driver<'_> {
         };
         if let Some(path) = &outputs.report {
             write_atomically(path, |out| report::write_json(&report, out))?;
+        }
+        if let Some(path) = &outputs.html {
+            write_atomically(path, |out| report::html::write_html(&report, out))?;
         }
         let lines = mode.folded_lines(&report);
         if let Some(path) = &outputs.folded {

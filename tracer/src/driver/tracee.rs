@@ -1,6 +1,7 @@
 //! One traced process's share of the pipeline, the same in every mode:
-//! its stacks, its ledger, the history its suspects are ranked from, and
-//! its symbolizer. One-process mode has one; host-wide mode one per live
+//! its stacks, its ledger (and, with mapped memory traced, its ledger of
+//! mappings), the history its suspects are ranked from, and its
+//! symbolizer. One-process mode has one; host-wide mode one per live
 //! process.
 
 use std::rc::Rc;
@@ -9,12 +10,15 @@ use tracer_ebpf::Event;
 
 use crate::{
     analysis::{
-        History, LedgerNow, Sites, Suspect, Tick, history::DEFAULT_WINDOW, rank_suspects,
+        AgeBuckets, History, LedgerNow, Sites, Suspect, Tick,
+        history::DEFAULT_WINDOW,
+        rank_suspects,
+        timeline::{Point, StackSeries, Timeline, TimelineReport},
         window_live_bytes,
     },
     events::{Arrived, Carried},
-    ledger::Ledger,
-    report::{NameStacks, StackReport, StackView, SuspectReport},
+    ledger::{Ledger, mapped::MappedLedger},
+    report::{NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS},
     stacks::{StackId, StackTable},
     symbolize::{Frame, ProcessSymbolizer, SharedSymbols},
 };
@@ -22,6 +26,8 @@ use crate::{
 pub struct Tracee {
     pub pid: u32,
     pub ledger: Ledger,
+    /// Mapped memory, when it is traced.
+    pub mapped: Option<MappedLedger>,
     pub stacks: StackTable,
     pub symbols: ProcessSymbolizer,
     /// Each stack's outstanding bytes at the last ticks.
@@ -31,6 +37,8 @@ pub struct Tracee {
     sites: Sites,
     /// The last tick recorded, on the events' clock.
     last_tick_ns: u64,
+    /// The process's totals at every tick of the run (bounded).
+    pub timeline: Timeline,
 }
 
 impl Tracee {
@@ -38,11 +46,13 @@ impl Tracee {
         Self {
             pid,
             ledger,
+            mapped: None,
             stacks: StackTable::new(),
             symbols: ProcessSymbolizer::sharing(pid, shared),
             history: History::new(DEFAULT_WINDOW),
             sites: Sites::new(),
             last_tick_ns: 0,
+            timeline: Timeline::default(),
         }
     }
 
@@ -63,7 +73,37 @@ impl Tracee {
             Arrived::Resolved(stack) => stack,
             Arrived::Carried(carried) => self.resolve(event, carried),
         };
+        if let Some(mapped) = &mut self.mapped {
+            mapped.apply(event, stack);
+        }
         self.ledger.apply(event, stack);
+    }
+
+    /// The stacks holding mapped memory at `now_ns`, largest first, named.
+    pub fn mapped_stacks(&self, now_ns: u64) -> Vec<StackReport> {
+        let Some(mapped) = &self.mapped else {
+            return Vec::new();
+        };
+        let mut usage: Vec<_> = mapped.by_stack().into_iter().collect();
+        usage.sort_by_key(|(_, usage)| std::cmp::Reverse(usage.bytes));
+        usage
+            .into_iter()
+            .map(|(stack, usage)| {
+                let age_ns = now_ns.saturating_sub(usage.oldest_ns);
+                // By the oldest piece: pieces are few and mostly one age.
+                let mut age_bytes = AgeBuckets::default();
+                age_bytes.add(age_ns, usage.bytes);
+                StackReport {
+                    kind: StackKind::Mmap,
+                    bytes: usage.bytes,
+                    count: usage.count,
+                    oldest_age_s: age_ns as f64 / 1e9,
+                    approximate: false,
+                    age_bytes,
+                    frames: self.frames(stack),
+                }
+            })
+            .collect()
     }
 
     /// The ledger by stack at `now_ns`, every block included.
@@ -71,9 +111,14 @@ impl Tracee {
         StackView::of(&self.ledger, now_ns, u64::MAX)
     }
 
-    /// Records a tick of `view` in the history.
+    /// Records a tick of `view` in the history and the timeline.
     pub fn record(&mut self, elapsed_s: f64, view: &StackView) {
         self.last_tick_ns = view.now_ns;
+        self.timeline.record(Point {
+            elapsed_s,
+            outstanding_bytes: view.usage.iter().map(|usage| usage.bytes).sum(),
+            outstanding_count: view.usage.iter().map(|usage| usage.count).sum(),
+        });
         self.history.record(Tick {
             elapsed_s,
             at_ns: view.now_ns,
@@ -87,6 +132,19 @@ impl Tracee {
                 self.sites.insert(stack, site);
             }
         }
+    }
+
+    /// The timeline as the report writes it, with the series of the first
+    /// [`TIMELINE_SUSPECTS`] of `ranked` (this process's suspects, in the
+    /// report's order) from the history they were ranked on.
+    pub fn timeline(&self, ranked: &[Suspect]) -> TimelineReport {
+        let stacks = ranked
+            .iter()
+            .take(TIMELINE_SUSPECTS)
+            .enumerate()
+            .map(|(index, suspect)| StackSeries::new(index, &self.history.samples(&suspect.stack)))
+            .collect();
+        self.timeline.report(stacks)
     }
 
     /// The ledger as of the last tick recorded (the final one, once tracing

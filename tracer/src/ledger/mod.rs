@@ -9,6 +9,7 @@
 //! can give it up.
 
 mod live;
+pub mod mapped;
 mod per_stack;
 
 use std::collections::{HashMap, HashSet};
@@ -205,7 +206,13 @@ impl Ledger {
                     self.note_replacement(event, stack);
                 }
             }
-            EventKind::Exec | EventKind::ProcessExit | EventKind::Fork => {}
+            EventKind::Exec
+            | EventKind::ProcessExit
+            | EventKind::Fork
+            | EventKind::Map
+            | EventKind::Unmap
+            | EventKind::Remap
+            | EventKind::Protect => {}
         }
     }
 

@@ -21,7 +21,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
-        BtfTracePoint, Program, UProbe,
+        BtfTracePoint, Program, TracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeScope},
     },
 };
@@ -56,6 +56,15 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     (EXIT_PROGRAM, "sched_process_exit"),
     (RENAME_PROGRAM, "task_rename"),
     (FORK_PROGRAM, "sched_process_fork"),
+];
+
+/// The programs of mapped memory (`tracer-ebpf/src/mapped.rs`) and the
+/// `syscalls` tracepoint each one runs at.
+const MAPPED_PROGRAMS: &[(&str, &str)] = &[
+    ("mmap_exit", "sys_exit_mmap"),
+    ("munmap_exit", "sys_exit_munmap"),
+    ("mremap_exit", "sys_exit_mremap"),
+    ("mprotect_exit", "sys_exit_mprotect"),
 ];
 
 /// What the in-kernel filter of host-wide mode rejects, set at load time.
@@ -248,6 +257,14 @@ impl Probes {
                         .ok_or_else(|| anyhow!("no tracepoint for program {name}"))?;
                     program.load(tracepoint, &btf)
                 }
+                Program::TracePoint(program) => {
+                    // Not fatal here: only mapped-memory tracing needs it,
+                    // and `attach_mapped` says so when it is missing.
+                    if let Err(error) = program.load() {
+                        log::debug!("loading {name}: {error}");
+                    }
+                    Ok(())
+                }
                 _ => return Err(anyhow!("unexpected program type for {name}")),
             }
             .with_context(|| format!("loading program {name} into the kernel"))?;
@@ -310,6 +327,25 @@ impl Probes {
         programs: Programs,
     ) -> anyhow::Result<()> {
         self.attach_uprobes(plan, library, UProbeScope::AllProcesses, programs)
+    }
+
+    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`,
+    /// `mprotect` of the traced processes).
+    pub fn attach_mapped(&mut self) -> anyhow::Result<()> {
+        for (name, tracepoint) in MAPPED_PROGRAMS {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+                .try_into()?;
+            program.attach("syscalls", tracepoint).with_context(|| {
+                format!(
+                    "cannot trace mapped memory: the tracepoint syscalls:{tracepoint} is missing \
+                     (needs CONFIG_FTRACE_SYSCALLS); use --trace-memory heap"
+                )
+            })?;
+        }
+        Ok(())
     }
 
     fn attach_tracepoint(&mut self, name: &str) -> anyhow::Result<()> {

@@ -84,7 +84,7 @@ fn write_empty(title: &str, out: &mut dyn Write) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::symbolize::Frame;
+    use crate::{report::StackKind, symbolize::Frame};
 
     #[test]
     fn draws_every_stack_frame_by_name() {
@@ -97,6 +97,7 @@ mod tests {
             inlined: false,
         };
         let stacks = [StackReport {
+            kind: StackKind::Heap,
             bytes: 1 << 20,
             count: 2,
             oldest_age_s: 1.0,

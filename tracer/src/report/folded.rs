@@ -2,18 +2,31 @@
 //! outermost to the leaf joined by `;`, then a space and the weight (here,
 //! outstanding bytes). This is also what the flamegraph is drawn from.
 
-use super::StackReport;
+use super::{StackKind, StackReport};
 
-/// The folded lines for `stacks`, in their order.
+/// The folded lines for `stacks`, in their order. When mapped memory is
+/// among them, each line starts at a root frame naming its kind, `[heap]`
+/// or `[mmap]`, so the flamegraph splits the two at its base.
 pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
+    let by_kind = stacks.iter().any(|stack| stack.kind != StackKind::Heap);
     stacks
         .iter()
         .filter(|stack| stack.bytes > 0)
         .map(|stack| {
-            let labels: Vec<String> = stack.frames.iter().map(|frame| frame.label()).collect();
+            let mut labels: Vec<String> = stack.frames.iter().map(|frame| frame.label()).collect();
+            if by_kind {
+                labels.push(kind_root(stack.kind).to_owned());
+            }
             folded_line(&labels, stack.bytes)
         })
         .collect()
+}
+
+fn kind_root(kind: StackKind) -> &'static str {
+    match kind {
+        StackKind::Heap => "[heap]",
+        StackKind::Mmap => "[mmap]",
+    }
 }
 
 /// The folded lines for `stacks` under one more root frame, e.g. the

@@ -1,6 +1,6 @@
 //! Reports: the model of what the tracer found, and the formats it is written
-//! in — the JSON report, folded stacks, the flamegraph, the pprof profile
-//! (final outputs), the periodic summary and the leak gate's verdict.
+//! in — the JSON report, folded stacks, the flamegraph, the pprof profile,
+//! the HTML page (final outputs), the periodic summary and the leak gate's verdict.
 //!
 //! The model is built from the ledger and frames named through
 //! [`NameStacks`] (so it is unit-tested without a symbolizer) and is the only
@@ -9,7 +9,9 @@
 
 mod flamegraph;
 mod folded;
+mod frame_name;
 mod gate;
+pub mod html;
 mod pprof;
 mod summary;
 mod views;
@@ -26,13 +28,14 @@ use serde::Serialize;
 
 pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flamegraph_lines};
 pub use folded::{folded_line, folded_lines, folded_lines_under};
+pub use frame_name::FrameName;
 pub use gate::{NamedOffender, gate_failure};
 pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 pub use views::{HeapViews, TickViews, why_suspect};
 
 use crate::{
-    analysis::{AgeBuckets, Evidence, Suspect},
+    analysis::{AgeBuckets, Evidence, Suspect, timeline::TimelineReport},
     container::Container,
     ledger::{self, Ledger, StackUsage},
     stacks::StackId,
@@ -106,10 +109,23 @@ pub struct ProcessReport {
     /// it was gone before `/proc` could be read.
     pub container: Option<Container>,
     pub totals: Totals,
+    /// Mapped memory (`--trace-memory both`); its stacks are those of kind
+    /// `mmap` below.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped: Option<crate::ledger::mapped::MappedTotals>,
     /// Outstanding bytes of the stacks below by age.
     pub age_bytes: AgeBuckets,
     /// Outstanding allocations by stack, largest first.
     pub stacks: Vec<StackReport>,
+    /// The process's totals at every tick (bounded, see
+    /// `analysis::timeline`) and the top suspects' bytes over the suspects'
+    /// history: the HTML report's chart.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineReport>,
+    /// Host-wide, for live processes: the growth they are ranked by (see
+    /// `modes::host`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub growth_bytes_per_s: Option<f64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
@@ -146,6 +162,8 @@ impl Totals {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StackReport {
+    /// What the bytes are: heap blocks or mapped memory.
+    pub kind: StackKind,
     pub bytes: u64,
     pub count: u64,
     pub oldest_age_s: f64,
@@ -156,6 +174,17 @@ pub struct StackReport {
     pub age_bytes: AgeBuckets,
     /// Leaf first: the allocator's caller first.
     pub frames: Vec<Frame>,
+}
+
+/// What a stack's bytes are.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StackKind {
+    /// Blocks of the allocator's malloc family.
+    #[default]
+    Heap,
+    /// Anonymous private mappings made outside the allocator.
+    Mmap,
 }
 
 /// A stack suspected of leaking, with the evidence.
@@ -233,6 +262,7 @@ impl StackView {
 
     fn stack_report(&self, usage: &StackUsage, symbols: &impl NameStacks) -> StackReport {
         StackReport {
+            kind: StackKind::Heap,
             bytes: usage.bytes,
             count: usage.count,
             oldest_age_s: self.now_ns.saturating_sub(usage.oldest_ns) as f64 / 1e9,
@@ -242,6 +272,10 @@ impl StackView {
         }
     }
 }
+
+/// Suspects whose bytes over time the report's timeline carries (see
+/// `driver::Tracee::timeline`).
+pub const TIMELINE_SUSPECTS: usize = 5;
 
 /// Writes `path` through a temporary file in the same directory and a
 /// rename, so readers never see a half-written output.
@@ -314,6 +348,7 @@ pub fn prune_snapshots(dir: &Path, name: &str, keep: usize) -> std::io::Result<(
 #[cfg(test)]
 pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
     StackReport {
+        kind: StackKind::Heap,
         bytes,
         count: 1,
         oldest_age_s: 0.0,

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use serde::Serialize;
 
-use super::{StackReport, SuspectReport, TickViews, Totals};
+use super::{StackKind, StackReport, SuspectReport, TickViews, Totals};
 use crate::{analysis::AgeBuckets, symbolize::Frame};
 
 /// One interval's summary. JSON key names are a public interface.
@@ -175,12 +175,20 @@ pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
     for (rank, stack) in top.iter().enumerate() {
         let _ = writeln!(
             text,
-            "{indent}#{} {}{} in {} blocks, oldest {:.0}s: {}",
+            "{indent}#{} {}{}{} in {} {}, oldest {:.0}s: {}",
             rank + 1,
+            match stack.kind {
+                StackKind::Heap => "",
+                StackKind::Mmap => "[mmap] ",
+            },
             // Events were lost while these blocks were live: at most.
             if stack.approximate { "<=" } else { "" },
             bytes(stack.bytes),
             stack.count,
+            match stack.kind {
+                StackKind::Heap => "blocks",
+                StackKind::Mmap => "mappings",
+            },
             stack.oldest_age_s,
             describe_frames(&stack.frames),
         );

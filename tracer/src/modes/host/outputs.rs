@@ -80,8 +80,11 @@ mod tests {
             libc: String::new(),
             container: None,
             totals: Totals::default(),
+            mapped: None,
             age_bytes: Default::default(),
             stacks,
+            timeline: None,
+            growth_bytes_per_s: None,
         }
     }
 

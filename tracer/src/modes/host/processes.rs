@@ -323,7 +323,10 @@ impl Processes {
         let mut reports: Vec<ProcessReport> = self
             .live
             .values()
-            .map(|process| process.report(now))
+            .map(|process| ProcessReport {
+                growth_bytes_per_s: Some(self.growth.growth_bytes_per_s(&process.pid)),
+                ..process.report(now)
+            })
             .chain(self.exited.kept.iter().cloned())
             .collect();
         reports.sort_by(|a, b| {
@@ -429,8 +432,14 @@ impl Process {
             libc: self.libc(),
             container: self.container.clone(),
             totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
+            mapped: None,
             age_bytes: view.total_ages(),
             stacks: self.tracee.largest(&view, usize::MAX),
+            timeline: Some(
+                self.tracee
+                    .timeline(&self.tracee.rank(&self.tracee.view(now.now_ns))),
+            ),
+            growth_bytes_per_s: None,
         }
     }
 
@@ -510,8 +519,11 @@ mod tests {
                 outstanding_bytes: bytes,
                 ..Totals::default()
             },
+            mapped: None,
             age_bytes: Default::default(),
             stacks: Vec::new(),
+            timeline: None,
+            growth_bytes_per_s: None,
         }
     }
 

@@ -103,6 +103,11 @@ impl Attachment {
         } else {
             Programs::Tracing
         };
+        // Before the uprobes: a mapping made inside an allocator call is
+        // told apart by the call in flight, which the uprobes record.
+        if config.memory.mapped() {
+            probes.attach_mapped()?;
+        }
         probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
         // A launched command is held before its exec: its probes are armed
         // when its new image maps the library, after the ready line.

@@ -9,10 +9,12 @@
 //! alone has the leak gate, the pprof profile and the metrics endpoint.
 //!
 //! [`attach`] sets it up to its ready line; [`outputs`] holds what it
-//! writes besides the common outputs.
+//! writes besides the common outputs; [`jvm`] asks a JVM for its perf map
+//! (`--jvm-perfmap`).
 
 mod attach;
 mod forks;
+mod jvm;
 mod launch;
 mod outputs;
 
@@ -24,6 +26,7 @@ use tracer_ebpf::{Event, EventKind};
 use self::{
     attach::{Attachment, ProcessExit},
     forks::ForkedChildren,
+    jvm::JvmPerfMap,
     launch::Launched,
 };
 use crate::{
@@ -33,7 +36,7 @@ use crate::{
     container::{self, Container},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
-    ledger::{self, Budget, Ledger},
+    ledger::{self, Budget, Ledger, mapped::MappedLedger},
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
@@ -65,6 +68,8 @@ pub struct ProcessMode {
     /// Ends the leak gate's warm-up (`--after`).
     warm_up: Pin<Box<Sleep>>,
     metrics: Option<Metrics>,
+    /// `--jvm-perfmap`.
+    jvm: Option<JvmPerfMap>,
     /// The target's cgroup and container, read at attach.
     container: Option<Container>,
     /// Allocator events applied.
@@ -124,6 +129,14 @@ impl ProcessMode {
                 None => String::new(),
             }
         );
+        // Before the ready line, so the JVM's code compiled so far is named
+        // from the first stack on (launch mode's JVM has not started yet).
+        let mut jvm = config.jvm_perfmap.then(|| JvmPerfMap::new(target.pid));
+        if let Some(jvm) = &mut jvm
+            && launched.is_none()
+        {
+            jvm.write_now(false);
+        }
         if let Some(launched) = &mut launched {
             launched.release()?;
         }
@@ -136,9 +149,13 @@ impl ProcessMode {
             + gate
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
+        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
+        if config.memory.mapped() {
+            tracee.mapped = Some(MappedLedger::new());
+        }
         let mode = Self {
             container: container::of_process(target.pid),
-            tracee: Tracee::new(target.pid, ledger, SharedSymbols::new()),
+            tracee,
             // The launched command's own execve is the start of tracing.
             execs_expected: u32::from(launched.is_some()),
             target,
@@ -149,6 +166,7 @@ impl ProcessMode {
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
             metrics,
+            jvm,
             events: 0,
             stopped: false,
             started,
@@ -246,10 +264,18 @@ impl Mode for ProcessMode {
             if let Some(armed) = &mut self.armed {
                 armed.check();
             }
+            // Read at the next summary's refresh (or the final one).
+            if let Some(jvm) = &mut self.jvm {
+                jvm.request();
+            }
         }
         let view = self.tracee.view(now.now_ns);
         self.tracee.record(now.elapsed_s, &view);
-        let top = self.tracee.largest(&view, self.common.top);
+        let mut top = self.tracee.largest(&view, self.common.top);
+        // Mapped memory ranks among the heap's stacks, marked `[mmap]`.
+        top.extend(self.tracee.mapped_stacks(now.now_ns));
+        top.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
+        top.truncate(self.common.top);
         let suspects = self.tracee.suspects(&view, self.common.top);
         self.publish_metrics(totals, &view, &suspects);
         let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
@@ -267,9 +293,9 @@ impl Mode for ProcessMode {
         let view =
             report::StackView::of(&self.tracee.ledger, now.now_ns, now.allocated_before_ns());
         // Suspects are about all blocks, as the history is.
-        let suspects = self
-            .tracee
-            .suspects(&self.tracee.view(now.now_ns), usize::MAX);
+        let all = self.tracee.view(now.now_ns);
+        let ranked = self.tracee.rank(&all);
+        let suspects = all.suspects(&ranked, &self.tracee, self.target.pid, usize::MAX);
         Report {
             version: report::REPORT_VERSION,
             duration_s: now.elapsed_s,
@@ -283,8 +309,15 @@ impl Mode for ProcessMode {
                 libc: self.target.allocator.path.display().to_string(),
                 container: self.container.clone(),
                 totals,
+                mapped: self.tracee.mapped.as_ref().map(MappedLedger::totals),
                 age_bytes: view.total_ages(),
-                stacks: self.tracee.largest(&view, usize::MAX),
+                stacks: [
+                    self.tracee.largest(&view, usize::MAX),
+                    self.tracee.mapped_stacks(now.now_ns),
+                ]
+                .concat(),
+                timeline: Some(self.tracee.timeline(&ranked)),
+                growth_bytes_per_s: None,
             }],
             suspects,
             host: None,
@@ -301,6 +334,14 @@ impl Mode for ProcessMode {
     fn stopped(&mut self, stop: Stop) {
         self.stopped = true;
         let pid = self.target.pid;
+        if let Some(jvm) = &mut self.jvm
+            && matches!(stop, Stop::Signal(_) | Stop::Duration)
+        {
+            // The last word on the JVM's code, before the last events are
+            // symbolized and the report names its stacks.
+            jvm.write_now(false);
+            self.tracee.symbols.refresh_maps();
+        }
         match stop {
             Stop::TargetExited => {
                 self.tracee.symbols.target_exited();

@@ -1,0 +1,149 @@
+// mapped.c - a workload that holds memory through mmap, for the mapped
+// memory tests (tests/mapped.rs). Each function below is the caller of the
+// mmap that the report must name, and holds a known number of bytes:
+//
+//   leak_mmap       10 mappings of 256 KiB, kept
+//   pool_pieces     a 64-page slab unmapped page by page but for 3 pages
+//   reserve_commit  a 64 MiB PROT_NONE reservation, 1 MiB committed by
+//                   mprotect, then all but 256 KiB given back
+//   map_base        16 pages, 4 of which fixed_over maps over (MAP_FIXED)
+//   remap_grow      4 pages grown to 32 by mremap (it may move)
+//   transient       100 mappings made and unmapped
+//   big_mallocs     4 malloc'd blocks of 1 MiB: glibc maps each itself,
+//                   and they must count once, as heap blocks
+//   map_file        a private file mapping: not counted
+//
+// Protocol: stdout "ready <pid>"; on the first stdin line, do the above
+// and print "done"; exit when stdin closes.
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define NOINLINE __attribute__((noinline))
+#define PAGE 4096UL
+
+static void *anon(size_t len, int prot, int flags) {
+    void *p = mmap(NULL, len, prot, MAP_PRIVATE | MAP_ANONYMOUS | flags, -1, 0);
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    return p;
+}
+
+/* The mmap calls are in each named function, not in `anon`, so that the
+ * named function is the first frame of its stack. */
+#define ANON(len, prot, flags) \
+    mmap(NULL, (len), (prot), MAP_PRIVATE | MAP_ANONYMOUS | (flags), -1, 0)
+
+static void *kept[64];
+static int nkept;
+
+static void keep(void *p) {
+    if (p == MAP_FAILED) {
+        perror("mmap");
+        exit(1);
+    }
+    kept[nkept++] = p;
+}
+
+NOINLINE void leak_mmap(void) {
+    for (int i = 0; i < 10; i++) {
+        char *p = ANON(256 * 1024, PROT_READ | PROT_WRITE, 0);
+        keep(p);
+        p[0] = 1;
+    }
+}
+
+NOINLINE void pool_pieces(void) {
+    char *slab = ANON(64 * PAGE, PROT_READ | PROT_WRITE, 0);
+    keep(slab);
+    for (unsigned long page = 0; page < 64; page++) {
+        if (page != 3 && page != 7 && page != 8) {
+            munmap(slab + page * PAGE, PAGE);
+        }
+    }
+}
+
+NOINLINE void reserve_commit(void) {
+    char *heap = ANON(64UL << 20, PROT_NONE, MAP_NORESERVE);
+    keep(heap);
+    mprotect(heap, 1 << 20, PROT_READ | PROT_WRITE);
+    memset(heap, 1, 1 << 20);
+    mprotect(heap + 256 * 1024, (1 << 20) - 256 * 1024, PROT_NONE);
+}
+
+NOINLINE void fixed_over(char *base) {
+    keep(mmap(base + 4 * PAGE, 4 * PAGE, PROT_READ | PROT_WRITE,
+              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
+}
+
+NOINLINE void map_base(void) {
+    char *base = ANON(16 * PAGE, PROT_READ | PROT_WRITE, 0);
+    keep(base);
+    fixed_over(base);
+}
+
+NOINLINE void remap_grow(void) {
+    char *p = ANON(4 * PAGE, PROT_READ | PROT_WRITE, 0);
+    keep(p);
+    keep(mremap(p, 4 * PAGE, 32 * PAGE, MREMAP_MAYMOVE));
+}
+
+NOINLINE void transient(void) {
+    for (int i = 0; i < 100; i++) {
+        char *p = ANON(64 * 1024, PROT_READ | PROT_WRITE, 0);
+        if (p == MAP_FAILED) {
+            exit(1);
+        }
+        p[0] = 1;
+        munmap(p, 64 * 1024);
+    }
+}
+
+/* volatile: the compiler may otherwise drop a malloc whose block is only
+ * stored into memory it can prove nothing reads. */
+static char *volatile held_blocks[4];
+
+NOINLINE void big_mallocs(void) {
+    for (int i = 0; i < 4; i++) {
+        char *p = malloc(1 << 20);
+        p[0] = 1;
+        held_blocks[i] = p;
+    }
+}
+
+NOINLINE void map_file(void) {
+    int fd = open("/proc/self/exe", O_RDONLY);
+    if (fd < 0) {
+        exit(1);
+    }
+    keep(mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE, fd, 0));
+    close(fd);
+}
+
+int main(void) {
+    (void)anon;
+    setvbuf(stdout, NULL, _IOLBF, 0);
+    printf("ready %d\n", getpid());
+    char line[64];
+    if (!fgets(line, sizeof line, stdin)) {
+        return 0;
+    }
+    leak_mmap();
+    pool_pieces();
+    reserve_commit();
+    map_base();
+    remap_grow();
+    transient();
+    big_mallocs();
+    map_file();
+    printf("done\n");
+    while (fgets(line, sizeof line, stdin)) {
+    }
+    return 0;
+}

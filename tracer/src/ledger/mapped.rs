@@ -1,0 +1,442 @@
+//! The ledger of mapped memory: the anonymous private mappings a process
+//! made while traced, as a map of address ranges, each piece remembering
+//! the stack that mapped it and whether it counts.
+//!
+//! Mappings are ranges, not blocks: a `munmap` may take the middle of a
+//! mapping (splitting it) or its ends (trimming it), `mremap` moves or
+//! resizes part of one, and `mmap` with `MAP_FIXED` replaces whatever lay
+//! beneath. Every operation here first cuts the pieces it touches at its
+//! own bounds, then acts on whole pieces, so no rule needs to know how a
+//! piece came to be.
+//!
+//! What counts is *committed* memory, not address space: a reservation
+//! (`PROT_NONE`, or `MAP_NORESERVE`) counts nothing until `mprotect` (or an
+//! `mmap` with `MAP_FIXED`) makes part of it accessible, and nothing again
+//! once `mprotect(PROT_NONE)` gives it back. That is how glibc grows its
+//! 64 MiB per-thread arenas and how the JVM and .NET reserve their heaps:
+//! only what they commit is memory the process holds. `madvise(DONTNEED)`
+//! is deliberately not an unmap: the range stays committed and usable (the
+//! next touch faults in zeroed pages), so it still counts, as the kernel's
+//! `Committed_AS` counts it.
+//!
+//! Which mappings are offered here (anonymous and private only; those the
+//! allocator makes inside its own calls are left to the heap ledger) is the
+//! caller's choice. Plain data: it knows neither aya nor blazesym.
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::Serialize;
+use tracer_ebpf::{Event, EventKind};
+
+use super::StackId;
+
+/// One piece of a traced mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    end: u64,
+    stack: StackId,
+    /// Accessible and backed: counts as held memory.
+    committed: bool,
+    /// When the mapping was made (CLOCK_MONOTONIC ns).
+    mapped_ns: u64,
+}
+
+/// Running counters of the mapped-memory ledger.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct MappedTotals {
+    /// Mappings made (`mmap` calls tracked).
+    pub maps: u64,
+    /// `munmap` calls that removed tracked memory.
+    pub unmaps: u64,
+    /// Committed bytes outstanding.
+    pub outstanding_bytes: u64,
+    /// Pieces of mappings holding committed bytes.
+    pub outstanding_count: u64,
+    /// Bytes unmapped (or moved away) that no tracked mapping covered:
+    /// mappings made before tracing began, or by the allocator itself.
+    pub untracked_unmapped_bytes: u64,
+}
+
+/// Committed mapped memory of one stack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MappedUsage {
+    pub bytes: u64,
+    /// Pieces of mappings (a mapping split by a partial unmap is two).
+    pub count: u64,
+    pub oldest_ns: u64,
+}
+
+#[derive(Debug, Default)]
+pub struct MappedLedger {
+    /// Pieces by start address; they never overlap.
+    pieces: BTreeMap<u64, Piece>,
+    totals: MappedTotals,
+}
+
+impl MappedLedger {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Applies one mapping event (see `tracer_ebpf::EventKind::Map` and
+    /// after); other events are not its business.
+    pub fn apply(&mut self, event: &Event, stack: StackId) {
+        match event.kind() {
+            Some(EventKind::Map) => self.map(
+                event.addr,
+                event.size,
+                event.old_addr != 0,
+                stack,
+                event.timestamp_ns,
+            ),
+            Some(EventKind::Unmap) => self.unmap(event.addr, event.size),
+            Some(EventKind::Remap) => {
+                self.remap(event.old_addr, event.stack_hash, event.addr, event.size)
+            }
+            Some(EventKind::Protect) => self.protect(event.addr, event.size, event.old_addr != 0),
+            Some(EventKind::Exec) => self.clear(),
+            _ => {}
+        }
+    }
+
+    /// A new mapping of `len` bytes at `start` from `stack`, replacing
+    /// whatever was mapped there (`MAP_FIXED`, or an address the kernel
+    /// reused). `committed` is false for a reservation.
+    pub fn map(&mut self, start: u64, len: u64, committed: bool, stack: StackId, now_ns: u64) {
+        let Some(end) = end_of(start, len) else {
+            return;
+        };
+        // Whatever lay beneath is gone; it was replaced, not unmapped.
+        self.take(start, end);
+        self.insert(
+            start,
+            Piece {
+                end,
+                stack,
+                committed,
+                mapped_ns: now_ns,
+            },
+        );
+        self.totals.maps += 1;
+    }
+
+    /// `munmap(start, len)`: the covered parts of tracked pieces are gone.
+    pub fn unmap(&mut self, start: u64, len: u64) {
+        let Some(end) = end_of(start, len) else {
+            return;
+        };
+        let taken = self.take(start, end);
+        let tracked: u64 = taken.iter().map(|(s, p)| p.end - s).sum();
+        self.totals.untracked_unmapped_bytes += (end - start) - tracked;
+        if !taken.is_empty() {
+            self.totals.unmaps += 1;
+        }
+    }
+
+    /// `mprotect(start, len, prot)`: the covered parts of tracked pieces
+    /// count when made accessible, and stop counting at `PROT_NONE`.
+    pub fn protect(&mut self, start: u64, len: u64, accessible: bool) {
+        let Some(end) = end_of(start, len) else {
+            return;
+        };
+        for (piece_start, mut piece) in self.take(start, end) {
+            piece.committed = accessible;
+            self.insert(piece_start, piece);
+        }
+    }
+
+    /// `mremap(old, old_len, new_len)` that returned `new`: the tracked
+    /// parts of the old range move to `new` (possibly the same address),
+    /// cut to `new_len`; growth beyond `old_len` belongs to the stack of the
+    /// piece that ended the old range and counts as it does.
+    pub fn remap(&mut self, old: u64, old_len: u64, new: u64, new_len: u64) {
+        let (Some(old_end), Some(new_end)) = (end_of(old, old_len), end_of(new, new_len)) else {
+            return;
+        };
+        let moved = self.take(old, old_end);
+        let tracked: u64 = moved.iter().map(|(s, p)| p.end - s).sum();
+        self.totals.untracked_unmapped_bytes += (old_end - old) - tracked;
+        // The kernel unmaps whatever lay at the destination.
+        self.take(new, new_end);
+        for (start, piece) in moved {
+            let start = start - old + new;
+            // The piece that ended the old range takes the growth.
+            let end = if piece.end == old_end && new_len > old_len {
+                new_end
+            } else {
+                (piece.end - old + new).min(new_end)
+            };
+            if start < end {
+                self.insert(start, Piece { end, ..piece });
+            }
+        }
+    }
+
+    /// The process replaced its program or exited: nothing it mapped
+    /// remains.
+    pub fn clear(&mut self) {
+        self.pieces.clear();
+        self.totals.outstanding_bytes = 0;
+        self.totals.outstanding_count = 0;
+    }
+
+    pub fn totals(&self) -> MappedTotals {
+        self.totals
+    }
+
+    /// Committed bytes by stack.
+    pub fn by_stack(&self) -> HashMap<StackId, MappedUsage> {
+        let mut usage: HashMap<StackId, MappedUsage> = HashMap::new();
+        for (start, piece) in self.committed() {
+            let entry = usage.entry(piece.stack).or_insert(MappedUsage {
+                oldest_ns: u64::MAX,
+                ..MappedUsage::default()
+            });
+            entry.bytes += piece.end - start;
+            entry.count += 1;
+            entry.oldest_ns = entry.oldest_ns.min(piece.mapped_ns);
+        }
+        usage
+    }
+
+    fn committed(&self) -> impl Iterator<Item = (u64, &Piece)> {
+        self.pieces
+            .iter()
+            .filter(|(_, piece)| piece.committed)
+            .map(|(&start, piece)| (start, piece))
+    }
+
+    /// Removes and returns the parts of pieces within `[start, end)`,
+    /// leaving the parts outside in place.
+    fn take(&mut self, start: u64, end: u64) -> Vec<(u64, Piece)> {
+        self.cut_at(start);
+        self.cut_at(end);
+        let starts: Vec<u64> = self.pieces.range(start..end).map(|(&s, _)| s).collect();
+        let taken: Vec<(u64, Piece)> = starts
+            .into_iter()
+            .filter_map(|s| self.pieces.remove(&s).map(|piece| (s, piece)))
+            .collect();
+        for (start, piece) in &taken {
+            self.count(*start, piece, false);
+        }
+        taken
+    }
+
+    /// Splits the piece that straddles `at` into two at `at`.
+    fn cut_at(&mut self, at: u64) {
+        let Some((&start, &piece)) = self.pieces.range(..at).next_back() else {
+            return;
+        };
+        if piece.end > at {
+            self.pieces.insert(start, Piece { end: at, ..piece });
+            self.pieces.insert(at, piece);
+            if piece.committed {
+                self.totals.outstanding_count += 1;
+            }
+        }
+    }
+
+    fn insert(&mut self, start: u64, piece: Piece) {
+        self.pieces.insert(start, piece);
+        self.count(start, &piece, true);
+    }
+
+    /// Keeps the outstanding totals as `piece` (at `start`) comes or goes.
+    fn count(&mut self, start: u64, piece: &Piece, added: bool) {
+        if !piece.committed {
+            return;
+        }
+        let totals = &mut self.totals;
+        if added {
+            totals.outstanding_bytes += piece.end - start;
+            totals.outstanding_count += 1;
+        } else {
+            totals.outstanding_bytes -= piece.end - start;
+            totals.outstanding_count -= 1;
+        }
+    }
+}
+
+/// The end of `[start, start + len)`, page-rounded as the kernel rounds
+/// lengths; `None` for an empty or overflowing range.
+fn end_of(start: u64, len: u64) -> Option<u64> {
+    const PAGE: u64 = 4096;
+    let len = len.checked_add(PAGE - 1)? & !(PAGE - 1);
+    (len > 0).then_some(start.checked_add(len)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+    const A: u64 = 0x7f00_0000_0000;
+
+    fn stack(n: u32) -> StackId {
+        StackId::from(n)
+    }
+
+    fn bytes_of(ledger: &MappedLedger, n: u32) -> u64 {
+        ledger.by_stack().get(&stack(n)).map_or(0, |u| u.bytes)
+    }
+
+    #[test]
+    fn a_mapping_counts_until_unmapped() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 10 * PAGE, true, stack(1), 5);
+        assert_eq!(ledger.totals().outstanding_bytes, 10 * PAGE);
+        assert_eq!(
+            ledger.by_stack()[&stack(1)],
+            MappedUsage {
+                bytes: 10 * PAGE,
+                count: 1,
+                oldest_ns: 5
+            }
+        );
+        ledger.unmap(A, 10 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        assert!(ledger.by_stack().is_empty());
+    }
+
+    #[test]
+    fn unmapping_the_middle_splits_and_the_ends_trim() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 10 * PAGE, true, stack(1), 0);
+        ledger.unmap(A + 4 * PAGE, 2 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, 8 * PAGE);
+        assert_eq!(ledger.totals().outstanding_count, 2);
+        ledger.unmap(A, PAGE);
+        ledger.unmap(A + 9 * PAGE, PAGE);
+        assert_eq!(bytes_of(&ledger, 1), 6 * PAGE);
+        // The rest, in one call spanning the holes: the ledger cannot tell
+        // a hole from memory mapped before tracing, so both count apart.
+        ledger.unmap(A, 10 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        assert_eq!(ledger.totals().untracked_unmapped_bytes, 4 * PAGE);
+    }
+
+    #[test]
+    fn lengths_round_up_to_pages_as_the_kernel_rounds_them() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 100, true, stack(1), 0);
+        assert_eq!(ledger.totals().outstanding_bytes, PAGE);
+        ledger.unmap(A, 1);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn unmapping_what_was_never_tracked_is_counted_apart() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 2 * PAGE, true, stack(1), 0);
+        ledger.unmap(A + PAGE, 3 * PAGE);
+        assert_eq!(ledger.totals().untracked_unmapped_bytes, 2 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, PAGE);
+    }
+
+    #[test]
+    fn map_fixed_over_a_mapping_replaces_what_it_covers() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 8 * PAGE, true, stack(1), 0);
+        ledger.map(A + 2 * PAGE, 2 * PAGE, true, stack(2), 1);
+        assert_eq!(bytes_of(&ledger, 1), 6 * PAGE);
+        assert_eq!(bytes_of(&ledger, 2), 2 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, 8 * PAGE);
+    }
+
+    #[test]
+    fn a_reservation_counts_only_what_is_committed() {
+        // glibc's arena, a JVM heap: reserve, then commit in steps.
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 64 << 20, false, stack(1), 0);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        ledger.protect(A, 132 * 1024, true);
+        assert_eq!(bytes_of(&ledger, 1), 132 * 1024);
+        ledger.protect(A + 132 * 1024, 4 * PAGE, true);
+        assert_eq!(bytes_of(&ledger, 1), 132 * 1024 + 4 * PAGE);
+        // Given back (an arena shrinking), then released whole.
+        ledger.protect(A + PAGE, 132 * 1024 + 3 * PAGE, false);
+        assert_eq!(bytes_of(&ledger, 1), PAGE);
+        ledger.unmap(A, 64 << 20);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn map_fixed_commits_part_of_a_reservation_under_its_own_stack() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 100 * PAGE, false, stack(1), 0);
+        ledger.map(A + 10 * PAGE, 5 * PAGE, true, stack(2), 1);
+        assert_eq!(bytes_of(&ledger, 1), 0);
+        assert_eq!(bytes_of(&ledger, 2), 5 * PAGE);
+        // Decommitted by mapping PROT_NONE over it again.
+        ledger.map(A + 10 * PAGE, 5 * PAGE, false, stack(1), 2);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn protecting_untracked_memory_tracks_nothing() {
+        let mut ledger = MappedLedger::new();
+        ledger.protect(A, 10 * PAGE, true);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn mremap_grows_in_place_under_the_same_stack() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 4 * PAGE, true, stack(1), 0);
+        ledger.remap(A, 4 * PAGE, A, 10 * PAGE);
+        assert_eq!(bytes_of(&ledger, 1), 10 * PAGE);
+        assert_eq!(ledger.totals().outstanding_count, 1);
+        ledger.unmap(A, 10 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn mremap_moves_and_shrinks() {
+        let mut ledger = MappedLedger::new();
+        let b = A + (1 << 30);
+        ledger.map(A, 8 * PAGE, true, stack(1), 0);
+        ledger.remap(A, 8 * PAGE, b, 16 * PAGE);
+        ledger.unmap(A, 8 * PAGE);
+        assert_eq!(ledger.totals().untracked_unmapped_bytes, 8 * PAGE);
+        assert_eq!(bytes_of(&ledger, 1), 16 * PAGE);
+        ledger.remap(b, 16 * PAGE, b, 3 * PAGE);
+        assert_eq!(bytes_of(&ledger, 1), 3 * PAGE);
+        ledger.unmap(b, 3 * PAGE);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn mremap_of_part_of_a_mapping_moves_that_part_only() {
+        let mut ledger = MappedLedger::new();
+        let b = A + (1 << 30);
+        ledger.map(A, 8 * PAGE, true, stack(1), 0);
+        ledger.remap(A + 2 * PAGE, 2 * PAGE, b, 2 * PAGE);
+        assert_eq!(bytes_of(&ledger, 1), 8 * PAGE);
+        ledger.unmap(b, 2 * PAGE);
+        assert_eq!(bytes_of(&ledger, 1), 6 * PAGE);
+        assert_eq!(ledger.totals().outstanding_count, 2);
+    }
+
+    #[test]
+    fn a_pool_that_maps_and_unmaps_in_pieces_shows_what_it_holds() {
+        // A pool maps a slab of 16 pages, hands out pages and returns the
+        // ones it frees one by one; it ends holding pages 3, 7 and 8.
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 16 * PAGE, true, stack(1), 0);
+        for page in (0..16).filter(|p| ![3, 7, 8].contains(p)) {
+            ledger.unmap(A + page * PAGE, PAGE);
+        }
+        assert_eq!(bytes_of(&ledger, 1), 3 * PAGE);
+        assert_eq!(ledger.totals().outstanding_count, 2);
+        assert_eq!(ledger.totals().untracked_unmapped_bytes, 0);
+    }
+
+    #[test]
+    fn exec_forgets_everything() {
+        let mut ledger = MappedLedger::new();
+        ledger.map(A, 4 * PAGE, true, stack(1), 0);
+        ledger.clear();
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        assert!(ledger.by_stack().is_empty());
+    }
+}
