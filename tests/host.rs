@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use integration_tests::*;
+use integration_tests::{production::chroot_with, *};
 use serde_json::Value;
 
 static ONE_HOST_WIDE_TRACER: Mutex<()> = Mutex::new(());
@@ -319,31 +319,6 @@ fn the_tracer_and_excluded_processes_are_never_traced() {
     );
     assert!(!pids.contains(&u64::from(excluded.pid)), "{pids:?}");
     assert_service_sites(&report, traced.pid, "leaky");
-}
-
-/// A directory holding `bin` and the libraries `ldd` lists for it, at the
-/// same paths: a root file system for `chroot` whose libc is another file
-/// than the host's.
-fn chroot_with(bin: &Path, root: &Path) -> PathBuf {
-    let output = Command::new("ldd").arg(bin).output().expect("run ldd");
-    assert!(output.status.success());
-    let listing = String::from_utf8_lossy(&output.stdout);
-    let libraries = listing.lines().filter_map(|line| {
-        let path = line.split("=>").last()?.trim().split(" (").next()?.trim();
-        path.starts_with('/').then(|| PathBuf::from(path))
-    });
-    let inside = PathBuf::from("/leaky");
-    for source in libraries.chain([bin.to_path_buf()]) {
-        let target = if source == bin {
-            root.join("leaky")
-        } else {
-            root.join(source.strip_prefix("/").unwrap())
-        };
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&source, &target)
-            .unwrap_or_else(|e| panic!("copy {} into the chroot: {e}", source.display()));
-    }
-    inside
 }
 
 #[test]

@@ -14,6 +14,8 @@
 //! * [`report`], [`folded`], [`ticks`], [`pprof`], [`metrics`]: reading
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
 //!   files, `--metrics-addr`),
+//! * [`production`]: a private copy of libc, a busy target, the kernel log
+//!   and a target's code as it really is (the production-safety tests).
 //! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
 //!   `integration_tests::browser::Browser`),
 //! * [`verdicts`]: the leak-verdict battery and its scoring (not
@@ -36,6 +38,7 @@ pub mod folded;
 pub mod java;
 pub mod metrics;
 pub mod pprof;
+pub mod production;
 pub mod protocol;
 pub mod report;
 pub mod ticks;

@@ -70,9 +70,16 @@ pub struct StackDelta {
 }
 
 impl StackDelta {
+    /// New minus old bytes; saturating, as the reports are input this
+    /// process does not control.
     pub fn bytes_change(&self) -> i64 {
-        self.new.bytes as i64 - self.old.bytes as i64
+        signed_difference(self.new.bytes, self.old.bytes)
     }
+}
+
+/// `new - old`, clamped to what an `i64` holds.
+fn signed_difference(new: u64, old: u64) -> i64 {
+    (i128::from(new) - i128::from(old)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 pub fn run(cli: &DiffArgs) -> anyhow::Result<()> {
@@ -116,8 +123,8 @@ fn compare(old: &ReportFile, new: &ReportFile) -> Vec<StackDelta> {
             let frames = stack.frames.iter().map(FrameName::key).collect();
             let (old_usage, new_usage) = by_frames.entry(frames).or_default();
             let usage = if is_new { new_usage } else { old_usage };
-            usage.bytes += stack.bytes;
-            usage.count += stack.count;
+            usage.bytes = usage.bytes.saturating_add(stack.bytes);
+            usage.count = usage.count.saturating_add(stack.count);
         }
     }
     let mut deltas: Vec<StackDelta> = by_frames
@@ -134,15 +141,18 @@ fn compare(old: &ReportFile, new: &ReportFile) -> Vec<StackDelta> {
 }
 
 fn print_deltas(deltas: &[StackDelta], top: usize, out: &mut dyn Write) -> anyhow::Result<()> {
-    let total =
-        |usage: fn(&StackDelta) -> Usage| deltas.iter().map(|d| usage(d).bytes).sum::<u64>();
+    let total = |usage: fn(&StackDelta) -> Usage| {
+        deltas
+            .iter()
+            .fold(0u64, |sum, d| sum.saturating_add(usage(d).bytes))
+    };
     let (old_total, new_total) = (total(|d| d.old), total(|d| d.new));
     writeln!(
         out,
         "outstanding {} -> {} ({})",
         bytes(old_total),
         bytes(new_total),
-        signed_bytes(new_total as i64 - old_total as i64)
+        signed_bytes(signed_difference(new_total, old_total))
     )?;
     for delta in deltas.iter().filter(|d| d.bytes_change() != 0).take(top) {
         let frames: Vec<&str> = delta.frames.iter().take(4).map(String::as_str).collect();
@@ -150,7 +160,7 @@ fn print_deltas(deltas: &[StackDelta], top: usize, out: &mut dyn Write) -> anyho
             out,
             "{:>12} {:>+8} blocks  ({} -> {})  {}",
             signed_bytes(delta.bytes_change()),
-            delta.new.count as i64 - delta.old.count as i64,
+            signed_difference(delta.new.count, delta.old.count),
             bytes(delta.old.bytes),
             bytes(delta.new.bytes),
             if frames.is_empty() {
@@ -163,6 +173,8 @@ fn print_deltas(deltas: &[StackDelta], top: usize, out: &mut dyn Write) -> anyho
     Ok(())
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,7 @@
 //! saved one as a page.
 
 pub mod analysis;
+pub mod armed;
 pub mod cli;
 pub mod clock;
 pub mod config;
@@ -28,6 +29,7 @@ pub mod events;
 pub mod filters;
 pub mod html;
 pub mod ledger;
+pub mod mapped;
 pub mod maps;
 pub mod metrics;
 pub mod modes;
@@ -36,6 +38,7 @@ pub mod placement;
 pub mod privileges;
 pub mod probes;
 pub mod report;
+pub mod safe_open;
 pub mod sampling;
 pub mod stacks;
 pub mod symbolize;

@@ -2,7 +2,7 @@
 //! parses arguments, picks the subcommand (tracing in the mode the flags
 //! name, `diff` or `html`), checks privileges and maps errors to exit codes.
 
-use std::{path::Path, process::ExitCode};
+use std::{os::fd::AsFd as _, path::Path, process::ExitCode};
 
 use anyhow::bail;
 use clap::error::ErrorKind;
@@ -17,6 +17,17 @@ use tracer::{
 };
 
 fn main() -> ExitCode {
+    // Hidden: the process that holds the uprobe links (see probes::guardian).
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|arg| arg == tracer::probes::guardian::COMMAND)
+    {
+        let socket = std::io::stdin().as_fd().try_clone_to_owned();
+        let result = socket
+            .map(tracer::probes::guardian::serve)
+            .map_err(anyhow::Error::from);
+        return exit_code(result.map(|()| Outcome::default()));
+    }
     let cli = match parse::<Cli>(std::env::args_os()) {
         Ok(cli) => cli,
         Err(code) => return code,

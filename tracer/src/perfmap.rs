@@ -18,6 +18,8 @@ use std::{
     fs::File, io::Read as _, os::unix::fs::OpenOptionsExt as _, path::PathBuf, time::SystemTime,
 };
 
+use crate::safe_open;
+
 /// Largest perf map read. A big JVM's map with every stub and method is a
 /// few tens of MiB; a target cannot make the tracer read without bound.
 pub const MAX_BYTES: u64 = 256 << 20;
@@ -29,6 +31,8 @@ pub struct PerfMap {
     functions: Vec<Function>,
     /// (length, mtime) of the file last read, to skip unchanged re-reads.
     read_as: Option<(u64, SystemTime)>,
+    /// The map was refused (and said so, once).
+    refused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +46,18 @@ impl PerfMap {
     /// Re-reads process `pid`'s perf map if it changed since the last read;
     /// true when the functions it names changed.
     pub fn refresh(&mut self, pid: u32) -> bool {
+        // Trusted as `perf` trusts it, and never reached out of the
+        // process's root (see `crate::safe_open::perf_map`).
+        match safe_open::perf_map(pid) {
+            safe_open::PerfMap::Trusted => {}
+            safe_open::PerfMap::Absent => return false,
+            safe_open::PerfMap::Refused(why) => {
+                if !std::mem::replace(&mut self.refused, true) {
+                    eprintln!("alloctrace: warning: ignoring the perf map of pid {pid}: {why}");
+                }
+                return false;
+            }
+        }
         let Some(path) = path_of(pid) else {
             return false;
         };
@@ -147,6 +163,7 @@ mod tests {
         PerfMap {
             functions: parse(text),
             read_as: None,
+            refused: false,
         }
     }
 

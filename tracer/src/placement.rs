@@ -164,12 +164,20 @@ fn find_function<'data>(
         .file_range()
         .with_context(|| format!("`{name}`'s section has no file data"))?;
     let address = symbol.address();
-    let start = address - section.address();
     let data = section.data()?;
-    let end = (start + symbol.size().max(1)).min(data.len() as u64);
+    // A damaged (or hostile) file may put a symbol outside its section.
+    let start = address
+        .checked_sub(section.address())
+        .filter(|&start| start < data.len() as u64)
+        .with_context(|| format!("`{name}` lies outside its section"))?;
+    let end = start
+        .saturating_add(symbol.size().max(1))
+        .min(data.len() as u64);
     Ok(Some(Function {
         address,
-        file_offset: section_offset + start,
+        file_offset: section_offset
+            .checked_add(start)
+            .with_context(|| format!("`{name}`'s file offset overflows"))?,
         code: &data[start as usize..end as usize],
     }))
 }
@@ -208,6 +216,8 @@ fn null_check_skip(code: &[u8], address: u64) -> u64 {
     }
 }
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests {
     use super::*;

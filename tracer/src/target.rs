@@ -8,9 +8,11 @@
 //! C library, else the executable itself when it is statically linked with
 //! its allocator's symbols.
 //!
-//! Paths are opened through `/proc/PID/root`, so a process in a container
-//! (another mount namespace, its own copy of libc) resolves to the file it
-//! really uses, not to the host's libc at the same path.
+//! A running process's allocator is opened through `/proc/PID/map_files`
+//! (see `crate::mapped`), so what is read and probed is the file it really
+//! maps: its container's own copy of libc, not the host's at the same path;
+//! the copy a package upgrade deleted or replaced on disk since it started;
+//! never a file a symlink planted in its root points to.
 
 use std::{
     os::unix::fs::MetadataExt as _,
@@ -23,7 +25,10 @@ use object::read::elf::ProgramHeader as _;
 use procfs::{ProcError, process::MMapPath};
 use thiserror::Error;
 
-use crate::placement;
+use crate::{
+    mapped::{self, MappedFile},
+    placement,
+};
 
 /// How long a dynamically linked process without a mapped allocator is
 /// given to finish loading, and how often it is looked at meanwhile.
@@ -45,11 +50,16 @@ pub struct Target {
 /// The object whose allocator functions are probed.
 #[derive(Debug, Clone)]
 pub struct Allocator {
-    /// Path as it appears in the target's mount namespace.
+    /// Path as it appears in the target's mount namespace (without the
+    /// kernel's ` (deleted)` mark).
     pub path: PathBuf,
     /// The same file, reachable from the tracer's namespace.
     pub host_path: PathBuf,
     pub kind: AllocatorKind,
+    /// The file mapped was deleted (or replaced) on disk since.
+    pub deleted: bool,
+    /// The file as mapped, held open while `host_path` names it.
+    pub mapped: Option<MappedFile>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,6 +100,12 @@ pub enum TargetError {
     AllocatorNotMapped { pid: u32, path: String },
     #[error("cannot read /proc/{pid}: {source}")]
     Proc { pid: u32, source: ProcError },
+    #[error("cannot open {path} as pid {pid} maps it: {error}")]
+    Open {
+        pid: u32,
+        path: String,
+        error: std::io::Error,
+    },
     #[error("cannot list the libraries of {exe}: {reason}")]
     Libraries { exe: String, reason: String },
 }
@@ -126,21 +142,32 @@ impl Target {
         if stat.state == 'Z' {
             return Err(TargetError::NoSuchProcess(pid));
         }
-        let exe = process.exe().unwrap_or_else(|_| PathBuf::from(&stat.comm));
+        let exe = mapped::executable(&process).unwrap_or_else(|| PathBuf::from(&stat.comm));
         let maps = process.maps().map_err(proc_err)?;
-        let mut objects: Vec<PathBuf> = Vec::new();
+        // Each mapped file once: its name (as the process sees it), whether
+        // it is deleted, its identity and its first mapping.
+        let mut objects: Vec<MappedObject> = Vec::new();
         for map in maps.iter() {
-            if let MMapPath::Path(path) = &map.pathname
-                && !objects.contains(path)
-            {
-                objects.push(path.clone());
+            if let MMapPath::Path(path) = &map.pathname {
+                let (name, deleted) = mapped::without_deleted_mark(path);
+                if !objects.iter().any(|object| object.name == name) {
+                    objects.push(MappedObject {
+                        name,
+                        deleted,
+                        id: (mapped::device(map.dev.0, map.dev.1), map.inode),
+                        range: map.address,
+                    });
+                }
             }
         }
-        let root = |path: &Path| in_process_root(pid, path);
-        let allocator = match allocator_lib {
+        let names: Vec<PathBuf> = objects.iter().map(|object| object.name.clone()).collect();
+        let host_exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let mut allocator = match allocator_lib {
             Some(named) => {
-                let mapped = objects.iter().any(|object| same_file(&root(object), named));
-                if !mapped {
+                let named_id = std::fs::metadata(named)
+                    .map(|metadata| (metadata.dev(), metadata.ino()))
+                    .ok();
+                if !objects.iter().any(|object| Some(object.id) == named_id) {
                     return Err(TargetError::AllocatorNotMapped {
                         pid,
                         path: named.display().to_string(),
@@ -148,16 +175,28 @@ impl Target {
                 }
                 named_allocator(named)
             }
-            None => {
-                let host_exe = PathBuf::from(format!("/proc/{pid}/exe"));
-                find_allocator(&objects, &root, &exe, &host_exe)?
-            }
+            None => find_allocator(&names, &exe, &host_exe)?,
         };
+        let object = objects.iter().find(|object| {
+            object.name == allocator.path
+                || (allocator_lib.is_some() && same_file(&allocator.path, object.id))
+        });
+        if let Some(object) = object {
+            let opened = MappedFile::open(pid, object.range, &object.name, object.id);
+            let file = opened.map_err(|error| TargetError::Open {
+                pid,
+                path: object.name.display().to_string(),
+                error,
+            })?;
+            allocator.host_path = file.path().to_path_buf();
+            allocator.deleted = object.deleted;
+            allocator.mapped = Some(file);
+        }
         Ok(Self {
             pid,
             comm: stat.comm,
             exe,
-            host_exe: PathBuf::from(format!("/proc/{pid}/exe")),
+            host_exe,
             allocator,
         })
     }
@@ -173,7 +212,7 @@ impl Target {
             Some(named) => named_allocator(named),
             None => {
                 let objects = objects_loaded_by(exe)?;
-                find_allocator(&objects, &|path: &Path| path.to_path_buf(), exe, exe)?
+                find_allocator(&objects, exe, exe)?
             }
         };
         let comm = exe
@@ -197,33 +236,40 @@ impl Target {
     }
 }
 
-/// `/proc/PID/root` + `path`: the file the process sees at `path`.
-pub fn in_process_root(pid: u32, path: &Path) -> PathBuf {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    PathBuf::from(format!("/proc/{pid}/root")).join(relative)
+/// One file a running process maps.
+struct MappedObject {
+    /// The path the process names it by.
+    name: PathBuf,
+    deleted: bool,
+    id: mapped::FileId,
+    /// Its first mapping (start, end).
+    range: (u64, u64),
 }
 
 fn named_allocator(path: &Path) -> Allocator {
+    found_allocator(path, AllocatorKind::Named)
+}
+
+/// An allocator at `path`, openable as named until the caller says
+/// otherwise.
+fn found_allocator(path: &Path, kind: AllocatorKind) -> Allocator {
     Allocator {
         path: path.to_path_buf(),
         host_path: path.to_path_buf(),
-        kind: AllocatorKind::Named,
+        kind,
+        deleted: false,
+        mapped: None,
     }
 }
 
-/// The allocator among `objects` (paths as the target names them; `root`
-/// makes them openable here), falling back to the executable's own symbols.
+/// The allocator among `objects` (paths as the target names them), falling
+/// back to the executable's own symbols (`host_exe` opens it).
 fn find_allocator(
     objects: &[PathBuf],
-    root: &dyn Fn(&Path) -> PathBuf,
     exe: &Path,
     host_exe: &Path,
 ) -> Result<Allocator, TargetError> {
-    let found = |path: &PathBuf, kind| Allocator {
-        host_path: root(path),
-        path: path.clone(),
-        kind,
-    };
+    let found = |path: &PathBuf, kind| found_allocator(path, kind);
     // A replacement allocator interposes libc's functions, so libc's see
     // (almost) nothing: it wins whenever it is mapped.
     let replacement = objects
@@ -237,9 +283,8 @@ fn find_allocator(
     }
     if placement::defines_allocator(host_exe) {
         return Ok(Allocator {
-            path: exe.to_path_buf(),
             host_path: host_exe.to_path_buf(),
-            kind: AllocatorKind::StaticExecutable,
+            ..found_allocator(exe, AllocatorKind::StaticExecutable)
         });
     }
     Err(TargetError::NoAllocator {
@@ -282,11 +327,8 @@ fn file_name(path: &Path) -> Option<&str> {
     path.file_name()?.to_str()
 }
 
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::metadata(a), std::fs::metadata(b)) {
-        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-        _ => false,
-    }
+fn same_file(path: &Path, id: mapped::FileId) -> bool {
+    std::fs::metadata(path).is_ok_and(|metadata| (metadata.dev(), metadata.ino()) == id)
 }
 
 /// The shared objects `exe` will map, as its dynamic loader resolves them in
@@ -387,14 +429,6 @@ mod tests {
     }
 
     #[test]
-    fn paths_resolve_through_the_process_root() {
-        assert_eq!(
-            in_process_root(42, Path::new("/usr/lib/libc.so.6")),
-            PathBuf::from("/proc/42/root/usr/lib/libc.so.6")
-        );
-    }
-
-    #[test]
     fn resolves_this_process_and_its_libc() {
         let target = Target::resolve(std::process::id(), None).expect("resolve self");
         assert_eq!(target.allocator.kind, AllocatorKind::Libc);
@@ -408,9 +442,10 @@ mod tests {
         let target = Target::for_command(1, &exe, None).expect("resolve command");
         assert_eq!(target.allocator.kind, AllocatorKind::Libc);
         let ours = Target::resolve(std::process::id(), None).expect("resolve self");
+        let ours = std::fs::metadata(&ours.allocator.host_path).expect("our libc");
         assert!(same_file(
             &target.allocator.host_path,
-            &ours.allocator.host_path
+            (ours.dev(), ours.ino())
         ));
     }
 }

@@ -7,11 +7,11 @@
 //! target. The maps userspace reads (events, stacks, counters) are taken out
 //! first so they outlive the probes for a final drain.
 
+pub mod guardian;
 mod multi;
 
 use std::{
     num::NonZeroU32,
-    os::fd::OwnedFd,
     path::Path,
     time::{Duration, Instant},
 };
@@ -32,7 +32,7 @@ use tracer_ebpf::{
     TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP, dwarf,
 };
 
-use self::multi::MultiPrograms;
+use self::{guardian::Guardian, multi::MultiPrograms};
 use crate::{
     placement::{Plan, RETURN_PROGRAM, Returns},
     sampling::Sampling,
@@ -132,11 +132,10 @@ pub enum UprobeLinks {
 /// Loaded and attached kernel programs.
 pub struct Probes {
     ebpf: Ebpf,
-    /// The uprobe programs as loaded for uprobe_multi links; `None` when
-    /// aya's own (perf-event) uprobes are used instead.
-    multi: Option<MultiPrograms>,
-    /// The uprobe_multi links: closing one removes its probe.
-    links: Vec<OwnedFd>,
+    /// The uprobe programs as loaded for uprobe_multi links, and the
+    /// guardian process that holds their links; `None` when aya's own
+    /// (perf-event) uprobes are used instead.
+    multi: Option<(MultiPrograms, Guardian)>,
     /// Forwards the programs' aya-log records; must live as long as they do.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -213,9 +212,10 @@ impl Probes {
         size_unwind_maps(&mut loader, unwind_table_rows);
         let links = UprobeLinks::Fastest;
         let (mut probes, maps) = Self::load_with(loader, ring_size, links, verbose)?;
+        let guardian = probes.guardian_pid();
         let mut excluded: HashMap<_, u32, u8> =
             HashMap::try_from(probes.map_mut(EXCLUDED_TGIDS_MAP)?)?;
-        for tgid in &filter.excluded {
+        for tgid in filter.excluded.iter().chain(&guardian) {
             excluded
                 .insert(tgid, 1, 0)
                 .context("filling the excluded processes map")?;
@@ -258,7 +258,9 @@ impl Probes {
                 .inspect_err(|error| {
                     log::info!("no uprobe_multi links ({error:#}); using perf-event uprobes")
                 })
-                .ok(),
+                .ok()
+                .map(|programs| Ok::<_, anyhow::Error>((programs, Guardian::start()?)))
+                .transpose()?,
             UprobeLinks::PerfEvents => None,
         };
         for (name, program) in ebpf.programs_mut() {
@@ -304,7 +306,6 @@ impl Probes {
         let probes = Self {
             ebpf,
             multi,
-            links: Vec::new(),
             logger,
         };
         Ok((probes, maps))
@@ -471,14 +472,13 @@ impl Probes {
         file: &Path,
         scope: UProbeScope,
     ) -> anyhow::Result<()> {
-        if let Some(multi) = &self.multi {
+        if let Some((multi, guardian)) = &self.multi {
             let pid = match scope {
                 UProbeScope::OneProcess(pid) => pid.get(),
                 UProbeScope::AllProcesses => 0,
                 UProbeScope::CallingProcess => std::process::id(),
             };
-            let link = multi.attach(program, file, offset, pid)?;
-            self.links.push(link);
+            multi.attach(program, file, offset, pid, guardian)?;
             return Ok(());
         }
         let location = UProbeAttachLocation::AbsoluteOffset(offset);
@@ -493,10 +493,21 @@ impl Probes {
         }
     }
 
+    /// The guardian process holding the uprobe links, if any: host-wide
+    /// mode must not trace it.
+    pub fn guardian_pid(&self) -> Option<u32> {
+        self.multi.as_ref().map(|(_, guardian)| guardian.pid())
+    }
+
     /// Removes every probe from the target.
     pub fn detach(mut self) {
         self.flush_log();
-        self.links.clear();
+        if let Some((_, guardian)) = &self.multi
+            && let Err(error) = guardian.release()
+        {
+            log::warn!("the guardian process did not release the probes: {error}");
+        }
+        drop(self.multi);
         drop(self.ebpf);
     }
 

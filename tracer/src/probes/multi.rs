@@ -15,11 +15,12 @@ use std::{
     collections::{HashMap, HashSet},
     ffi::CString,
     io,
-    os::fd::{AsFd as _, AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
+    os::fd::{AsFd as _, AsRawFd as _, BorrowedFd, FromRawFd as _, OwnedFd, RawFd},
     os::unix::ffi::OsStrExt as _,
     path::Path,
 };
 
+use super::guardian::Guardian;
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, maps::Map};
 use aya_obj::{
@@ -81,36 +82,67 @@ impl MultiPrograms {
     }
 
     /// Attaches `program` at `offset` in `file`, in process `pid` only
-    /// (every process mapping `file` when `pid` is 0). The probe stays
-    /// until the returned link is closed.
-    pub fn attach(&self, program: &str, file: &Path, offset: u64, pid: u32) -> io::Result<OwnedFd> {
-        let Some(program) = self.programs.get(program) else {
+    /// (every process mapping `file` when `pid` is 0), through `guardian`,
+    /// which keeps the link: the probe stays until the guardian releases it.
+    pub fn attach(
+        &self,
+        program: &str,
+        file: &Path,
+        offset: u64,
+        pid: u32,
+        guardian: &Guardian,
+    ) -> io::Result<()> {
+        let Some(loaded) = self.programs.get(program) else {
             return Err(io::Error::other(format!("no uprobe program {program}")));
         };
-        let path = CString::new(file.as_os_str().as_bytes())
-            .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-        let offsets = [offset];
-        let attr = LinkCreateAttr {
-            prog_fd: program.fd.as_raw_fd() as u32,
-            target_fd: 0,
-            attach_type: BPF_TRACE_UPROBE_MULTI as u32,
-            flags: 0,
-            path: path.as_ptr() as u64,
-            offsets: offsets.as_ptr() as u64,
-            ref_ctr_offsets: 0,
-            cookies: 0,
-            cnt: 1,
-            multi_flags: if program.returns {
-                BPF_F_UPROBE_MULTI_RETURN
-            } else {
-                0
-            },
+        let target = LinkTarget {
+            file,
+            offset,
             pid,
-            _padding: 0,
+            returns: loaded.returns,
         };
-        // SAFETY: `attr` and the buffers it points to outlive the call.
-        unsafe { bpf_fd(bpf_cmd::BPF_LINK_CREATE as i32, &attr) }
+        guardian.link(loaded.fd.as_fd(), &target)
     }
+}
+
+/// Where a uprobe_multi link puts its probe.
+pub struct LinkTarget<'a> {
+    /// The probed file (a path this process can open).
+    pub file: &'a Path,
+    /// The probe's offset in the file.
+    pub offset: u64,
+    /// The one process it fires in; 0 for every process mapping `file`.
+    pub pid: u32,
+    /// A return probe (the program must be one).
+    pub returns: bool,
+}
+
+/// Creates a uprobe_multi link of `program` at `target`. The probe stays
+/// until the returned link is closed.
+pub fn create_link(program: BorrowedFd<'_>, target: &LinkTarget<'_>) -> io::Result<OwnedFd> {
+    let path = CString::new(target.file.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let offsets = [target.offset];
+    let attr = LinkCreateAttr {
+        prog_fd: program.as_raw_fd() as u32,
+        target_fd: 0,
+        attach_type: BPF_TRACE_UPROBE_MULTI as u32,
+        flags: 0,
+        path: path.as_ptr() as u64,
+        offsets: offsets.as_ptr() as u64,
+        ref_ctr_offsets: 0,
+        cookies: 0,
+        cnt: 1,
+        multi_flags: if target.returns {
+            BPF_F_UPROBE_MULTI_RETURN
+        } else {
+            0
+        },
+        pid: target.pid,
+        _padding: 0,
+    };
+    // SAFETY: `attr` and the buffers it points to outlive the call.
+    unsafe { bpf_fd(bpf_cmd::BPF_LINK_CREATE as i32, &attr) }
 }
 
 /// The fd of one of the maps our object defines (of the kinds it uses).

@@ -10,7 +10,7 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 
 use crate::{
     maps::{Backing, Mapping},
-    target::in_process_root,
+    safe_open,
 };
 
 /// Section bytes shared between the unwinder and its rule cache.
@@ -68,14 +68,15 @@ pub fn load(pid: u32, mapping: &Mapping) -> anyhow::Result<Module<SectionBytes>>
 }
 
 /// The file exactly as mapped (`map_files` reaches it in any mount
-/// namespace, even deleted), else by its path in the target's root.
+/// namespace, even deleted), else by its path inside the target's root
+/// (never through a symlink out of it).
 fn open_mapped_file(pid: u32, mapping: &Mapping, path: &Path) -> anyhow::Result<File> {
     let map_file = format!(
         "/proc/{pid}/map_files/{:x}-{:x}",
         mapping.start, mapping.end
     );
     File::open(map_file)
-        .or_else(|_| File::open(in_process_root(pid, path)))
+        .or_else(|_| safe_open::open_in_root(pid, path))
         .with_context(|| format!("opening {}", path.display()))
 }
 

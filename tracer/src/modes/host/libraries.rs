@@ -2,8 +2,9 @@
 //! library (and replacement allocator) file mapped by some process, by
 //! device and inode, so each is attached once however many processes map
 //! it, and so a container's own copy of libc, which is another file at the
-//! same path, is attached too. Paths are opened through `/proc/PID/root`,
-//! so a file in another mount namespace is reached as the process sees it.
+//! same path, is attached too. Each is opened through `/proc/PID/map_files`
+//! (see `crate::mapped`): the file really mapped, in any namespace, even
+//! deleted or replaced on disk since, and never a planted symlink's target.
 //!
 //! Uprobes live on the file: once a library is attached, every process
 //! that maps it later is traced without anything done here. Only a file
@@ -13,25 +14,27 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    os::unix::fs::MetadataExt as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
 };
 
 use procfs::process::MMapPath;
 
-use crate::filters::HostFilters;
-use crate::target::{AllocatorKind, allocator_library, in_process_root};
-
-/// A mapped file's identity: device (major, minor) and inode.
-type FileId = (i32, i32, u64);
+use crate::{
+    filters::HostFilters,
+    mapped::{self, FileId, MappedFile},
+    target::{AllocatorKind, allocator_library},
+};
 
 /// A library found in some process's memory map.
 #[derive(Debug, Clone)]
 pub struct Library {
-    /// The path as the process that maps it names it.
+    /// The path as the process that maps it names it (without the kernel's
+    /// ` (deleted)` mark).
     pub path: PathBuf,
-    /// The same file, reachable from the tracer's mount namespace.
-    pub host_path: PathBuf,
+    /// The file as mapped, held open.
+    pub file: MappedFile,
+    /// Deleted or replaced on disk since it was mapped.
+    pub deleted: bool,
     pub kind: AllocatorKind,
     /// The process it was found in.
     pub pid: u32,
@@ -82,19 +85,28 @@ impl Libraries {
                 let MMapPath::Path(path) = &map.pathname else {
                     continue;
                 };
-                let Some(kind) = allocator_library(path) else {
+                let (path, deleted) = mapped::without_deleted_mark(path);
+                let Some(kind) = allocator_library(&path) else {
                     continue;
                 };
                 has_allocator = true;
-                let id = (map.dev.0, map.dev.1, map.inode);
-                if self.known.insert(id) {
-                    found.push(Library {
-                        path: path.clone(),
-                        host_path: reachable_path(pid, path, id, map.address),
-                        kind,
-                        pid,
-                    });
+                let id = (mapped::device(map.dev.0, map.dev.1), map.inode);
+                if self.known.contains(&id) {
+                    continue;
                 }
+                // A process that exits before its file is opened leaves it
+                // unknown, to be found in the next process that maps it.
+                let Ok(file) = MappedFile::open(pid, map.address, &path, id) else {
+                    continue;
+                };
+                self.known.insert(id);
+                found.push(Library {
+                    path,
+                    file,
+                    deleted,
+                    kind,
+                    pid,
+                });
             }
             // A process that maps no allocator yet may be in its dynamic
             // loader; only kernel threads (no memory map at all) and
@@ -114,24 +126,6 @@ impl Libraries {
     }
 }
 
-/// A path to the mapped file `id` that the tracer can open: the process's
-/// path through its root when that is the same file, else the mapping's
-/// `/proc/PID/map_files` link, which reaches the exact file mapped whatever
-/// namespace or chroot the process is in (`/proc/PID/maps` names a file in a
-/// chroot by its path from the tracer's root, not the process's).
-fn reachable_path(pid: u32, path: &Path, id: FileId, (start, end): (u64, u64)) -> PathBuf {
-    let rooted = in_process_root(pid, path);
-    let same = std::fs::metadata(&rooted).is_ok_and(|metadata| {
-        let dev = metadata.dev();
-        metadata.ino() == id.2 && libc::major(dev) as i32 == id.0 && libc::minor(dev) as i32 == id.1
-    });
-    if same {
-        rooted
-    } else {
-        PathBuf::from(format!("/proc/{pid}/map_files/{start:x}-{end:x}"))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,7 +138,7 @@ mod tests {
         assert!(
             found
                 .iter()
-                .any(|library| library.kind == AllocatorKind::Libc && library.host_path.exists()),
+                .any(|library| library.kind == AllocatorKind::Libc && library.file.path().exists()),
             "{found:?}"
         );
         assert!(libraries.read.contains_key(&own));

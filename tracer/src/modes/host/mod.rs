@@ -177,8 +177,8 @@ impl Probed {
     /// Attaches the probes to `library`; a library that cannot be probed is
     /// reported and left alone (its processes go untraced).
     fn attach(&mut self, probes: &mut Probes, library: &Library, programs: Programs) {
-        let attached = Plan::for_object(&library.host_path).and_then(|plan| {
-            probes.attach_library(&plan, &library.host_path, programs)?;
+        let attached = Plan::for_object(library.file.path()).and_then(|plan| {
+            probes.attach_library(&plan, library.file.path(), programs)?;
             Ok(plan.function_count)
         });
         match attached {
@@ -186,9 +186,14 @@ impl Probed {
                 self.libraries += 1;
                 self.functions += functions;
                 eprintln!(
-                    "alloctrace: probing {} {} (found in pid {})",
+                    "alloctrace: probing {} {}{} (found in pid {})",
                     library.kind.describe(),
                     library.path.display(),
+                    if library.deleted {
+                        " (deleted on disk)"
+                    } else {
+                        ""
+                    },
                     library.pid
                 );
             }

@@ -378,7 +378,7 @@ impl Process {
             .unwrap_or_else(|| "?".to_owned());
         let exe = proc
             .as_ref()
-            .and_then(|proc| proc.exe().ok())
+            .and_then(crate::mapped::executable)
             .map_or_else(|| comm.clone(), |exe| exe.display().to_string());
         Self {
             pid,
@@ -408,7 +408,7 @@ impl Process {
             .and_then(|parent| parent.stat().ok())
             .map_or_else(|| "?".to_owned(), |stat| stat.comm);
         self.exe = parent
-            .and_then(|parent| parent.exe().ok())
+            .and_then(|parent| crate::mapped::executable(&parent))
             .map_or_else(|| self.comm.clone(), |exe| exe.display().to_string());
     }
 

@@ -9,6 +9,7 @@ use tokio::io::unix::AsyncFd;
 
 use super::{forks::ForkedChildren, launch::Launched};
 use crate::{
+    armed::{ArmedWatch, ProbeSites},
     config::{Common, ProcessConfig, ProcessTarget},
     driver::{self, StopSignals},
     events::watch_readable,
@@ -24,6 +25,9 @@ pub(super) struct Attachment {
     pub plan: Plan,
     /// The target's future children, to rid of the breakpoints they inherit.
     pub forks: ForkedChildren,
+    /// The probes' breakpoints in a running target, checked again at each
+    /// summary.
+    pub armed: Option<ArmedWatch>,
     pub probes: Probes,
     pub maps: KernelMaps,
     pub exit: ProcessExit,
@@ -63,7 +67,8 @@ impl Attachment {
             }
         };
         let plan = Plan::for_object(&target.allocator.host_path)?;
-        let forks = ForkedChildren::new(target.pid, &target.allocator.host_path, &plan)?;
+        let sites = ProbeSites::new(&target.allocator.host_path, &plan)?;
+        let forks = ForkedChildren::new(target.pid, sites.clone());
         for point in &plan.points {
             log::debug!(
                 "probe {} at file offset {:#x}+{} ({:?} return probe)",
@@ -119,14 +124,22 @@ impl Attachment {
             (None, _) => false,
         };
         probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
-        if launched.is_none() && !target.is_alive() {
-            bail!("pid {} exited while alloctrace was attaching", target.pid);
+        // A launched command is held before its exec: its probes are armed
+        // when its new image maps the library, after the ready line.
+        let mut armed = None;
+        if launched.is_none() {
+            if !target.is_alive() {
+                bail!("pid {} exited while alloctrace was attaching", target.pid);
+            }
+            sites.await_armed(target.pid)?;
+            armed = Some(ArmedWatch::new(sites, target.pid));
         }
         let unwinder = (stack_copy_bytes > 0).then(|| StackUnwinder::new(target.pid));
         Ok(Self {
             target,
             plan,
             forks,
+            armed,
             probes,
             maps,
             exit,

@@ -11,21 +11,29 @@
 //! alloctrace finds the target's new child processes (and theirs) and writes
 //! the original instruction bytes back over the breakpoints, through
 //! `/proc/PID/mem`, as the kernel itself would.
+//!
+//! The memory written must be the one whose mappings were read, even if the
+//! child runs `execve` meanwhile (a new program may well have 0xcc bytes,
+//! alignment padding, at those addresses): `mem` is opened first, which
+//! pins the image it belongs to, then the mappings are read, and each byte
+//! is checked to be a breakpoint before it is written.
+//!
+//! Only a descendant that still runs the image it forked from the target is
+//! touched: one whose probe sites sit at the target's very addresses. A
+//! descendant that ran `execve` has a new image (its libraries elsewhere,
+//! address space layout randomization makes sure of it) with no inherited
+//! breakpoint, and the 0xcc bytes at its probe sites are another tool's:
+//! another tracer attached to it with `--pid`, say. Removing those made
+//! that tracer print its ready line and then record nothing.
 
 use std::{
     collections::{HashMap, HashSet},
     fs::File,
-    os::unix::fs::{FileExt as _, MetadataExt as _},
-    path::Path,
+    os::unix::fs::FileExt as _,
     time::{Duration, Instant},
 };
 
-use anyhow::Context as _;
-
-use crate::placement::Plan;
-
-/// The opcode of `int3`, the breakpoint a uprobe writes.
-const BREAKPOINT: u8 = 0xcc;
+use crate::armed::{BREAKPOINT, ProbeSites};
 
 /// Scans of `/proc` are at least this far apart: a fork marker also comes
 /// with every thread the target starts.
@@ -33,10 +41,8 @@ const SCAN_INTERVAL: Duration = Duration::from_millis(20);
 
 pub struct ForkedChildren {
     target: u32,
-    /// The probed library, by device and inode as `/proc/PID/maps` shows it.
-    library: (u64, u64),
-    /// Each probe's file offset in the library, and the byte it replaced.
-    probes: Vec<(u64, u8)>,
+    /// Where the probes are in the library, and the bytes they replaced.
+    sites: ProbeSites,
     /// Descendants already rid of their breakpoints.
     cleaned: HashSet<u32>,
     pending: bool,
@@ -44,26 +50,15 @@ pub struct ForkedChildren {
 }
 
 impl ForkedChildren {
-    /// For the target `pid`, probed at `plan`'s points in `library` (a path
-    /// the tracer can open).
-    pub fn new(pid: u32, library: &Path, plan: &Plan) -> anyhow::Result<Self> {
-        let file = File::open(library).with_context(|| format!("opening {}", library.display()))?;
-        let metadata = file.metadata()?;
-        let mut probes = Vec::new();
-        for offset in plan.points.iter().map(|point| point.entry_offset()) {
-            let mut byte = [0];
-            file.read_exact_at(&mut byte, offset)
-                .with_context(|| format!("reading {} at {offset:#x}", library.display()))?;
-            probes.push((offset, byte[0]));
-        }
-        Ok(Self {
+    /// For the target `pid`, probed at `sites`.
+    pub fn new(pid: u32, sites: ProbeSites) -> Self {
+        Self {
             target: pid,
-            library: (metadata.dev(), metadata.ino()),
-            probes,
+            sites,
             cleaned: HashSet::new(),
             pending: false,
             last_scan: None,
-        })
+        }
     }
 
     /// The kernel marked a new task of the target.
@@ -83,11 +78,15 @@ impl ForkedChildren {
         }
         self.pending = false;
         self.last_scan = Some(Instant::now());
+        let Ok(target_sites) = self.sites.placed_in(self.target) else {
+            return;
+        };
+        let target_sites: Vec<u64> = target_sites.iter().map(|place| place.address).collect();
         for pid in descendants(self.target) {
             if self.cleaned.contains(&pid) {
                 continue;
             }
-            match self.remove_breakpoints(pid) {
+            match self.remove_breakpoints(pid, &target_sites) {
                 Ok(removed) => {
                     log::debug!("removed {removed} inherited breakpoints from pid {pid}");
                     self.cleaned.insert(pid);
@@ -100,36 +99,27 @@ impl ForkedChildren {
 
     /// Writes the original byte back wherever `pid` still has one of the
     /// target's breakpoints in its mappings of the library; returns how many.
-    fn remove_breakpoints(&self, pid: u32) -> anyhow::Result<usize> {
-        let process = procfs::process::Process::new(pid as i32)?;
-        let maps = process.maps()?;
+    fn remove_breakpoints(&self, pid: u32, target_sites: &[u64]) -> anyhow::Result<usize> {
         let mem = File::options()
             .read(true)
             .write(true)
             .open(format!("/proc/{pid}/mem"))?;
+        let placed = self.sites.placed_in(pid)?;
+        if !placed
+            .iter()
+            .map(|place| place.address)
+            .eq(target_sites.iter().copied())
+        {
+            log::debug!("pid {pid} runs another image than the target's (execve since the fork)");
+            return Ok(0);
+        }
         let mut removed = 0;
-        for map in maps.iter() {
-            let (major, minor) = map.dev;
-            if libc::makedev(major as u32, minor as u32) != self.library.0
-                || map.inode != self.library.1
-            {
-                continue;
-            }
-            let (start, end) = map.address;
-            for &(offset, original) in &self.probes {
-                let Some(address) = offset
-                    .checked_sub(map.offset)
-                    .map(|delta| start + delta)
-                    .filter(|&address| address < end)
-                else {
-                    continue;
-                };
-                let mut byte = [0];
-                mem.read_exact_at(&mut byte, address)?;
-                if byte[0] == BREAKPOINT && original != BREAKPOINT {
-                    mem.write_all_at(&[original], address)?;
-                    removed += 1;
-                }
+        for place in placed {
+            let mut byte = [0];
+            mem.read_exact_at(&mut byte, place.address)?;
+            if byte[0] == BREAKPOINT && place.original != BREAKPOINT {
+                mem.write_all_at(&[place.original], place.address)?;
+                removed += 1;
             }
         }
         Ok(removed)

@@ -31,6 +31,7 @@ use self::{
 };
 use crate::{
     analysis::LeakGate,
+    armed::ArmedWatch,
     config::{Common, ProcessConfig, ProcessTarget},
     container::{self, Container},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
@@ -59,6 +60,8 @@ pub struct ProcessMode {
     exit: ProcessExit,
     /// The target's children, rid of the breakpoints they inherit.
     forks: ForkedChildren,
+    /// Whether the probes are still armed in a running target.
+    armed: Option<ArmedWatch>,
     /// `execve`s of the target that do not end tracing (launch mode's own).
     execs_expected: u32,
     gate: Option<LeakGate>,
@@ -98,6 +101,7 @@ impl ProcessMode {
             target,
             plan,
             forks,
+            armed,
             probes,
             maps,
             exit,
@@ -107,10 +111,15 @@ impl ProcessMode {
             dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
         eprintln!(
-            "alloctrace: tracing pid {} ({} {}, {} functions, {} unwinding{})",
+            "alloctrace: tracing pid {} ({} {}{}, {} functions, {} unwinding{})",
             target.pid,
             target.allocator.kind.describe(),
             target.allocator.path.display(),
+            if target.allocator.deleted {
+                " (deleted on disk)"
+            } else {
+                ""
+            },
             plan.function_count,
             if dwarf { "DWARF" } else { "frame-pointer" },
             match &config.sampling {
@@ -151,6 +160,7 @@ impl ProcessMode {
             launched,
             exit,
             forks,
+            armed,
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
             metrics,
@@ -250,6 +260,9 @@ impl Mode for ProcessMode {
             // Libraries loaded since; the last tick, after the target may
             // have gone, keeps the last good view.
             self.tracee.symbols.refresh_maps();
+            if let Some(armed) = &mut self.armed {
+                armed.check();
+            }
             // Read at the next summary's refresh (or the final one).
             if let Some(jvm) = &mut self.jvm {
                 jvm.request();
