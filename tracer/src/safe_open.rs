@@ -7,7 +7,7 @@
 //! root (a container's `/tmp/perf-PID.map` pointing at `/etc/shadow`, say)
 //! then resolves inside that root, never to the host's file, which a plain
 //! open of `/proc/PID/root/PATH` by root would reach. Mapped files are
-//! opened through `/proc/PID/map_files` instead (see `crate::mapped`).
+//! opened through `/proc/PID/map_files` instead (see the `mapped` module).
 
 use std::{
     fs::File,
