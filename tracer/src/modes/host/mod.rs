@@ -254,21 +254,21 @@ impl Mode for HostMode {
 
     fn tick(&mut self, now: &Now, totals: Totals, summaries: &mut SummaryState) -> HostTick {
         let top = self.common.top;
-        let ranked = self.processes.tick(now);
+        let (ranked, views) = self.processes.tick(now);
         let processes = ranked
             .into_iter()
             .take(top)
             .map(|ranked| {
-                let stacks = self.processes.top_stacks(ranked.pid, now.now_ns, top);
+                let stacks = self.processes.top_stacks(ranked.pid, &views, top);
                 ProcessTick::new(ranked, stacks)
             })
             .collect();
-        let (largest, suspects) = self.processes.largest_and_suspects(now.now_ns, top);
-        let ages = self.processes.total_ages(now.now_ns);
+        let (largest, suspects) = self.processes.largest_and_suspects(&views, top);
+        let ages = Processes::total_ages(&views);
         if let Some(metrics) = &self.metrics {
             metrics.publish(MetricsSnapshot {
                 events: Some(self.events),
-                processes: self.processes.metrics(now, top),
+                processes: self.processes.metrics(now, &views, top),
             });
         }
         HostTick {

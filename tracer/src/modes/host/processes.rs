@@ -102,6 +102,11 @@ impl Exited {
     }
 }
 
+/// Each live process's ledger by stack at one tick, walked once and shared
+/// by everything the tick shows (history, ranking, largest stacks,
+/// suspects, ages, metrics): a walk visits every live block.
+pub struct LiveViews(HashMap<u32, StackView>);
+
 pub struct Processes {
     shared: Rc<SharedSymbols>,
     /// `--max-tracked`, shared by every process's ledger.
@@ -174,7 +179,7 @@ impl Processes {
     /// One tick: records each process's outstanding bytes and stacks, ends
     /// the processes that are gone without a marker, and ranks the rest by
     /// growth, then by outstanding bytes.
-    pub fn tick(&mut self, now: &Now) -> Vec<Ranked> {
+    pub fn tick(&mut self, now: &Now) -> (Vec<Ranked>, LiveViews) {
         let gone: Vec<u32> = self
             .live
             .values()
@@ -186,9 +191,11 @@ impl Processes {
         }
         self.names
             .retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        let mut views = LiveViews(HashMap::with_capacity(self.live.len()));
         for process in self.live.values_mut() {
             let view = process.tracee.view(now.now_ns);
             process.tracee.record(now.elapsed_s, &view);
+            views.0.insert(process.pid, view);
         }
         let outstanding = self.live.values().map(|process| {
             (
@@ -218,26 +225,35 @@ impl Processes {
                 .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
                 .then(a.pid.cmp(&b.pid))
         });
-        ranked
+        (ranked, views)
     }
 
     /// The `limit` largest stacks of a live process.
-    pub fn top_stacks(&self, pid: u32, now_ns: u64, limit: usize) -> Vec<StackReport> {
-        self.live.get(&pid).map_or_else(Vec::new, |process| {
-            process.tracee.largest(&process.tracee.view(now_ns), limit)
-        })
+    pub fn top_stacks(&self, pid: u32, views: &LiveViews, limit: usize) -> Vec<StackReport> {
+        match (self.live.get(&pid), views.0.get(&pid)) {
+            (Some(process), Some(view)) => process.tracee.largest(view, limit),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Each live process with its view of this tick.
+    fn with_views<'a>(
+        &'a self,
+        views: &'a LiveViews,
+    ) -> impl Iterator<Item = (&'a Process, &'a StackView)> + 'a {
+        self.live
+            .values()
+            .filter_map(|process| Some((process, views.0.get(&process.pid)?)))
     }
 
     /// The series of every live process: its totals, ages and suspects,
     /// its `top` largest stacks and the rest summed (so a process with
     /// thousands of stacks still has `top` + 1 stack series).
-    pub fn metrics(&self, now: &Now, top: usize) -> Vec<ProcessMetrics> {
-        self.live
-            .values()
-            .map(|process| {
-                let view = process.tracee.view(now.now_ns);
+    pub fn metrics(&self, now: &Now, views: &LiveViews, top: usize) -> Vec<ProcessMetrics> {
+        self.with_views(views)
+            .map(|(process, view)| {
                 let totals = Totals::new(process.tracee.ledger.totals(), now.lost_events);
-                let largest = process.tracee.largest(&view, top);
+                let largest = process.tracee.largest(view, top);
                 ProcessMetrics {
                     pid: process.pid,
                     comm: process.comm.clone(),
@@ -247,7 +263,7 @@ impl Processes {
                     age_bytes: view.total_ages(),
                     suspects: process
                         .tracee
-                        .suspects(&view, top)
+                        .suspects(view, top)
                         .iter()
                         .map(SuspectMetric::from)
                         .collect(),
@@ -261,15 +277,14 @@ impl Processes {
     /// all live processes.
     pub fn largest_and_suspects(
         &self,
-        now_ns: u64,
+        views: &LiveViews,
         limit: usize,
     ) -> (Vec<StackReport>, Vec<SuspectReport>) {
         let mut largest = Vec::new();
         let mut suspects = Vec::new();
-        for process in self.live.values() {
-            let view = process.tracee.view(now_ns);
-            largest.extend(process.tracee.largest(&view, limit));
-            suspects.extend(process.tracee.suspects(&view, limit));
+        for (process, view) in self.with_views(views) {
+            largest.extend(process.tracee.largest(view, limit));
+            suspects.extend(process.tracee.suspects(view, limit));
         }
         largest.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
         largest.truncate(limit);
@@ -286,10 +301,10 @@ impl Processes {
     }
 
     /// Outstanding bytes of every live process by age.
-    pub fn total_ages(&self, now_ns: u64) -> AgeBuckets {
+    pub fn total_ages(views: &LiveViews) -> AgeBuckets {
         let mut total = AgeBuckets::default();
-        for process in self.live.values() {
-            total.merge(&process.tracee.view(now_ns).total_ages());
+        for view in views.0.values() {
+            total.merge(&view.total_ages());
         }
         total
     }
