@@ -216,3 +216,68 @@ fn upgrade(library: &Path) {
     fs::copy(system_libc(), &next).expect("write the new library");
     fs::rename(&next, library).expect("rename the new library over the old");
 }
+
+/// Children of the target in the fork clean-up test.
+const CHILDREN: &str = "3";
+
+#[test]
+fn sigkill_in_the_middle_of_the_fork_clean_up_leaves_the_children_runnable() {
+    require_root();
+    let libc = PrivateLibc::new();
+    let mut target = libc.spawn(&forkstay_bin(), &[CHILDREN]);
+    let mut tracer = tracer_command();
+    tracer
+        .args(["--pid", &target.pid.to_string(), "--interval", "1h"])
+        .env("ALLOCTRACE_TEST_PAUSE_IN_FORK_CLEAN_UP", "1");
+    let tracer = Tracer::spawn_command(tracer, target.pid);
+    target.go();
+    let forked = target.expect_line("forked ", READY_TIMEOUT);
+    let children: Vec<u32> = forked
+        .split_whitespace()
+        .skip(1)
+        .map(|pid| pid.parse().unwrap())
+        .collect();
+    let paused = tracer.wait_stderr(Duration::from_secs(10), |line| {
+        line.starts_with("alloctrace: paused in the fork clean-up of pid ")
+    });
+    let child: u32 = paused.split_whitespace().nth(8).unwrap().parse().unwrap();
+    assert!(children.contains(&child), "{paused} / {forked}");
+    // Half done: one breakpoint written back, the others still there.
+    assert!(code_bytes_changed(child, &libc.path) > 0, "{paused}");
+    signal(tracer.pid(), libc::SIGKILL);
+    let out = tracer.wait_exit(STOP_TIMEOUT);
+    assert!(!out.status.success());
+    // The guardian releases the probes: the kernel takes the breakpoints
+    // out of the target and of every child, cleaned or not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let left = || {
+        children
+            .iter()
+            .chain([&target.pid])
+            .map(|&pid| code_bytes_changed(pid, &libc.path))
+            .sum::<usize>()
+    };
+    while left() > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(left(), 0, "breakpoints left in the target or its children");
+    // Runnable: not stopped, and still calling malloc without a stray trap.
+    target.send("count");
+    let first = target.expect_line("calls ", READY_TIMEOUT);
+    std::thread::sleep(Duration::from_millis(300));
+    target.send("count");
+    let then = target.expect_line("calls ", READY_TIMEOUT);
+    let calls = |line: &str| -> u64 { line.split_whitespace().nth(1).unwrap().parse().unwrap() };
+    assert!(then.ends_with(" dead 0"), "a child died: {then}");
+    assert!(
+        calls(&then) > calls(&first) + 1000,
+        "a child stalled: {first} then {then}"
+    );
+    for &pid in &children {
+        assert!(
+            matches!(process_state(pid), Some('R' | 'S')),
+            "pid {pid}: {:?}",
+            process_state(pid)
+        );
+    }
+}

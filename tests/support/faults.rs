@@ -34,3 +34,9 @@ pub fn await_state(pid: u32, timeout: Duration, wanted: impl Fn(char) -> bool) -
 pub fn exe_of(pid: u32) -> PathBuf {
     fs::read_link(format!("/proc/{pid}/exe")).expect("read the target's exe")
 }
+
+/// `forkstay COUNT`: forks COUNT children that call malloc and free until
+/// killed, and reports their progress.
+pub fn forkstay_bin() -> PathBuf {
+    crate::compile_c("forkstay.c", "forkstay", crate::WORKLOAD_CFLAGS)
+}
