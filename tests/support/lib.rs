@@ -15,6 +15,7 @@
 //! * [`report`], [`folded`], [`ticks`], [`pprof`], [`metrics`]: reading
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
 //!   files, `--metrics-addr`),
+//! * [`faults`]: signals, process states and cgroups for the fault tests.
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
 //! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
@@ -34,6 +35,7 @@ pub mod browser;
 mod child;
 pub mod environment;
 pub mod expected;
+pub mod faults;
 pub mod fleet;
 pub mod folded;
 pub mod java;
