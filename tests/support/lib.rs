@@ -7,7 +7,8 @@
 //!   the root check, temporary directories,
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
 //!   their sources; [`java`]: compiling the Java ones; [`unwinding`]: the
-//!   in-kernel DWARF unwinding tests' `dlopen` workload and its library,
+//!   in-kernel DWARF unwinding tests' `dlopen` workload and its library;
+//!   [`languages`]: the Rust, C++ and Debian `python3` workloads,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
@@ -38,6 +39,7 @@ pub mod faults;
 pub mod fleet;
 pub mod folded;
 pub mod java;
+pub mod languages;
 pub mod metrics;
 pub mod pprof;
 pub mod production;
@@ -53,6 +55,7 @@ pub use environment::*;
 pub use expected::*;
 pub use folded::*;
 pub use java::*;
+pub use languages::*;
 pub use metrics::*;
 pub use pprof::read_pprof;
 pub use protocol::*;
