@@ -194,7 +194,13 @@ pub fn table_loader(
     let (Some(policy), Some(unwind)) = (unwind::table_policy(mode), maps.unwind.take()) else {
         return Ok(None);
     };
-    TableLoader::spawn(unwind.rows, unwind.mappings, unwind.processes, policy).map(Some)
+    let maps = [
+        unwind.rows,
+        unwind.mappings,
+        unwind.processes,
+        unwind.generation,
+    ];
+    TableLoader::spawn(maps, policy).map(Some)
 }
 
 /// Runs `mode` from its ready line until stopped, then ends the run.
