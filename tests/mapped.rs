@@ -205,3 +205,28 @@ fn mapped_alone_traces_no_heap_block_and_every_mapping() {
         summarize_report(&report)
     );
 }
+
+#[test]
+fn mapped_alone_refuses_what_judges_heap_blocks() {
+    require_root();
+    let w = Workload::spawn(Mode::Stay);
+    let pid = w.pid.to_string();
+    for (what, flags) in [
+        ("--sample-rate", ["--sample-rate", "64K"]),
+        ("--fail-on-growth", ["--fail-on-growth", "1M"]),
+    ] {
+        let dir = temp_dir();
+        let mut cmd = tracer_command();
+        cmd.args(["--pid", &pid, "--trace-memory", "mapped"])
+            .args(flags)
+            .current_dir(dir.path());
+        let out = run_to_completion(cmd, std::time::Duration::from_secs(20));
+        assert_clean_error(&out, what);
+        assert!(
+            out.stderr.contains("--trace-memory mapped"),
+            "{}",
+            out.stderr
+        );
+        assert!(dir_entries(dir.path()).is_empty());
+    }
+}

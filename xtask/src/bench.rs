@@ -8,7 +8,11 @@
 //! build of the same workload without frame pointers, with the kernel's DWARF
 //! unwinder (`--unwind dwarf`) and with stack copies unwound in userspace
 //! (`--unwind stack-copy`): the unwinding cost; and under
-//! bcc's `memleak-bpfcc` when this machine can run it. Timings move
+//! bcc's `memleak-bpfcc` when this machine can run it. The same workload's
+//! mmap+munmap mode measures what mapped-memory tracing costs per pair:
+//! untraced, traced (`--trace-memory both`), and untraced while another
+//! process is traced so (the system-call tracepoints are on for every
+//! process). Timings move
 //! by ±20% from run to run, so the setups are run in rotation for several
 //! rounds and medians are reported. The table goes to stdout; the raw numbers
 //! to target/bench/results.json.
@@ -68,6 +72,13 @@ enum Setup {
     OursStackCopy,
     OursSampled,
     Bcc,
+    /// The mmap+munmap workload, untraced.
+    MapUntraced,
+    /// The mmap+munmap workload under `--trace-memory both`.
+    MapTraced,
+    /// The mmap+munmap workload untraced while another process is traced
+    /// with `--trace-memory both`.
+    MapBystander,
 }
 
 /// The sample rate of the sampled setup: tcmalloc's and heapprofd's order
@@ -87,6 +98,9 @@ impl Setup {
             Setup::OursStackCopy => "alloctrace_stack_copy",
             Setup::OursSampled => "alloctrace_sampled",
             Setup::Bcc => "bcc_memleak",
+            Setup::MapUntraced => "mmap_untraced",
+            Setup::MapTraced => "mmap_traced",
+            Setup::MapBystander => "mmap_bystander",
         }
     }
 
@@ -110,7 +124,20 @@ impl Setup {
             }
             Setup::OursSampled => "alloctrace (`--sample-rate 64K`, `--unwind fp`)",
             Setup::Bcc => "bcc memleak-bpfcc",
+            Setup::MapUntraced => "mmap+munmap, untraced",
+            Setup::MapTraced => "mmap+munmap, traced (`--trace-memory both`)",
+            Setup::MapBystander => {
+                "mmap+munmap, untraced, while another process is traced with `--trace-memory both`"
+            }
         }
+    }
+
+    /// Whether the workload runs mmap+munmap pairs rather than malloc+free.
+    fn maps(self) -> bool {
+        matches!(
+            self,
+            Setup::MapUntraced | Setup::MapTraced | Setup::MapBystander
+        )
     }
 }
 
@@ -166,6 +193,7 @@ pub fn run(args: &Args) -> Result<()> {
     setups.push(Setup::OursDwarf);
     setups.push(Setup::OursStackCopy);
     setups.push(Setup::OursSampled);
+    setups.extend([Setup::MapUntraced, Setup::MapTraced, Setup::MapBystander]);
     let memleak = match find_memleak() {
         Ok(path) => {
             setups.push(Setup::Bcc);
@@ -352,9 +380,25 @@ fn run_rounds(bench: &Bench, setups: &[Setup], rounds: u32) -> Result<Vec<(Setup
 /// One run of the workload under `setup`.
 fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
     let mut churn = Churn::start(bench, setup)?;
+    // The process traced instead of the workload (`MapBystander`).
+    let mut bystander = None;
     let report = bench.out.join(format!("alloctrace-round{round}.json"));
     let tracer = match setup {
-        Setup::Untraced => None,
+        Setup::Untraced | Setup::MapUntraced => None,
+        Setup::MapTraced => Some(Tracer::start(
+            alloctrace(bench, churn.pid, &["--trace-memory", "both"]),
+            setup,
+        )?),
+        Setup::MapBystander => {
+            // Another churn, held before its go line, is the traced process.
+            let other = Churn::start(bench, Setup::Untraced)?;
+            let tracer = Tracer::start(
+                alloctrace(bench, other.pid, &["--trace-memory", "both"]),
+                setup,
+            )?;
+            bystander = Some(other);
+            Some(tracer)
+        }
         Setup::Floor => Some(Tracer::start(
             alloctrace(bench, churn.pid, &["--floor"]),
             setup,
@@ -399,8 +443,12 @@ fn measure(bench: &Bench, setup: Setup, round: u32) -> Result<Sample> {
     let Some(tracer) = tracer else {
         return Ok(sample);
     };
-    // Neither stops when the workload exits.
-    let cpu_ticks = tracer.finish(matches!(setup, Setup::Bcc | Setup::HostExcluded))?;
+    // None of these stops when the workload exits.
+    let cpu_ticks = tracer.finish(matches!(
+        setup,
+        Setup::Bcc | Setup::HostExcluded | Setup::MapBystander
+    ))?;
+    drop(bystander);
     if matches!(setup, Setup::Ours | Setup::OursDwarf | Setup::OursStackCopy) {
         let (events, lost) = read_report(&report)?;
         sample.events = Some(events);
@@ -478,6 +526,7 @@ impl Churn {
         let mut cmd = Command::new(binary);
         cmd.arg(bench.threads.to_string())
             .arg(bench.seconds.to_string())
+            .args(setup.maps().then_some("mmap"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         let mut child = cmd
@@ -812,6 +861,9 @@ fn summarize(
             "stack_copy_over_floor": ratio(results, Setup::OursStackCopy, Setup::Floor),
             "sampled_over_floor": ratio(results, Setup::OursSampled, Setup::Floor),
             "host_wide_filtered_out_over_floor": ratio(results, Setup::HostExcluded, Setup::Floor),
+            "mmap_pair_traced_over_untraced": ratio(results, Setup::MapTraced, Setup::MapUntraced),
+            "mmap_pair_bystander_over_untraced":
+                ratio(results, Setup::MapBystander, Setup::MapUntraced),
         },
         "dwarf_unwinding_ns_per_pair": unwinding_cost(results),
         "lost_events_total": ours.iter().filter_map(|s| s.lost_events).sum::<u64>(),
@@ -838,7 +890,9 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
         "| setup | median ns per malloc+free (target thread CPU time) | vs untraced | runs (ns) |"
     );
     println!("|---|---:|---:|---|");
-    for (setup, samples) in results {
+    let (pair_setups, map_setups): (Vec<_>, Vec<_>) =
+        results.iter().partition(|(setup, _)| !setup.maps());
+    for (setup, samples) in pair_setups {
         let runs: Vec<String> = samples
             .iter()
             .map(|s| format!("{:.1}", s.ns_per_pair))
@@ -853,6 +907,24 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
     }
     for (setup, reason) in skipped {
         println!("| {} | skipped | | {reason} |", setup.label());
+    }
+    println!();
+    println!(
+        "| setup | median ns per mmap+munmap of 64 KiB (thread CPU time) | vs untraced | runs (ns) |"
+    );
+    println!("|---|---:|---:|---|");
+    for (setup, samples) in map_setups {
+        let runs: Vec<String> = samples
+            .iter()
+            .map(|s| format!("{:.1}", s.ns_per_pair))
+            .collect();
+        println!(
+            "| {} | {} | {} | {} |",
+            setup.label(),
+            fmt_ns(median_ns(results, *setup)),
+            fmt_ratio(ratio(results, *setup, Setup::MapUntraced)),
+            runs.join(", ")
+        );
     }
 
     let ours = samples(results, Setup::Ours);
