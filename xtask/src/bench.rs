@@ -855,6 +855,8 @@ fn summarize(
             "ours_over_untraced": ratio(results, Setup::Ours, Setup::Untraced),
             // Mapped-memory tracing must stay within 1.05x of heap-only.
             "mapped_over_heap_only": ratio(results, Setup::OursMapped, Setup::Ours),
+            "mapped_over_heap_only_per_round":
+                per_round_ratios(results, Setup::OursMapped, Setup::Ours),
             "dwarf_over_fp": ratio(results, Setup::OursDwarf, Setup::Ours),
             "dwarf_over_floor": ratio(results, Setup::OursDwarf, Setup::Floor),
             "dwarf_over_floor_per_round": per_round_ratios(results, Setup::OursDwarf, Setup::Floor),
@@ -885,14 +887,16 @@ fn fmt_ratio(value: Option<f64>) -> String {
     value.map_or("n/a".into(), |v| format!("{v:.2}x"))
 }
 
-fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
-    println!(
-        "| setup | median ns per malloc+free (target thread CPU time) | vs untraced | runs (ns) |"
-    );
+/// A table of `rows` (of `results`): medians per `pair`, against `baseline`.
+fn print_rows(
+    pair: &str,
+    results: &[(Setup, Vec<Sample>)],
+    rows: &[&(Setup, Vec<Sample>)],
+    baseline: Setup,
+) {
+    println!("| setup | median ns per {pair} | vs untraced | runs (ns) |");
     println!("|---|---:|---:|---|");
-    let (pair_setups, map_setups): (Vec<_>, Vec<_>) =
-        results.iter().partition(|(setup, _)| !setup.maps());
-    for (setup, samples) in pair_setups {
+    for (setup, samples) in rows {
         let runs: Vec<String> = samples
             .iter()
             .map(|s| format!("{:.1}", s.ns_per_pair))
@@ -901,31 +905,31 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
             "| {} | {} | {} | {} |",
             setup.label(),
             fmt_ns(median_ns(results, *setup)),
-            fmt_ratio(ratio(results, *setup, Setup::Untraced)),
+            fmt_ratio(ratio(results, *setup, baseline)),
             runs.join(", ")
         );
     }
+}
+
+fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
+    let (pair_setups, map_setups): (Vec<_>, Vec<_>) =
+        results.iter().partition(|(setup, _)| !setup.maps());
+    print_rows(
+        "malloc+free (target thread CPU time)",
+        results,
+        &pair_setups,
+        Setup::Untraced,
+    );
     for (setup, reason) in skipped {
         println!("| {} | skipped | | {reason} |", setup.label());
     }
     println!();
-    println!(
-        "| setup | median ns per mmap+munmap of 64 KiB (thread CPU time) | vs untraced | runs (ns) |"
+    print_rows(
+        "mmap+munmap of 64 KiB (thread CPU time)",
+        results,
+        &map_setups,
+        Setup::MapUntraced,
     );
-    println!("|---|---:|---:|---|");
-    for (setup, samples) in map_setups {
-        let runs: Vec<String> = samples
-            .iter()
-            .map(|s| format!("{:.1}", s.ns_per_pair))
-            .collect();
-        println!(
-            "| {} | {} | {} | {} |",
-            setup.label(),
-            fmt_ns(median_ns(results, *setup)),
-            fmt_ratio(ratio(results, *setup, Setup::MapUntraced)),
-            runs.join(", ")
-        );
-    }
 
     let ours = samples(results, Setup::Ours);
     let dwarf = samples(results, Setup::OursDwarf);
@@ -959,12 +963,25 @@ fn print_table(results: &[(Setup, Vec<Sample>)], skipped: &[(Setup, String)]) {
         fmt_ns(median_ns(results, Setup::Floor)),
         fmt_ratio(ratio(results, Setup::HostExcluded, Setup::Floor))
     );
+    let mapped_rounds: Vec<String> = per_round_ratios(results, Setup::OursMapped, Setup::Ours)
+        .iter()
+        .map(|ratio| format!("{ratio:.2}x"))
+        .collect();
     println!(
         "- mapped-memory tracing on/off (`--trace-memory both` vs heap only): {} ({} vs {} ns \
-         per pair; must stay at most 1.05x)",
+         per pair; each round: {}; must stay at most 1.05x)",
         fmt_ratio(ratio(results, Setup::OursMapped, Setup::Ours)),
         fmt_ns(median_ns(results, Setup::OursMapped)),
-        fmt_ns(median_ns(results, Setup::Ours))
+        fmt_ns(median_ns(results, Setup::Ours)),
+        mapped_rounds.join(", ")
+    );
+    println!(
+        "- mmap+munmap pair traced/untraced: {} ({} vs {} ns); untraced beside a traced \
+         process: {}",
+        fmt_ratio(ratio(results, Setup::MapTraced, Setup::MapUntraced)),
+        fmt_ns(median_ns(results, Setup::MapTraced)),
+        fmt_ns(median_ns(results, Setup::MapUntraced)),
+        fmt_ratio(ratio(results, Setup::MapBystander, Setup::MapUntraced))
     );
     println!(
         "- ours/bcc: {}",
