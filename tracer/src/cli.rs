@@ -139,11 +139,17 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH", conflicts_with = "all")]
     pub allocator_lib: Option<PathBuf>,
 
-    /// What memory is traced: `heap` (the allocator's malloc family), or
-    /// `both`, which adds the anonymous private mappings the process makes
-    /// itself (mmap, munmap, mremap, mprotect; reservations count once
-    /// committed; the allocator's own mappings stay heap blocks).
-    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "all")]
+    /// What memory is traced: `heap`, the allocator's malloc family (the
+    /// default: it is where leaks usually are, and only the traced process
+    /// pays for it); `both`, which adds the anonymous private mappings and
+    /// break growth the process makes itself (mmap, munmap, mremap,
+    /// mprotect, brk; reservations count once committed; the allocator's
+    /// own mappings stay heap blocks), at the price of the system-call
+    /// tracepoints, which slow every system call of every process on the
+    /// host a little while they are on; or `mapped` alone, without the heap
+    /// probes (cheapest for a malloc-heavy process; what the allocator maps
+    /// then counts as mapped memory too, at malloc's callers).
+    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap)]
     pub trace_memory: MemoryKinds,
 
     /// Ask the traced JVM to write its perf map (`jcmd PID Compiler.perfmap`,
@@ -183,12 +189,18 @@ pub struct TraceArgs {
 pub enum MemoryKinds {
     Heap,
     Both,
+    Mapped,
 }
 
 impl MemoryKinds {
+    /// Whether the allocator's heap blocks are traced (its probes attached).
+    pub fn heap(self) -> bool {
+        self != Self::Mapped
+    }
+
     /// Whether mapped memory is traced.
     pub fn mapped(self) -> bool {
-        self == Self::Both
+        self != Self::Heap
     }
 }
 

@@ -98,6 +98,8 @@ pub struct HostConfig {
     /// `--flamegraph-dir`: one flamegraph per process.
     pub flamegraph_dir: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--trace-memory`: heap blocks, mapped memory, or both.
+    pub memory: MemoryKinds,
 }
 
 /// Where the final outputs every mode writes go.
@@ -220,6 +222,18 @@ impl ProcessConfig {
                 threshold_bytes,
                 after: args.watch.after.unwrap_or_default(),
             });
+        if args.trace_memory == MemoryKinds::Mapped {
+            if args.sample_rate.is_some() {
+                bail!(
+                    "--sample-rate samples heap blocks: it cannot be used with --trace-memory mapped"
+                );
+            }
+            if gate.is_some() {
+                bail!(
+                    "the leak gate judges heap blocks: --fail-on-growth cannot be used with --trace-memory mapped"
+                );
+            }
+        }
         if let (Some(gate), Some(duration)) = (gate, args.duration)
             && gate.after >= duration
         {
@@ -276,6 +290,7 @@ impl HostConfig {
             filters: HostFilters::new(comm, cgroup.as_deref(), exclude_pid)?,
             flamegraph_dir: flamegraph_dir.clone(),
             metrics_addr: args.watch.metrics_addr,
+            memory: args.trace_memory,
         })
     }
 }

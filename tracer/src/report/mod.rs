@@ -98,6 +98,12 @@ pub struct HostCounts {
     /// Of those, the ones not in `processes` (nothing outstanding, or
     /// beyond the number of exited processes kept).
     pub exited_processes_omitted: u64,
+    /// Committed mapped memory of the live processes, when it is traced
+    /// (`--trace-memory both` or `mapped`): bytes and pieces of mappings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_outstanding_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_outstanding_count: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
