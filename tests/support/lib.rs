@@ -8,6 +8,7 @@
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
 //!   their sources; [`java`]: compiling the Java ones; [`unwinding`]: the
 //!   in-kernel DWARF unwinding tests' `dlopen` workload and its library,
+//! * [`kernel`]: `--kernel` runs and their kernel stacks,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
@@ -36,6 +37,7 @@ pub mod expected;
 pub mod fleet;
 pub mod folded;
 pub mod java;
+pub mod kernel;
 pub mod metrics;
 pub mod pprof;
 pub mod production;
@@ -51,6 +53,7 @@ pub use environment::*;
 pub use expected::*;
 pub use folded::*;
 pub use java::*;
+pub use kernel::*;
 pub use metrics::*;
 pub use pprof::read_pprof;
 pub use protocol::*;
