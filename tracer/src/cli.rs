@@ -41,7 +41,9 @@ pub enum Subcommands {
 /// Tracing: what to trace, for how long, and what to write.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// Process to trace (it keeps running; nothing is restarted).
+    /// Process to trace (it keeps running; nothing is restarted). Tracing
+    /// ends if it runs execve: the report is the old program's, and no
+    /// probe is left in the new one.
     #[arg(long, value_name = "PID", conflicts_with_all = ["command", "all", "kernel"])]
     pub pid: Option<u32>,
 

@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use memmap2::{MmapMut, MmapOptions};
-use object::{Object as _, ObjectSegment as _};
+use object::Object as _;
 use serde::Serialize;
 use tracer_ebpf::{
     Event, EventKind, INLINE_STACK_PARTIAL,
@@ -40,7 +40,10 @@ use tracer_ebpf::{
 use super::compile::{self, CompileError, Fallbacks};
 use crate::{
     maps::{self, Backing, Mapping},
-    unwind::keeps_frame_pointers,
+    unwind::{
+        keeps_frame_pointers,
+        segments::{LoadSegment, load_bias, load_segments},
+    },
 };
 
 /// Which processes get tables.
@@ -92,19 +95,11 @@ struct FileKey {
     mtime_ns: i64,
 }
 
-/// A load segment: where file offsets land in the ELF's address space.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    offset: u64,
-    file_size: u64,
-    address: u64,
-}
-
 enum FileTable {
     Loaded {
         first_row: u32,
         rows: u32,
-        segments: Vec<Segment>,
+        segments: Vec<LoadSegment>,
         /// Processes whose list points at the rows.
         users: u32,
         last_used: u64,
@@ -297,7 +292,7 @@ impl KernelTables {
                 ..
             } => {
                 *last_used = tick;
-                let bias = bias(segments, mapping)?;
+                let bias = load_bias(segments, mapping)?;
                 Some((*first_row, *rows, bias))
             }
             FileTable::None => None,
@@ -363,7 +358,9 @@ impl KernelTables {
         FileTable::Loaded {
             first_row,
             rows: count,
-            segments: segments(&data),
+            segments: object::File::parse(&*data)
+                .map(|elf| load_segments(&elf))
+                .unwrap_or_default(),
             users: 0,
             last_used: self.tick,
         }
@@ -501,39 +498,6 @@ fn separate_debug(data: &[u8]) -> Option<memmap2::Mmap> {
     let file = File::open(path).ok()?;
     // SAFETY: a root-owned debug file, read-only, only read while compiling.
     unsafe { memmap2::Mmap::map(&file) }.ok()
-}
-
-fn segments(data: &[u8]) -> Vec<Segment> {
-    let Ok(elf) = object::File::parse(data) else {
-        return Vec::new();
-    };
-    elf.segments()
-        .map(|segment| {
-            let (offset, file_size) = segment.file_range();
-            Segment {
-                offset,
-                file_size,
-                address: segment.address(),
-            }
-        })
-        .collect()
-}
-
-/// What to subtract from a process address in `mapping` to get the file's
-/// ELF address: from the load segment holding the mapping's file offset.
-fn bias(segments: &[Segment], mapping: &Mapping) -> Option<u64> {
-    const PAGE: u64 = 4096;
-    segments.iter().find_map(|segment| {
-        let holds = segment.offset & !(PAGE - 1) <= mapping.file_offset
-            && mapping.file_offset < segment.offset + segment.file_size;
-        holds.then(|| {
-            mapping
-                .start
-                .wrapping_sub(mapping.file_offset)
-                .wrapping_add(segment.offset)
-                .wrapping_sub(segment.address)
-        })
-    })
 }
 
 /// A memory-mapped `BPF_F_MMAPABLE` array map with a first-fit allocator of
@@ -824,22 +788,5 @@ mod tests {
         fn free(&mut self, start: u32, len: u32) {
             free_run(self.0, start, len)
         }
-    }
-
-    #[test]
-    fn bias_places_the_file_where_the_mapping_is() {
-        let segments = [Segment {
-            offset: 0x1000,
-            file_size: 0x5000,
-            address: 0x1000,
-        }];
-        let mapping = Mapping {
-            start: 0x7f00_0000_1000,
-            end: 0x7f00_0000_6000,
-            file_offset: 0x1000,
-            executable: true,
-            backing: Backing::File("/lib/x.so".into()),
-        };
-        assert_eq!(bias(&segments, &mapping), Some(0x7f00_0000_0000));
     }
 }
