@@ -60,6 +60,8 @@ pub enum ModeConfig {
     Process(ProcessConfig),
     /// Every process on the host (`--all`).
     Host(HostConfig),
+    /// The kernel's own allocations (`--kernel`).
+    Kernel(KernelConfig),
 }
 
 /// Which one process.
@@ -100,6 +102,11 @@ pub struct HostConfig {
     pub metrics_addr: Option<SocketAddr>,
     /// `--trace-memory`: heap blocks, mapped memory, or both.
     pub memory: MemoryKinds,
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    pub gate: Option<GateSettings>,
 }
 
 /// Where the final outputs every mode writes go.
@@ -148,7 +155,8 @@ pub struct GateSettings {
 /// be unwound with them. A busy host maps more distinct files than one
 /// process does (see the README's host-wide memory figures).
 fn unwind_table_rows(args: &TraceArgs) -> u32 {
-    if matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy)
+    if args.kernel
+        || matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy)
         || (args.host.all && args.unwind == UnwindMode::Auto)
     {
         return 0;
@@ -198,6 +206,10 @@ impl Config {
         };
         let mode = if args.host.all {
             ModeConfig::Host(HostConfig::from_args(&args)?)
+        } else if args.kernel {
+            ModeConfig::Kernel(KernelConfig {
+                gate: gate_settings(&args)?,
+            })
         } else {
             ModeConfig::Process(ProcessConfig::from_args(args)?)
         };
@@ -211,17 +223,11 @@ impl ProcessConfig {
             std::fs::File::open(path)
                 .with_context(|| format!("--allocator-lib {}", path.display()))?;
         }
+        let gate = gate_settings(&args)?;
         let target = match args.pid {
             Some(pid) => ProcessTarget::Pid(pid),
             None => ProcessTarget::Launch(args.command),
         };
-        let gate = args
-            .watch
-            .fail_on_growth
-            .map(|threshold_bytes| GateSettings {
-                threshold_bytes,
-                after: args.watch.after.unwrap_or_default(),
-            });
         if args.trace_memory == MemoryKinds::Mapped {
             if args.sample_rate.is_some() {
                 bail!(
@@ -233,11 +239,6 @@ impl ProcessConfig {
                     "the leak gate judges heap blocks: --fail-on-growth cannot be used with --trace-memory mapped"
                 );
             }
-        }
-        if let (Some(gate), Some(duration)) = (gate, args.duration)
-            && gate.after >= duration
-        {
-            bail!("--after must be shorter than --duration, or the leak gate has nothing to judge");
         }
         Ok(Self {
             target,
@@ -293,6 +294,23 @@ impl HostConfig {
             memory: args.trace_memory,
         })
     }
+}
+
+/// The leak gate's settings (`--fail-on-growth`, `--after`), if asked for.
+fn gate_settings(args: &TraceArgs) -> anyhow::Result<Option<GateSettings>> {
+    let gate = args
+        .watch
+        .fail_on_growth
+        .map(|threshold_bytes| GateSettings {
+            threshold_bytes,
+            after: args.watch.after.unwrap_or_default(),
+        });
+    if let (Some(gate), Some(duration)) = (gate, args.duration)
+        && gate.after >= duration
+    {
+        bail!("--after must be shorter than --duration, or the leak gate has nothing to judge");
+    }
+    Ok(gate)
 }
 
 fn snapshots(watch: &WatchArgs) -> anyhow::Result<Option<Snapshots>> {

@@ -173,7 +173,7 @@ impl Totals {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StackReport {
-    /// What the bytes are: heap blocks or mapped memory.
+    /// What the bytes are: heap blocks, mapped memory or kernel memory.
     pub kind: StackKind,
     pub bytes: u64,
     pub count: u64,
@@ -196,6 +196,9 @@ pub enum StackKind {
     Heap,
     /// Anonymous private mappings made outside the allocator.
     Mmap,
+    /// The kernel's own allocations (`--kernel`): slab objects, pages and
+    /// per-CPU blocks, by kernel stack.
+    Kernel,
 }
 
 /// A stack suspected of leaking, with the evidence.
@@ -374,6 +377,7 @@ pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
                 file: None,
                 line: None,
                 inlined: false,
+                offset: None,
             })
             .collect(),
     }
