@@ -8,6 +8,7 @@
 //! leaves the others to frame pointers, with one warning.
 
 use std::path::Path;
+use std::process::Command;
 
 use integration_tests::{production::chroot_with, *};
 use serde_json::Value;
@@ -79,29 +80,7 @@ fn assert_deep_chains_whole(report: &Value) {
 /// Runs `bin` (ready/go/done protocol) under `alloctrace <args>` and returns
 /// the ready line and the final report.
 fn trace(bin: &Path, args: &[&str]) -> (String, Value) {
-    let (ready, report, _) = trace_with_output(bin, args);
-    (ready, report)
-}
-
-/// [`trace`], with what the tracer printed.
-fn trace_with_output(bin: &Path, args: &[&str]) -> (String, Value, TracerOutput) {
-    trace_workload(&mut Workload::spawn_bin(bin, &[]), args)
-}
-
-/// Runs `w`'s allocations under `alloctrace --pid <args>` and returns the
-/// ready line, the final report and what the tracer printed.
-fn trace_workload(w: &mut Workload, args: &[&str]) -> (String, Value, TracerOutput) {
-    let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
-    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    all.extend(["--report".as_ref(), report_path.as_os_str()]);
-    let tracer = Tracer::spawn(w.pid, &all, None);
-    w.run();
-    std::thread::sleep(SETTLE);
-    let ready = tracer.ready_line.clone();
-    let output = tracer.stop(libc::SIGINT);
-    output.assert_success();
-    (ready, read_json(&report_path), output)
+    trace_command(Command::new(bin), args)
 }
 
 fn stacks_with_leaf<'a>(report: &'a Value, leaf: &str) -> Vec<&'a Value> {
@@ -310,38 +289,20 @@ fn library_loaded_after_attaching_is_unwound_through_its_chain() {
 #[test]
 fn kernel_and_stack_copy_unwinders_agree_frame_for_frame() {
     require_root();
-    let stacks_of = |unwind: &str| frame_lists(&trace(&deep_nofp_bin(), &["--unwind", unwind]).1);
-    let kernel = stacks_of("dwarf");
-    let copied = stacks_of("stack-copy");
+    let kernel = unwound_stacks(Command::new(deep_nofp_bin()), "dwarf");
+    let copied = unwound_stacks(Command::new(deep_nofp_bin()), "stack-copy");
     assert!(kernel.len() >= DEEP_SITES.len(), "{kernel:?}");
     assert_eq!(kernel, copied);
 }
 
-/// Every stack of `report` as its frames (function and line) and bytes,
-/// sorted: what two unwinders must agree on.
-fn frame_lists(report: &Value) -> Vec<(Vec<String>, u64)> {
-    let mut stacks: Vec<(Vec<String>, u64)> = all_stacks(report)
-        .into_iter()
-        .map(|stack| {
-            let frames = frames(stack)
-                .iter()
-                .map(|frame| format!("{}:{}", frame["function"], frame["line"]))
-                .collect();
-            (frames, as_u64(stack, "bytes"))
-        })
-        .collect();
-    stacks.sort();
-    stacks
-}
-
-/// `deep_nofp` in a chroot at `root` holding copies of it and of the
-/// libraries `ldd` lists (its libc is another file than the host's: its own
-/// probes, its own tables), started and ready. `chroot` execs it: one pid
-/// throughout.
-fn deep_nofp_in_chroot(root: &Path) -> Workload {
+/// Runs `deep_nofp` in a chroot at `root` holding copies of it and of the
+/// libraries `ldd` lists (its libc is another file than the host's: its
+/// own probes, its own tables). `chroot` execs it: one pid throughout.
+fn in_chroot(root: &Path) -> Command {
     let inside = chroot_with(&deep_nofp_bin(), root);
-    let chroot = Path::new("/usr/sbin/chroot");
-    Workload::spawn_bin(chroot, &[root.to_str().unwrap(), inside.to_str().unwrap()])
+    let mut command = Command::new("/usr/sbin/chroot");
+    command.arg(root).arg(inside);
+    command
 }
 
 /// Host-wide with the default `--unwind auto`, a process built without
@@ -352,7 +313,7 @@ fn deep_nofp_in_chroot(root: &Path) -> Workload {
 fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
     require_root();
     let dir = temp_dir();
-    let mut w = deep_nofp_in_chroot(&dir.path().join("root"));
+    let mut w = Workload::spawn_command(in_chroot(&dir.path().join("root")));
     let (report, output) = trace_deep_nofp_host_wide(
         &mut w,
         "auto",
@@ -374,9 +335,8 @@ fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
     // Its executable, libc and loader, each its own file.
     let tables = &report["totals"]["unwind_tables"];
     assert!(as_u64(tables, "files") >= 3, "{tables}");
-    let mut copied_in_chroot = deep_nofp_in_chroot(&dir.path().join("second-root"));
-    let (_, copied, _) = trace_workload(&mut copied_in_chroot, &["--unwind", "stack-copy"]);
-    assert_eq!(frame_lists(&process), frame_lists(&copied));
+    let copied = unwound_stacks(in_chroot(&dir.path().join("second-root")), "stack-copy");
+    assert_eq!(frame_lists(&process), copied);
 }
 
 /// A table cap with room for the program's own table but not its libc's:
@@ -387,8 +347,8 @@ fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
 #[test]
 fn files_over_the_table_cap_fall_back_to_frame_pointers_with_one_warning() {
     require_root();
-    let (_, report, output) = trace_with_output(
-        &deep_nofp_bin(),
+    let (_, report, output) = trace_command_with_output(
+        Command::new(deep_nofp_bin()),
         &["--unwind", "dwarf", "--unwind-table-memory", "64K"],
     );
     let tables = &report["totals"]["unwind_tables"];
