@@ -295,14 +295,18 @@ fn kernel_and_stack_copy_unwinders_agree_frame_for_frame() {
     assert_eq!(kernel, copied);
 }
 
-/// Runs `deep_nofp` in a chroot at `root` holding copies of it and of the
-/// libraries `ldd` lists (its libc is another file than the host's: its
-/// own probes, its own tables). `chroot` execs it: one pid throughout.
-fn in_chroot(root: &Path) -> Command {
+/// A chroot at `root` holding copies of `deep_nofp` and of the libraries
+/// `ldd` lists (its libc is another file than the host's: its own probes,
+/// its own tables), and a command running `deep_nofp` there (`chroot` execs
+/// it: one pid throughout).
+fn deep_nofp_chroot(root: &Path) -> impl Fn() -> Command + use<> {
     let inside = chroot_with(&deep_nofp_bin(), root);
-    let mut command = Command::new("/usr/sbin/chroot");
-    command.arg(root).arg(inside);
-    command
+    let root = root.to_owned();
+    move || {
+        let mut command = Command::new("/usr/sbin/chroot");
+        command.arg(&root).arg(&inside);
+        command
+    }
 }
 
 /// Host-wide with the default `--unwind auto`, a process built without
@@ -313,7 +317,8 @@ fn in_chroot(root: &Path) -> Command {
 fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
     require_root();
     let dir = temp_dir();
-    let mut w = Workload::spawn_command(in_chroot(&dir.path().join("root")));
+    let in_chroot = deep_nofp_chroot(&dir.path().join("root"));
+    let mut w = Workload::spawn_command(in_chroot());
     let (report, output) = trace_deep_nofp_host_wide(
         &mut w,
         "auto",
@@ -335,7 +340,7 @@ fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
     // Its executable, libc and loader, each its own file.
     let tables = &report["totals"]["unwind_tables"];
     assert!(as_u64(tables, "files") >= 3, "{tables}");
-    let copied = unwound_stacks(in_chroot(&dir.path().join("second-root")), "stack-copy");
+    let copied = unwound_stacks(in_chroot(), "stack-copy");
     assert_eq!(frame_lists(&process), copied);
 }
 
