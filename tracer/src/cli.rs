@@ -326,15 +326,16 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Accepts sizes such as `64M`, from 1M to 2G.
+/// Accepts sizes such as `64M`, from 64K (room for a small program's own
+/// table, not its libc's) to 2G.
 fn parse_table_memory(text: &str) -> Result<u32, String> {
     let bytes = parse_size::Config::new()
         .with_binary()
         .parse_size(text)
         .map_err(|_| format!("'{text}' is not a size (try 64M)"))?;
     match u32::try_from(bytes) {
-        Ok(bytes) if (1 << 20..=1 << 31).contains(&bytes) => Ok(bytes),
-        _ => Err(format!("'{text}' must be from 1M to 2G")),
+        Ok(bytes) if (1 << 16..=1 << 31).contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{text}' must be from 64K to 2G")),
     }
 }
 

@@ -43,7 +43,10 @@ use crate::{
         write_flamegraph_lines,
     },
     stacks::StackId,
-    unwind::{self, StackUnwinder, UnwindMode, tables::TableLoader},
+    unwind::{
+        self, StackUnwinder, UnwindMode,
+        tables::{TableLoader, TableStats},
+    },
 };
 
 /// How often the programs' log records are forwarded (`--verbose`). Events
@@ -222,6 +225,7 @@ pub async fn run<M: Mode>(
         lost_seen: 0,
         warned_dropping: false,
         tables,
+        tables_logged: None,
     };
     let stop = driver
         .trace_until_stopped(&mut mode, &mut probes, &mut signals)
@@ -278,6 +282,8 @@ struct Driver<'a> {
     lost_seen: u64,
     warned_dropping: bool,
     tables: Option<TableLoader>,
+    /// The table statistics last logged.
+    tables_logged: Option<TableStats>,
 }
 
 impl Driver<'_> {
@@ -419,10 +425,20 @@ impl Driver<'_> {
     fn print_tick<M: Mode>(&mut self, mode: &mut M) {
         let now = self.now();
         let totals = self.totals(mode, &now);
+        self.log_table_changes(totals.unwind_tables);
         let tick = mode.tick(&now, totals, &mut self.summaries);
         match self.common.log_format {
             LogFormat::Human => print!("{}", tick.to_human()),
             LogFormat::Json => println!("{}", tick.to_json_line()),
+        }
+    }
+
+    /// `--verbose`: the in-kernel unwinder's tables at each tick where they
+    /// changed (host-wide, processes keep coming and going).
+    fn log_table_changes(&mut self, stats: Option<TableStats>) {
+        if stats.is_some() && stats != self.tables_logged {
+            self.tables_logged = stats;
+            stats.iter().for_each(TableStats::log);
         }
     }
 
