@@ -8,7 +8,8 @@
 //! build of the same workload without frame pointers, with the kernel's DWARF
 //! unwinder (`--unwind dwarf`) and with stack copies unwound in userspace
 //! (`--unwind stack-copy`): the unwinding cost; and under
-//! bcc's `memleak-bpfcc` when this machine can run it. Timings move
+//! bcc's `memleak-bpfcc` when this machine can run it; and a kernel
+//! workload with and without `--kernel` (`bench_kernel`). Timings move
 //! by ±20% from run to run, so the setups are run in rotation for several
 //! rounds and medians are reported. The table goes to stdout; the raw numbers
 //! to target/bench/results.json.
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{bench_tracer, build, util};
+use crate::{bench_kernel, bench_tracer, build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -190,6 +191,7 @@ pub fn run(args: &Args) -> Result<()> {
         seconds: args.seconds,
     };
     let results = run_rounds(&bench, &setups, args.rounds)?;
+    let kernel = bench_kernel::measure(&bench.tracer, &bench.out, args.rounds, args.seconds)?;
     let memory = match args.tracked {
         0 => None,
         count => Some(bench_tracer::measure(&bench.tracer, &bench.out, count)?),
@@ -200,6 +202,7 @@ pub fn run(args: &Args) -> Result<()> {
         summary["memory"] = memory.to_json();
     }
     summary["aggregator_events_per_s"] = json!(aggregator);
+    summary["kernel"] = kernel.to_json();
     let json_path = bench.out.join("results.json");
     let text = serde_json::to_string_pretty(&summary).context("serializing results")?;
     std::fs::write(&json_path, text + "\n")
@@ -214,6 +217,7 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(memory) = &memory {
         memory.print();
     }
+    kernel.print();
     println!();
     println!("results: {}", json_path.display());
     Ok(())
