@@ -265,6 +265,13 @@ pub enum EventKind {
     /// `mprotect(addr, size, prot)` succeeded; `old_addr` is 1 when the
     /// range is now accessible, 0 for `PROT_NONE`.
     Protect = 11,
+    /// `brk` returned `addr`, the program break now (the old one if the
+    /// call failed, the current one for `brk(0)`). `old_addr` is 1 when the
+    /// call was made inside a traced allocator call (glibc's `sbrk` for its
+    /// main arena, already counted as heap blocks), which moves the break
+    /// but attributes nothing; otherwise the event carries the stack of the
+    /// call.
+    Brk = 12,
 }
 
 impl EventKind {
@@ -282,6 +289,7 @@ impl EventKind {
             9 => Some(Self::Unmap),
             10 => Some(Self::Remap),
             11 => Some(Self::Protect),
+            12 => Some(Self::Brk),
             _ => None,
         }
     }

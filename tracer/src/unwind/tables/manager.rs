@@ -420,12 +420,14 @@ impl KernelTables {
     }
 
     /// Rows for a new table, evicting tables no process uses (least
-    /// recently used first) until they fit.
+    /// recently used first) until they fit. Tables of the list being built
+    /// have no users yet but are not evictable: the list points at them.
     fn allocate_rows(&mut self, count: u32) -> Option<u32> {
         loop {
             if let Some(first) = self.rows.allocate(count) {
                 return Some(first);
             }
+            let tick = self.tick;
             let victim = self
                 .files
                 .iter()
@@ -434,7 +436,7 @@ impl KernelTables {
                         users: 0,
                         last_used,
                         ..
-                    } => Some((*last_used, *key)),
+                    } if *last_used < tick => Some((*last_used, *key)),
                     _ => None,
                 })
                 .min()?
@@ -658,6 +660,8 @@ struct Worker {
     refreshed: HashMap<u32, Instant>,
     /// Background loads not done yet, oldest first.
     background: VecDeque<u32>,
+    /// When the first of the background loads pending was asked for.
+    background_since: Option<Instant>,
 }
 
 impl Worker {
@@ -681,9 +685,28 @@ impl Worker {
                 }
             };
             match request {
-                Request::Background(pid) => self.background.push_back(pid),
+                Request::Background(pid) => self.queue_background(pid),
                 request => return Some(request),
             }
+        }
+    }
+
+    fn queue_background(&mut self, pid: u32) {
+        self.background_since.get_or_insert_with(Instant::now);
+        self.background.push_back(pid);
+    }
+
+    /// `--verbose`: once the background loads are done, how long they took
+    /// and what the tables hold then.
+    fn log_background_done(&mut self) {
+        if self.background.is_empty()
+            && let Some(since) = self.background_since.take()
+        {
+            log::debug!(
+                "unwind tables of the processes found running: done in the background after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+            self.tables.stats().log();
         }
     }
 
@@ -695,7 +718,7 @@ impl Worker {
                     let _ = done.send(loaded);
                 }
             }
-            Request::Background(pid) => self.background.push_back(pid),
+            Request::Background(pid) => self.queue_background(pid),
             Request::Refresh(pid) => {
                 let now = Instant::now();
                 let recent = self
@@ -744,9 +767,11 @@ impl TableLoader {
                     tables,
                     refreshed: HashMap::new(),
                     background: VecDeque::new(),
+                    background_since: None,
                 };
                 while let Some(request) = worker.next(&receiver) {
                     worker.handle(request);
+                    worker.log_background_done();
                     *shared.lock().unwrap_or_else(|e| e.into_inner()) = worker.tables.stats();
                 }
             })
