@@ -542,7 +542,10 @@ pub mod dwarf {
     pub struct ProcessTable {
         pub first_mapping: u32,
         pub mapping_count: u32,
+        /// Different for every list userspace writes (never 0): what the
+        /// probe found with an older list of the process is not used.
+        pub generation: u32,
     }
 
-    const _: () = assert!(core::mem::size_of::<ProcessTable>() == 8);
+    const _: () = assert!(core::mem::size_of::<ProcessTable>() == 12);
 }

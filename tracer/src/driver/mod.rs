@@ -33,6 +33,7 @@ use tracer_ebpf::{Counter, Event};
 
 pub use self::{signals::StopSignals, tracee::Tracee};
 use crate::{
+    armed::ProbeChecks,
     clock::monotonic_ns,
     config::{Common, Outputs},
     events::{Arrived, Carried, EventReader, Release},
@@ -133,6 +134,12 @@ pub trait Mode {
 
     /// The ledgers' totals, summed.
     fn totals(&self) -> ledger::Totals;
+
+    /// What the checks of the probes' breakpoints found, if the mode makes
+    /// them.
+    fn probe_checks(&self) -> Option<ProbeChecks> {
+        None
+    }
 
     /// Waits for the mode's own reason to act.
     fn wakeup(&mut self) -> impl Future<Output = Self::Wakeup>;
@@ -426,6 +433,7 @@ impl Driver<'_> {
     fn totals<M: Mode>(&self, mode: &M, now: &Now) -> Totals {
         Totals {
             unwind_tables: self.tables.as_ref().map(TableLoader::stats),
+            probe_checks: mode.probe_checks(),
             ..Totals::new(mode.totals(), now.lost_events)
         }
     }

@@ -127,7 +127,11 @@ pub struct KernelTables {
     policy: Policy,
     rows: MappedArray<UnwindRow>,
     mappings: MappedArray<ProcessMapping>,
-    processes: BpfHashMap<MapData, u32, [u32; 2]>,
+    /// `tgid -> tracer_ebpf::dwarf::ProcessTable`, as its three fields.
+    processes: BpfHashMap<MapData, u32, [u32; 3]>,
+    /// The last generation given to a process's list (see
+    /// `tracer_ebpf::dwarf::ProcessTable::generation`).
+    generation: u32,
     files: HashMap<FileKey, FileTable>,
     live: HashMap<u32, ProcessState>,
     /// Whether each executable keeps frame pointers, by file (`auto`).
@@ -156,6 +160,7 @@ impl KernelTables {
             files: HashMap::new(),
             live: HashMap::new(),
             frame_pointers: HashMap::new(),
+            generation: 0,
             stats,
             tick: 0,
             warned_cap: false,
@@ -213,7 +218,9 @@ impl KernelTables {
             return false;
         };
         self.mappings.write(first, &list);
-        if let Err(error) = self.processes.insert(pid, [first, list.len() as u32], 0) {
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
+        let entry = [first, list.len() as u32, self.generation];
+        if let Err(error) = self.processes.insert(pid, entry, 0) {
             log::debug!("unwind tables of pid {pid}: {error}");
             self.mappings.free(first, list.len().max(1) as u32);
             return false;
