@@ -323,6 +323,14 @@ impl Driver<'_> {
                     if let Some(stop) = self.drain(mode) {
                         return Ok(stop);
                     }
+                    if self.common.duration.is_some_and(|d| self.started.elapsed() >= d) {
+                        return Ok(Stop::Duration);
+                    }
+                    // With batches always waiting (a backlog), the loop
+                    // would not let the runtime turn its timer and signal
+                    // drivers: host-wide on a saturated VM, `--duration` and
+                    // the ticks were heard tens of seconds late.
+                    tokio::task::yield_now().await;
                 }
                 _ = summary_timer.tick() => {
                     if let Some(stop) = self.drain(mode) {
