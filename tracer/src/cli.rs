@@ -147,11 +147,17 @@ pub struct TraceArgs {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["all", "kernel"])]
     pub allocator_lib: Option<PathBuf>,
 
-    /// What memory is traced: `heap` (the allocator's malloc family), or
-    /// `both`, which adds the anonymous private mappings the process makes
-    /// itself (mmap, munmap, mremap, mprotect; reservations count once
-    /// committed; the allocator's own mappings stay heap blocks).
-    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with_all = ["all", "kernel"])]
+    /// What memory is traced: `heap`, the allocator's malloc family (the
+    /// default: it is where leaks usually are, and only the traced process
+    /// pays for it); `both`, which adds the anonymous private mappings and
+    /// break growth the process makes itself (mmap, munmap, mremap,
+    /// mprotect, brk; reservations count once committed; the allocator's
+    /// own mappings stay heap blocks), at the price of the system-call
+    /// tracepoints, which slow every system call of every process on the
+    /// host a little while they are on; or `mapped` alone, without the heap
+    /// probes (cheapest for a malloc-heavy process; what the allocator maps
+    /// then counts as mapped memory too, at malloc's callers).
+    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "kernel")]
     pub trace_memory: MemoryKinds,
 
     /// Ask the traced JVM to write its perf map (`jcmd PID Compiler.perfmap`,
@@ -191,12 +197,18 @@ pub struct TraceArgs {
 pub enum MemoryKinds {
     Heap,
     Both,
+    Mapped,
 }
 
 impl MemoryKinds {
+    /// Whether the allocator's heap blocks are traced (its probes attached).
+    pub fn heap(self) -> bool {
+        self != Self::Mapped
+    }
+
     /// Whether mapped memory is traced.
     pub fn mapped(self) -> bool {
-        self == Self::Both
+        self != Self::Heap
     }
 }
 
@@ -314,15 +326,16 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Accepts sizes such as `64M`, from 1M to 2G.
+/// Accepts sizes such as `64M`, from 64K (room for a small program's own
+/// table, not its libc's) to 2G.
 fn parse_table_memory(text: &str) -> Result<u32, String> {
     let bytes = parse_size::Config::new()
         .with_binary()
         .parse_size(text)
         .map_err(|_| format!("'{text}' is not a size (try 64M)"))?;
     match u32::try_from(bytes) {
-        Ok(bytes) if (1 << 20..=1 << 31).contains(&bytes) => Ok(bytes),
-        _ => Err(format!("'{text}' must be from 1M to 2G")),
+        Ok(bytes) if (1 << 16..=1 << 31).contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{text}' must be from 64K to 2G")),
     }
 }
 

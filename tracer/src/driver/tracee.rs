@@ -19,7 +19,7 @@ use crate::{
         window_live_bytes,
     },
     events::{Arrived, Carried},
-    ledger::{Ledger, mapped::MappedLedger},
+    ledger::{Budget, Ledger, mapped::MappedLedger},
     report::{
         self, NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS,
     },
@@ -64,6 +64,17 @@ impl Tracee {
             last_tick_ns: 0,
             timeline: Timeline::default(),
         }
+    }
+
+    /// Traces the process's mapped memory too, in a ledger that counts in
+    /// `budget`. A process already `running` (not about to `execve`) gets
+    /// the break it has now from `/proc`, so its first `brk` growth counts.
+    pub fn trace_mapped(&mut self, budget: Budget, running: bool) {
+        let mut mapped = MappedLedger::new(budget);
+        if running && let Some(program_break) = crate::maps::program_break(self.pid) {
+            mapped.set_break(program_break);
+        }
+        self.mapped = Some(mapped);
     }
 
     /// The id of the stack `event` carries; a stack seen for the first time
@@ -193,6 +204,33 @@ impl Tracee {
     /// The `limit` largest stacks of `view`, named.
     pub fn largest(&self, view: &StackView, limit: usize) -> Vec<StackReport> {
         view.largest(self, limit)
+    }
+
+    /// The `limit` largest stacks of `view` and of mapped memory together
+    /// (a summary's ranking: mapped stacks are marked `[mmap]`).
+    pub fn largest_of_both(&self, view: &StackView, limit: usize) -> Vec<StackReport> {
+        let mut top = self.largest(view, limit);
+        top.extend(self.mapped_stacks(view.now_ns));
+        top.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
+        top.truncate(limit);
+        top
+    }
+
+    /// Every stack of `view`, then every mapped one: a report's stacks.
+    pub fn all_stacks(&self, view: &StackView) -> Vec<StackReport> {
+        [
+            self.largest(view, usize::MAX),
+            self.mapped_stacks(view.now_ns),
+        ]
+        .concat()
+    }
+
+    /// Committed mapped bytes and pieces now (0 when not traced).
+    pub fn mapped_outstanding(&self) -> (u64, u64) {
+        self.mapped.as_ref().map_or((0, 0), |mapped| {
+            let totals = mapped.totals();
+            (totals.outstanding_bytes, totals.outstanding_count)
+        })
     }
 
     /// The `limit` most suspicious stacks of `view` (which holds every

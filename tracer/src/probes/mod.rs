@@ -68,6 +68,7 @@ const MAPPED_PROGRAMS: &[(&str, &str)] = &[
     ("munmap_exit", "sys_exit_munmap"),
     ("mremap_exit", "sys_exit_mremap"),
     ("mprotect_exit", "sys_exit_mprotect"),
+    ("brk_exit", "sys_exit_brk"),
 ];
 
 /// What the in-kernel filter of host-wide mode rejects, set at load time.
@@ -330,9 +331,16 @@ impl Probes {
         );
         // Before the first uprobe, so no event of a new image can precede
         // the marker that tells it apart, and no fork goes unseen.
-        self.attach_tracepoint(EXEC_PROGRAM)?;
+        self.attach_exec_marker()?;
         self.attach_tracepoint(FORK_PROGRAM)?;
         self.attach_uprobes(plan, libc, scope, programs)
+    }
+
+    /// Attaches the marker of the target's `execve` alone: what
+    /// `--trace-memory mapped` needs besides the mapped-memory programs (no
+    /// uprobe, so no breakpoint a fork would inherit).
+    pub fn attach_exec_marker(&mut self) -> anyhow::Result<()> {
+        self.attach_tracepoint(EXEC_PROGRAM)
     }
 
     /// Host-wide mode: attaches the exec and exit markers of every process
@@ -356,7 +364,7 @@ impl Probes {
         self.attach_uprobes(plan, library, UProbeScope::AllProcesses, programs)
     }
 
-    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`,
+    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`, `brk`,
     /// `mprotect` of the traced processes).
     pub fn attach_mapped(&mut self) -> anyhow::Result<()> {
         for (name, tracepoint) in MAPPED_PROGRAMS {
