@@ -46,6 +46,10 @@ use crate::{
     perfmap::PerfMap,
 };
 
+/// Module name of the frame that ends each `--kernel` stack, naming the
+/// task the allocation was made for (see `modes::kernel`).
+pub const TASK_MODULE: &str = "[task]";
+
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
 /// named from the runtime's perf map.
 const JIT_MODULE: &str = "[jit]";
