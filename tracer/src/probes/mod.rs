@@ -8,6 +8,7 @@
 //! first so they outlive the probes for a final drain.
 
 pub mod guardian;
+mod kmem;
 mod multi;
 mod perf_link;
 
@@ -278,8 +279,9 @@ impl Probes {
                     program.load(tracepoint, &btf)
                 }
                 Program::TracePoint(program) => {
-                    // Not fatal here: only mapped-memory tracing needs it,
-                    // and `attach_mapped` says so when it is missing.
+                    // Not fatal here: only mapped-memory tracing and
+                    // `--kernel` need them, and `attach_mapped` and
+                    // `attach_kernel` say so when one is missing.
                     if let Err(error) = program.load() {
                         log::debug!("loading {name}: {error}");
                     }

@@ -34,6 +34,7 @@ use self::{
     summary::{HostTick, ProcessTick},
 };
 use crate::{
+    armed::{HostWatch, ProbeChecks, ProbeSites},
     cli::MemoryKinds,
     config::{Common, HostConfig},
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
@@ -75,6 +76,8 @@ pub struct HostMode {
     metrics: Option<Metrics>,
     /// Allocator events applied (markers left out).
     events: u64,
+    /// Tracing has stopped (the probes are gone): the final tick remains.
+    stopped: bool,
 }
 
 impl HostMode {
@@ -147,6 +150,7 @@ impl HostMode {
             rescan_timer: driver::periodic(tokio::time::Instant::from_std(started), RESCAN_PERIOD),
             metrics,
             events: 0,
+            stopped: false,
             config,
         };
         let attached = Attached {
@@ -182,13 +186,22 @@ fn load_running_processes(tables: &mut TableLoader, config: &HostConfig, own_pid
         .collect();
     pids.sort_unstable_by(|a, b| b.cmp(a));
     let started = Instant::now();
-    for pid in pids {
+    let mut loaded_now = 0;
+    for &pid in &pids {
         if started.elapsed() < STARTUP_TABLE_BUDGET {
             tables.load_process(pid);
+            loaded_now += 1;
         } else {
             tables.load_process_in_background(pid);
         }
     }
+    log::debug!(
+        "unwind tables of {loaded_now} of {} running processes loaded in {:.1}s, the others in \
+         the background",
+        pids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    tables.stats().log();
 }
 
 /// The libraries probed so far.
@@ -196,6 +209,8 @@ fn load_running_processes(tables: &mut TableLoader, config: &HostConfig, own_pid
 struct Probed {
     libraries: usize,
     functions: usize,
+    /// Their breakpoints, looked at in a few processes at each summary.
+    watch: HostWatch,
 }
 
 impl Probed {
@@ -204,10 +219,15 @@ impl Probed {
     fn attach(&mut self, probes: &mut Probes, library: &Library, programs: Programs) {
         let attached = Plan::for_object(library.file.path()).and_then(|plan| {
             probes.attach_library(&plan, library.file.path(), programs)?;
-            Ok(plan.function_count)
+            Ok(plan)
         });
         match attached {
-            Ok(functions) => {
+            Ok(plan) => {
+                let functions = plan.function_count;
+                match ProbeSites::new(library.file.path(), &plan) {
+                    Ok(sites) => self.watch.add(sites),
+                    Err(error) => log::debug!("not watching {}: {error:#}", library.path.display()),
+                }
                 self.libraries += 1;
                 self.functions += functions;
                 eprintln!(
@@ -265,6 +285,10 @@ impl Mode for HostMode {
         self.processes.totals()
     }
 
+    fn probe_checks(&self) -> Option<ProbeChecks> {
+        Some(self.probed.watch.stats())
+    }
+
     async fn wakeup(&mut self) {
         self.rescan_timer.tick().await;
     }
@@ -286,6 +310,9 @@ impl Mode for HostMode {
 
     fn tick(&mut self, now: &Now, totals: Totals, summaries: &mut SummaryState) -> HostTick {
         let top = self.common.top;
+        if !self.stopped {
+            self.probed.watch.check(&self.libraries.traced());
+        }
         let (ranked, views) = self.processes.tick(now);
         let processes = ranked
             .into_iter()
@@ -312,6 +339,10 @@ impl Mode for HostMode {
 
     fn report(&self, now: &Now, totals: Totals) -> Report {
         self.final_report(now, totals)
+    }
+
+    fn stopped(&mut self, _stop: Stop) {
+        self.stopped = true;
     }
 
     fn folded_lines(&self, report: &Report) -> Vec<String> {

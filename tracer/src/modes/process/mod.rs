@@ -31,7 +31,7 @@ use self::{
 };
 use crate::{
     analysis::LeakGate,
-    armed::ArmedWatch,
+    armed::{ArmedWatch, ProbeChecks, ProbeSites},
     cli::MemoryKinds,
     config::{Common, ProcessConfig, ProcessTarget},
     container::{self, Container},
@@ -64,6 +64,8 @@ pub struct ProcessMode {
     forks: ForkedChildren,
     /// Whether the probes are still armed in a running target.
     armed: Option<ArmedWatch>,
+    /// A launched command's probe sites, watched from its exec on.
+    sites_after_exec: Option<ProbeSites>,
     /// `execve`s of the target that do not end tracing (launch mode's own).
     execs_expected: u32,
     gate: Option<LeakGate>,
@@ -104,6 +106,7 @@ impl ProcessMode {
             plan,
             forks,
             armed,
+            sites_after_exec,
             probes,
             maps,
             exit,
@@ -181,6 +184,7 @@ impl ProcessMode {
             exit,
             forks,
             armed,
+            sites_after_exec,
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
             metrics,
@@ -225,7 +229,14 @@ impl Mode for ProcessMode {
     fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, _now: &Now) -> Option<Stop> {
         match event.kind() {
             Some(EventKind::Exec) => match self.execs_expected.checked_sub(1) {
-                Some(left) => self.execs_expected = left,
+                Some(left) => {
+                    self.execs_expected = left;
+                    // The launched command runs its program: its probes
+                    // are armed as its loader maps the library.
+                    if let Some(sites) = self.sites_after_exec.take() {
+                        self.armed = Some(ArmedWatch::new(sites, self.target.pid));
+                    }
+                }
                 None => return Some(Stop::TargetExeced(event.timestamp_ns)),
             },
             Some(EventKind::Fork) => self.forks.note_fork(),
@@ -247,6 +258,10 @@ impl Mode for ProcessMode {
 
     fn totals(&self) -> ledger::Totals {
         self.tracee.ledger.totals()
+    }
+
+    fn probe_checks(&self) -> Option<ProbeChecks> {
+        self.armed.as_ref().map(ArmedWatch::stats)
     }
 
     async fn wakeup(&mut self) -> Wakeup {
