@@ -15,6 +15,7 @@
 mod libraries;
 mod outputs;
 mod processes;
+mod residue;
 mod summary;
 
 use std::time::{Duration, Instant};
@@ -25,7 +26,8 @@ use tracer_ebpf::{Event, EventKind};
 
 use self::{
     libraries::{Libraries, Library},
-    processes::Processes,
+    processes::{MAX_METRIC_PROCESSES, Processes},
+    residue::PerPid,
     summary::{HostTick, ProcessTick},
 };
 use crate::{
@@ -37,7 +39,7 @@ use crate::{
     placement::Plan,
     probes::{Probes, Programs},
     report::{Report, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     unwind::{UnwindMode, tables::TableLoader},
 };
@@ -115,7 +117,11 @@ impl HostMode {
         let started = Instant::now();
         let mode = Self {
             common: common.clone(),
-            processes: Processes::new(SharedSymbols::new(), Budget::new(common.max_tracked)),
+            processes: Processes::new(
+                SharedSymbols::new(),
+                Budget::new(common.max_tracked),
+                StackBudget::new(common.max_stacks, maps.known_stacks.take()),
+            ),
             libraries,
             probed,
             programs,
@@ -232,6 +238,14 @@ impl Mode for HostMode {
         self.processes.note_loss(at_ns);
     }
 
+    fn after_drain(&mut self) {
+        self.processes.evict_stacks();
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.processes.stack_stats()
+    }
+
     fn totals(&self) -> ledger::Totals {
         self.processes.totals()
     }
@@ -254,7 +268,16 @@ impl Mode for HostMode {
 
     fn tick(&mut self, now: &Now, totals: Totals, summaries: &mut SummaryState) -> HostTick {
         let top = self.common.top;
+        let unwind_tables = totals
+            .unwind_tables
+            .as_ref()
+            .map_or(0, |tables| tables.processes);
         let (ranked, views) = self.processes.tick(now);
+        let with_metrics: Vec<u32> = ranked
+            .iter()
+            .take(MAX_METRIC_PROCESSES)
+            .map(|ranked| ranked.pid)
+            .collect();
         let processes = ranked
             .into_iter()
             .take(top)
@@ -268,13 +291,18 @@ impl Mode for HostMode {
         if let Some(metrics) = &self.metrics {
             metrics.publish(MetricsSnapshot {
                 events: Some(self.events),
-                processes: self.processes.metrics(now, &views, top),
+                processes: self.processes.metrics(now, &views, top, &with_metrics),
             });
         }
         HostTick {
             summary: summaries.next(totals, now.elapsed_s, largest, ages, suspects),
             counts: self.processes.counts(),
             processes,
+            per_pid: PerPid {
+                library_scans: self.libraries.processes_read(),
+                unwind_tables,
+                ..self.processes.per_pid()
+            },
         }
     }
 
