@@ -311,6 +311,17 @@ impl ProcessSymbolizer {
         self.target_alive = false;
     }
 
+    /// Addresses whose frames are cached.
+    pub fn cached_addresses(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Drops the cached frames of every address not in `keep` (those of
+    /// stacks evicted from the stack table).
+    pub fn retain_addresses(&mut self, keep: &HashSet<u64>) {
+        self.frames.retain(|address, _| keep.contains(address));
+    }
+
     /// Symbolizes, in one batch, the addresses of a stack seen for the
     /// first time that were not symbolized before.
     pub fn symbolize_new(&mut self, addresses: &[u64]) {

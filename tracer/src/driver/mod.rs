@@ -43,7 +43,7 @@ use crate::{
         self, LogFormat, Report, SummaryState, Totals, folded_lines, write_atomically,
         write_flamegraph_lines,
     },
-    stacks::StackId,
+    stacks::{StackId, StackStats},
     unwind::{
         self, StackUnwinder, UnwindMode,
         tables::{TableLoader, TableStats},
@@ -140,6 +140,8 @@ pub trait Mode {
     fn probe_checks(&self) -> Option<ProbeChecks> {
         None
     }
+    /// What the stack tables hold and have evicted (`--max-stacks`).
+    fn stack_stats(&self) -> StackStats;
 
     /// Waits for the mode's own reason to act.
     fn wakeup(&mut self) -> impl Future<Output = Self::Wakeup>;
@@ -437,9 +439,12 @@ impl Driver<'_> {
     }
 
     fn totals<M: Mode>(&self, mode: &M, now: &Now) -> Totals {
+        let stacks = mode.stack_stats();
         Totals {
             unwind_tables: self.tables.as_ref().map(TableLoader::stats),
             probe_checks: mode.probe_checks(),
+            stacks: stacks.stacks,
+            evicted_stacks: stacks.evicted,
             ..Totals::new(mode.totals(), now.lost_events)
         }
     }

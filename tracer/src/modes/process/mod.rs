@@ -42,7 +42,7 @@ use crate::{
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     target::Target,
 };
@@ -108,7 +108,7 @@ impl ProcessMode {
             armed,
             sites_after_exec,
             probes,
-            maps,
+            mut maps,
             exit,
             signals,
             unwinder,
@@ -170,7 +170,8 @@ impl ProcessMode {
             + gate
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
-        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
+        let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
+        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new(), stack_budget);
         if config.memory.mapped() {
             tracee.trace_mapped(budget, program_break);
         }
@@ -250,6 +251,14 @@ impl Mode for ProcessMode {
 
     fn after_drain(&mut self) {
         self.forks.clean_up();
+        let excess = self.tracee.stacks.budget().excess();
+        if excess > 0 {
+            self.tracee.evict_stacks(excess);
+        }
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.tracee.stacks.budget().stats()
     }
 
     fn note_loss(&mut self, at_ns: u64) {
