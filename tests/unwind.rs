@@ -6,6 +6,7 @@
 //! file:line.
 
 use std::path::Path;
+use std::process::Command;
 
 use integration_tests::*;
 use serde_json::Value;
@@ -77,17 +78,7 @@ fn assert_deep_chains_whole(report: &Value) {
 /// Runs `bin` (ready/go/done protocol) under `alloctrace <args>` and returns
 /// the ready line and the final report.
 fn trace(bin: &Path, args: &[&str]) -> (String, Value) {
-    let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
-    let mut w = Workload::spawn_bin(bin, &[]);
-    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    all.extend(["--report".as_ref(), report_path.as_os_str()]);
-    let tracer = Tracer::spawn(w.pid, &all, None);
-    w.run();
-    std::thread::sleep(SETTLE);
-    let ready = tracer.ready_line.clone();
-    tracer.stop(libc::SIGINT).assert_success();
-    (ready, read_json(&report_path))
+    trace_command(Command::new(bin), args)
 }
 
 fn stacks_with_leaf<'a>(report: &'a Value, leaf: &str) -> Vec<&'a Value> {
@@ -284,23 +275,8 @@ fn library_loaded_after_attaching_is_unwound_through_its_chain() {
 #[test]
 fn kernel_and_stack_copy_unwinders_agree_frame_for_frame() {
     require_root();
-    let stacks_of = |unwind: &str| {
-        let (_, report) = trace(&deep_nofp_bin(), &["--unwind", unwind]);
-        let mut stacks: Vec<(Vec<String>, u64)> = all_stacks(&report)
-            .into_iter()
-            .map(|stack| {
-                let frames = frames(stack)
-                    .iter()
-                    .map(|frame| format!("{}:{}", frame["function"], frame["line"]))
-                    .collect();
-                (frames, as_u64(stack, "bytes"))
-            })
-            .collect();
-        stacks.sort();
-        stacks
-    };
-    let kernel = stacks_of("dwarf");
-    let copied = stacks_of("stack-copy");
+    let kernel = unwound_stacks(Command::new(deep_nofp_bin()), "dwarf");
+    let copied = unwound_stacks(Command::new(deep_nofp_bin()), "stack-copy");
     assert!(kernel.len() >= DEEP_SITES.len(), "{kernel:?}");
     assert_eq!(kernel, copied);
 }

@@ -4,9 +4,10 @@
 //!
 //! Per frame: find the executable mapping holding the pc (binary search in
 //! the process's sorted list), then the table row for `pc - 1 - bias`
-//! (binary search in the file's run of [`UNWIND_ROWS`]: every pc here is a
-//! return address, and the call it follows may be a function's last
-//! instruction), then apply the row: CFA from rsp or rbp plus an offset, the
+//! (every pc here is a return address, and the call it follows may be a
+//! function's last instruction: the file's bucket index names where to
+//! start, then a five-step binary search in its run of [`UNWIND_ROWS`]),
+//! then apply the row: CFA from rsp or rbp plus an offset, the
 //! return address at CFA - 8, rbp restored from CFA + 8n or unchanged.
 //! Code no row covers (JIT code in anonymous memory, PLT stubs, rules the
 //! table cannot express) is stepped through its frame pointer, as the
@@ -36,8 +37,8 @@ use aya_ebpf::{
 use tracer_ebpf::{
     MAX_INLINE_FRAMES,
     dwarf::{
-        DEFAULT_MAPPING_SLOTS, DEFAULT_UNWIND_ROWS, MAPPING_SEARCH_STEPS, MAX_UNWIND_PROCESSES,
-        ProcessMapping, ProcessTable, ROW_SEARCH_STEPS, UnwindRow, kind,
+        BUCKET_SEARCH_STEPS, DEFAULT_MAPPING_SLOTS, DEFAULT_UNWIND_ROWS, MAPPING_SEARCH_STEPS,
+        MAX_BUCKET_ROWS, MAX_UNWIND_PROCESSES, ProcessMapping, ProcessTable, UnwindRow, kind,
     },
 };
 
@@ -187,15 +188,26 @@ fn find_mapping(process: ProcessTable, pc: u64) -> Option<ProcessMapping> {
 }
 
 /// The table row covering return address `pc` in `mapping`, if its file has
-/// a table and one of its rows starts at or before `pc - 1`.
+/// a table and one of its rows starts at or before `pc - 1`: its bucket
+/// names the first candidate row, and the row is among the
+/// [`MAX_BUCKET_ROWS`] from there (see `ProcessMapping`).
 #[inline(always)]
 fn find_row(mapping: ProcessMapping, pc: u64) -> Option<UnwindRow> {
     let address = pc.wrapping_sub(1).wrapping_sub(mapping.bias);
     let address = u32::try_from(address).ok()?;
+    if mapping.row_count == 0 || address < mapping.index_base {
+        return None;
+    }
+    let bucket = ((address - mapping.index_base) >> mapping.bucket_shift)
+        .min(mapping.bucket_count.saturating_sub(1));
+    let slot = UNWIND_ROWS.get_ptr(mapping.first_bucket + bucket / 2)?;
+    // SAFETY: a slot of the rows map, 8 bytes, holding two bucket entries.
+    let pair = unsafe { *slot.cast::<u64>() };
+    let first = (pair >> ((bucket & 1) * 32)) as u32;
     let index = last_at_or_before(
-        mapping.first_row,
-        mapping.row_count,
-        ROW_SEARCH_STEPS,
+        mapping.first_row + first,
+        MAX_BUCKET_ROWS.min(mapping.row_count.checked_sub(first)?),
+        BUCKET_SEARCH_STEPS,
         |index| Some(UNWIND_ROWS.get(index)?.pc <= address),
     )?;
     let row = *UNWIND_ROWS.get(index)?;

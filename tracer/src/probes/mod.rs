@@ -8,6 +8,7 @@
 //! first so they outlive the probes for a final drain.
 
 pub mod guardian;
+mod kmem;
 mod multi;
 mod perf_link;
 
@@ -67,6 +68,7 @@ const MAPPED_PROGRAMS: &[(&str, &str)] = &[
     ("munmap_exit", "sys_exit_munmap"),
     ("mremap_exit", "sys_exit_mremap"),
     ("mprotect_exit", "sys_exit_mprotect"),
+    ("brk_exit", "sys_exit_brk"),
 ];
 
 /// What the in-kernel filter of host-wide mode rejects, set at load time.
@@ -277,8 +279,9 @@ impl Probes {
                     program.load(tracepoint, &btf)
                 }
                 Program::TracePoint(program) => {
-                    // Not fatal here: only mapped-memory tracing needs it,
-                    // and `attach_mapped` says so when it is missing.
+                    // Not fatal here: only mapped-memory tracing and
+                    // `--kernel` need them, and `attach_mapped` and
+                    // `attach_kernel` say so when one is missing.
                     if let Err(error) = program.load() {
                         log::debug!("loading {name}: {error}");
                     }
@@ -328,9 +331,16 @@ impl Probes {
         );
         // Before the first uprobe, so no event of a new image can precede
         // the marker that tells it apart, and no fork goes unseen.
-        self.attach_tracepoint(EXEC_PROGRAM)?;
+        self.attach_exec_marker()?;
         self.attach_tracepoint(FORK_PROGRAM)?;
         self.attach_uprobes(plan, libc, scope, programs)
+    }
+
+    /// Attaches the marker of the target's `execve` alone: what
+    /// `--trace-memory mapped` needs besides the mapped-memory programs (no
+    /// uprobe, so no breakpoint a fork would inherit).
+    pub fn attach_exec_marker(&mut self) -> anyhow::Result<()> {
+        self.attach_tracepoint(EXEC_PROGRAM)
     }
 
     /// Host-wide mode: attaches the exec and exit markers of every process
@@ -354,7 +364,7 @@ impl Probes {
         self.attach_uprobes(plan, library, UProbeScope::AllProcesses, programs)
     }
 
-    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`,
+    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`, `brk`,
     /// `mprotect` of the traced processes).
     pub fn attach_mapped(&mut self) -> anyhow::Result<()> {
         for (name, tracepoint) in MAPPED_PROGRAMS {

@@ -99,6 +99,12 @@ pub struct HostCounts {
     /// Of those, the ones not in `processes` (nothing outstanding, or
     /// beyond the number of exited processes kept).
     pub exited_processes_omitted: u64,
+    /// Committed mapped memory of the live processes, when it is traced
+    /// (`--trace-memory both` or `mapped`): bytes and pieces of mappings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_outstanding_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_outstanding_count: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -173,7 +179,7 @@ impl Totals {
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StackReport {
-    /// What the bytes are: heap blocks or mapped memory.
+    /// What the bytes are: heap blocks, mapped memory or kernel memory.
     pub kind: StackKind,
     pub bytes: u64,
     pub count: u64,
@@ -196,6 +202,9 @@ pub enum StackKind {
     Heap,
     /// Anonymous private mappings made outside the allocator.
     Mmap,
+    /// The kernel's own allocations (`--kernel`): slab objects, pages and
+    /// per-CPU blocks, by kernel stack.
+    Kernel,
 }
 
 /// A stack suspected of leaking, with the evidence.
@@ -374,6 +383,7 @@ pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
                 file: None,
                 line: None,
                 inlined: false,
+                offset: None,
             })
             .collect(),
     }

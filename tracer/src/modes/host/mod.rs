@@ -11,6 +11,11 @@
 //! `execve` ends a process's ledger and starts a new one. The ticks rank
 //! processes by growth ([`summary`]) and the final outputs cover every
 //! process, exited ones included ([`outputs`]).
+//!
+//! With `--trace-memory both` (or `mapped`) the mapped-memory programs run
+//! for every process the filter lets through, and each process's mappings
+//! and break get their own ledger beside its heap blocks (see
+//! [`processes`]). With `mapped` alone, no allocator library is probed.
 
 mod libraries;
 mod outputs;
@@ -30,6 +35,7 @@ use self::{
 };
 use crate::{
     armed::{HostWatch, ProbeChecks, ProbeSites},
+    cli::MemoryKinds,
     config::{Common, HostConfig},
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
     events::{Arrived, Carried},
@@ -93,6 +99,11 @@ impl HostMode {
             load_running_processes(tables, &config, own_pid);
         }
         probes.attach_process_markers()?;
+        // Before the uprobes, as in one-process mode: a mapping made inside
+        // an allocator call is told apart by the call in flight.
+        if config.memory.mapped() {
+            probes.attach_mapped()?;
+        }
         let programs = if common.floor {
             Programs::Floor
         } else {
@@ -100,25 +111,39 @@ impl HostMode {
         };
         let mut libraries = Libraries::new(config.filters.clone(), own_pid);
         let mut probed = Probed::default();
-        for library in libraries.scan() {
-            probed.attach(&mut probes, &library, programs);
-        }
-        if probed.libraries == 0 {
-            bail!("no process maps a C library or known allocator that could be probed");
+        if config.memory.heap() {
+            for library in libraries.scan() {
+                probed.attach(&mut probes, &library, programs);
+            }
+            if probed.libraries == 0 {
+                bail!("no process maps a C library or known allocator that could be probed");
+            }
         }
         let unwinding = match config.unwind {
             UnwindMode::Auto => "DWARF unwinding where frame pointers are missing",
             UnwindMode::Dwarf => "DWARF unwinding",
             UnwindMode::Fp | UnwindMode::StackCopy => "frame-pointer unwinding",
         };
-        eprintln!(
-            "alloctrace: tracing all processes ({} allocator libraries, {} functions, {unwinding})",
-            probed.libraries, probed.functions
-        );
+        let what = match config.memory {
+            MemoryKinds::Heap => format!(
+                "{} allocator libraries, {} functions",
+                probed.libraries, probed.functions
+            ),
+            MemoryKinds::Both => format!(
+                "{} allocator libraries, {} functions, mapped memory",
+                probed.libraries, probed.functions
+            ),
+            MemoryKinds::Mapped => "mapped memory only".to_owned(),
+        };
+        eprintln!("alloctrace: tracing all processes ({what}, {unwinding})");
         let started = Instant::now();
         let mode = Self {
             common: common.clone(),
-            processes: Processes::new(SharedSymbols::new(), Budget::new(common.max_tracked)),
+            processes: Processes::new(
+                SharedSymbols::new(),
+                Budget::new(common.max_tracked),
+                config.memory,
+            ),
             libraries,
             probed,
             programs,
@@ -231,7 +256,11 @@ impl Mode for HostMode {
 
     fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, now: &Now) -> Option<Stop> {
         match event.kind() {
-            Some(EventKind::Exec) => self.libraries.exec_seen(event.pid),
+            // Only heap tracing probes the libraries a new program maps.
+            Some(EventKind::Exec) if self.config.memory.heap() => {
+                self.libraries.exec_seen(event.pid)
+            }
+            Some(EventKind::Exec) => {}
             Some(EventKind::ProcessExit) => {}
             _ => self.events += 1,
         }
@@ -261,6 +290,9 @@ impl Mode for HostMode {
         probes: &mut Probes,
         _now: &Now,
     ) -> anyhow::Result<Option<Stop>> {
+        if !self.config.memory.heap() {
+            return Ok(None);
+        }
         for library in self.libraries.scan() {
             self.probed.attach(probes, &library, self.programs);
         }

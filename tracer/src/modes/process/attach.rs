@@ -125,10 +125,16 @@ impl Attachment {
             }
             (None, _) => false,
         };
-        probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+        if config.memory.heap() {
+            probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+        } else {
+            probes.attach_exec_marker()?;
+        }
         // A launched command is held before its exec: its probes are armed
         // when its new image maps the library, after the ready line.
-        let (armed, sites_after_exec) = if launched.is_none() {
+        let (armed, sites_after_exec) = if !config.memory.heap() {
+            (None, None)
+        } else if launched.is_none() {
             if !target.is_alive() {
                 bail!("pid {} exited while alloctrace was attaching", target.pid);
             }

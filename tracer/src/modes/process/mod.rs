@@ -32,6 +32,7 @@ use self::{
 use crate::{
     analysis::LeakGate,
     armed::{ArmedWatch, ProbeChecks, ProbeSites},
+    cli::MemoryKinds,
     config::{Common, ProcessConfig, ProcessTarget},
     container::{self, Container},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
@@ -113,17 +114,29 @@ impl ProcessMode {
             tables,
             dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
+        let what = if config.memory.heap() {
+            format!(
+                "{} {}{}, {} functions",
+                target.allocator.kind.describe(),
+                target.allocator.path.display(),
+                if target.allocator.deleted {
+                    " (deleted on disk)"
+                } else {
+                    ""
+                },
+                plan.function_count,
+            )
+        } else {
+            "mapped memory only".to_owned()
+        };
         eprintln!(
-            "alloctrace: tracing pid {} ({} {}{}, {} functions, {} unwinding{})",
+            "alloctrace: tracing pid {} ({what}{}, {} unwinding{})",
             target.pid,
-            target.allocator.kind.describe(),
-            target.allocator.path.display(),
-            if target.allocator.deleted {
-                " (deleted on disk)"
+            if config.memory == MemoryKinds::Both {
+                ", mapped memory"
             } else {
                 ""
             },
-            plan.function_count,
             if dwarf { "DWARF" } else { "frame-pointer" },
             match &config.sampling {
                 Some(sampling) => format!(", sampling 1 per {} B", sampling.rate()),
@@ -142,7 +155,8 @@ impl ProcessMode {
             launched.release()?;
         }
         let started = Instant::now();
-        let ledger = Ledger::new(Budget::new(common.max_tracked), config.sampling.clone());
+        let budget = Budget::new(common.max_tracked);
+        let ledger = Ledger::new(budget.clone(), config.sampling.clone());
         let gate = config
             .gate
             .map(|gate| LeakGate::new(gate.threshold_bytes, gate.after));
@@ -152,7 +166,7 @@ impl ProcessMode {
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
         let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
         if config.memory.mapped() {
-            tracee.mapped = Some(MappedLedger::new());
+            tracee.trace_mapped(budget, launched.is_none());
         }
         let mode = Self {
             container: container::of_process(target.pid),
@@ -285,11 +299,7 @@ impl Mode for ProcessMode {
         }
         let view = self.tracee.view(now.now_ns);
         self.tracee.record(now.elapsed_s, &view);
-        let mut top = self.tracee.largest(&view, self.common.top);
-        // Mapped memory ranks among the heap's stacks, marked `[mmap]`.
-        top.extend(self.tracee.mapped_stacks(now.now_ns));
-        top.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
-        top.truncate(self.common.top);
+        let top = self.tracee.largest_of_both(&view, self.common.top);
         let suspects = self.tracee.suspects(&view, self.common.top);
         self.publish_metrics(totals, &view, &suspects);
         let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
@@ -325,11 +335,7 @@ impl Mode for ProcessMode {
                 totals,
                 mapped: self.tracee.mapped.as_ref().map(MappedLedger::totals),
                 age_bytes: view.total_ages(),
-                stacks: [
-                    self.tracee.largest(&view, usize::MAX),
-                    self.tracee.mapped_stacks(now.now_ns),
-                ]
-                .concat(),
+                stacks: self.tracee.all_stacks(&view),
                 timeline: Some(self.tracee.timeline(&ranked)),
                 growth_bytes_per_s: None,
             }],
