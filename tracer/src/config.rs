@@ -155,10 +155,7 @@ pub struct GateSettings {
 /// be unwound with them. A busy host maps more distinct files than one
 /// process does (see the README's host-wide memory figures).
 fn unwind_table_rows(args: &TraceArgs) -> u32 {
-    if args.kernel
-        || matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy)
-        || (args.host.all && args.unwind == UnwindMode::Auto)
-    {
+    if args.kernel || matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy) {
         return 0;
     }
     let default = if args.host.all { 64 << 20 } else { 16 << 20 };
@@ -280,14 +277,7 @@ impl HostConfig {
             check_writable(&dir.join("process.svg"))?;
         }
         Ok(Self {
-            // Host-wide, tables only when asked for: with every process of a
-            // busy host unwound from tables, compiling them and naming the
-            // deeper stacks slowed the host-wide tests' startup and exit past
-            // their timeouts on the development VM (see issue 14's notes).
-            unwind: match args.unwind {
-                UnwindMode::Auto => UnwindMode::Fp,
-                mode => mode,
-            },
+            unwind: args.unwind,
             filters: HostFilters::new(comm, cgroup.as_deref(), exclude_pid)?,
             flamegraph_dir: flamegraph_dir.clone(),
             metrics_addr: args.watch.metrics_addr,

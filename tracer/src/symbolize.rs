@@ -25,6 +25,7 @@ use std::{
     num::NonZeroU32,
     path::PathBuf,
     rc::Rc,
+    time::{Duration, Instant},
 };
 
 use blazesym::{
@@ -44,6 +45,10 @@ use crate::{
     maps::{self, Backing, Mapping},
     perfmap::PerfMap,
 };
+
+/// Module name of the frame that ends each `--kernel` stack, naming the
+/// task the allocation was made for (see `modes::kernel`).
+pub const TASK_MODULE: &str = "[task]";
 
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
 /// named from the runtime's perf map.
@@ -178,9 +183,18 @@ pub struct ProcessSymbolizer {
     mappings: Vec<Mapping>,
     perf_map: PerfMap,
     target_alive: bool,
+    /// When the memory map was last read (see [`MAPS_REREAD_PERIOD`]).
+    maps_read_at: Instant,
     /// Set for the kernel's own stacks (see [`ProcessSymbolizer::kernel`]).
     kernel: Option<KernelModules>,
 }
+
+/// The memory map is re-read for addresses outside every mapped file at
+/// most this often. Host-wide on a busy VM, stacks ending in an address no
+/// mapping holds (a frame found through a stale frame pointer) arrived by
+/// the thousand, and re-reading `/proc/PID/maps` twice for each was most of
+/// the tracer's time and allocations (perf and heaptrack).
+const MAPS_REREAD_PERIOD: Duration = Duration::from_millis(100);
 
 impl ProcessSymbolizer {
     pub fn new(pid: u32) -> Self {
@@ -196,6 +210,7 @@ impl ProcessSymbolizer {
             mappings: Vec::new(),
             perf_map: PerfMap::default(),
             target_alive: true,
+            maps_read_at: Instant::now(),
             kernel: None,
         };
         this.refresh_maps();
@@ -211,6 +226,7 @@ impl ProcessSymbolizer {
             mappings: Vec::new(),
             perf_map: PerfMap::default(),
             target_alive: true,
+            maps_read_at: Instant::now(),
             kernel: Some(KernelModules::read()),
         }
     }
@@ -246,6 +262,7 @@ impl ProcessSymbolizer {
             return;
         };
         self.mappings = mappings;
+        self.maps_read_at = Instant::now();
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
             ..cache::Process::new(Pid::Pid(pid))
@@ -354,10 +371,18 @@ impl ProcessSymbolizer {
                     .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
             });
         if !outside_files.is_empty() && self.target_alive {
-            self.read_maps();
-            let still_unnamed = self.symbolize_once(outside_files);
-            self.perf_map.refresh(self.pid);
-            self.name_from_perf_map(&still_unnamed);
+            if self.maps_read_at.elapsed() < MAPS_REREAD_PERIOD {
+                // Not named now, nor remembered as unnamed: a later stack
+                // with the address tries again.
+                for address in &outside_files {
+                    self.frames.remove(address);
+                }
+            } else {
+                self.read_maps();
+                let still_unnamed = self.symbolize_once(outside_files);
+                self.perf_map.refresh(self.pid);
+                self.name_from_perf_map(&still_unnamed);
+            }
         }
         self.symbolize_in_files(&unnamed_in_files);
     }

@@ -12,7 +12,8 @@
 //! mmap+munmap mode measures what mapped-memory tracing costs per pair:
 //! untraced, traced (`--trace-memory both`), and untraced while another
 //! process is traced so (the system-call tracepoints are on for every
-//! process). Timings move
+//! process). A kernel workload runs with and without `--kernel`
+//! (`bench_kernel`). Timings move
 //! by ±20% from run to run, so the setups are run in rotation for several
 //! rounds and medians are reported. The table goes to stdout; the raw numbers
 //! to target/bench/results.json.
@@ -27,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{bench_tracer, build, util};
+use crate::{bench_kernel, bench_tracer, build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -218,6 +219,7 @@ pub fn run(args: &Args) -> Result<()> {
         seconds: args.seconds,
     };
     let results = run_rounds(&bench, &setups, args.rounds)?;
+    let kernel = bench_kernel::measure(&bench.tracer, &bench.out, args.rounds, args.seconds)?;
     let memory = match args.tracked {
         0 => None,
         count => Some(bench_tracer::measure(&bench.tracer, &bench.out, count)?),
@@ -228,6 +230,7 @@ pub fn run(args: &Args) -> Result<()> {
         summary["memory"] = memory.to_json();
     }
     summary["aggregator_events_per_s"] = json!(aggregator);
+    summary["kernel"] = kernel.to_json();
     let json_path = bench.out.join("results.json");
     let text = serde_json::to_string_pretty(&summary).context("serializing results")?;
     std::fs::write(&json_path, text + "\n")
@@ -242,6 +245,7 @@ pub fn run(args: &Args) -> Result<()> {
     if let Some(memory) = &memory {
         memory.print();
     }
+    kernel.print();
     println!();
     println!("results: {}", json_path.display());
     Ok(())

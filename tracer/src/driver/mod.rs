@@ -44,7 +44,10 @@ use crate::{
         write_flamegraph_lines,
     },
     stacks::StackId,
-    unwind::{self, StackUnwinder, UnwindMode, tables::TableLoader},
+    unwind::{
+        self, StackUnwinder, UnwindMode,
+        tables::{TableLoader, TableStats},
+    },
 };
 
 /// How often the programs' log records are forwarded (`--verbose`). Events
@@ -201,7 +204,13 @@ pub fn table_loader(
     let (Some(policy), Some(unwind)) = (unwind::table_policy(mode), maps.unwind.take()) else {
         return Ok(None);
     };
-    TableLoader::spawn(unwind.rows, unwind.mappings, unwind.processes, policy).map(Some)
+    let maps = [
+        unwind.rows,
+        unwind.mappings,
+        unwind.processes,
+        unwind.generation,
+    ];
+    TableLoader::spawn(maps, policy).map(Some)
 }
 
 /// Runs `mode` from its ready line until stopped, then ends the run.
@@ -229,6 +238,7 @@ pub async fn run<M: Mode>(
         lost_seen: 0,
         warned_dropping: false,
         tables,
+        tables_logged: None,
     };
     let stop = driver
         .trace_until_stopped(&mut mode, &mut probes, &mut signals)
@@ -285,6 +295,8 @@ struct Driver<'a> {
     lost_seen: u64,
     warned_dropping: bool,
     tables: Option<TableLoader>,
+    /// The table statistics last logged.
+    tables_logged: Option<TableStats>,
 }
 
 impl Driver<'_> {
@@ -311,6 +323,14 @@ impl Driver<'_> {
                     if let Some(stop) = self.drain(mode) {
                         return Ok(stop);
                     }
+                    if self.common.duration.is_some_and(|d| self.started.elapsed() >= d) {
+                        return Ok(Stop::Duration);
+                    }
+                    // With batches always waiting (a backlog), the loop
+                    // would not let the runtime turn its timer and signal
+                    // drivers: host-wide on a saturated VM, `--duration` and
+                    // the ticks were heard tens of seconds late.
+                    tokio::task::yield_now().await;
                 }
                 _ = summary_timer.tick() => {
                     if let Some(stop) = self.drain(mode) {
@@ -427,10 +447,20 @@ impl Driver<'_> {
     fn print_tick<M: Mode>(&mut self, mode: &mut M) {
         let now = self.now();
         let totals = self.totals(mode, &now);
+        self.log_table_changes(totals.unwind_tables);
         let tick = mode.tick(&now, totals, &mut self.summaries);
         match self.common.log_format {
             LogFormat::Human => print!("{}", tick.to_human()),
             LogFormat::Json => println!("{}", tick.to_json_line()),
+        }
+    }
+
+    /// `--verbose`: the in-kernel unwinder's tables at each tick where they
+    /// changed (host-wide, processes keep coming and going).
+    fn log_table_changes(&mut self, stats: Option<TableStats>) {
+        if stats.is_some() && stats != self.tables_logged {
+            self.tables_logged = stats;
+            stats.iter().for_each(TableStats::log);
         }
     }
 

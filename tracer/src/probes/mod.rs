@@ -151,6 +151,7 @@ pub struct UnwindMaps {
     pub rows: aya::maps::Map,
     pub mappings: aya::maps::Map,
     pub processes: aya::maps::Map,
+    pub generation: aya::maps::Map,
 }
 
 /// Maps userspace reads, detached from the programs' lifetime.
@@ -306,6 +307,7 @@ impl Probes {
                 rows: take_map(&mut ebpf, dwarf::UNWIND_ROWS_MAP)?,
                 mappings: take_map(&mut ebpf, dwarf::UNWIND_MAPPINGS_MAP)?,
                 processes: take_map(&mut ebpf, dwarf::UNWIND_PROCESSES_MAP)?,
+                generation: take_map(&mut ebpf, dwarf::UNWIND_GENERATION_MAP)?,
             }),
         };
         let probes = Self {

@@ -187,13 +187,22 @@ fn load_running_processes(tables: &mut TableLoader, config: &HostConfig, own_pid
         .collect();
     pids.sort_unstable_by(|a, b| b.cmp(a));
     let started = Instant::now();
-    for pid in pids {
+    let mut loaded_now = 0;
+    for &pid in &pids {
         if started.elapsed() < STARTUP_TABLE_BUDGET {
             tables.load_process(pid);
+            loaded_now += 1;
         } else {
             tables.load_process_in_background(pid);
         }
     }
+    log::debug!(
+        "unwind tables of {loaded_now} of {} running processes loaded in {:.1}s, the others in \
+         the background",
+        pids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    tables.stats().log();
 }
 
 /// The libraries probed so far.

@@ -30,7 +30,7 @@ use crate::{
     driver::{Now, Tracee},
     events::Arrived,
     ledger::{self, Budget, Ledger},
-    maps::Backing,
+    maps::{Backing, program_break},
     metrics::{ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
     stacks::StackId,
@@ -392,7 +392,8 @@ impl Processes {
             // call (the loader's `brk(NULL)`) tells where its break starts.
             let name = names.remove(&pid);
             if memory.mapped() {
-                tracee.trace_mapped(budget.clone(), name.is_none());
+                let program_break = name.is_none().then(|| program_break(pid)).flatten();
+                tracee.trace_mapped(budget.clone(), program_break);
             }
             Process::start(pid, name, tracee)
         })

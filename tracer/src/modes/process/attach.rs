@@ -132,6 +132,7 @@ impl Attachment {
         }
         // A launched command is held before its exec: its probes are armed
         // when its new image maps the library, after the ready line.
+        // Without heap probes (`--trace-memory mapped`) there is nothing to arm.
         let (armed, sites_after_exec) = if !config.memory.heap() {
             (None, None)
         } else if launched.is_none() {

@@ -38,7 +38,7 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger, mapped::MappedLedger},
-    memory_limit,
+    maps, memory_limit,
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
@@ -115,6 +115,11 @@ impl ProcessMode {
             tables,
             dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
+        // Before the ready line: once it is out, the target may move its
+        // break, and that move must be counted from where it was.
+        let program_break = (config.memory.mapped() && launched.is_none())
+            .then(|| maps::program_break(target.pid))
+            .flatten();
         let what = if config.memory.heap() {
             format!(
                 "{} {}{}, {} functions",
@@ -167,7 +172,7 @@ impl ProcessMode {
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
         let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
         if config.memory.mapped() {
-            tracee.trace_mapped(budget, launched.is_none());
+            tracee.trace_mapped(budget, program_break);
         }
         let mode = Self {
             container: container::of_process(target.pid),

@@ -28,7 +28,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array as BpfArray, HashMap as BpfHashMap, Map, MapData};
 use memmap2::{MmapMut, MmapOptions};
 use object::Object as _;
 use serde::Serialize;
@@ -127,7 +127,13 @@ pub struct KernelTables {
     policy: Policy,
     rows: MappedArray<UnwindRow>,
     mappings: MappedArray<ProcessMapping>,
-    processes: BpfHashMap<MapData, u32, [u32; 2]>,
+    /// `tgid -> tracer_ebpf::dwarf::ProcessTable`, as its three fields.
+    processes: BpfHashMap<MapData, u32, [u32; 3]>,
+    /// The last generation given to a process's list (see
+    /// `tracer_ebpf::dwarf::ProcessTable::generation`), published in
+    /// `generation_map` after every change to `processes`.
+    generation: u32,
+    generation_map: BpfArray<MapData, u32>,
     files: HashMap<FileKey, FileTable>,
     live: HashMap<u32, ProcessState>,
     /// Whether each executable keeps frame pointers, by file (`auto`).
@@ -139,11 +145,13 @@ pub struct KernelTables {
 
 impl KernelTables {
     /// Takes over the kernel unwinder's maps (`tracer_ebpf::dwarf`): rows,
-    /// mappings and processes.
-    pub fn new(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
+    /// mappings, processes and generation.
+    pub fn new(maps: [Map; 4], policy: Policy) -> anyhow::Result<Self> {
+        let [rows, mappings, processes, generation] = maps;
         let rows = MappedArray::new(rows, "rows")?;
         let mappings = MappedArray::new(mappings, "mappings")?;
         let processes = BpfHashMap::try_from(processes)?;
+        let generation_map = BpfArray::try_from(generation)?;
         let stats = TableStats {
             kernel_cap_bytes: rows.capacity as u64 * size_of::<UnwindRow>() as u64,
             ..TableStats::default()
@@ -156,6 +164,8 @@ impl KernelTables {
             files: HashMap::new(),
             live: HashMap::new(),
             frame_pointers: HashMap::new(),
+            generation: 0,
+            generation_map,
             stats,
             tick: 0,
             warned_cap: false,
@@ -213,11 +223,14 @@ impl KernelTables {
             return false;
         };
         self.mappings.write(first, &list);
-        if let Err(error) = self.processes.insert(pid, [first, list.len() as u32], 0) {
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
+        let entry = [first, list.len() as u32, self.generation];
+        if let Err(error) = self.processes.insert(pid, entry, 0) {
             log::debug!("unwind tables of pid {pid}: {error}");
             self.mappings.free(first, list.len().max(1) as u32);
             return false;
         }
+        self.publish_generation();
         for key in &files {
             if let Some(FileTable::Loaded { users, .. }) = self.files.get_mut(key) {
                 *users += 1;
@@ -238,11 +251,24 @@ impl KernelTables {
     /// Process `pid` is gone (or no longer traced): its list is dropped, and
     /// its files' tables become evictable once no process uses them.
     pub fn forget_process(&mut self, pid: u32) {
-        let _ = self.processes.remove(&pid);
+        if self.processes.remove(&pid).is_ok() {
+            self.generation = self.generation.checked_add(1).unwrap_or(1);
+            self.publish_generation();
+        }
         if let Some(old) = self.live.remove(&pid) {
             self.release(old);
         }
         self.update_stats();
+    }
+
+    /// Tells the probes that `processes` changed: each CPU's copy of the
+    /// last process's entry is looked up again (before a process's old list
+    /// is freed: a walk that began before still reads it, as it would
+    /// without the copy).
+    fn publish_generation(&mut self) {
+        if let Err(error) = self.generation_map.set(0, self.generation, 0) {
+            log::debug!("unwind generation: {error}");
+        }
     }
 
     pub fn is_loaded(&self, pid: u32) -> bool {
@@ -394,12 +420,14 @@ impl KernelTables {
     }
 
     /// Rows for a new table, evicting tables no process uses (least
-    /// recently used first) until they fit.
+    /// recently used first) until they fit. Tables of the list being built
+    /// have no users yet but are not evictable: the list points at them.
     fn allocate_rows(&mut self, count: u32) -> Option<u32> {
         loop {
             if let Some(first) = self.rows.allocate(count) {
                 return Some(first);
             }
+            let tick = self.tick;
             let victim = self
                 .files
                 .iter()
@@ -408,7 +436,7 @@ impl KernelTables {
                         users: 0,
                         last_used,
                         ..
-                    } => Some((*last_used, *key)),
+                    } if *last_used < tick => Some((*last_used, *key)),
                     _ => None,
                 })
                 .min()?
@@ -632,6 +660,8 @@ struct Worker {
     refreshed: HashMap<u32, Instant>,
     /// Background loads not done yet, oldest first.
     background: VecDeque<u32>,
+    /// When the first of the background loads pending was asked for.
+    background_since: Option<Instant>,
 }
 
 impl Worker {
@@ -655,9 +685,28 @@ impl Worker {
                 }
             };
             match request {
-                Request::Background(pid) => self.background.push_back(pid),
+                Request::Background(pid) => self.queue_background(pid),
                 request => return Some(request),
             }
+        }
+    }
+
+    fn queue_background(&mut self, pid: u32) {
+        self.background_since.get_or_insert_with(Instant::now);
+        self.background.push_back(pid);
+    }
+
+    /// `--verbose`: once the background loads are done, how long they took
+    /// and what the tables hold then.
+    fn log_background_done(&mut self) {
+        if self.background.is_empty()
+            && let Some(since) = self.background_since.take()
+        {
+            log::debug!(
+                "unwind tables of the processes found running: done in the background after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+            self.tables.stats().log();
         }
     }
 
@@ -669,7 +718,7 @@ impl Worker {
                     let _ = done.send(loaded);
                 }
             }
-            Request::Background(pid) => self.background.push_back(pid),
+            Request::Background(pid) => self.queue_background(pid),
             Request::Refresh(pid) => {
                 let now = Instant::now();
                 let recent = self
@@ -706,8 +755,8 @@ const REFRESH_PERIOD: Duration = Duration::from_millis(20);
 impl TableLoader {
     /// Starts the loader over the kernel unwinder's maps (see
     /// [`KernelTables::new`]).
-    pub fn spawn(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
-        let tables = KernelTables::new(rows, mappings, processes, policy)?;
+    pub fn spawn(maps: [Map; 4], policy: Policy) -> anyhow::Result<Self> {
+        let tables = KernelTables::new(maps, policy)?;
         let (requests, receiver) = mpsc::channel();
         let stats = Arc::new(Mutex::new(tables.stats()));
         let shared = Arc::clone(&stats);
@@ -718,9 +767,11 @@ impl TableLoader {
                     tables,
                     refreshed: HashMap::new(),
                     background: VecDeque::new(),
+                    background_since: None,
                 };
                 while let Some(request) = worker.next(&receiver) {
                     worker.handle(request);
+                    worker.log_background_done();
                     *shared.lock().unwrap_or_else(|e| e.into_inner()) = worker.tables.stats();
                 }
             })
