@@ -413,8 +413,8 @@ impl Driver<'_> {
         if !self.warned_dropping && mode.totals().dropped_allocations > 0 {
             self.warned_dropping = true;
             eprintln!(
-                "alloctrace: tracking {} allocations (--max-tracked): newer ones are dropped and \
-                 counted as dropped_allocations",
+                "alloctrace: tracking budget spent (--max-tracked {}, or less under a memory \
+                 limit): newer allocations are dropped and counted as dropped_allocations",
                 self.common.max_tracked
             );
         }

@@ -42,6 +42,7 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
     events::{Arrived, Carried},
     ledger::{self, Budget},
+    memory_limit,
     metrics::{Metrics, MetricsSnapshot},
     placement::Plan,
     probes::{Probes, Programs},
@@ -143,7 +144,7 @@ impl HostMode {
             common: common.clone(),
             processes: Processes::new(
                 SharedSymbols::new(),
-                Budget::new(common.max_tracked),
+                Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked)),
                 config.memory,
                 StackBudget::new(common.max_stacks, maps.known_stacks.take()),
             ),

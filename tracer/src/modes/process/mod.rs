@@ -38,7 +38,7 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger, mapped::MappedLedger},
-    maps,
+    maps, memory_limit,
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
@@ -161,7 +161,7 @@ impl ProcessMode {
             launched.release()?;
         }
         let started = Instant::now();
-        let budget = Budget::new(common.max_tracked);
+        let budget = Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked));
         let ledger = Ledger::new(budget.clone(), config.sampling.clone());
         let gate = config
             .gate
