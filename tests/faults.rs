@@ -10,8 +10,16 @@ use std::{fs, path::Path, process::Command, sync::Mutex, time::Duration};
 
 use integration_tests::{faults::*, production::*, *};
 
-/// Host-wide tracers would trace each other: one at a time.
+/// Host-wide tracers would trace each other, and probe every other test's
+/// private libc: they run one at a time, and apart from the tests that
+/// look at a target's code bytes.
 static ONE_HOST_WIDE_TRACER: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    ONE_HOST_WIDE_TRACER
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 #[test]
 fn a_target_stopped_and_resumed_is_traced_exactly_afterwards() {
@@ -110,6 +118,7 @@ fn a_busy_target_stopped_inside_its_allocator_calls_loses_and_doubles_nothing() 
 #[test]
 fn a_target_that_execs_ends_tracing_and_keeps_no_probe_in_its_new_program() {
     require_root();
+    let _serial = serial();
     let libc = PrivateLibc::new();
     let spinner = spinner_bin();
     // A shell on the private libc that, on `go`, allocates and then
@@ -168,9 +177,7 @@ fn a_target_that_execs_ends_tracing_and_keeps_no_probe_in_its_new_program() {
 #[test]
 fn a_library_replaced_on_disk_while_host_wide_mode_runs_is_probed_in_both_versions() {
     require_root();
-    let _serial = ONE_HOST_WIDE_TRACER
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let _serial = serial();
     let libc = PrivateLibc::new();
     let program = libc.dir.path().join("leaky_swapped");
     fs::copy(leaky_bin(), &program).expect("copy leaky");
@@ -223,6 +230,7 @@ const CHILDREN: &str = "3";
 #[test]
 fn sigkill_in_the_middle_of_the_fork_clean_up_leaves_the_children_runnable() {
     require_root();
+    let _serial = serial();
     let libc = PrivateLibc::new();
     let mut target = libc.spawn(&forkstay_bin(), &[CHILDREN]);
     let mut tracer = tracer_command();
@@ -280,4 +288,95 @@ fn sigkill_in_the_middle_of_the_fork_clean_up_leaves_the_children_runnable() {
             process_state(pid)
         );
     }
+}
+
+/// The probe checks in the report's totals: (checks, missing).
+fn probe_checks(report: &serde_json::Value) -> (u64, u64) {
+    let checks = &report["totals"]["probe_checks"];
+    (as_u64(checks, "checks"), as_u64(checks, "missing"))
+}
+
+#[test]
+fn launch_mode_checks_its_probes_and_counts_one_that_goes_missing() {
+    require_root();
+    let _serial = serial();
+    let libc = PrivateLibc::new();
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut command = tracer_command();
+    command
+        .env("LD_LIBRARY_PATH", libc.dir.path())
+        .stdin(std::process::Stdio::piped())
+        .args([
+            "--interval",
+            "0.2",
+            "--report",
+            report_path.to_str().unwrap(),
+            "--",
+        ])
+        .arg(spinner_bin());
+    let mut child = command.spawn().expect("start alloctrace");
+    let spinner_stdin = child.stdin.take();
+    let tracer = Tracer::adopt(child);
+    let pid: u32 = tracer.ready_line["alloctrace: tracing pid ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Two summaries with every probe in place, then another tool writes
+    // the original code back.
+    std::thread::sleep(Duration::from_millis(600));
+    let restored = restore_code(pid, &libc.path);
+    assert!(restored >= 2, "alloctrace armed {restored} breakpoints");
+    let warning = tracer.wait_stderr(Duration::from_secs(10), |line| {
+        line.contains("lost its breakpoint")
+    });
+    assert!(warning.contains(&format!("in pid {pid}")), "{warning}");
+    drop(spinner_stdin); // The spinner exits, and tracing ends with it.
+    let out = tracer.wait_exit(STOP_TIMEOUT);
+    out.assert_success();
+    let (checks, missing) = probe_checks(&read_json(&report_path));
+    assert!(checks >= 2, "{checks} checks");
+    assert!(
+        missing >= 1 && missing <= restored as u64,
+        "{missing} of {restored}"
+    );
+}
+
+#[test]
+fn host_wide_mode_checks_its_probes_in_a_sample_of_processes() {
+    require_root();
+    let _serial = serial();
+    let libc = PrivateLibc::new();
+    let program = libc.dir.path().join("spin_checked");
+    fs::copy(spinner_bin(), &program).expect("copy the spinner");
+    let spinner = libc.spawn(&program, &[]);
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let tracer = Tracer::spawn_all(&[
+        "--comm",
+        "spin_checked",
+        "--interval",
+        "0.2",
+        "--report",
+        report_path.to_str().unwrap(),
+    ]);
+    std::thread::sleep(Duration::from_millis(600));
+    let restored = restore_code(spinner.pid, &libc.path);
+    assert!(restored >= 2, "alloctrace armed {restored} breakpoints");
+    let warning = tracer.wait_stderr(Duration::from_secs(10), |line| {
+        line.contains("lost its breakpoint")
+    });
+    assert!(
+        warning.contains(&format!("in pid {}", spinner.pid)),
+        "{warning}"
+    );
+    let out = tracer.stop(libc::SIGINT);
+    out.assert_success();
+    // Other processes on the host are sampled too (and may have lost
+    // breakpoints to other tools): at least the spinner's are counted.
+    let (checks, missing) = probe_checks(&read_json(&report_path));
+    assert!(checks >= 2, "{checks} checks");
+    assert!(missing >= 1, "{missing} missing of {restored} restored");
 }

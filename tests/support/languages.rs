@@ -12,14 +12,20 @@ use std::process::Command;
 use serde_json::Value;
 
 use crate::{
-    SETTLE, Tracer, Workload, all_stacks, as_u64, compile_with, frames, read_json, temp_dir,
-    workload_source,
+    SETTLE, Tracer, TracerOutput, Workload, all_stacks, as_u64, compile_with, frames, read_json,
+    temp_dir, workload_source,
 };
 
 /// Runs `command` (a workload of the ready/go/done protocol) under
 /// `alloctrace --pid PID <args>` and returns the ready line and the final
 /// report.
 pub fn trace_command(command: Command, args: &[&str]) -> (String, Value) {
+    let (ready, report, _) = trace_command_with_output(command, args);
+    (ready, report)
+}
+
+/// [`trace_command`], with what the tracer printed.
+pub fn trace_command_with_output(command: Command, args: &[&str]) -> (String, Value, TracerOutput) {
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
     let mut w = Workload::spawn_command(command);
@@ -29,16 +35,23 @@ pub fn trace_command(command: Command, args: &[&str]) -> (String, Value) {
     w.run();
     std::thread::sleep(SETTLE);
     let ready = tracer.ready_line.clone();
-    tracer.stop(libc::SIGINT).assert_success();
-    (ready, read_json(&report_path))
+    let output = tracer.stop(libc::SIGINT);
+    output.assert_success();
+    (ready, read_json(&report_path), output)
 }
 
-/// The stacks of `command`'s run as `--unwind <unwind>` finds them: every
-/// frame's module, name and line, with the stack's bytes; sorted, so two
-/// unwinders' results compare frame for frame.
+/// The stacks of `command`'s run as `--unwind <unwind>` finds them (see
+/// [`frame_lists`]).
 pub fn unwound_stacks(command: Command, unwind: &str) -> Vec<(Vec<String>, u64)> {
     let (_, report) = trace_command(command, &["--unwind", unwind]);
-    let mut stacks: Vec<(Vec<String>, u64)> = all_stacks(&report)
+    frame_lists(&report)
+}
+
+/// Every stack of `report`: each frame's module, name and line, with the
+/// stack's bytes; sorted, so two unwinders' results compare frame for
+/// frame.
+pub fn frame_lists(report: &Value) -> Vec<(Vec<String>, u64)> {
+    let mut stacks: Vec<(Vec<String>, u64)> = all_stacks(report)
         .into_iter()
         .map(|stack| {
             let frames = frames(stack)

@@ -9,6 +9,7 @@
 //!   their sources; [`java`]: compiling the Java ones; [`unwinding`]: the
 //!   in-kernel DWARF unwinding tests' `dlopen` workload and its library;
 //!   [`languages`]: the Rust, C++ and Debian `python3` workloads,
+//! * [`kernel`]: `--kernel` runs and their kernel stacks,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
@@ -39,6 +40,7 @@ pub mod faults;
 pub mod fleet;
 pub mod folded;
 pub mod java;
+pub mod kernel;
 pub mod languages;
 pub mod metrics;
 pub mod pprof;
@@ -55,6 +57,7 @@ pub use environment::*;
 pub use expected::*;
 pub use folded::*;
 pub use java::*;
+pub use kernel::*;
 pub use languages::*;
 pub use metrics::*;
 pub use pprof::read_pprof;

@@ -20,7 +20,7 @@ use std::{
     path::Path,
 };
 
-use super::guardian::Guardian;
+use super::guardian::{Guardian, LinkKind};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, maps::Map};
 use aya_obj::{
@@ -101,7 +101,7 @@ impl MultiPrograms {
             pid,
             returns: loaded.returns,
         };
-        guardian.link(loaded.fd.as_fd(), &target)
+        guardian.link(loaded.fd.as_fd(), &target, LinkKind::UprobeMulti)
     }
 }
 
@@ -225,7 +225,7 @@ fn load_retrying(attr: &ProgLoadAttr) -> io::Result<OwnedFd> {
 /// # Safety
 /// `attr` must be a valid attribute block for `cmd`, and every pointer in it
 /// valid for the kernel to read (or write, for a log buffer) during the call.
-unsafe fn bpf_fd<T>(cmd: i32, attr: &T) -> io::Result<OwnedFd> {
+pub(super) unsafe fn bpf_fd<T>(cmd: i32, attr: &T) -> io::Result<OwnedFd> {
     // SAFETY: per this function's contract.
     let ret = unsafe {
         libc::syscall(
@@ -261,19 +261,21 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
-/// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member.
+/// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member
+/// (zeroed, as the `perf_event` member of `super::perf_link`: no cookie).
 #[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    path: u64,
-    offsets: u64,
-    ref_ctr_offsets: u64,
-    cookies: u64,
-    cnt: u32,
-    multi_flags: u32,
-    pid: u32,
-    _padding: u32,
+#[derive(Default)]
+pub(super) struct LinkCreateAttr {
+    pub prog_fd: u32,
+    pub target_fd: u32,
+    pub attach_type: u32,
+    pub flags: u32,
+    pub path: u64,
+    pub offsets: u64,
+    pub ref_ctr_offsets: u64,
+    pub cookies: u64,
+    pub cnt: u32,
+    pub multi_flags: u32,
+    pub pid: u32,
+    pub _padding: u32,
 }
