@@ -118,6 +118,11 @@ shared_names! {
     EXCLUDED_TGIDS_MAP = "EXCLUDED_TGIDS";
     /// Hash map `[u8; COMM_LEN] -> u8`: the task names `--comm` allows.
     TRACED_COMMS_MAP = "TRACED_COMMS";
+    /// Array of `u64` stack hashes, [`KNOWN_STACK_SLOTS`] long: the stacks
+    /// whose frames were sent (see [`STACK_HASH`]), each at slot
+    /// `hash % KNOWN_STACK_SLOTS`. Userspace zeroes a slot when it forgets
+    /// the stack, so the frames are sent again if the stack recurs.
+    KNOWN_STACKS_MAP = "KNOWN_STACKS";
 
     // Globals: `aya_ebpf::Global`s in the kernel's read-only data, set at
     // load time (`EbpfLoader::override_global`).
@@ -339,6 +344,14 @@ pub const STACK_COPY_CHUNK: u32 = 4096;
 /// kernel's `bpf_get_stackid`) and send a stack's frames only the first time
 /// (or again once their record of it is evicted).
 pub const STACK_HASH: i32 = -4;
+
+/// Slots of [`KNOWN_STACKS_MAP`].
+pub const KNOWN_STACK_SLOTS: u32 = 1 << 16;
+
+/// The slot of [`KNOWN_STACKS_MAP`] that remembers the stack hashed `hash`.
+pub const fn known_stack_slot(hash: u64) -> u32 {
+    hash as u32 % KNOWN_STACK_SLOTS
+}
 
 /// Frames carried by an [`EventWithStack`].
 pub const MAX_INLINE_FRAMES: usize = 64;
