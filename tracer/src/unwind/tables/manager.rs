@@ -813,12 +813,25 @@ impl TableLoader {
 
     /// Loads `pid`'s tables now (see [`KernelTables::load_process`]).
     pub fn load_process(&mut self, pid: u32) -> bool {
+        self.load_process_within(pid, Duration::MAX)
+    }
+
+    /// Loads `pid`'s tables, waiting at most `limit` for them: past it they
+    /// are loaded all the same, without this caller (a libLLVM of 1.4
+    /// million rows takes seconds to compile, more on a busy machine).
+    /// Whether they were loaded in time.
+    pub fn load_process_within(&mut self, pid: u32, limit: Duration) -> bool {
         self.seen.insert(pid);
         let (done, wait) = mpsc::sync_channel(1);
         if self.requests.send(Request::Load(pid, Some(done))).is_err() {
             return false;
         }
-        wait.recv().unwrap_or(false)
+        match Instant::now().checked_add(limit) {
+            Some(deadline) => wait
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or(false),
+            None => wait.recv().unwrap_or(false),
+        }
     }
 
     /// Loads `pid`'s tables soon, without waiting (a process just seen, or
