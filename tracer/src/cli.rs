@@ -135,6 +135,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value = "20000000", value_parser = parse_count)]
     pub max_tracked: u64,
 
+    /// Keep at most this many distinct stacks in all (with --all: over all
+    /// processes together); beyond it the stacks that hold no outstanding
+    /// block are forgotten, least recently seen first, and counted
+    /// (`evicted_stacks`). A forgotten stack that recurs is a new stack,
+    /// counted exactly. Each costs ~1 KiB with its symbols.
+    #[arg(long, value_name = "N", default_value_t = crate::stacks::DEFAULT_MAX_STACKS as u64, value_parser = parse_count)]
+    pub max_stacks: u64,
+
     /// Sample allocations instead of tracing every one: a mean of one
     /// reported block per BYTES allocated (Poisson sampling by bytes, as
     /// heapprofd does); every number is then an unbiased estimate. Cheaper
@@ -153,10 +161,11 @@ pub struct TraceArgs {
     /// break growth the process makes itself (mmap, munmap, mremap,
     /// mprotect, brk; reservations count once committed; the allocator's
     /// own mappings stay heap blocks), at the price of the system-call
-    /// tracepoints, which slow every system call of every process on the
-    /// host a little while they are on; or `mapped` alone, without the heap
-    /// probes (cheapest for a malloc-heavy process; what the allocator maps
-    /// then counts as mapped memory too, at malloc's callers).
+    /// tracepoints, whose programs run at every mmap, munmap, mremap,
+    /// mprotect and brk of every process on the host while they are on
+    /// (about 0.3 us each for a process not traced); or `mapped` alone,
+    /// without the heap probes (cheapest for a malloc-heavy process; what
+    /// the allocator maps then counts as mapped memory too, at its stacks).
     #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "kernel")]
     pub trace_memory: MemoryKinds,
 

@@ -32,6 +32,8 @@ pub struct Summary {
     pub lost_events: u64,
     pub preexisting_frees: u64,
     pub dropped_allocations: u64,
+    /// Stacks evicted since tracing began (`--max-stacks`).
+    pub evicted_stacks: u64,
     /// Largest outstanding stacks.
     pub top: Vec<StackReport>,
     /// Outstanding bytes of all stacks by age.
@@ -77,6 +79,7 @@ impl SummaryState {
             lost_events: totals.lost_events,
             preexisting_frees: totals.preexisting_frees,
             dropped_allocations: totals.dropped_allocations,
+            evicted_stacks: totals.evicted_stacks,
             top,
             age_bytes,
             suspects,
@@ -102,7 +105,7 @@ impl Summary {
     /// The totals line and the ages line.
     pub fn headline(&self) -> String {
         let mut text = format!(
-            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}\n",
+            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}{}\n",
             self.ts,
             bytes(self.outstanding_bytes),
             self.outstanding_count,
@@ -113,6 +116,11 @@ impl Summary {
             self.lost_events,
             if self.dropped_allocations > 0 {
                 format!(" | dropped {} (--max-tracked)", self.dropped_allocations)
+            } else {
+                String::new()
+            },
+            if self.evicted_stacks > 0 {
+                format!(" | evicted {} stacks (--max-stacks)", self.evicted_stacks)
             } else {
                 String::new()
             },

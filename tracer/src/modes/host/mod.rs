@@ -20,6 +20,7 @@
 mod libraries;
 mod outputs;
 mod processes;
+mod residue;
 mod summary;
 
 use std::time::{Duration, Instant};
@@ -30,7 +31,8 @@ use tracer_ebpf::{Event, EventKind};
 
 use self::{
     libraries::{Libraries, Library},
-    processes::Processes,
+    processes::{MAX_METRIC_PROCESSES, Processes},
+    residue::PerPid,
     summary::{HostTick, ProcessTick},
 };
 use crate::{
@@ -40,11 +42,12 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
     events::{Arrived, Carried},
     ledger::{self, Budget},
+    memory_limit,
     metrics::{Metrics, MetricsSnapshot},
     placement::Plan,
     probes::{Probes, Programs},
     report::{Report, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     unwind::{UnwindMode, tables::TableLoader},
 };
@@ -141,8 +144,9 @@ impl HostMode {
             common: common.clone(),
             processes: Processes::new(
                 SharedSymbols::new(),
-                Budget::new(common.max_tracked),
+                Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked)),
                 config.memory,
+                StackBudget::new(common.max_stacks, maps.known_stacks.take()),
             ),
             libraries,
             probed,
@@ -281,6 +285,14 @@ impl Mode for HostMode {
         self.processes.note_loss(at_ns);
     }
 
+    fn after_drain(&mut self) {
+        self.processes.evict_stacks();
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.processes.stack_stats()
+    }
+
     fn totals(&self) -> ledger::Totals {
         self.processes.totals()
     }
@@ -313,7 +325,16 @@ impl Mode for HostMode {
         if !self.stopped {
             self.probed.watch.check(&self.libraries.traced());
         }
+        let unwind_tables = totals
+            .unwind_tables
+            .as_ref()
+            .map_or(0, |tables| tables.processes);
         let (ranked, views) = self.processes.tick(now);
+        let with_metrics: Vec<u32> = ranked
+            .iter()
+            .take(MAX_METRIC_PROCESSES)
+            .map(|ranked| ranked.pid)
+            .collect();
         let processes = ranked
             .into_iter()
             .take(top)
@@ -327,13 +348,18 @@ impl Mode for HostMode {
         if let Some(metrics) = &self.metrics {
             metrics.publish(MetricsSnapshot {
                 events: Some(self.events),
-                processes: self.processes.metrics(now, &views, top),
+                processes: self.processes.metrics(now, &views, top, &with_metrics),
             });
         }
         HostTick {
             summary: summaries.next(totals, now.elapsed_s, largest, ages, suspects),
             counts: self.processes.counts(),
             processes,
+            per_pid: PerPid {
+                library_scans: self.libraries.processes_read(),
+                unwind_tables,
+                ..self.processes.per_pid()
+            },
         }
     }
 

@@ -33,7 +33,7 @@ use crate::{
     ledger::{self, Budget, Ledger},
     probes::{Probes, Settings, UprobeLinks},
     report::{self, Report, StackKind, StackReport, Summary, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::{ProcessSymbolizer, SharedSymbols},
 };
 
@@ -97,7 +97,12 @@ impl KernelMode {
         let ledger = Ledger::new(Budget::new(common.max_tracked), None);
         let mode = Self {
             common: common.clone(),
-            tracee: Tracee::with_symbols(0, ledger, symbols),
+            tracee: Tracee::with_symbols(
+                0,
+                ledger,
+                symbols,
+                StackBudget::new(common.max_stacks, maps.known_stacks.take()),
+            ),
             tasks: Tasks::default(),
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
@@ -167,6 +172,10 @@ impl Mode for KernelMode {
 
     fn totals(&self) -> ledger::Totals {
         self.tracee.ledger.totals()
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.tracee.stacks.budget().stats()
     }
 
     async fn wakeup(&mut self) -> Wakeup {

@@ -38,10 +38,11 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger, mapped::MappedLedger},
+    maps, memory_limit,
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     target::Target,
 };
@@ -107,13 +108,18 @@ impl ProcessMode {
             armed,
             sites_after_exec,
             probes,
-            maps,
+            mut maps,
             exit,
             signals,
             unwinder,
             tables,
             dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
+        // Before the ready line: once it is out, the target may move its
+        // break, and that move must be counted from where it was.
+        let program_break = (config.memory.mapped() && launched.is_none())
+            .then(|| maps::program_break(target.pid))
+            .flatten();
         let what = if config.memory.heap() {
             format!(
                 "{} {}{}, {} functions",
@@ -155,7 +161,7 @@ impl ProcessMode {
             launched.release()?;
         }
         let started = Instant::now();
-        let budget = Budget::new(common.max_tracked);
+        let budget = Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked));
         let ledger = Ledger::new(budget.clone(), config.sampling.clone());
         let gate = config
             .gate
@@ -164,9 +170,10 @@ impl ProcessMode {
             + gate
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
-        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
+        let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
+        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new(), stack_budget);
         if config.memory.mapped() {
-            tracee.trace_mapped(budget, launched.is_none());
+            tracee.trace_mapped(budget, program_break);
         }
         let mode = Self {
             container: container::of_process(target.pid),
@@ -244,6 +251,14 @@ impl Mode for ProcessMode {
 
     fn after_drain(&mut self) {
         self.forks.clean_up();
+        let excess = self.tracee.stacks.budget().excess();
+        if excess > 0 {
+            self.tracee.evict_stacks(excess);
+        }
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.tracee.stacks.budget().stats()
     }
 
     fn note_loss(&mut self, at_ns: u64) {
