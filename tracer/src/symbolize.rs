@@ -636,3 +636,40 @@ impl ProcessSymbolizer {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_frame(address: u64, function: &str, offset: u64) -> Frame {
+        Frame {
+            address,
+            function: Some(function.to_owned()),
+            module: Some("[kernel]".to_owned()),
+            file: None,
+            line: None,
+            inlined: false,
+            offset: Some(offset),
+        }
+    }
+
+    #[test]
+    fn kernel_stacks_start_below_the_allocator_and_show_offsets() {
+        let mut symbols = ProcessSymbolizer::kernel(SharedSymbols::new());
+        symbols.name_address(kernel_frame(1, "kmem_cache_alloc_lru_noprof", 0x397));
+        symbols.name_address(kernel_frame(2, "sock_alloc_inode", 0x1e));
+        symbols.name_address(kernel_frame(3, "__sys_socket", 0x92));
+        let frames = symbols.frames(&[1, 2, 3]);
+        let names: Vec<String> = frames.iter().map(Frame::display_name).collect();
+        assert_eq!(names, ["sock_alloc_inode+0x1e", "__sys_socket+0x92"]);
+        // The label, which folded stacks use, has no offset.
+        assert_eq!(frames[0].label(), "sock_alloc_inode");
+    }
+
+    #[test]
+    fn user_stacks_keep_kernel_named_functions() {
+        let mut symbols = ProcessSymbolizer::new(0);
+        symbols.name_address(kernel_frame(1, "kmem_cache_alloc_lru_noprof", 0));
+        assert_eq!(symbols.frames(&[1]).len(), 1);
+    }
+}

@@ -125,3 +125,40 @@ fn task_name(pid: u32) -> String {
         Err(_) => EXITED_TASK.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(functions: &[&str]) -> Vec<Frame> {
+        functions
+            .iter()
+            .map(|function| Frame {
+                address: 1,
+                function: Some((*function).to_owned()),
+                module: None,
+                file: None,
+                line: None,
+                inlined: false,
+                offset: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stacks_through_an_interrupt_entry_run_in_interrupt_context() {
+        assert!(in_interrupt(&frames(&[
+            "kmem_cache_free",
+            "rcu_core",
+            "handle_softirqs",
+            "irq_exit_rcu",
+            "asm_sysvec_apic_timer_interrupt",
+        ])));
+        assert!(!in_interrupt(&frames(&[
+            "sock_alloc_inode",
+            "__sys_socket",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
+        ])));
+    }
+}
