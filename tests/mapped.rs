@@ -1,10 +1,12 @@
-//! Mapped memory (`--trace-memory both`): the anonymous private mappings a
-//! process makes itself are ledgered by range and reported as stacks of
-//! kind `mmap`, exact by stack, beside its heap blocks. The workload
+//! Mapped memory (`--trace-memory both`, and `mapped` alone): the anonymous
+//! private mappings and break growth a process makes itself are ledgered by
+//! range and reported as stacks of kind `mmap`, exact by stack, beside its
+//! heap blocks, in one-process and host-wide mode alike. The workload
 //! (tests/workloads/mapped.c) holds a known number of bytes from each of its
 //! functions through partial unmaps, a reservation committed in part,
-//! MAP_FIXED over a mapping and mremap growth, and maps large malloc blocks,
-//! transient mappings and a file that must not count.
+//! MAP_FIXED over a mapping, mremap growth and a break moved with `brk`, and
+//! maps large malloc blocks, grows glibc's main arena, makes transient
+//! mappings and maps a file, none of which may count as mapped memory.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +26,16 @@ fn expected_mapped() -> BTreeMap<&'static str, (u64, u64)> {
         ("map_base", (12 * PAGE, 2)),
         ("fixed_over", (4 * PAGE, 1)),
         ("remap_grow", (32 * PAGE, 1)),
+        ("grow_break", (24 * PAGE, 1)),
+    ])
+}
+
+/// KEEP IN SYNC with tests/workloads/mapped.c: the heap blocks of the
+/// functions whose memory glibc maps or takes from the break itself.
+fn expected_heap() -> BTreeMap<&'static str, (u64, u64)> {
+    BTreeMap::from([
+        ("big_mallocs", (4 << 20, 4)),
+        ("arena_mallocs", (2 * 64 * 16 * KIB, 2 * 64)),
     ])
 }
 
@@ -45,53 +57,176 @@ fn of_kind<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
         .collect()
 }
 
-#[test]
-fn mapped_memory_is_exact_by_stack_and_large_malloc_blocks_count_once() {
+/// `report`'s totals by leaf function for `kind`, for the functions of
+/// `expected` only.
+fn of_functions(
+    report: &Value,
+    kind: &str,
+    expected: &BTreeMap<&'static str, (u64, u64)>,
+) -> BTreeMap<&'static str, (u64, u64)> {
+    let found = by_leaf(&of_kind(report, kind));
+    expected
+        .keys()
+        .filter_map(|&function| Some((function, *found.get(function)?)))
+        .collect()
+}
+
+/// Runs the workload (built as `bin_name`, its comm) once under a tracer
+/// with `args`: attached to it with `--pid`, or `host_wide`, started first
+/// and filtered to that comm. Returns the report of the workload alone, the
+/// folded stacks and the tracer's output.
+fn trace_workload(bin_name: &str, args: &[&str], host_wide: bool) -> (Value, String, TracerOutput) {
     require_root();
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
     let folded_path = dir.path().join("folded.txt");
-    let bin = compile_c("mapped.c", "mapped", WORKLOAD_CFLAGS);
-    let mut w = Workload::spawn_bin(&bin, &[]);
-    let args = [
-        "--trace-memory",
-        "both",
+    let bin = compile_c("mapped.c", bin_name, WORKLOAD_CFLAGS);
+    let mut outputs: Vec<&str> = args.to_vec();
+    outputs.extend([
         "--report",
         report_path.to_str().unwrap(),
         "--folded",
         folded_path.to_str().unwrap(),
-    ];
-    let tracer = Tracer::spawn(w.pid, &args, None);
+    ]);
+    let (mut w, tracer) = if host_wide {
+        outputs.extend(["--comm", bin_name, "--interval", "1h"]);
+        let tracer = Tracer::spawn_all(&outputs);
+        (Workload::spawn_bin(&bin, &[]), tracer)
+    } else {
+        let w = Workload::spawn_bin(&bin, &[]);
+        let tracer = Tracer::spawn(w.pid, &outputs, None);
+        (w, tracer)
+    };
     w.run();
     std::thread::sleep(SETTLE);
     let out = tracer.stop(libc::SIGINT);
     out.assert_success();
+    let report = report_of_process(&read_json(&report_path), w.pid);
+    let folded = std::fs::read_to_string(&folded_path).unwrap();
+    (report, folded, out)
+}
 
-    let report = read_json(&report_path);
+/// The checks `--trace-memory both` passes in every mode: each function's
+/// mapped memory exact, the mapped totals, the blocks glibc maps or takes
+/// from the break counted once (as heap blocks), a root frame per kind.
+fn assert_both_exact(report: &Value, folded: &str) {
     let expected = expected_mapped();
-    let mapped = by_leaf(&of_kind(&report, "mmap"));
+    let (loader, own): (Vec<&Value>, Vec<&Value>) = of_kind(report, "mmap")
+        .into_iter()
+        .partition(|stack| from_the_loader(stack));
+    let mapped = by_leaf(&own);
     let mapped: BTreeMap<&str, (u64, u64)> =
         mapped.iter().map(|(leaf, &v)| (leaf.as_str(), v)).collect();
-    assert_eq!(mapped, expected, "{}", summarize_report(&report));
-    let process = &processes(&report)[0];
+    assert_eq!(mapped, expected, "{}", summarize_report(report));
+    let process = &processes(report)[0];
     let expected_bytes: u64 = expected.values().map(|(bytes, _)| bytes).sum();
+    let loader_bytes: u64 = loader.iter().map(|stack| as_u64(stack, "bytes")).sum();
+    let totals = &process["mapped"];
     assert_eq!(
-        as_u64(&process["mapped"], "outstanding_bytes"),
-        expected_bytes
+        as_u64(totals, "outstanding_bytes"),
+        expected_bytes + loader_bytes
     );
-    // glibc maps each 1 MiB block itself, inside malloc: one heap block
-    // each, and no mapping.
-    let heap = by_leaf(&of_kind(&report, "heap"));
-    let big = heap.get("big_mallocs").copied().unwrap_or_default();
-    assert_eq!(big, (4 << 20, 4), "{}", summarize_report(&report));
+    // Up 40 pages, down 16: both moves, and glibc's own none of them.
+    assert_eq!(as_u64(totals, "break_moves"), 2, "{totals}");
+    // glibc maps each 1 MiB block itself, and grows its main arena for the
+    // 16 KiB ones, inside malloc: heap blocks, and no mapped memory.
+    let heap = of_functions(report, "heap", &expected_heap());
+    assert_eq!(heap, expected_heap(), "{}", summarize_report(report));
 
     // The flamegraph's stacks stand on a root frame per kind.
-    let folded = std::fs::read_to_string(&folded_path).unwrap();
     assert!(folded.lines().count() > 0);
     for line in folded.lines() {
+        let line = line.split_once(';').map_or(line, |(first, rest)| {
+            // Host-wide lines start at the process frame.
+            if first.starts_with('[') { line } else { rest }
+        });
         assert!(
             line.starts_with("[heap];") || line.starts_with("[mmap];"),
             "{line}"
         );
+    }
+}
+
+/// A stack of the dynamic loader's own mappings (the zero-filled `.bss` of
+/// the libraries it maps, its allocations before libc's malloc runs): seen
+/// when the process is traced from its `execve`, as host-wide mode traces
+/// the processes started after it.
+fn from_the_loader(stack: &Value) -> bool {
+    frames(stack)
+        .first()
+        .and_then(|leaf| leaf["module"].as_str())
+        .is_some_and(|module| module.contains("/ld-linux"))
+}
+
+#[test]
+fn mapped_memory_is_exact_by_stack_and_large_malloc_blocks_count_once() {
+    let (report, folded, _) = trace_workload("mapped", &["--trace-memory", "both"], false);
+    assert_both_exact(&report, &folded);
+}
+
+#[test]
+fn host_wide_mapped_memory_is_exact_per_process_and_shown_apart() {
+    let (report, folded, _) = trace_workload("mapped_all", &["--trace-memory", "both"], true);
+    assert_both_exact(&report, &folded);
+    let process = &processes(&report)[0];
+    assert_eq!(process["comm"], "mapped_all");
+    // Heap totals stay the heap's: the mapped bytes are apart.
+    let heap_bytes: u64 = of_kind(&report, "heap")
+        .iter()
+        .map(|stack| as_u64(stack, "bytes"))
+        .sum();
+    assert_eq!(as_u64(&process["totals"], "outstanding_bytes"), heap_bytes);
+}
+
+#[test]
+fn mapped_alone_traces_no_heap_block_and_every_mapping() {
+    let (report, _, out) = trace_workload("mapped_only", &["--trace-memory", "mapped"], false);
+    assert!(out.stderr.contains("mapped memory only"), "{}", out.stderr);
+    // No heap probe: no heap block, no allocator call.
+    assert!(of_kind(&report, "heap").is_empty());
+    let process = &processes(&report)[0];
+    assert_eq!(as_u64(&process["totals"], "allocs"), 0);
+    // The process's own mappings are exact as with `both`...
+    let expected = expected_mapped();
+    assert_eq!(
+        of_functions(&report, "mmap", &expected),
+        expected,
+        "{}",
+        summarize_report(&report)
+    );
+    // ...and what glibc maps for its large blocks (4 MiB) and takes from
+    // the break for its arena (2 MiB of blocks, less the free space the
+    // arena had) is mapped memory now.
+    let own: u64 = expected.values().map(|(bytes, _)| bytes).sum();
+    let all = as_u64(&process["mapped"], "outstanding_bytes");
+    assert!(
+        all >= own + (5 << 20),
+        "{all} {}",
+        summarize_report(&report)
+    );
+}
+
+#[test]
+fn mapped_alone_refuses_what_judges_heap_blocks() {
+    require_root();
+    let w = Workload::spawn(Mode::Stay);
+    let pid = w.pid.to_string();
+    for (what, flags) in [
+        ("--sample-rate", ["--sample-rate", "64K"]),
+        ("--fail-on-growth", ["--fail-on-growth", "1M"]),
+    ] {
+        let dir = temp_dir();
+        let mut cmd = tracer_command();
+        cmd.args(["--pid", &pid, "--trace-memory", "mapped"])
+            .args(flags)
+            .current_dir(dir.path());
+        let out = run_to_completion(cmd, std::time::Duration::from_secs(20));
+        assert_clean_error(&out, what);
+        assert!(
+            out.stderr.contains("--trace-memory mapped"),
+            "{}",
+            out.stderr
+        );
+        assert!(dir_entries(dir.path()).is_empty());
     }
 }

@@ -123,16 +123,31 @@ const KILLED_TRACERS: usize = 16;
 
 #[test]
 fn sigkill_at_any_moment_leaves_no_probe_behind() {
+    kill_tracers_at_random_moments(KILLED_TRACERS, &[]);
+}
+
+/// The same with perf-event uprobes (the fallback of kernels without
+/// uprobe_multi links), whose events the guardian holds too.
+#[test]
+fn sigkill_at_any_moment_leaves_no_perf_event_probe_behind() {
+    kill_tracers_at_random_moments(KILLED_TRACERS / 4, &["--perf-event-uprobes"]);
+}
+
+/// Starts `count` tracers (with `args`) on a busy target one after the
+/// other and SIGKILLs each at a random moment of attach, tracing or
+/// detach; then no probe may be left, in the target or in the kernel.
+fn kill_tracers_at_random_moments(count: usize, args: &[&str]) {
     require_root();
     let libc = PrivateLibc::new();
     let spinner = libc.spawn(&spinner_bin(), &[]);
     let pid = spinner.pid.to_string();
     let mut moments = Moments::seeded();
     let mut killed = Vec::new();
-    for _ in 0..KILLED_TRACERS {
+    for _ in 0..count {
         let mut tracer = tracer_command();
         tracer
             .args(["--pid", &pid, "--interval", "1h"])
+            .args(args)
             .stdout(Stdio::null());
         let mut tracer = tracer.spawn().expect("start alloctrace");
         let mut stderr = BufReader::new(tracer.stderr.take().unwrap());

@@ -3,11 +3,14 @@
 //! builds), in one process and host-wide, through a library loaded after
 //! attaching, frame for frame as the userspace unwinder of copied stacks
 //! (`--unwind stack-copy`) finds them; and inlined frames with their own
-//! file:line.
+//! file:line. Host-wide, `--unwind auto` gives tables to a process in a
+//! chroot with its own libc; and a table cap too small for every file
+//! leaves the others to frame pointers, with one warning.
 
 use std::path::Path;
+use std::process::Command;
 
-use integration_tests::*;
+use integration_tests::{production::chroot_with, *};
 use serde_json::Value;
 
 /// One leak site of `tests/workloads/deep_nofp.c`: the whole call chain from
@@ -77,17 +80,7 @@ fn assert_deep_chains_whole(report: &Value) {
 /// Runs `bin` (ready/go/done protocol) under `alloctrace <args>` and returns
 /// the ready line and the final report.
 fn trace(bin: &Path, args: &[&str]) -> (String, Value) {
-    let dir = temp_dir();
-    let report_path = dir.path().join("report.json");
-    let mut w = Workload::spawn_bin(bin, &[]);
-    let mut all: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
-    all.extend(["--report".as_ref(), report_path.as_os_str()]);
-    let tracer = Tracer::spawn(w.pid, &all, None);
-    w.run();
-    std::thread::sleep(SETTLE);
-    let ready = tracer.ready_line.clone();
-    tracer.stop(libc::SIGINT).assert_success();
-    (ready, read_json(&report_path))
+    trace_command(Command::new(bin), args)
 }
 
 fn stacks_with_leaf<'a>(report: &'a Value, leaf: &str) -> Vec<&'a Value> {
@@ -204,12 +197,25 @@ fn inlined_frames_carry_their_own_lines() {
 #[test]
 fn dwarf_unwinding_host_wide_recovers_whole_chains() {
     require_root();
+    let mut w = Workload::spawn_bin(&deep_nofp_bin(), &[]);
+    let (report, _) = trace_deep_nofp_host_wide(&mut w, "dwarf", "DWARF unwinding");
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    assert_deep_chains_whole(&report_of_process(&report, w.pid));
+}
+
+/// Runs `w` (a `deep_nofp`, started) under `alloctrace --all --comm
+/// deep_nofp --unwind <unwind>`, whose ready line must contain `unwinding`,
+/// and returns the final report and what the tracer printed.
+fn trace_deep_nofp_host_wide(
+    w: &mut Workload,
+    unwind: &str,
+    unwinding: &str,
+) -> (Value, TracerOutput) {
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
-    let mut w = Workload::spawn_bin(&deep_nofp_bin(), &[]);
     let tracer = Tracer::spawn_all(&[
         "--unwind".as_ref(),
-        "dwarf".as_ref(),
+        unwind.as_ref(),
         "--comm".as_ref(),
         "deep_nofp".as_ref(),
         "--interval".as_ref(),
@@ -218,16 +224,15 @@ fn dwarf_unwinding_host_wide_recovers_whole_chains() {
         report_path.as_os_str(),
     ]);
     assert!(
-        tracer.ready_line.contains("DWARF unwinding"),
+        tracer.ready_line.contains(unwinding),
         "{}",
         tracer.ready_line
     );
     w.run();
     std::thread::sleep(SETTLE);
-    tracer.stop(libc::SIGINT).assert_success();
-    let report = read_json(&report_path);
-    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
-    assert_deep_chains_whole(&report_of_process(&report, w.pid));
+    let output = tracer.stop(libc::SIGINT);
+    output.assert_success();
+    (read_json(&report_path), output)
 }
 
 /// KEEP IN SYNC with tests/workloads/chain_nofp.c and dlopen_nofp.c.
@@ -284,23 +289,82 @@ fn library_loaded_after_attaching_is_unwound_through_its_chain() {
 #[test]
 fn kernel_and_stack_copy_unwinders_agree_frame_for_frame() {
     require_root();
-    let stacks_of = |unwind: &str| {
-        let (_, report) = trace(&deep_nofp_bin(), &["--unwind", unwind]);
-        let mut stacks: Vec<(Vec<String>, u64)> = all_stacks(&report)
-            .into_iter()
-            .map(|stack| {
-                let frames = frames(stack)
-                    .iter()
-                    .map(|frame| format!("{}:{}", frame["function"], frame["line"]))
-                    .collect();
-                (frames, as_u64(stack, "bytes"))
-            })
-            .collect();
-        stacks.sort();
-        stacks
-    };
-    let kernel = stacks_of("dwarf");
-    let copied = stacks_of("stack-copy");
+    let kernel = unwound_stacks(Command::new(deep_nofp_bin()), "dwarf");
+    let copied = unwound_stacks(Command::new(deep_nofp_bin()), "stack-copy");
     assert!(kernel.len() >= DEEP_SITES.len(), "{kernel:?}");
     assert_eq!(kernel, copied);
+}
+
+/// A chroot at `root` holding copies of `deep_nofp` and of the libraries
+/// `ldd` lists (its libc is another file than the host's: its own probes,
+/// its own tables), and a command running `deep_nofp` there (`chroot` execs
+/// it: one pid throughout).
+fn deep_nofp_chroot(root: &Path) -> impl Fn() -> Command + use<> {
+    let inside = chroot_with(&deep_nofp_bin(), root);
+    let root = root.to_owned();
+    move || {
+        let mut command = Command::new("/usr/sbin/chroot");
+        command.arg(&root).arg(&inside);
+        command
+    }
+}
+
+/// Host-wide with the default `--unwind auto`, a process built without
+/// frame pointers in a chroot with its own libc gets tables for its own
+/// files: every chain whole, bytes exact, and frame for frame what the
+/// userspace unwinder of copied stacks finds in the same program.
+#[test]
+fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
+    require_root();
+    let dir = temp_dir();
+    let in_chroot = deep_nofp_chroot(&dir.path().join("root"));
+    let mut w = Workload::spawn_command(in_chroot());
+    let (report, output) = trace_deep_nofp_host_wide(
+        &mut w,
+        "auto",
+        "DWARF unwinding where frame pointers are missing",
+    );
+    // Its libc is a file of its own, which only it maps.
+    let probing = format!("(found in pid {})", w.pid);
+    assert!(
+        output
+            .stderr
+            .lines()
+            .any(|line| line.contains("probing libc") && line.contains(&probing)),
+        "{}",
+        output.stderr
+    );
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    let process = report_of_process(&report, w.pid);
+    assert_deep_chains_whole(&process);
+    // Its executable, libc and loader, each its own file.
+    let tables = &report["totals"]["unwind_tables"];
+    assert!(as_u64(tables, "files") >= 3, "{tables}");
+    let copied = unwound_stacks(in_chroot(), "stack-copy");
+    assert_eq!(frame_lists(&process), copied);
+}
+
+/// A table cap with room for the program's own table but not its libc's:
+/// libc falls back to frame pointers (counted in the totals, one warning
+/// line), tracing goes on, and the chains, all in the program's own code,
+/// stay whole with exact bytes. The table loaded first is not evicted to
+/// make room for the next one of the same process.
+#[test]
+fn files_over_the_table_cap_fall_back_to_frame_pointers_with_one_warning() {
+    require_root();
+    let (_, report, output) = trace_command_with_output(
+        Command::new(deep_nofp_bin()),
+        &["--unwind", "dwarf", "--unwind-table-memory", "64K"],
+    );
+    let tables = &report["totals"]["unwind_tables"];
+    assert!(as_u64(tables, "files_over_cap") >= 1, "{tables}");
+    assert!(as_u64(tables, "files") >= 1, "{tables}");
+    let warnings: Vec<&str> = output
+        .stderr
+        .lines()
+        .filter(|line| line.contains("unwind tables reached their cap"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "{}", output.stderr);
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    assert_deep_chains_whole(&report);
 }

@@ -7,13 +7,16 @@
 //!   the root check, temporary directories,
 //! * [`workloads`]: compiling the C workloads (cached by mtime) and reading
 //!   their sources; [`java`]: compiling the Java ones; [`unwinding`]: the
-//!   in-kernel DWARF unwinding tests' `dlopen` workload and its library,
+//!   in-kernel DWARF unwinding tests' `dlopen` workload and its library;
+//!   [`languages`]: the Rust, C++ and Debian `python3` workloads,
+//! * [`kernel`]: `--kernel` runs and their kernel stacks,
 //! * [`protocol`]: driving a workload (`ready <pid>` / `go` / `done`),
 //! * [`tracer`]: running the tracer, waiting for its ready line, the error
 //!   contract,
 //! * [`report`], [`folded`], [`ticks`], [`pprof`], [`metrics`]: reading
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
 //!   files, `--metrics-addr`),
+//! * [`faults`]: signals, process states and cgroups for the fault tests.
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
 //! * [`bounded`]: the bounded-memory tests' `stack_storm` target and the
@@ -36,9 +39,12 @@ pub mod browser;
 mod child;
 pub mod environment;
 pub mod expected;
+pub mod faults;
 pub mod fleet;
 pub mod folded;
 pub mod java;
+pub mod kernel;
+pub mod languages;
 pub mod metrics;
 pub mod pprof;
 pub mod production;
@@ -55,6 +61,8 @@ pub use environment::*;
 pub use expected::*;
 pub use folded::*;
 pub use java::*;
+pub use kernel::*;
+pub use languages::*;
 pub use metrics::*;
 pub use pprof::read_pprof;
 pub use protocol::*;

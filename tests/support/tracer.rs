@@ -100,10 +100,8 @@ impl Tracer {
 
     /// Runs `cmd`, a host-wide tracer however started (under `setpriv`, in a
     /// container), with piped stdout and stderr, and waits for its ready line.
-    pub fn spawn_all_command(mut cmd: Command) -> Self {
-        let spawned_at = Instant::now();
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
-        Self::wait_ready(child, HOST_READY_PREFIX, spawned_at)
+    pub fn spawn_all_command(cmd: Command) -> Self {
+        Self::spawn_ready(cmd, HOST_READY_PREFIX)
     }
 
     /// Waits for a stderr line (after the ready line) satisfying `pred`.
@@ -122,6 +120,14 @@ impl Tracer {
     /// ready line.
     pub fn adopt(child: Child) -> Self {
         Self::wait_ready(child, "alloctrace: tracing pid ", Instant::now())
+    }
+
+    /// Runs `cmd` (a [`tracer_command`] with its arguments) and waits for
+    /// a ready line starting with `prefix`.
+    pub fn spawn_ready(mut cmd: Command, prefix: &str) -> Self {
+        let spawned_at = Instant::now();
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        Self::wait_ready(child, prefix, spawned_at)
     }
 
     fn wait_ready(mut child: Child, prefix: &str, spawned_at: Instant) -> Self {

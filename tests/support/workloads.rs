@@ -26,6 +26,15 @@ static UNIQUE: AtomicU64 = AtomicU64::new(0);
 /// Compiles `tests/workloads/<src>` into `<target>/integration-workloads/<out>`
 /// with `cc <flags>`; reuses the binary when it is newer than the source.
 pub fn compile_c(src: &str, out: &str, flags: &[&str]) -> PathBuf {
+    let mut flags = flags.to_vec();
+    flags.push("-Wall");
+    compile_with("cc", src, out, &flags)
+}
+
+/// Compiles `tests/workloads/<src>` into `<target>/integration-workloads/<out>`
+/// with `<compiler> <flags> -o OUT SRC` (cc, g++, rustc); reuses the binary
+/// when it is newer than the source.
+pub fn compile_with(compiler: &str, src: &str, out: &str, flags: &[&str]) -> PathBuf {
     let _guard = COMPILE_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let src_path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("workloads")
@@ -50,18 +59,17 @@ pub fn compile_c(src: &str, out: &str, flags: &[&str]) -> PathBuf {
         std::process::id(),
         UNIQUE.fetch_add(1, Ordering::Relaxed)
     ));
-    let output = Command::new("cc")
+    let output = Command::new(compiler)
         .args(flags)
-        .arg("-Wall")
         .arg("-o")
         .arg(&tmp)
         .arg(&src_path)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run cc (is gcc installed?): {e}"));
+        .unwrap_or_else(|e| panic!("cannot run {compiler} (is it installed?): {e}"));
     if !output.status.success() {
         let _ = fs::remove_file(&tmp);
         panic!(
-            "cc {} failed ({}):\n{}",
+            "{compiler} {} failed ({}):\n{}",
             src_path.display(),
             output.status,
             String::from_utf8_lossy(&output.stderr)

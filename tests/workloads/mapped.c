@@ -12,6 +12,12 @@
 //   big_mallocs     4 malloc'd blocks of 1 MiB: glibc maps each itself,
 //                   and they must count once, as heap blocks
 //   map_file        a private file mapping: not counted
+//   arena_mallocs   64 blocks of 16 KiB from glibc's main arena, twice
+//                   (before and after grow_break): glibc grows the break
+//                   for them inside malloc, and they must count once, as
+//                   heap blocks
+//   grow_break      a custom allocator's break: brk() 40 pages up, then 16
+//                   back down; it holds 24 pages
 //
 // Protocol: stdout "ready <pid>"; on the first stdin line, do the above
 // and print "done"; exit when stdin closes.
@@ -126,6 +132,27 @@ NOINLINE void map_file(void) {
     close(fd);
 }
 
+/* volatile, as above. */
+static char *volatile arena_blocks[128];
+static int narena;
+
+NOINLINE void arena_mallocs(void) {
+    for (int i = 0; i < 64; i++) {
+        char *p = malloc(16 * 1024);
+        p[0] = 1;
+        arena_blocks[narena++] = p;
+    }
+}
+
+NOINLINE void grow_break(void) {
+    char *start = sbrk(0);
+    if (brk(start + 40 * PAGE) != 0 || brk(start + 24 * PAGE) != 0) {
+        perror("brk");
+        exit(1);
+    }
+    memset(start, 1, 24 * PAGE);
+}
+
 int main(void) {
     (void)anon;
     setvbuf(stdout, NULL, _IOLBF, 0);
@@ -142,6 +169,9 @@ int main(void) {
     transient();
     big_mallocs();
     map_file();
+    arena_mallocs();
+    grow_break();
+    arena_mallocs();
     printf("done\n");
     while (fgets(line, sizeof line, stdin)) {
     }

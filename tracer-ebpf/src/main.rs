@@ -51,7 +51,8 @@
 //! - `programs`: the uprobe programs, thin `<symbol>_enter` and
 //!   `alloc_exit` wrappers around fallible `try_*` bodies that apply the
 //!   nesting rules above; `lifecycle`: the tracepoint programs; `mapped`:
-//!   the `fexit` programs on the mapping system calls;
+//!   the `fexit` programs on the mapping system calls; `kmem`: the
+//!   kernel's own allocations (`--kernel`), with kernel stacks;
 //! - `calls`: the call in flight on each thread; `sampling`:
 //!   `--sample-rate`; `filter`: the host-wide process filter;
 //! - `stacks`: the stack an allocation event carries (a walked stack, sent
@@ -94,6 +95,8 @@ mod filter;
 mod framewalk;
 #[cfg(target_arch = "bpf")]
 mod hit;
+#[cfg(target_arch = "bpf")]
+mod kmem;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
 #[cfg(target_arch = "bpf")]

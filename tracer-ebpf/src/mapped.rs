@@ -1,6 +1,7 @@
 //! Mapped memory: programs on the `syscalls:sys_exit_*` tracepoints of
-//! `mmap`, `munmap`, `mremap` and `mprotect`, turned for traced processes
-//! into `EventKind::Map`, `Unmap`, `Remap` and `Protect` events.
+//! `mmap`, `munmap`, `mremap`, `mprotect` and `brk`, turned for traced
+//! processes into `EventKind::Map`, `Unmap`, `Remap`, `Protect` and `Brk`
+//! events.
 //!
 //! One program per call, at its exit: the arguments are still in the
 //! task's saved user registers (`bpf_task_pt_regs`), so no entry program
@@ -13,9 +14,15 @@
 //! Left out here: file-backed and shared mappings (not the process's private
 //! memory), and any call made inside a traced allocator call (its slot in
 //! `calls` is busy): glibc's mmap'd large blocks and arenas are already
-//! counted as heap blocks. The mmap stack starts at the return address the
+//! counted as heap blocks. `brk` is the exception: every move of the break
+//! is sent, since the ledger needs each one to know where the break is, but
+//! one made inside an allocator call (glibc's `sbrk` growing or trimming its
+//! main arena) is marked so and carries no stack. The mmap stack starts at the return address the
 //! libc wrapper will return to, read at the wrapper's stack pointer: glibc's
-//! and musl's `mmap` are leaf functions that push nothing before `syscall`.
+//! and musl's `mmap` are leaf functions that push nothing before `syscall`,
+//! and so are their `brk` (glibc's `sbrk` is not: it keeps the old break in
+//! `rbp`, so a frame-pointer walk from it goes astray; `--unwind dwarf`
+//! walks it).
 
 use aya_ebpf::{
     bindings::pt_regs,
@@ -53,7 +60,7 @@ pub fn mmap_exit(ctx: TracePointContext) -> i32 {
 }
 
 fn try_mmap_exit(ctx: &TracePointContext) -> Outcome {
-    let Some((hit, regs, result)) = traced_call(ctx) else {
+    let Some((hit, regs, result)) = traced_call_of_its_own(ctx) else {
         return Ok(());
     };
     // mmap(addr, len, prot, flags, fd, offset)
@@ -62,19 +69,49 @@ fn try_mmap_exit(ctx: &TracePointContext) -> Outcome {
         return Ok(());
     }
     let accessible = prot != PROT_NONE && flags & MAP_NORESERVE == 0;
-    // As if the libc wrapper had returned: its caller's return address on
-    // top of the stack (see the module docs).
-    let mut caller = regs;
-    // SAFETY: reads user memory through the fault-tolerant helper.
-    caller.rip = unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.unwrap_or(0);
-    caller.rsp = regs.rsp + 8;
     emit_with_stack_at(
         &hit,
-        &caller,
+        &wrapper_caller(&regs),
         EventKind::Map,
         result,
         u64::from(accessible),
         len,
+    )
+}
+
+/// The registers as if the libc wrapper of a system call had returned: its
+/// caller's return address on top of the stack (see the module docs).
+#[inline(always)]
+fn wrapper_caller(regs: &pt_regs) -> pt_regs {
+    let mut caller = *regs;
+    // SAFETY: reads user memory through the fault-tolerant helper.
+    caller.rip = unsafe { bpf_probe_read_user(regs.rsp as *const u64) }.unwrap_or(0);
+    caller.rsp = regs.rsp + 8;
+    caller
+}
+
+#[tracepoint(category = "syscalls", name = "sys_exit_brk")]
+pub fn brk_exit(ctx: TracePointContext) -> i32 {
+    finish(&ctx, try_brk_exit(&ctx));
+    0
+}
+
+fn try_brk_exit(ctx: &TracePointContext) -> Outcome {
+    let Some((hit, regs, result, in_allocator)) = traced_call(ctx) else {
+        return Ok(());
+    };
+    // brk(addr) returns the break, moved or not (it never fails with an
+    // error code), so every call tells where the break is.
+    if in_allocator {
+        return emit(&hit, EventKind::Brk, result, 1, regs.rdi, NO_STACK);
+    }
+    emit_with_stack_at(
+        &hit,
+        &wrapper_caller(&regs),
+        EventKind::Brk,
+        result,
+        0,
+        regs.rdi,
     )
 }
 
@@ -85,7 +122,7 @@ pub fn munmap_exit(ctx: TracePointContext) -> i32 {
 }
 
 fn try_munmap_exit(ctx: &TracePointContext) -> Outcome {
-    let Some((hit, regs, _)) = traced_call(ctx) else {
+    let Some((hit, regs, _)) = traced_call_of_its_own(ctx) else {
         return Ok(());
     };
     emit(&hit, EventKind::Unmap, regs.rdi, 0, regs.rsi, NO_STACK)
@@ -98,7 +135,7 @@ pub fn mremap_exit(ctx: TracePointContext) -> i32 {
 }
 
 fn try_mremap_exit(ctx: &TracePointContext) -> Outcome {
-    let Some((hit, regs, result)) = traced_call(ctx) else {
+    let Some((hit, regs, result)) = traced_call_of_its_own(ctx) else {
         return Ok(());
     };
     // mremap(old_addr, old_len, new_len, flags, new_addr)
@@ -121,7 +158,7 @@ pub fn mprotect_exit(ctx: TracePointContext) -> i32 {
 }
 
 fn try_mprotect_exit(ctx: &TracePointContext) -> Outcome {
-    let Some((hit, regs, _)) = traced_call(ctx) else {
+    let Some((hit, regs, _)) = traced_call_of_its_own(ctx) else {
         return Ok(());
     };
     let accessible = regs.rdx != PROT_NONE;
@@ -135,10 +172,24 @@ fn try_mprotect_exit(ctx: &TracePointContext) -> Outcome {
     )
 }
 
-/// The caller, its syscall's user registers and the call's result, if it
-/// succeeded, in a traced process, outside any traced allocator call.
+/// [`traced_call`] outside any traced allocator call.
 #[inline(always)]
-fn traced_call(ctx: &TracePointContext) -> Option<(Hit<'_, TracePointContext>, pt_regs, u64)> {
+fn traced_call_of_its_own(
+    ctx: &TracePointContext,
+) -> Option<(Hit<'_, TracePointContext>, pt_regs, u64)> {
+    match traced_call(ctx)? {
+        (_, _, _, true) => None,
+        (hit, regs, result, false) => Some((hit, regs, result)),
+    }
+}
+
+/// The caller, its syscall's user registers, the call's result, if it
+/// succeeded, in a traced process, and whether it was made inside a traced
+/// allocator call.
+#[inline(always)]
+fn traced_call(
+    ctx: &TracePointContext,
+) -> Option<(Hit<'_, TracePointContext>, pt_regs, u64, bool)> {
     let hit = Hit::new(ctx);
     let traced = if filter::host_wide() {
         filter::traced(hit.pid_tgid)
@@ -155,9 +206,7 @@ fn traced_call(ctx: &TracePointContext) -> Option<(Hit<'_, TracePointContext>, p
         return None;
     }
     // SAFETY: reading the slot only.
-    if thread_slot(hit.tid()).is_some_and(|slot| unsafe { (*slot).entry_sp } != 0) {
-        return None;
-    }
+    let in_allocator = thread_slot(hit.tid()).is_some_and(|slot| unsafe { (*slot).entry_sp } != 0);
     // SAFETY: helpers without preconditions; the task's saved user
     // registers are then read through the fault-tolerant helper.
     let regs = unsafe {
@@ -165,5 +214,5 @@ fn traced_call(ctx: &TracePointContext) -> Option<(Hit<'_, TracePointContext>, p
         bpf_probe_read_kernel(regs_ptr)
     }
     .ok()?;
-    Some((hit, regs, result as u64))
+    Some((hit, regs, result as u64, in_allocator))
 }

@@ -120,12 +120,13 @@ pub fn emit_with_stack_at<C: EbpfContext>(
     Ok(())
 }
 
-/// Sends an allocation whose stack the DWARF unwinder walked: by hash when
+/// Sends an allocation with a walked stack (the DWARF unwinder's, or the
+/// kernel's, in `kmem`): by hash when
 /// the stack is known, else with its frames (see [`emit_with_stack`]). An
 /// incomplete walk is not remembered, so it is sent again until userspace
 /// has loaded the tables it lacked.
 #[inline(always)]
-fn emit_walked<C: EbpfContext>(
+pub fn emit_walked<C: EbpfContext>(
     hit: &Hit<C>,
     kind: EventKind,
     addr: u64,

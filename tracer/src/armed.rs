@@ -4,10 +4,15 @@
 //! the process's code through `/proc/PID/mem` at each probe says whether the
 //! kernel will run the programs there.
 //!
-//! The ready line is only printed once every probe is armed in the target,
-//! and the check is repeated at each summary: a breakpoint can vanish after
-//! the ready line (another tool writing the original code back, as
-//! one-process mode's fork clean-up does in children), and the events of that probe with it.
+//! With `--pid` the ready line is only printed once every probe is armed in
+//! the target, and the check is repeated at each summary: a breakpoint can
+//! vanish after the ready line (another tool writing the original code
+//! back, as one-process mode's fork clean-up does in children), and the
+//! events of that probe with it. A launched command is checked at each
+//! summary once it runs its program ([`ArmedWatch`]); host-wide mode checks
+//! a few processes of each probed library per summary ([`HostWatch`]).
+//! Both count what they find missing ([`ProbeChecks`], in the report's
+//! totals).
 //! The same sites serve one-process mode's fork clean-up, which writes the original bytes
 //! back into the target's children.
 
@@ -20,6 +25,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use serde::Serialize;
 
 use crate::{
     mapped::{self, FileId},
@@ -117,8 +123,19 @@ impl ProbeSites {
 
     /// The functions whose breakpoint is missing in `pid`.
     pub fn disarmed_in(&self, pid: u32) -> io::Result<Vec<&str>> {
+        Ok(self
+            .disarmed_if_mapped(pid)?
+            .unwrap_or_else(|| self.sites.iter().map(|site| site.function).collect()))
+    }
+
+    /// The functions whose breakpoint is missing in `pid`, or `None` when
+    /// `pid` does not map the library at all.
+    pub fn disarmed_if_mapped(&self, pid: u32) -> io::Result<Option<Vec<&str>>> {
         let mem = File::open(format!("/proc/{pid}/mem"))?;
         let placed = self.placed_in(pid)?;
+        if placed.is_empty() {
+            return Ok(None);
+        }
         let mut disarmed = Vec::new();
         for site in &self.sites {
             let mut armed = false;
@@ -136,7 +153,7 @@ impl ProbeSites {
                 disarmed.push(site.function);
             }
         }
-        Ok(disarmed)
+        Ok(Some(disarmed))
     }
 
     /// Waits until every probe is armed in `pid`, or says which are not.
@@ -164,6 +181,15 @@ impl ProbeSites {
     }
 }
 
+/// What the checks of the probes' breakpoints found, for the report.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ProbeChecks {
+    /// Looks at one process's code (all the probes of one library in it).
+    pub checks: u64,
+    /// Probes found without their breakpoint, each counted once per process.
+    pub missing: u64,
+}
+
 /// The re-check at each summary: warns once for each probe that lost its
 /// breakpoint.
 #[derive(Debug)]
@@ -171,6 +197,7 @@ pub struct ArmedWatch {
     sites: ProbeSites,
     pid: u32,
     lost: Vec<&'static str>,
+    checks: u64,
 }
 
 impl ArmedWatch {
@@ -179,15 +206,26 @@ impl ArmedWatch {
             sites,
             pid,
             lost: Vec::new(),
+            checks: 0,
+        }
+    }
+
+    pub fn stats(&self) -> ProbeChecks {
+        ProbeChecks {
+            checks: self.checks,
+            missing: self.lost.len() as u64,
         }
     }
 
     /// Looks at the target's code again; a probe found disarmed for the
-    /// first time is reported on stderr.
+    /// first time is reported on stderr. A process that does not map the
+    /// library (yet: a launched command in its dynamic loader) is not
+    /// looked at.
     pub fn check(&mut self) {
-        let Ok(disarmed) = self.sites.disarmed_in(self.pid) else {
+        let Ok(Some(disarmed)) = self.sites.disarmed_if_mapped(self.pid) else {
             return; // Gone: the session notices on its own.
         };
+        self.checks += 1;
         for function in disarmed {
             let site = self
                 .sites
@@ -202,6 +240,75 @@ impl ArmedWatch {
                      (another tool rewrote the code?); its calls are no longer recorded",
                     self.pid
                 );
+            }
+        }
+    }
+}
+
+/// Processes looked at per library at each summary in host-wide mode: the
+/// check reads one `/proc/PID/maps` and one byte per probe each, so a few
+/// per summary cost nothing next to the summary itself.
+const HOST_SAMPLE: usize = 4;
+
+/// Host-wide mode's check: at each summary, a few processes that map each
+/// probed library, in turn, have their breakpoints looked at.
+#[derive(Debug, Default)]
+pub struct HostWatch {
+    /// The probe sites of each probed library.
+    libraries: Vec<ProbeSites>,
+    /// Where the turn of the sample starts in the candidates.
+    turn: usize,
+    /// (pid, function) of each probe found missing, warned about once.
+    lost: std::collections::HashSet<(u32, &'static str)>,
+    checks: u64,
+}
+
+impl HostWatch {
+    /// Watches the probes of a library just attached.
+    pub fn add(&mut self, sites: ProbeSites) {
+        self.libraries.push(sites);
+    }
+
+    pub fn stats(&self) -> ProbeChecks {
+        ProbeChecks {
+            checks: self.checks,
+            missing: self.lost.len() as u64,
+        }
+    }
+
+    /// Looks at up to [`HOST_SAMPLE`] of `candidates` (the traced
+    /// processes) per library, the next ones at each call; a process that
+    /// does not map a library is skipped for it.
+    pub fn check(&mut self, candidates: &[u32]) {
+        if candidates.is_empty() {
+            return;
+        }
+        let start = self.turn % candidates.len();
+        self.turn = start + HOST_SAMPLE;
+        for sites in &self.libraries {
+            let mut looked = 0;
+            for &pid in candidates.iter().cycle().skip(start).take(candidates.len()) {
+                if looked == HOST_SAMPLE {
+                    break;
+                }
+                let Ok(Some(disarmed)) = sites.disarmed_if_mapped(pid) else {
+                    continue;
+                };
+                looked += 1;
+                self.checks += 1;
+                for function in disarmed {
+                    let Some(site) = sites.sites.iter().find(|site| site.function == function)
+                    else {
+                        continue;
+                    };
+                    if self.lost.insert((pid, site.function)) {
+                        eprintln!(
+                            "alloctrace: warning: the probe of {function} in pid {pid} lost its \
+                             breakpoint (another tool rewrote the code?); its calls there are no \
+                             longer recorded"
+                        );
+                    }
+                }
             }
         }
     }

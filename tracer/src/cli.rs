@@ -3,8 +3,9 @@
 //! (and refusing what a mode cannot honour) is the `config` module's job.
 //!
 //! Flags that apply to one process only (`--pid` or `-- CMD`) conflict with
-//! `--all` here, and host-wide flags require it, so clap refuses a flag
-//! that does not apply to the chosen mode with one line that names both.
+//! `--all` and `--kernel` here, and host-wide flags require `--all`, so
+//! clap refuses a flag that does not apply to the chosen mode with one line
+//! that names both.
 
 use std::{ffi::OsString, net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -17,7 +18,7 @@ use crate::{diff::DiffArgs, html::HtmlArgs, report::LogFormat, unwind::UnwindMod
 #[derive(Debug, Parser)]
 #[command(name = "alloctrace", version)]
 #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command", "all"]))]
+#[command(group = clap::ArgGroup::new("target").required(true).args(["pid", "command", "all", "kernel"]))]
 pub struct Cli {
     #[command(subcommand)]
     pub subcommand: Option<Subcommands>,
@@ -40,14 +41,23 @@ pub enum Subcommands {
 /// Tracing: what to trace, for how long, and what to write.
 #[derive(Debug, clap::Args)]
 pub struct TraceArgs {
-    /// Process to trace (it keeps running; nothing is restarted).
-    #[arg(long, value_name = "PID", conflicts_with_all = ["command", "all"])]
+    /// Process to trace (it keeps running; nothing is restarted). Tracing
+    /// ends if it runs execve: the report is the old program's, and no
+    /// probe is left in the new one.
+    #[arg(long, value_name = "PID", conflicts_with_all = ["command", "all", "kernel"])]
     pub pid: Option<u32>,
 
     /// Command to start and trace from its first instruction (after `--`);
     /// alloctrace exits with its exit status.
-    #[arg(last = true, value_name = "CMD", conflicts_with = "all")]
+    #[arg(last = true, value_name = "CMD", conflicts_with_all = ["all", "kernel"])]
     pub command: Vec<OsString>,
+
+    /// Trace the kernel's own allocations instead of a process's heap:
+    /// slab objects (kmalloc, kmem_cache), pages and per-CPU blocks, from
+    /// the kmem and percpu tracepoints, by kernel stack and allocating task
+    /// (by name), host-wide.
+    #[arg(long, conflicts_with = "all")]
+    pub kernel: bool,
 
     #[command(flatten)]
     pub host: HostArgs,
@@ -103,19 +113,19 @@ pub struct TraceArgs {
     /// pointers and `fp` for the others; `stack-copy` copies the top of the
     /// stack into every event and unwinds it in userspace (slower; not with
     /// --all).
-    #[arg(long, value_enum, default_value_t = UnwindMode::Auto)]
+    #[arg(long, value_enum, default_value_t = UnwindMode::Auto, conflicts_with = "kernel")]
     pub unwind: UnwindMode,
 
     /// Kernel memory for the DWARF unwinding tables (8 bytes per row),
     /// allocated when tracing starts; files past it fall back to frame
     /// pointers [default: 16M for one process, 64M with --all]
-    #[arg(long, value_name = "BYTES", value_parser = parse_table_memory)]
+    #[arg(long, value_name = "BYTES", value_parser = parse_table_memory, conflicts_with = "kernel")]
     pub unwind_table_memory: Option<u32>,
 
     /// Bytes of user stack copied per allocation by `--unwind stack-copy`,
     /// a multiple of 4K (frames beyond them are cut off).
     #[arg(long, value_name = "BYTES", default_value = "8K", value_parser = parse_stack_bytes,
-          conflicts_with = "all")]
+          conflicts_with_all = ["all", "kernel"])]
     pub stack_bytes: u32,
 
     /// Track at most this many outstanding allocations in all (with --all:
@@ -137,26 +147,32 @@ pub struct TraceArgs {
     /// reported block per BYTES allocated (Poisson sampling by bytes, as
     /// heapprofd does); every number is then an unbiased estimate. Cheaper
     /// for the kernel and the tracer; every call still traps.
-    #[arg(long, value_name = "BYTES", value_parser = parse_sample_rate, conflicts_with = "all")]
+    #[arg(long, value_name = "BYTES", value_parser = parse_sample_rate, conflicts_with_all = ["all", "kernel"])]
     pub sample_rate: Option<u64>,
 
     /// Trace the allocator in this shared library (e.g. a jemalloc or
     /// tcmalloc build the target maps) instead of the one found automatically.
-    #[arg(long, value_name = "PATH", conflicts_with = "all")]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["all", "kernel"])]
     pub allocator_lib: Option<PathBuf>,
 
-    /// What memory is traced: `heap` (the allocator's malloc family), or
-    /// `both`, which adds the anonymous private mappings the process makes
-    /// itself (mmap, munmap, mremap, mprotect; reservations count once
-    /// committed; the allocator's own mappings stay heap blocks).
-    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "all")]
+    /// What memory is traced: `heap`, the allocator's malloc family (the
+    /// default: it is where leaks usually are, and only the traced process
+    /// pays for it); `both`, which adds the anonymous private mappings and
+    /// break growth the process makes itself (mmap, munmap, mremap,
+    /// mprotect, brk; reservations count once committed; the allocator's
+    /// own mappings stay heap blocks), at the price of the system-call
+    /// tracepoints, which slow every system call of every process on the
+    /// host a little while they are on; or `mapped` alone, without the heap
+    /// probes (cheapest for a malloc-heavy process; what the allocator maps
+    /// then counts as mapped memory too, at malloc's callers).
+    #[arg(long, value_enum, default_value_t = MemoryKinds::Heap, conflicts_with = "kernel")]
     pub trace_memory: MemoryKinds,
 
     /// Ask the traced JVM to write its perf map (`jcmd PID Compiler.perfmap`,
     /// JDK 17+) at attach time and at each summary, so JIT-compiled Java
     /// methods are named. It writes /tmp/perf-PID.map for the target. Run
     /// the JVM with -XX:+PreserveFramePointer so its frames can be walked.
-    #[arg(long, conflicts_with = "all")]
+    #[arg(long, conflicts_with_all = ["all", "kernel"])]
     pub jvm_perfmap: bool,
 
     /// Log attach details and kernel-side diagnostics to stderr.
@@ -165,19 +181,19 @@ pub struct TraceArgs {
 
     /// Benchmark aid: attach empty programs at the same probe points and
     /// record nothing, so the cost of the traps alone can be measured.
-    #[arg(long, hide = true)]
+    #[arg(long, hide = true, conflicts_with = "kernel")]
     pub floor: bool,
 
     /// Test aid: thread ids below this (at most 65536) keep their calls in
     /// flight in the kernel's array, the others in its hash map. Both must
     /// give the same numbers.
     #[arg(long, hide = true, default_value_t = tracer_ebpf::MAX_THREAD_SLOTS,
-          value_parser = parse_thread_slots, conflicts_with = "all")]
+          value_parser = parse_thread_slots, conflicts_with_all = ["all", "kernel"])]
     pub thread_slots: u32,
 
     /// Benchmark aid: attach the uprobes through perf events, as before
     /// uprobe_multi links, to compare the two.
-    #[arg(long, hide = true, conflicts_with = "all")]
+    #[arg(long, hide = true, conflicts_with_all = ["all", "kernel"])]
     pub perf_event_uprobes: bool,
 
     #[command(flatten)]
@@ -189,12 +205,18 @@ pub struct TraceArgs {
 pub enum MemoryKinds {
     Heap,
     Both,
+    Mapped,
 }
 
 impl MemoryKinds {
+    /// Whether the allocator's heap blocks are traced (its probes attached).
+    pub fn heap(self) -> bool {
+        self != Self::Mapped
+    }
+
     /// Whether mapped memory is traced.
     pub fn mapped(self) -> bool {
-        self == Self::Both
+        self != Self::Heap
     }
 }
 
@@ -254,12 +276,13 @@ pub struct WatchArgs {
     pub after: Option<Duration>,
 
     /// Write the outstanding allocations as a gzipped pprof profile.
-    #[arg(long, value_name = "FILE.pb.gz", conflicts_with = "all")]
+    #[arg(long, value_name = "FILE.pb.gz", conflicts_with_all = ["all", "kernel"])]
     pub pprof: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics; a bare port binds
     /// 127.0.0.1 only.
-    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr)]
+    #[arg(long, value_name = "ADDR", value_parser = crate::metrics::parse_addr,
+          conflicts_with = "kernel")]
     pub metrics_addr: Option<SocketAddr>,
 }
 
@@ -311,15 +334,16 @@ fn parse_ring_size(text: &str) -> Result<u32, String> {
     }
 }
 
-/// Accepts sizes such as `64M`, from 1M to 2G.
+/// Accepts sizes such as `64M`, from 64K (room for a small program's own
+/// table, not its libc's) to 2G.
 fn parse_table_memory(text: &str) -> Result<u32, String> {
     let bytes = parse_size::Config::new()
         .with_binary()
         .parse_size(text)
         .map_err(|_| format!("'{text}' is not a size (try 64M)"))?;
     match u32::try_from(bytes) {
-        Ok(bytes) if (1 << 20..=1 << 31).contains(&bytes) => Ok(bytes),
-        _ => Err(format!("'{text}' must be from 1M to 2G")),
+        Ok(bytes) if (1 << 16..=1 << 31).contains(&bytes) => Ok(bytes),
+        _ => Err(format!("'{text}' must be from 64K to 2G")),
     }
 }
 

@@ -63,6 +63,8 @@ pub enum ModeConfig {
     Process(ProcessConfig),
     /// Every process on the host (`--all`).
     Host(HostConfig),
+    /// The kernel's own allocations (`--kernel`).
+    Kernel(KernelConfig),
 }
 
 /// Which one process.
@@ -101,6 +103,13 @@ pub struct HostConfig {
     /// `--flamegraph-dir`: one flamegraph per process.
     pub flamegraph_dir: Option<PathBuf>,
     pub metrics_addr: Option<SocketAddr>,
+    /// `--trace-memory`: heap blocks, mapped memory, or both.
+    pub memory: MemoryKinds,
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelConfig {
+    pub gate: Option<GateSettings>,
 }
 
 /// Where the final outputs every mode writes go.
@@ -149,9 +158,7 @@ pub struct GateSettings {
 /// be unwound with them. A busy host maps more distinct files than one
 /// process does (see the README's host-wide memory figures).
 fn unwind_table_rows(args: &TraceArgs) -> u32 {
-    if matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy)
-        || (args.host.all && args.unwind == UnwindMode::Auto)
-    {
+    if args.kernel || matches!(args.unwind, UnwindMode::Fp | UnwindMode::StackCopy) {
         return 0;
     }
     let default = if args.host.all { 64 << 20 } else { 16 << 20 };
@@ -200,6 +207,10 @@ impl Config {
         };
         let mode = if args.host.all {
             ModeConfig::Host(HostConfig::from_args(&args)?)
+        } else if args.kernel {
+            ModeConfig::Kernel(KernelConfig {
+                gate: gate_settings(&args)?,
+            })
         } else {
             ModeConfig::Process(ProcessConfig::from_args(args)?)
         };
@@ -213,21 +224,22 @@ impl ProcessConfig {
             std::fs::File::open(path)
                 .with_context(|| format!("--allocator-lib {}", path.display()))?;
         }
+        let gate = gate_settings(&args)?;
         let target = match args.pid {
             Some(pid) => ProcessTarget::Pid(pid),
             None => ProcessTarget::Launch(args.command),
         };
-        let gate = args
-            .watch
-            .fail_on_growth
-            .map(|threshold_bytes| GateSettings {
-                threshold_bytes,
-                after: args.watch.after.unwrap_or_default(),
-            });
-        if let (Some(gate), Some(duration)) = (gate, args.duration)
-            && gate.after >= duration
-        {
-            bail!("--after must be shorter than --duration, or the leak gate has nothing to judge");
+        if args.trace_memory == MemoryKinds::Mapped {
+            if args.sample_rate.is_some() {
+                bail!(
+                    "--sample-rate samples heap blocks: it cannot be used with --trace-memory mapped"
+                );
+            }
+            if gate.is_some() {
+                bail!(
+                    "the leak gate judges heap blocks: --fail-on-growth cannot be used with --trace-memory mapped"
+                );
+            }
         }
         Ok(Self {
             target,
@@ -269,19 +281,30 @@ impl HostConfig {
             check_writable(&dir.join("process.svg"))?;
         }
         Ok(Self {
-            // Host-wide, tables only when asked for: with every process of a
-            // busy host unwound from tables, compiling them and naming the
-            // deeper stacks slowed the host-wide tests' startup and exit past
-            // their timeouts on the development VM (see issue 14's notes).
-            unwind: match args.unwind {
-                UnwindMode::Auto => UnwindMode::Fp,
-                mode => mode,
-            },
+            unwind: args.unwind,
             filters: HostFilters::new(comm, cgroup.as_deref(), exclude_pid)?,
             flamegraph_dir: flamegraph_dir.clone(),
             metrics_addr: args.watch.metrics_addr,
+            memory: args.trace_memory,
         })
     }
+}
+
+/// The leak gate's settings (`--fail-on-growth`, `--after`), if asked for.
+fn gate_settings(args: &TraceArgs) -> anyhow::Result<Option<GateSettings>> {
+    let gate = args
+        .watch
+        .fail_on_growth
+        .map(|threshold_bytes| GateSettings {
+            threshold_bytes,
+            after: args.watch.after.unwrap_or_default(),
+        });
+    if let (Some(gate), Some(duration)) = (gate, args.duration)
+        && gate.after >= duration
+    {
+        bail!("--after must be shorter than --duration, or the leak gate has nothing to judge");
+    }
+    Ok(gate)
 }
 
 fn snapshots(watch: &WatchArgs) -> anyhow::Result<Option<Snapshots>> {

@@ -10,9 +10,10 @@ use std::{
     os::fd::{AsRawFd, FromRawFd as _, OwnedFd, RawFd},
     sync::{
         Arc,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicUsize, Ordering},
     },
     thread::JoinHandle,
+    time::{Duration, Instant},
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -65,12 +66,21 @@ pub enum Release {
 /// long the session takes over a summary or a first symbolization: with 10
 /// million live blocks a summary took longer than an 8 MiB ring lasts.
 ///
+/// What it holds is bounded ([`MAX_BACKLOG`]): when the session falls
+/// behind the event rate for long, the thread stops emptying the rings and
+/// the kernel drops what does not fit, counted as lost events, rather than
+/// the backlog growing without end. Each drain takes at most
+/// [`DRAIN_EVENTS`] of it, so a stop signal or `--duration` is heard
+/// between chunks of a long backlog.
+///
 /// `R` is what a mode resolves a carried stack into when it resolves it on
 /// read (see [`EventReader::read`]).
 pub struct EventReader<R> {
     batches: UnboundedReceiver<Batch>,
     /// Batches received while waiting for one (see [`EventReader::next_batch`]).
     received: Vec<Batch>,
+    /// Events read from the rings and not taken by [`EventReader::read`] yet.
+    backlog: Arc<AtomicUsize>,
     /// Asks the reading thread for a last pass.
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
@@ -82,10 +92,34 @@ pub struct EventReader<R> {
 /// How often the reading thread empties the rings when none is filling.
 const READ_PERIOD_MS: i32 = 10;
 
+/// Events read and not yet taken by the session at most (about 80 bytes
+/// each, plus the frames of new stacks): past it the rings are left to fill.
+/// Host-wide with in-kernel DWARF on this VM, during a cargo build with the
+/// machine's two cores saturated, the session applied fewer events than
+/// arrived and, without this bound, the backlog grew to 6.8 GB RSS in five
+/// minutes and the final drain outlived `--duration` by minutes.
+pub const MAX_BACKLOG: usize = 1 << 20;
+
+/// Events one drain takes at most (whole batches, at least one).
+const DRAIN_EVENTS: usize = 1 << 16;
+
+/// How long one drain hands events out at most, so that a stop signal,
+/// `--duration` and the ticks are heard while a long backlog is worked off:
+/// host-wide on a saturated VM, stacks new to the tracer cost up to
+/// milliseconds each, and a drain of [`DRAIN_EVENTS`] took over a minute.
+const DRAIN_TIME: Duration = Duration::from_millis(100);
+
+/// Events read from one ring per pass at most: a ring filled as fast as it
+/// is read (an allocation storm) would otherwise keep a pass going, and its
+/// batch growing, for as long as the storm lasts, past [`MAX_BACKLOG`].
+const PASS_EVENTS: usize = 1 << 15;
+
 /// One pass of the reading thread over every ring.
 struct Batch {
-    /// When the pass began: every event stamped [`SETTLE_NS`] before this
-    /// was in a ring by then, so it is in this batch or an earlier one.
+    /// When the pass began (or, if it left events in a ring, the stamp of
+    /// the last one it read there): every event stamped [`SETTLE_NS`]
+    /// before this was in a ring by then, so it is in this batch or an
+    /// earlier one.
     started_ns: u64,
     records: Vec<Decoded>,
 }
@@ -105,15 +139,26 @@ impl<R> EventReader<R> {
         }
         let (sender, batches) = unbounded_channel();
         let stop = Arc::new(AtomicBool::new(false));
+        let backlog = Arc::new(AtomicUsize::new(0));
         let thread = std::thread::Builder::new()
             .name("ring reader".into())
             .spawn({
-                let stop = stop.clone();
-                move || read_rings(rings, unwinder, &epoll, &sender, &stop)
+                let (stop, backlog) = (stop.clone(), backlog.clone());
+                move || {
+                    let reader = RingReader {
+                        epoll,
+                        sender,
+                        stop,
+                        backlog,
+                        warned: false,
+                    };
+                    reader.run(rings, unwinder);
+                }
             })?;
         Ok(Self {
             batches,
             received: Vec::new(),
+            backlog,
             stop,
             thread: Some(thread),
             read_ns: 0,
@@ -146,9 +191,15 @@ impl<R> EventReader<R> {
         if release == Release::All {
             self.stop_reading();
         }
-        while let Ok(batch) = self.batches.try_recv() {
+        let mut taken: usize = self.received.iter().map(|b| b.records.len()).sum();
+        while release == Release::All || taken + self.merge.held.len() < DRAIN_EVENTS {
+            let Ok(batch) = self.batches.try_recv() else {
+                break;
+            };
+            taken += batch.records.len();
             self.received.push(batch);
         }
+        self.backlog.fetch_sub(taken, Ordering::AcqRel);
         for batch in self.received.drain(..) {
             self.read_ns = self.read_ns.max(batch.started_ns);
             for decoded in batch.records {
@@ -162,9 +213,12 @@ impl<R> EventReader<R> {
     }
 
     /// Hands the events read and stamped at or before `horizon_ns` to
-    /// `sink`, oldest first; returns how many.
+    /// `sink`, oldest first, for at most [`DRAIN_TIME`] unless `horizon_ns`
+    /// releases all (the last drain); returns how many. Those left are
+    /// handed out first next time.
     pub fn release(&mut self, horizon_ns: u64, sink: impl FnMut(&Event, Arrived<'_, R>)) -> usize {
-        self.merge.release(horizon_ns, sink)
+        let deadline = (horizon_ns != u64::MAX).then(|| Instant::now() + DRAIN_TIME);
+        self.merge.release_until(horizon_ns, deadline, sink)
     }
 
     /// Has the reading thread make a last pass over the rings and end.
@@ -176,36 +230,66 @@ impl<R> EventReader<R> {
     }
 }
 
-/// The reading thread: a pass over every ring, then a wait for a ring's
-/// wake-up or [`READ_PERIOD_MS`]; until asked to stop (after one last pass)
-/// or nobody receives its batches any more.
-fn read_rings(
-    mut rings: Vec<RingBuf<MapData>>,
-    mut unwinder: Option<StackUnwinder>,
-    epoll: &Epoll,
-    sender: &UnboundedSender<Batch>,
-    stop: &AtomicBool,
-) {
-    loop {
-        let stopping = stop.load(Ordering::Acquire);
-        let started_ns = monotonic_ns();
-        let mut records = Vec::new();
-        for ring in &mut rings {
-            while let Some(item) = ring.next() {
-                records.extend(Decoded::decode(&item, unwinder.as_mut()));
+/// The reading thread's side of the rings.
+struct RingReader {
+    epoll: Epoll,
+    sender: UnboundedSender<Batch>,
+    stop: Arc<AtomicBool>,
+    /// Shared with [`EventReader`], which takes what this adds.
+    backlog: Arc<AtomicUsize>,
+    warned: bool,
+}
+
+impl RingReader {
+    /// A pass over every ring (none while the backlog is full), then a wait
+    /// for a ring's wake-up or [`READ_PERIOD_MS`]; until asked to stop
+    /// (after one last pass) or nobody receives its batches any more.
+    fn run(mut self, mut rings: Vec<RingBuf<MapData>>, mut unwinder: Option<StackUnwinder>) {
+        loop {
+            let stopping = self.stop.load(Ordering::Acquire);
+            if !stopping && self.backlog.load(Ordering::Acquire) >= MAX_BACKLOG {
+                self.warn_once();
+                // Not the epoll: a full ring would wake it at once.
+                std::thread::sleep(std::time::Duration::from_millis(READ_PERIOD_MS as u64));
+                continue;
             }
-        }
-        if sender
-            .send(Batch {
+            let mut started_ns = monotonic_ns();
+            let mut records = Vec::new();
+            for ring in &mut rings {
+                let first = records.len();
+                let mut emptied = false;
+                for _ in 0..PASS_EVENTS {
+                    let Some(item) = ring.next() else {
+                        emptied = true;
+                        break;
+                    };
+                    records.extend(Decoded::decode(&item, unwinder.as_mut()));
+                }
+                // A ring left with events in it vouches only for what was
+                // stamped before its last event read (see `SETTLE_NS`).
+                if !emptied && let Some(last) = records[first..].last() {
+                    started_ns = started_ns.min(last.event.timestamp_ns);
+                }
+            }
+            self.backlog.fetch_add(records.len(), Ordering::AcqRel);
+            let batch = Batch {
                 started_ns,
                 records,
-            })
-            .is_err()
-            || stopping
-        {
-            return;
+            };
+            if self.sender.send(batch).is_err() || stopping {
+                return;
+            }
+            self.epoll.wait(READ_PERIOD_MS);
         }
-        epoll.wait(READ_PERIOD_MS);
+    }
+
+    fn warn_once(&mut self) {
+        if !std::mem::replace(&mut self.warned, true) {
+            log::warn!(
+                "alloctrace: {MAX_BACKLOG} events read and not processed yet: the tracer falls \
+                 behind the event rate, and events beyond that are dropped (counted as lost)"
+            );
+        }
     }
 }
 
@@ -308,9 +392,16 @@ impl<R> Merge<R> {
 
     /// Hands every event stamped at or before `horizon_ns` to `sink`, oldest
     /// first; returns how many.
-    pub fn release(
+    pub fn release(&mut self, horizon_ns: u64, sink: impl FnMut(&Event, Arrived<'_, R>)) -> usize {
+        self.release_until(horizon_ns, None, sink)
+    }
+
+    /// As [`Merge::release`], but stops at `deadline` (checked every few
+    /// hundred events); the events left wait, in order, for the next call.
+    pub fn release_until(
         &mut self,
         horizon_ns: u64,
+        deadline: Option<Instant>,
         mut sink: impl FnMut(&Event, Arrived<'_, R>),
     ) -> usize {
         // Stable, and fast on what it gets: one sorted run per ring.
@@ -318,13 +409,20 @@ impl<R> Merge<R> {
         let ready = self
             .held
             .partition_point(|record| record.event.timestamp_ns <= horizon_ns);
-        for mut record in self.held.drain(..ready) {
+        let mut records = self.held.drain(..ready).collect::<Vec<_>>().into_iter();
+        let mut released = 0;
+        for mut record in records.by_ref() {
             match record.resolved.take() {
                 Some(resolved) => sink(&record.event, Arrived::Resolved(resolved)),
                 None => sink(&record.event, Arrived::Carried(record.carried())),
             }
+            released += 1;
+            if released % 256 == 0 && deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                break;
+            }
         }
-        ready
+        self.held.splice(0..0, records);
+        released
     }
 }
 

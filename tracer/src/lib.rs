@@ -28,6 +28,7 @@ pub mod driver;
 pub mod events;
 pub mod filters;
 pub mod html;
+pub mod kallsyms;
 pub mod ledger;
 pub mod mapped;
 pub mod maps;
@@ -55,5 +56,6 @@ pub async fn trace(config: Config) -> anyhow::Result<Outcome> {
     match config.mode {
         ModeConfig::Process(mode) => modes::process::run(&config.common, mode).await,
         ModeConfig::Host(mode) => modes::host::run(&config.common, mode).await,
+        ModeConfig::Kernel(mode) => modes::kernel::run(&config.common, mode).await,
     }
 }

@@ -69,8 +69,8 @@ fn exit_code(result: anyhow::Result<Outcome>) -> ExitCode {
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<Outcome> {
-    privileges::check(args.host.all)?;
-    check_kernel()?;
+    privileges::check(args.host.all || args.kernel)?;
+    check_kernel(args.kernel)?;
     let config = Config::from_args(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -101,8 +101,10 @@ fn first_line_of_clap_error(error: &clap::Error) -> String {
     format!("{} (see --help)", line.trim_start_matches("error: "))
 }
 
-fn check_kernel() -> anyhow::Result<()> {
-    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+/// What every run needs of the kernel: BTF, and uprobes unless only the
+/// kernel's own allocations are traced (`kernel_only`).
+fn check_kernel(kernel_only: bool) -> anyhow::Result<()> {
+    if !kernel_only && !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
         bail!("this kernel has no uprobe support (CONFIG_UPROBE_EVENTS); alloctrace needs it");
     }
     if !Path::new("/sys/kernel/btf/vmlinux").exists() {

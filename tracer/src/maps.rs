@@ -87,6 +87,19 @@ pub fn read(pid: u32) -> Option<Vec<Mapping>> {
     )
 }
 
+/// Where `pid`'s program break is now, page-rounded: the end of its
+/// `[heap]`, or where the heap would start when it has none yet.
+pub fn program_break(pid: u32) -> Option<u64> {
+    let process = procfs::process::Process::new(pid as i32).ok()?;
+    let heap = process
+        .maps()
+        .ok()?
+        .iter()
+        .find(|map| map.pathname == MMapPath::Heap)
+        .map(|map| map.address.1);
+    heap.or_else(|| process.stat().ok()?.start_brk)
+}
+
 /// The mapping holding `address`, if any.
 pub fn find(mappings: &[Mapping], address: u64) -> Option<&Mapping> {
     let after = mappings.partition_point(|mapping| mapping.start <= address);
@@ -128,6 +141,22 @@ mod tests {
         assert_eq!(file.describe(0x1010), "/lib/x.so+0x1010");
         let anon = mapping(0x3000, 0x4000, Backing::Anonymous);
         assert_eq!(anon.describe(0x3010), "[anon]+0x10");
+    }
+
+    #[test]
+    fn finds_this_process_break() {
+        // Other test threads may move it meanwhile (glibc's main arena).
+        // SAFETY: sbrk(0) only reads the break.
+        let before = unsafe { libc::sbrk(0) } as u64;
+        let found = program_break(std::process::id()).expect("own break");
+        // SAFETY: as above.
+        let after = unsafe { libc::sbrk(0) } as u64;
+        let page_up = |address: u64| (address + 4095) & !4095;
+        let (low, high) = (before.min(after), before.max(after));
+        assert!(
+            (page_up(low)..=page_up(high)).contains(&found),
+            "{found:#x}"
+        );
     }
 
     #[test]

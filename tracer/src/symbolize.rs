@@ -13,6 +13,11 @@
 //! debug files come from
 //! [`crate::debuginfo`] as well as blazesym's own debug-link search. An
 //! address that cannot be named still says which module and offset it is in.
+//!
+//! The kernel's own stacks (`--kernel`) are named by the same type, made
+//! with [`ProcessSymbolizer::kernel`]: from `/proc/kallsyms` (or a
+//! `vmlinux` blazesym finds), each frame as `function+offset` in its
+//! module ([`crate::kallsyms`]).
 
 use std::{
     cell::RefCell,
@@ -20,6 +25,7 @@ use std::{
     num::NonZeroU32,
     path::PathBuf,
     rc::Rc,
+    time::{Duration, Instant},
 };
 
 use blazesym::{
@@ -28,13 +34,14 @@ use blazesym::{
         Input, Symbolized, Symbolizer,
         cache::{self, Cache},
         evict::{self, Evict},
-        source::{Elf, Process, Source},
+        source::{Elf, Kernel, Process, Source},
     },
 };
 use serde::{Serialize, Serializer};
 
 use crate::{
     debuginfo,
+    kallsyms::KernelModules,
     maps::{self, Backing, Mapping},
     perfmap::PerfMap,
 };
@@ -55,9 +62,22 @@ pub struct Frame {
     pub line: Option<u32>,
     /// True for a function inlined into the frame that follows it.
     pub inlined: bool,
+    /// Kernel frames: the address's offset in `function`, shown as
+    /// `function+0x1c` (kernel code has no line numbers to show).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }
 
 impl Frame {
+    /// The frame's name in summaries: its label, and its offset when it
+    /// has one (kernel frames).
+    pub fn display_name(&self) -> String {
+        match self.offset {
+            Some(offset) => format!("{}+{offset:#x}", self.label()),
+            None => self.label(),
+        }
+    }
+
     /// The frame's name in folded stacks and summaries.
     pub fn label(&self) -> String {
         match (&self.function, &self.module) {
@@ -103,6 +123,32 @@ fn is_allocator_wrapper(function: &str) -> bool {
     ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
 }
 
+/// The kernel's allocator entry points and internals the `kmem` and
+/// `percpu` tracepoints fire in (Linux 6.x names, `_noprof` since 6.10): a
+/// kernel stack's first meaningful frame is below them, so that the
+/// stacks of a slab cache are told apart by who calls it.
+const KERNEL_ALLOCATOR_PREFIXES: &[&str] = &[
+    "__kmalloc",
+    "kmalloc_",
+    "__kvmalloc",
+    "kvmalloc",
+    "kmem_cache_alloc",
+    "__alloc_pages",
+    "__alloc_frozen_pages",
+    "alloc_pages",
+    "alloc_frozen_pages",
+    "__folio_alloc",
+    "folio_alloc",
+    "pcpu_alloc",
+    "__alloc_percpu",
+];
+
+fn is_kernel_allocator(function: &str) -> bool {
+    KERNEL_ALLOCATOR_PREFIXES
+        .iter()
+        .any(|prefix| function.starts_with(prefix))
+}
+
 /// What the symbolizers of every traced process share: blazesym, whose
 /// caches of parsed files are keyed by file identity, so a library is parsed
 /// once however many processes map it.
@@ -133,7 +179,18 @@ pub struct ProcessSymbolizer {
     mappings: Vec<Mapping>,
     perf_map: PerfMap,
     target_alive: bool,
+    /// When the memory map was last read (see [`MAPS_REREAD_PERIOD`]).
+    maps_read_at: Instant,
+    /// Set for the kernel's own stacks (see [`ProcessSymbolizer::kernel`]).
+    kernel: Option<KernelModules>,
 }
+
+/// The memory map is re-read for addresses outside every mapped file at
+/// most this often. Host-wide on a busy VM, stacks ending in an address no
+/// mapping holds (a frame found through a stale frame pointer) arrived by
+/// the thousand, and re-reading `/proc/PID/maps` twice for each was most of
+/// the tracer's time and allocations (perf and heaptrack).
+const MAPS_REREAD_PERIOD: Duration = Duration::from_millis(100);
 
 impl ProcessSymbolizer {
     pub fn new(pid: u32) -> Self {
@@ -149,15 +206,34 @@ impl ProcessSymbolizer {
             mappings: Vec::new(),
             perf_map: PerfMap::default(),
             target_alive: true,
+            maps_read_at: Instant::now(),
+            kernel: None,
         };
         this.refresh_maps();
         this
+    }
+
+    /// A symbolizer of the running kernel's addresses, sharing `shared`.
+    pub fn kernel(shared: Rc<SharedSymbols>) -> Self {
+        Self {
+            pid: 0,
+            shared,
+            frames: HashMap::new(),
+            mappings: Vec::new(),
+            perf_map: PerfMap::default(),
+            target_alive: true,
+            maps_read_at: Instant::now(),
+            kernel: Some(KernelModules::read()),
+        }
     }
 
     /// Re-reads the target's memory maps (libraries loaded since) and its
     /// perf map, naming the JIT frames it names now; call while the target
     /// is alive, so later symbolization does not need it.
     pub fn refresh_maps(&mut self) {
+        if self.kernel.is_some() {
+            return;
+        }
         self.read_maps();
         if self.perf_map.refresh(self.pid) {
             let unnamed: Vec<u64> = self
@@ -182,6 +258,7 @@ impl ProcessSymbolizer {
             return;
         };
         self.mappings = mappings;
+        self.maps_read_at = Instant::now();
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
             ..cache::Process::new(Pid::Pid(pid))
@@ -217,6 +294,12 @@ impl ProcessSymbolizer {
     /// The target's file-backed mappings, as last read.
     pub fn mappings(&self) -> &[Mapping] {
         &self.mappings
+    }
+
+    /// Names `frame.address` as `frame` from now on (a frame the caller
+    /// made up, such as `--kernel`'s task frames).
+    pub fn name_address(&mut self, frame: Frame) {
+        self.frames.insert(frame.address, Rc::from([frame]));
     }
 
     /// From now on, symbolize from cached state only.
@@ -269,9 +352,13 @@ impl ProcessSymbolizer {
                     .unwrap_or_else(|| vec![self.unnamed_frame(*address)])
             })
             .collect();
+        let wrapper = |function: &str| match self.kernel {
+            Some(_) => is_kernel_allocator(function),
+            None => is_allocator_wrapper(function),
+        };
         let first_meaningful = frames
             .iter()
-            .position(|frame| !frame.function.as_deref().is_some_and(is_allocator_wrapper))
+            .position(|frame| !frame.function.as_deref().is_some_and(wrapper))
             .unwrap_or(0);
         frames[first_meaningful..].to_vec()
     }
@@ -280,6 +367,10 @@ impl ProcessSymbolizer {
     /// memory map and perf map for those outside any mapped file: JIT code
     /// is mapped, and named in the perf map, as the runtime compiles it.
     fn symbolize(&mut self, addresses: Vec<u64>) {
+        if self.kernel.is_some() {
+            self.symbolize_kernel(addresses);
+            return;
+        }
         let unnamed = self.symbolize_once(addresses);
         let (unnamed_in_files, outside_files): (Vec<u64>, Vec<u64>) =
             unnamed.into_iter().partition(|&address| {
@@ -287,10 +378,18 @@ impl ProcessSymbolizer {
                     .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
             });
         if !outside_files.is_empty() && self.target_alive {
-            self.read_maps();
-            let still_unnamed = self.symbolize_once(outside_files);
-            self.perf_map.refresh(self.pid);
-            self.name_from_perf_map(&still_unnamed);
+            if self.maps_read_at.elapsed() < MAPS_REREAD_PERIOD {
+                // Not named now, nor remembered as unnamed: a later stack
+                // with the address tries again.
+                for address in &outside_files {
+                    self.frames.remove(address);
+                }
+            } else {
+                self.read_maps();
+                let still_unnamed = self.symbolize_once(outside_files);
+                self.perf_map.refresh(self.pid);
+                self.name_from_perf_map(&still_unnamed);
+            }
         }
         self.symbolize_in_files(&unnamed_in_files);
     }
@@ -313,6 +412,7 @@ impl ProcessSymbolizer {
                     file: None,
                     line: None,
                     inlined: false,
+                    offset: None,
                 };
                 self.frames.insert(address, Rc::from([frame]));
             }
@@ -406,6 +506,23 @@ impl ProcessSymbolizer {
         self.store(&addresses, results)
     }
 
+    /// Symbolizes kernel `addresses` into `self.frames`.
+    fn symbolize_kernel(&mut self, addresses: Vec<u64>) {
+        // Return addresses, one byte back into the call (see
+        // `symbolize_once`); the leaf is the tracepoint's own site, for
+        // which one byte back is still the same function.
+        let lookups: Vec<u64> = addresses.iter().map(|a| a.saturating_sub(1)).collect();
+        let source = Source::Kernel(Kernel::default());
+        let shared = Rc::clone(&self.shared);
+        let symbolizer = shared.symbolizer.borrow();
+        match symbolizer.symbolize(&source, Input::AbsAddr(&lookups)) {
+            Ok(results) => {
+                self.store(&addresses, results);
+            }
+            Err(error) => log::debug!("symbolizing {} kernel addresses: {error}", lookups.len()),
+        }
+    }
+
     /// Keeps the frames of each of `addresses` that `results` names (and an
     /// unnamed frame for the others, until they are); returns the others.
     fn store(&mut self, addresses: &[u64], results: Vec<Symbolized<'_>>) -> Vec<u64> {
@@ -415,6 +532,9 @@ impl ProcessSymbolizer {
             let frames: Rc<[Frame]> = match result {
                 Symbolized::Sym(sym) => {
                     let module = Some(self.module_name(*address, sym.module.as_deref()));
+                    // Kernel frames say where in the function: the lookup
+                    // was one byte back.
+                    let offset = self.kernel.as_ref().map(|_| sym.offset as u64 + 1);
                     let frame = |function: &str,
                                  code: Option<&blazesym::symbolize::CodeInfo>,
                                  inlined| Frame {
@@ -424,6 +544,7 @@ impl ProcessSymbolizer {
                         file: code.map(|code| code.to_path().display().to_string()),
                         line: code.and_then(|code| code.line),
                         inlined,
+                        offset: offset.filter(|_| !inlined),
                     };
                     // blazesym lists inlined calls outermost first; frames
                     // are leaf first.
@@ -449,6 +570,9 @@ impl ProcessSymbolizer {
     /// target names it (not the debug file its symbols may have come from);
     /// a symbol that comes without either is taken for JIT code.
     fn module_name(&self, address: u64, symbolized_in: Option<&std::ffi::OsStr>) -> String {
+        if let Some(modules) = &self.kernel {
+            return modules.module_of(address).to_owned();
+        }
         match maps::find(&self.mappings, address).map(|mapping| &mapping.backing) {
             Some(Backing::File(path)) => path.display().to_string(),
             _ => symbolized_in.map_or_else(
@@ -460,13 +584,18 @@ impl ProcessSymbolizer {
 
     /// A frame for an address no symbol covers: module and offset if mapped.
     fn unnamed_frame(&self, address: u64) -> Frame {
+        let module = match &self.kernel {
+            Some(modules) => Some(modules.module_of(address).to_owned()),
+            None => maps::find(&self.mappings, address).map(|mapping| mapping.describe(address)),
+        };
         Frame {
             address,
             function: None,
-            module: maps::find(&self.mappings, address).map(|mapping| mapping.describe(address)),
+            module,
             file: None,
             line: None,
             inlined: false,
+            offset: None,
         }
     }
 }

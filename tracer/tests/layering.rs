@@ -12,6 +12,7 @@ use std::{collections::BTreeMap, fs, path::Path};
 const STAGES: &[(&str, u32)] = &[
     ("clock", 0),
     ("maps", 0),
+    ("kallsyms", 0),
     ("safe_open", 0),
     ("mapped", 1),
     ("sampling", 0),

@@ -1,11 +1,13 @@
 /*
  * churn: the malloc/free workload of `cargo xtask bench`.
  *
- * Usage: churn THREADS SECONDS
+ * Usage: churn THREADS SECONDS [mmap]
  *
  * Each thread keeps 64 slots of live blocks and, in a deterministic (seeded
  * xorshift) sequence, picks a slot, frees the block in it if any, and mallocs
  * a new one of 16..1040 bytes: the small-allocation churn of a busy service.
+ * With `mmap`, each pair is instead an anonymous private mmap of 64 KiB and
+ * its munmap (untouched: the system calls alone, the cost tracing adds to).
  *
  * Protocol, so a tracer can attach before anything is measured:
  *   1. print `ready <pid>` on stdout;
@@ -23,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -31,6 +34,10 @@
 #define MAX_SIZE 1040
 #define BATCH 256
 #define MAX_THREADS 256
+#define MAP_BYTES (64 * 1024)
+
+/* `mmap` on the command line: map/unmap pairs instead of malloc/free. */
+static int map_pairs;
 
 struct worker {
     pthread_t thread;
@@ -86,7 +93,16 @@ static void *churn(void *arg)
     uint64_t deadline = start + (uint64_t)(w->seconds * 1e9);
     uint64_t end;
     do {
-        for (int i = 0; i < BATCH; i++) {
+        for (int i = 0; i < BATCH && map_pairs; i++) {
+            void *map = mmap(NULL, MAP_BYTES, PROT_READ | PROT_WRITE,
+                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+            if (map == MAP_FAILED) {
+                perror("churn: mmap");
+                exit(1);
+            }
+            munmap(map, MAP_BYTES);
+        }
+        for (int i = 0; i < BATCH && !map_pairs; i++) {
             uint64_t r = xorshift64(&state);
             unsigned slot = r % SLOTS;
             size_t size = MIN_SIZE + (r >> 32) % (MAX_SIZE - MIN_SIZE + 1);
@@ -115,7 +131,9 @@ static void *churn(void *arg)
 static int parse_args(int argc, char **argv, int *threads, double *seconds)
 {
     char *end;
-    if (argc != 3)
+    if (argc == 4 && strcmp(argv[3], "mmap") == 0)
+        map_pairs = 1;
+    else if (argc != 3)
         return -1;
     long t = strtol(argv[1], &end, 10);
     if (*end || t < 1 || t > MAX_THREADS)
@@ -133,7 +151,7 @@ int main(int argc, char **argv)
     int threads;
     double seconds;
     if (parse_args(argc, argv, &threads, &seconds) != 0) {
-        fprintf(stderr, "usage: %s THREADS(1..%d) SECONDS\n", argv[0], MAX_THREADS);
+        fprintf(stderr, "usage: %s THREADS(1..%d) SECONDS [mmap]\n", argv[0], MAX_THREADS);
         return 2;
     }
 

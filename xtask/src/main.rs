@@ -5,6 +5,7 @@
 //! in its own module. Shared helpers (echoing/running commands, paths) are in `util`.
 
 mod bench;
+mod bench_kernel;
 mod bench_tracer;
 mod build;
 mod demo;

@@ -13,7 +13,8 @@ use crate::util::{self, probe};
 /// Debian packages needed to build bpf-linker against LLVM 22 and the tracer,
 /// what the integration tests trace: replacement allocators, Node.js and a
 /// JDK (whose JIT frames tests/jit.rs names; `javac` builds its Java
-/// workload, `jcmd` serves `--jvm-perfmap`), Chromium (tests/html.rs draws
+/// workload, `jcmd` serves `--jvm-perfmap`), Debian's own `python3`
+/// (tests/languages.rs unwinds the distro build), Chromium (tests/html.rs draws
 /// the HTML report in it), and what tests/fleet.rs deploys
 /// with: podman and runc (the image), prometheus (scraping, `promtool`) and
 /// systemd (`systemd-analyze verify` on the unit), and the headless browser
@@ -28,6 +29,7 @@ const APT_PACKAGES: &[&str] = &[
     "libgoogle-perftools4",
     "libmimalloc2.0",
     "nodejs",
+    "python3",
     "openjdk-17-jdk-headless",
     "podman",
     "runc",

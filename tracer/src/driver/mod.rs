@@ -33,6 +33,7 @@ use tracer_ebpf::{Counter, Event};
 
 pub use self::{signals::StopSignals, tracee::Tracee};
 use crate::{
+    armed::ProbeChecks,
     clock::monotonic_ns,
     config::{Common, Outputs},
     events::{Arrived, Carried, EventReader, Release},
@@ -43,7 +44,10 @@ use crate::{
         write_flamegraph_lines,
     },
     stacks::{StackId, StackStats},
-    unwind::{self, StackUnwinder, UnwindMode, tables::TableLoader},
+    unwind::{
+        self, StackUnwinder, UnwindMode,
+        tables::{TableLoader, TableStats},
+    },
 };
 
 /// How often the programs' log records are forwarded (`--verbose`). Events
@@ -133,6 +137,12 @@ pub trait Mode {
 
     /// What the stack tables hold and have evicted (`--max-stacks`).
     fn stack_stats(&self) -> StackStats;
+
+    /// What the checks of the probes' breakpoints found, if the mode makes
+    /// them.
+    fn probe_checks(&self) -> Option<ProbeChecks> {
+        None
+    }
 
     /// Waits for the mode's own reason to act.
     fn wakeup(&mut self) -> impl Future<Output = Self::Wakeup>;
@@ -225,6 +235,7 @@ pub async fn run<M: Mode>(
         lost_seen: 0,
         warned_dropping: false,
         tables,
+        tables_logged: None,
     };
     let stop = driver
         .trace_until_stopped(&mut mode, &mut probes, &mut signals)
@@ -281,6 +292,8 @@ struct Driver<'a> {
     lost_seen: u64,
     warned_dropping: bool,
     tables: Option<TableLoader>,
+    /// The table statistics last logged.
+    tables_logged: Option<TableStats>,
 }
 
 impl Driver<'_> {
@@ -418,6 +431,7 @@ impl Driver<'_> {
             unwind_tables: self.tables.as_ref().map(TableLoader::stats),
             stacks: stacks.stacks,
             evicted_stacks: stacks.evicted,
+            probe_checks: mode.probe_checks(),
             ..Totals::new(mode.totals(), now.lost_events)
         }
     }
@@ -425,10 +439,20 @@ impl Driver<'_> {
     fn print_tick<M: Mode>(&mut self, mode: &mut M) {
         let now = self.now();
         let totals = self.totals(mode, &now);
+        self.log_table_changes(totals.unwind_tables);
         let tick = mode.tick(&now, totals, &mut self.summaries);
         match self.common.log_format {
             LogFormat::Human => print!("{}", tick.to_human()),
             LogFormat::Json => println!("{}", tick.to_json_line()),
+        }
+    }
+
+    /// `--verbose`: the in-kernel unwinder's tables at each tick where they
+    /// changed (host-wide, processes keep coming and going).
+    fn log_table_changes(&mut self, stats: Option<TableStats>) {
+        if stats.is_some() && stats != self.tables_logged {
+            self.tables_logged = stats;
+            stats.iter().for_each(TableStats::log);
         }
     }
 

@@ -4,21 +4,28 @@
 //! symbolizer. One-process mode has one; host-wide mode one per live
 //! process.
 
-use std::{collections::HashSet, rc::Rc};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+};
 
 use tracer_ebpf::Event;
 
 use crate::{
     analysis::{
-        AgeBuckets, History, LedgerNow, Sites, Suspect, Tick,
+        AgeBuckets, Evidence, History, LeakGate, LedgerNow, Sites, Suspect, Tick,
+        gate::Ranked,
         history::DEFAULT_WINDOW,
         rank_suspects,
+        suspects::MIN_TICKS,
         timeline::{Point, StackSeries, Timeline, TimelineReport},
         window_live_bytes,
     },
     events::{Arrived, Carried},
-    ledger::{Ledger, mapped::MappedLedger},
-    report::{NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS},
+    ledger::{Budget, Ledger, mapped::MappedLedger},
+    report::{
+        self, NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS,
+    },
     stacks::{StackBudget, StackId, StackTable},
     symbolize::{Frame, ProcessSymbolizer, SharedSymbols},
 };
@@ -57,12 +64,24 @@ impl Tracee {
         shared: Rc<SharedSymbols>,
         stack_budget: StackBudget,
     ) -> Self {
+        let symbols = ProcessSymbolizer::sharing(pid, shared);
+        Self::with_symbols(pid, ledger, symbols, stack_budget)
+    }
+
+    /// A tracee whose addresses `symbols` names (the kernel's, in
+    /// `--kernel` mode).
+    pub fn with_symbols(
+        pid: u32,
+        ledger: Ledger,
+        symbols: ProcessSymbolizer,
+        stack_budget: StackBudget,
+    ) -> Self {
         Self {
             pid,
             ledger,
             mapped: None,
             stacks: StackTable::with_budget(stack_budget),
-            symbols: ProcessSymbolizer::sharing(pid, shared),
+            symbols,
             history: History::new(DEFAULT_WINDOW),
             sites: Sites::new(),
             last_tick_ns: 0,
@@ -70,6 +89,17 @@ impl Tracee {
             applied_ns: 0,
             symbols_pruned_at: 0,
         }
+    }
+
+    /// Traces the process's mapped memory too, in a ledger that counts in
+    /// `budget`. A process already `running` (not about to `execve`) gets
+    /// the break it has now from `/proc`, so its first `brk` growth counts.
+    pub fn trace_mapped(&mut self, budget: Budget, running: bool) {
+        let mut mapped = MappedLedger::new(budget);
+        if running && let Some(program_break) = crate::maps::program_break(self.pid) {
+            mapped.set_break(program_break);
+        }
+        self.mapped = Some(mapped);
     }
 
     /// The id of the stack `event` carries; a stack seen for the first time
@@ -94,6 +124,15 @@ impl Tracee {
         }
         self.ledger.apply(event, stack);
         self.applied_ns = self.applied_ns.max(event.timestamp_ns);
+    }
+
+    /// Beyond the stack budget (`--max-stacks`), evicts what is over it
+    /// (the one table of a one-process run).
+    pub fn evict_over_budget(&mut self) {
+        let excess = self.stacks.budget().excess();
+        if excess > 0 {
+            self.evict_stacks(excess);
+        }
     }
 
     /// Evicts up to `count` of the stacks nothing is kept of (no
@@ -240,6 +279,33 @@ impl Tracee {
         view.largest(self, limit)
     }
 
+    /// The `limit` largest stacks of `view` and of mapped memory together
+    /// (a summary's ranking: mapped stacks are marked `[mmap]`).
+    pub fn largest_of_both(&self, view: &StackView, limit: usize) -> Vec<StackReport> {
+        let mut top = self.largest(view, limit);
+        top.extend(self.mapped_stacks(view.now_ns));
+        top.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
+        top.truncate(limit);
+        top
+    }
+
+    /// Every stack of `view`, then every mapped one: a report's stacks.
+    pub fn all_stacks(&self, view: &StackView) -> Vec<StackReport> {
+        [
+            self.largest(view, usize::MAX),
+            self.mapped_stacks(view.now_ns),
+        ]
+        .concat()
+    }
+
+    /// Committed mapped bytes and pieces now (0 when not traced).
+    pub fn mapped_outstanding(&self) -> (u64, u64) {
+        self.mapped.as_ref().map_or((0, 0), |mapped| {
+            let totals = mapped.totals();
+            (totals.outstanding_bytes, totals.outstanding_count)
+        })
+    }
+
     /// The `limit` most suspicious stacks of `view` (which holds every
     /// block, as the history does), named.
     pub fn suspects(&self, view: &StackView, limit: usize) -> Vec<SuspectReport> {
@@ -261,6 +327,55 @@ fn site_key(frames: &[Frame]) -> Option<u64> {
         None => leaf.address.hash(&mut hasher),
     }
     Some(hasher.finish())
+}
+
+impl Tracee {
+    /// Takes the leak gate's baseline: every stack's outstanding bytes now.
+    pub fn take_gate_baseline(&self, gate: &mut LeakGate) {
+        gate.take_baseline(&self.ledger.usage_by_stack(u64::MAX));
+    }
+
+    /// Judges the leak gate on the ledger as it was at the last tick (when
+    /// tracing stopped, at the end), printing the offending stacks to
+    /// stderr. Returns whether the gate failed.
+    pub fn judge_gate(&self, gate: &LeakGate) -> anyhow::Result<bool> {
+        // Judged as the suspects are: netted by site, sparing what the
+        // ranking cleared.
+        let view = self.view_at_last_tick();
+        let suspects: HashMap<StackId, Evidence> = self
+            .rank(&view)
+            .into_iter()
+            .map(|suspect| (suspect.stack, suspect.evidence))
+            .collect();
+        let ranked = |stack| {
+            if suspects.contains_key(&stack) {
+                Ranked::Suspect
+            } else if self.history.ticks_of(stack) >= MIN_TICKS {
+                Ranked::Cleared
+            } else {
+                Ranked::Unjudged
+            }
+        };
+        let stacks = view.usage.iter().map(|usage| usage.stack);
+        let sites = self.sites(stacks.chain(gate.baseline_stacks()));
+        let offenders = gate.judge(&view.usage, &sites, ranked)?;
+        if offenders.is_empty() {
+            return Ok(false);
+        }
+        let named: Vec<_> = offenders
+            .into_iter()
+            .map(|offender| report::NamedOffender {
+                offender,
+                frames: self.frames(offender.stack),
+                why: suspects.get(&offender.stack).map(report::why_suspect),
+            })
+            .collect();
+        eprint!(
+            "{}",
+            report::gate_failure(&named, gate.threshold_bytes(), gate.after())
+        );
+        Ok(true)
+    }
 }
 
 impl NameStacks for Tracee {

@@ -35,15 +35,15 @@ impl Budget {
         self.0.max
     }
 
-    fn is_spent(&self) -> bool {
+    pub(super) fn is_spent(&self) -> bool {
         self.used() >= self.0.max
     }
 
-    fn add(&self, blocks: u64) {
+    pub(super) fn add(&self, blocks: u64) {
         self.0.used.set(self.used() + blocks);
     }
 
-    fn sub(&self, blocks: u64) {
+    pub(super) fn sub(&self, blocks: u64) {
         self.0.used.set(self.used().saturating_sub(blocks));
     }
 }

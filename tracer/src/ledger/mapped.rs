@@ -19,6 +19,23 @@
 //! next touch faults in zeroed pages), so it still counts, as the kernel's
 //! `Committed_AS` counts it.
 //!
+//! The program break (`brk`) is one more range, from where the break was
+//! when first seen to where it is now: growth made by the process itself
+//! (a custom allocator calling `brk` or `sbrk`) is a piece of the stack
+//! that moved it; growth made inside an allocator call (glibc's main arena,
+//! whose blocks the heap ledger counts) only moves the break, and counts
+//! nothing here. Shrinking the break takes back whatever lies above it. Like
+//! mappings, the break counts in whole pages: the kernel maps the heap up
+//! to the page-rounded break. Every `brk` call tells where the break is
+//! (the kernel returns it, moved or not), so the break is known from the
+//! first call on: a process started under tracing makes one (`brk(NULL)`,
+//! by the dynamic loader or libc) before any growth; for one attached to,
+//! the caller gives the break read from `/proc` ([`MappedLedger::set_break`]).
+//!
+//! Pieces count against the shared [`Budget`] of `--max-tracked`, one
+//! entry each, like heap blocks: beyond it new mappings are dropped and
+//! counted. Dropping the ledger (a process that ended) gives them back.
+//!
 //! Which mappings are offered here (anonymous and private only; those the
 //! allocator makes inside its own calls are left to the heap ledger) is the
 //! caller's choice. Plain data: it knows neither aya nor blazesym.
@@ -28,7 +45,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use tracer_ebpf::{Event, EventKind};
 
-use super::StackId;
+use super::{Budget, StackId};
 
 /// One piece of a traced mapping.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +72,12 @@ pub struct MappedTotals {
     /// Bytes unmapped (or moved away) that no tracked mapping covered:
     /// mappings made before tracing began, or by the allocator itself.
     pub untracked_unmapped_bytes: u64,
+    /// Calls to `brk` that moved the break outside any allocator call.
+    pub break_moves: u64,
+    /// Mappings (or break growth) not tracked because the `--max-tracked`
+    /// budget was spent, and their bytes.
+    pub dropped_maps: u64,
+    pub dropped_bytes: u64,
 }
 
 /// Committed mapped memory of one stack.
@@ -66,21 +89,37 @@ pub struct MappedUsage {
     pub oldest_ns: u64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct MappedLedger {
     /// Pieces by start address; they never overlap.
     pieces: BTreeMap<u64, Piece>,
     totals: MappedTotals,
+    /// The page-rounded program break, once known.
+    program_break: Option<u64>,
+    budget: Budget,
+    /// Pieces counted in `budget`.
+    budgeted: u64,
 }
 
 impl MappedLedger {
-    pub fn new() -> Self {
-        Self::default()
+    pub fn new(budget: Budget) -> Self {
+        Self {
+            pieces: BTreeMap::new(),
+            totals: MappedTotals::default(),
+            program_break: None,
+            budget,
+            budgeted: 0,
+        }
     }
 
     /// Applies one mapping event (see `tracer_ebpf::EventKind::Map` and
     /// after); other events are not its business.
     pub fn apply(&mut self, event: &Event, stack: StackId) {
+        self.apply_event(event, stack);
+        self.settle_budget();
+    }
+
+    fn apply_event(&mut self, event: &Event, stack: StackId) {
         match event.kind() {
             Some(EventKind::Map) => self.map(
                 event.addr,
@@ -94,8 +133,41 @@ impl MappedLedger {
                 self.remap(event.old_addr, event.stack_hash, event.addr, event.size)
             }
             Some(EventKind::Protect) => self.protect(event.addr, event.size, event.old_addr != 0),
+            Some(EventKind::Brk) => self.move_break(
+                event.addr,
+                (event.old_addr == 0).then_some(stack),
+                event.timestamp_ns,
+            ),
             Some(EventKind::Exec) => self.clear(),
             _ => {}
+        }
+    }
+
+    /// The break as the process had it before any event (read from
+    /// `/proc` when attaching to a running process), unless a `brk` call
+    /// told it already.
+    pub fn set_break(&mut self, program_break: u64) {
+        if self.program_break.is_none() {
+            self.program_break = Some(page_up(program_break));
+        }
+    }
+
+    /// `brk` left the break at `now_at`; growth from `stack` (`None`: the
+    /// allocator's own) is a new piece, a shrink takes back what lay above.
+    pub fn move_break(&mut self, now_at: u64, stack: Option<StackId>, now_ns: u64) {
+        let now_at = page_up(now_at);
+        let Some(was_at) = self.program_break.replace(now_at) else {
+            return;
+        };
+        if stack.is_some() && now_at != was_at {
+            self.totals.break_moves += 1;
+        }
+        if now_at < was_at {
+            self.take(now_at, was_at);
+        } else if let Some(stack) = stack
+            && now_at > was_at
+        {
+            self.map(was_at, now_at - was_at, true, stack, now_ns);
         }
     }
 
@@ -108,6 +180,11 @@ impl MappedLedger {
         };
         // Whatever lay beneath is gone; it was replaced, not unmapped.
         self.take(start, end);
+        if self.budget.is_spent() {
+            self.totals.dropped_maps += 1;
+            self.totals.dropped_bytes += end - start;
+            return;
+        }
         self.insert(
             start,
             Piece {
@@ -176,8 +253,21 @@ impl MappedLedger {
     /// remains.
     pub fn clear(&mut self) {
         self.pieces.clear();
+        self.program_break = None;
         self.totals.outstanding_bytes = 0;
         self.totals.outstanding_count = 0;
+        self.settle_budget();
+    }
+
+    /// Keeps the pieces held counted in the shared budget.
+    fn settle_budget(&mut self) {
+        let held = self.pieces.len() as u64;
+        if held > self.budgeted {
+            self.budget.add(held - self.budgeted);
+        } else {
+            self.budget.sub(self.budgeted - held);
+        }
+        self.budgeted = held;
     }
 
     pub fn totals(&self) -> MappedTotals {
@@ -257,19 +347,32 @@ impl MappedLedger {
     }
 }
 
+impl Drop for MappedLedger {
+    /// A ledger that ends (a process that exited) gives its pieces back.
+    fn drop(&mut self) {
+        self.budget.sub(self.budgeted);
+    }
+}
+
+const PAGE: u64 = 4096;
+
 /// The end of `[start, start + len)`, page-rounded as the kernel rounds
 /// lengths; `None` for an empty or overflowing range.
 fn end_of(start: u64, len: u64) -> Option<u64> {
-    const PAGE: u64 = 4096;
     let len = len.checked_add(PAGE - 1)? & !(PAGE - 1);
     (len > 0).then_some(start.checked_add(len)?)
+}
+
+/// `address` rounded up to a page, as the kernel maps the heap up to the
+/// break.
+fn page_up(address: u64) -> u64 {
+    address.saturating_add(PAGE - 1) & !(PAGE - 1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const PAGE: u64 = 4096;
     const A: u64 = 0x7f00_0000_0000;
 
     fn stack(n: u32) -> StackId {
@@ -282,7 +385,7 @@ mod tests {
 
     #[test]
     fn a_mapping_counts_until_unmapped() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 10 * PAGE, true, stack(1), 5);
         assert_eq!(ledger.totals().outstanding_bytes, 10 * PAGE);
         assert_eq!(
@@ -300,7 +403,7 @@ mod tests {
 
     #[test]
     fn unmapping_the_middle_splits_and_the_ends_trim() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 10 * PAGE, true, stack(1), 0);
         ledger.unmap(A + 4 * PAGE, 2 * PAGE);
         assert_eq!(ledger.totals().outstanding_bytes, 8 * PAGE);
@@ -317,7 +420,7 @@ mod tests {
 
     #[test]
     fn lengths_round_up_to_pages_as_the_kernel_rounds_them() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 100, true, stack(1), 0);
         assert_eq!(ledger.totals().outstanding_bytes, PAGE);
         ledger.unmap(A, 1);
@@ -326,7 +429,7 @@ mod tests {
 
     #[test]
     fn unmapping_what_was_never_tracked_is_counted_apart() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 2 * PAGE, true, stack(1), 0);
         ledger.unmap(A + PAGE, 3 * PAGE);
         assert_eq!(ledger.totals().untracked_unmapped_bytes, 2 * PAGE);
@@ -335,7 +438,7 @@ mod tests {
 
     #[test]
     fn map_fixed_over_a_mapping_replaces_what_it_covers() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 8 * PAGE, true, stack(1), 0);
         ledger.map(A + 2 * PAGE, 2 * PAGE, true, stack(2), 1);
         assert_eq!(bytes_of(&ledger, 1), 6 * PAGE);
@@ -346,7 +449,7 @@ mod tests {
     #[test]
     fn a_reservation_counts_only_what_is_committed() {
         // glibc's arena, a JVM heap: reserve, then commit in steps.
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 64 << 20, false, stack(1), 0);
         assert_eq!(ledger.totals().outstanding_bytes, 0);
         ledger.protect(A, 132 * 1024, true);
@@ -362,7 +465,7 @@ mod tests {
 
     #[test]
     fn map_fixed_commits_part_of_a_reservation_under_its_own_stack() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 100 * PAGE, false, stack(1), 0);
         ledger.map(A + 10 * PAGE, 5 * PAGE, true, stack(2), 1);
         assert_eq!(bytes_of(&ledger, 1), 0);
@@ -374,14 +477,14 @@ mod tests {
 
     #[test]
     fn protecting_untracked_memory_tracks_nothing() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.protect(A, 10 * PAGE, true);
         assert_eq!(ledger.totals().outstanding_bytes, 0);
     }
 
     #[test]
     fn mremap_grows_in_place_under_the_same_stack() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 4 * PAGE, true, stack(1), 0);
         ledger.remap(A, 4 * PAGE, A, 10 * PAGE);
         assert_eq!(bytes_of(&ledger, 1), 10 * PAGE);
@@ -392,7 +495,7 @@ mod tests {
 
     #[test]
     fn mremap_moves_and_shrinks() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         let b = A + (1 << 30);
         ledger.map(A, 8 * PAGE, true, stack(1), 0);
         ledger.remap(A, 8 * PAGE, b, 16 * PAGE);
@@ -407,7 +510,7 @@ mod tests {
 
     #[test]
     fn mremap_of_part_of_a_mapping_moves_that_part_only() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         let b = A + (1 << 30);
         ledger.map(A, 8 * PAGE, true, stack(1), 0);
         ledger.remap(A + 2 * PAGE, 2 * PAGE, b, 2 * PAGE);
@@ -421,7 +524,7 @@ mod tests {
     fn a_pool_that_maps_and_unmaps_in_pieces_shows_what_it_holds() {
         // A pool maps a slab of 16 pages, hands out pages and returns the
         // ones it frees one by one; it ends holding pages 3, 7 and 8.
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 16 * PAGE, true, stack(1), 0);
         for page in (0..16).filter(|p| ![3, 7, 8].contains(p)) {
             ledger.unmap(A + page * PAGE, PAGE);
@@ -431,9 +534,63 @@ mod tests {
         assert_eq!(ledger.totals().untracked_unmapped_bytes, 0);
     }
 
+    const BREAK: u64 = 0x5555_0000_0000;
+
+    #[test]
+    fn break_growth_of_the_process_counts_and_the_allocator_s_does_not() {
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
+        // brk(NULL) at start-up: where the break is, nothing moved.
+        ledger.move_break(BREAK, Some(stack(1)), 0);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        // glibc grows its main arena, inside malloc.
+        ledger.move_break(BREAK + 33 * PAGE, None, 1);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        // A custom allocator grows it by 10 pages and a bit: whole pages.
+        ledger.move_break(BREAK + 43 * PAGE + 100, Some(stack(2)), 2);
+        assert_eq!(bytes_of(&ledger, 2), 11 * PAGE);
+        // Then gives back 5 of them; then glibc trims below it all.
+        ledger.move_break(BREAK + 39 * PAGE, Some(stack(2)), 3);
+        assert_eq!(bytes_of(&ledger, 2), 6 * PAGE);
+        assert_eq!(ledger.totals().break_moves, 2);
+        ledger.move_break(BREAK + 30 * PAGE, None, 4);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn the_first_break_seen_only_sets_where_it_is() {
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
+        ledger.move_break(BREAK + 8 * PAGE, Some(stack(1)), 0);
+        assert_eq!(ledger.totals().outstanding_bytes, 0);
+        ledger.move_break(BREAK + 9 * PAGE, Some(stack(1)), 1);
+        assert_eq!(bytes_of(&ledger, 1), PAGE);
+        // A break read from /proc afterwards does not override the events'.
+        ledger.set_break(BREAK);
+        ledger.move_break(BREAK + 10 * PAGE, Some(stack(1)), 2);
+        assert_eq!(bytes_of(&ledger, 1), 2 * PAGE);
+    }
+
+    #[test]
+    fn pieces_count_in_the_shared_budget_and_are_given_back() {
+        let budget = Budget::new(3);
+        let mut first = MappedLedger::new(budget.clone());
+        first.map(A, 4 * PAGE, true, stack(1), 0);
+        first.settle_budget();
+        first.unmap(A + PAGE, PAGE);
+        first.settle_budget();
+        assert_eq!(budget.used(), 2);
+        let mut second = MappedLedger::new(budget.clone());
+        second.map(A, PAGE, true, stack(2), 0);
+        second.settle_budget();
+        second.map(A + PAGE, PAGE, true, stack(2), 0);
+        assert_eq!(second.totals().dropped_maps, 1);
+        assert_eq!(second.totals().dropped_bytes, PAGE);
+        drop(first);
+        assert_eq!(budget.used(), 1);
+    }
+
     #[test]
     fn exec_forgets_everything() {
-        let mut ledger = MappedLedger::new();
+        let mut ledger = MappedLedger::new(Budget::new(u64::MAX));
         ledger.map(A, 4 * PAGE, true, stack(1), 0);
         ledger.clear();
         assert_eq!(ledger.totals().outstanding_bytes, 0);

@@ -212,7 +212,8 @@ impl Ledger {
             | EventKind::Map
             | EventKind::Unmap
             | EventKind::Remap
-            | EventKind::Protect => {}
+            | EventKind::Protect
+            | EventKind::Brk => {}
         }
     }
 

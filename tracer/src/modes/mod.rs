@@ -1,6 +1,8 @@
 //! The modes the driver runs: one process ([`process`]: `--pid` or a
-//! launched command) and every process on the host ([`host`]: `--all`).
-//! Each implements `crate::driver::Mode`; neither calls the other.
+//! launched command), every process on the host ([`host`]: `--all`) and
+//! the kernel's own allocations ([`kernel`]: `--kernel`). Each implements
+//! `crate::driver::Mode`; none calls another's code.
 
 pub mod host;
+pub mod kernel;
 pub mod process;

@@ -14,7 +14,9 @@
 //!
 //! So alloctrace never holds a link itself: it passes the program and the
 //! probed file (as descriptors, over a `SOCK_SEQPACKET` socket pair) to the
-//! guardian, which creates the link and keeps it. Detaching asks it to
+//! guardian, which creates the link and keeps it: a uprobe_multi link, or
+//! on kernels without them a perf-event uprobe (`super::perf_link`), which
+//! a dying task fails to remove the same way. Detaching asks it to
 //! close them and waits for its answer; if alloctrace dies instead, at any
 //! moment, the guardian reads end-of-file and closes them itself. The
 //! guardian is alloctrace's own executable run with [`COMMAND`], in its own
@@ -39,7 +41,10 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
 };
 
-use super::multi::{LinkTarget, create_link};
+use super::{
+    multi::{LinkTarget, create_link},
+    perf_link::create_perf_link,
+};
 
 /// The hidden first argument that makes `alloctrace` a guardian, serving
 /// the socket on its standard input.
@@ -49,9 +54,18 @@ pub const COMMAND: &str = "guardian-of-uprobe-links";
 const LINK: u8 = 1;
 const RELEASE: u8 = 2;
 
-/// A link request: kind, return probe flag, 2 bytes of padding, pid,
-/// offset; the program and the file come as descriptors.
+/// A link request: kind, return probe flag, [`LinkKind`], 1 byte of
+/// padding, pid, offset; the program and the file come as descriptors.
 const LINK_REQUEST_LEN: usize = 16;
+
+/// How the guardian attaches a program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkKind {
+    /// A uprobe_multi link (the program loaded for one, `super::multi`).
+    UprobeMulti = 0,
+    /// A perf-event uprobe (the program as aya loads it).
+    PerfEvent = 1,
+}
 
 /// The guardian, seen from alloctrace.
 pub struct Guardian {
@@ -87,14 +101,19 @@ impl Guardian {
         self.child.id()
     }
 
-    /// Has the guardian create a uprobe_multi link of `program` at
-    /// `target`, and keep it until [`Guardian::release`] or alloctrace's
-    /// end.
-    pub fn link(&self, program: BorrowedFd<'_>, target: &LinkTarget<'_>) -> io::Result<()> {
+    /// Has the guardian attach `program` at `target` (a `kind` link), and
+    /// keep it until [`Guardian::release`] or alloctrace's end.
+    pub fn link(
+        &self,
+        program: BorrowedFd<'_>,
+        target: &LinkTarget<'_>,
+        kind: LinkKind,
+    ) -> io::Result<()> {
         let file = File::open(target.file)?;
         let mut request = [0u8; LINK_REQUEST_LEN];
         request[0] = LINK;
         request[1] = u8::from(target.returns);
+        request[2] = kind as u8;
         request[4..8].copy_from_slice(&target.pid.to_ne_bytes());
         request[8..16].copy_from_slice(&target.offset.to_ne_bytes());
         let fds = [program, file.as_fd()];
@@ -167,7 +186,12 @@ pub fn serve(socket: OwnedFd) {
                     pid: u32::from_ne_bytes(request[4..8].try_into().expect("4 bytes")),
                     returns: request[1] != 0,
                 };
-                match create_link(program.as_fd(), &target) {
+                let created = if request[2] == LinkKind::PerfEvent as u8 {
+                    create_perf_link(program.as_fd(), &target)
+                } else {
+                    create_link(program.as_fd(), &target)
+                };
+                match created {
                     Ok(link) => {
                         links.push(link);
                         0

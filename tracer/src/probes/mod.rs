@@ -8,11 +8,14 @@
 //! first so they outlive the probes for a final drain.
 
 pub mod guardian;
+mod kmem;
 mod known;
 mod multi;
+mod perf_link;
 
 use std::{
     num::NonZeroU32,
+    os::fd::AsFd as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -21,10 +24,7 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{
-        BtfTracePoint, Program, TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
-    },
+    programs::{BtfTracePoint, ProbeKind, Program, TracePoint, UProbe, uprobe::UProbeScope},
 };
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
@@ -34,7 +34,10 @@ use tracer_ebpf::{
 };
 
 pub use self::known::KnownStacks;
-use self::{guardian::Guardian, multi::MultiPrograms};
+use self::{
+    guardian::{Guardian, LinkKind},
+    multi::{LinkTarget, MultiPrograms},
+};
 use crate::{
     placement::{Plan, RETURN_PROGRAM, Returns},
     sampling::Sampling,
@@ -67,6 +70,7 @@ const MAPPED_PROGRAMS: &[(&str, &str)] = &[
     ("munmap_exit", "sys_exit_munmap"),
     ("mremap_exit", "sys_exit_mremap"),
     ("mprotect_exit", "sys_exit_mprotect"),
+    ("brk_exit", "sys_exit_brk"),
 ];
 
 /// What the in-kernel filter of host-wide mode rejects, set at load time.
@@ -134,10 +138,11 @@ pub enum UprobeLinks {
 /// Loaded and attached kernel programs.
 pub struct Probes {
     ebpf: Ebpf,
-    /// The uprobe programs as loaded for uprobe_multi links, and the
-    /// guardian process that holds their links; `None` when aya's own
-    /// (perf-event) uprobes are used instead.
-    multi: Option<(MultiPrograms, Guardian)>,
+    /// The uprobe programs as loaded for uprobe_multi links; `None` when
+    /// perf-event uprobes of aya's programs are used instead.
+    multi: Option<MultiPrograms>,
+    /// The process that holds every uprobe link, of either kind.
+    guardian: Guardian,
     /// Forwards the programs' aya-log records; must live as long as they do.
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
@@ -220,7 +225,7 @@ impl Probes {
         let guardian = probes.guardian_pid();
         let mut excluded: HashMap<_, u32, u8> =
             HashMap::try_from(probes.map_mut(EXCLUDED_TGIDS_MAP)?)?;
-        for tgid in filter.excluded.iter().chain(&guardian) {
+        for tgid in filter.excluded.iter().chain([&guardian]) {
             excluded
                 .insert(tgid, 1, 0)
                 .context("filling the excluded processes map")?;
@@ -263,11 +268,10 @@ impl Probes {
                 .inspect_err(|error| {
                     log::info!("no uprobe_multi links ({error:#}); using perf-event uprobes")
                 })
-                .ok()
-                .map(|programs| Ok::<_, anyhow::Error>((programs, Guardian::start()?)))
-                .transpose()?,
+                .ok(),
             UprobeLinks::PerfEvents => None,
         };
+        let guardian = Guardian::start()?;
         for (name, program) in ebpf.programs_mut() {
             match program {
                 Program::UProbe(_) if multi.is_some() => Ok(()),
@@ -280,8 +284,9 @@ impl Probes {
                     program.load(tracepoint, &btf)
                 }
                 Program::TracePoint(program) => {
-                    // Not fatal here: only mapped-memory tracing needs it,
-                    // and `attach_mapped` says so when it is missing.
+                    // Not fatal here: only mapped-memory tracing and
+                    // `--kernel` need them, and `attach_mapped` and
+                    // `attach_kernel` say so when one is missing.
                     if let Err(error) = program.load() {
                         log::debug!("loading {name}: {error}");
                     }
@@ -312,6 +317,7 @@ impl Probes {
         let probes = Self {
             ebpf,
             multi,
+            guardian,
             logger,
         };
         Ok((probes, maps))
@@ -331,9 +337,16 @@ impl Probes {
         );
         // Before the first uprobe, so no event of a new image can precede
         // the marker that tells it apart, and no fork goes unseen.
-        self.attach_tracepoint(EXEC_PROGRAM)?;
+        self.attach_exec_marker()?;
         self.attach_tracepoint(FORK_PROGRAM)?;
         self.attach_uprobes(plan, libc, scope, programs)
+    }
+
+    /// Attaches the marker of the target's `execve` alone: what
+    /// `--trace-memory mapped` needs besides the mapped-memory programs (no
+    /// uprobe, so no breakpoint a fork would inherit).
+    pub fn attach_exec_marker(&mut self) -> anyhow::Result<()> {
+        self.attach_tracepoint(EXEC_PROGRAM)
     }
 
     /// Host-wide mode: attaches the exec and exit markers of every process
@@ -357,7 +370,7 @@ impl Probes {
         self.attach_uprobes(plan, library, UProbeScope::AllProcesses, programs)
     }
 
-    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`,
+    /// Attaches the mapped-memory programs (`mmap`, `munmap`, `mremap`, `brk`,
     /// `mprotect` of the traced processes).
     pub fn attach_mapped(&mut self) -> anyhow::Result<()> {
         for (name, tracepoint) in MAPPED_PROGRAMS {
@@ -478,17 +491,28 @@ impl Probes {
         file: &Path,
         scope: UProbeScope,
     ) -> anyhow::Result<()> {
-        if let Some((multi, guardian)) = &self.multi {
-            let pid = match scope {
-                UProbeScope::OneProcess(pid) => pid.get(),
-                UProbeScope::AllProcesses => 0,
-                UProbeScope::CallingProcess => std::process::id(),
-            };
-            multi.attach(program, file, offset, pid, guardian)?;
+        let pid = match scope {
+            UProbeScope::OneProcess(pid) => pid.get(),
+            UProbeScope::AllProcesses => 0,
+            UProbeScope::CallingProcess => std::process::id(),
+        };
+        if let Some(multi) = &self.multi {
+            multi.attach(program, file, offset, pid, &self.guardian)?;
             return Ok(());
         }
-        let location = UProbeAttachLocation::AbsoluteOffset(offset);
-        self.program(program)?.attach(location, file, scope)?;
+        let program: &UProbe = self
+            .ebpf
+            .program(program)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {program}"))?
+            .try_into()?;
+        let target = LinkTarget {
+            file,
+            offset,
+            pid,
+            returns: matches!(program.kind(), ProbeKind::Return),
+        };
+        self.guardian
+            .link(program.fd()?.as_fd(), &target, LinkKind::PerfEvent)?;
         Ok(())
     }
 
@@ -499,20 +523,19 @@ impl Probes {
         }
     }
 
-    /// The guardian process holding the uprobe links, if any: host-wide
-    /// mode must not trace it.
-    pub fn guardian_pid(&self) -> Option<u32> {
-        self.multi.as_ref().map(|(_, guardian)| guardian.pid())
+    /// The guardian process holding the uprobe links: host-wide mode must
+    /// not trace it.
+    pub fn guardian_pid(&self) -> u32 {
+        self.guardian.pid()
     }
 
     /// Removes every probe from the target.
     pub fn detach(mut self) {
         self.flush_log();
-        if let Some((_, guardian)) = &self.multi
-            && let Err(error) = guardian.release()
-        {
+        if let Err(error) = self.guardian.release() {
             log::warn!("the guardian process did not release the probes: {error}");
         }
+        drop(self.guardian);
         drop(self.multi);
         drop(self.ebpf);
     }
@@ -521,14 +544,6 @@ impl Probes {
         self.ebpf
             .map_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no map {name}"))
-    }
-
-    fn program(&mut self, name: &str) -> anyhow::Result<&mut UProbe> {
-        Ok(self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-            .try_into()?)
     }
 }
 

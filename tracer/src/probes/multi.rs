@@ -20,7 +20,7 @@ use std::{
     path::Path,
 };
 
-use super::guardian::Guardian;
+use super::guardian::{Guardian, LinkKind};
 use anyhow::{Context as _, anyhow, bail};
 use aya::{Ebpf, maps::Map};
 use aya_obj::{
@@ -101,7 +101,7 @@ impl MultiPrograms {
             pid,
             returns: loaded.returns,
         };
-        guardian.link(loaded.fd.as_fd(), &target)
+        guardian.link(loaded.fd.as_fd(), &target, LinkKind::UprobeMulti)
     }
 }
 
@@ -176,21 +176,46 @@ fn load_program(
     for (to, from) in attr.prog_name.iter_mut().zip(name.bytes().take(15)) {
         *to = from as std::ffi::c_char;
     }
-    // SAFETY: `attr` and the buffers it points to outlive the call.
-    if let Ok(fd) = unsafe { bpf_fd(bpf_cmd::BPF_PROG_LOAD as i32, &attr) } {
-        return Ok(fd);
-    }
+    let refused = match load_retrying(&attr) {
+        Ok(fd) => return Ok(fd),
+        Err(error) => error,
+    };
+    // Loaded again only for the verifier's log. The kernel keeps its end
+    // (where the reason is) and, since 6.4, fails a load whose log did not
+    // fit with ENOSPC: the first error is the one to report.
     let mut log = vec![0u8; 1 << 20];
     attr.log_level = 1;
     attr.log_size = log.len() as u32;
     attr.log_buf = log.as_mut_ptr() as u64;
-    // SAFETY: as above, and the log buffer is `log_size` bytes long.
-    match unsafe { bpf_fd(bpf_cmd::BPF_PROG_LOAD as i32, &attr) } {
-        Ok(fd) => Ok(fd),
-        Err(error) => {
-            let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
-            let log = String::from_utf8_lossy(&log[..end]);
-            Err(anyhow::Error::new(error).context(format!("verifier: {}", log.trim())))
+    if let Ok(fd) = load_retrying(&attr) {
+        return Ok(fd);
+    }
+    let end = log.iter().position(|&byte| byte == 0).unwrap_or(log.len());
+    let log = String::from_utf8_lossy(&log[..end]);
+    let tail: Vec<&str> = log.trim().lines().rev().take(LOG_LINES).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    Err(anyhow::Error::new(refused).context(format!("verifier: {}", tail.join(" | "))))
+}
+
+/// Lines of the verifier's log kept in the error: its end says why.
+const LOG_LINES: usize = 8;
+
+/// How many times a load the verifier abandoned with EAGAIN is tried again.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// `BPF_PROG_LOAD`, tried again when the verifier gives up with EAGAIN,
+/// which it does when a signal arrives during a long check (this object's
+/// return program takes it through ~500,000 instructions); libbpf retries
+/// the same way.
+fn load_retrying(attr: &ProgLoadAttr) -> io::Result<OwnedFd> {
+    let mut attempt = 1;
+    loop {
+        // SAFETY: `attr` and the buffers it points to outlive the call.
+        match unsafe { bpf_fd(bpf_cmd::BPF_PROG_LOAD as i32, attr) } {
+            Err(error) if error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS => {
+                attempt += 1;
+            }
+            result => return result,
         }
     }
 }
@@ -200,7 +225,7 @@ fn load_program(
 /// # Safety
 /// `attr` must be a valid attribute block for `cmd`, and every pointer in it
 /// valid for the kernel to read (or write, for a log buffer) during the call.
-unsafe fn bpf_fd<T>(cmd: i32, attr: &T) -> io::Result<OwnedFd> {
+pub(super) unsafe fn bpf_fd<T>(cmd: i32, attr: &T) -> io::Result<OwnedFd> {
     // SAFETY: per this function's contract.
     let ret = unsafe {
         libc::syscall(
@@ -236,19 +261,21 @@ struct ProgLoadAttr {
     expected_attach_type: u32,
 }
 
-/// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member.
+/// `union bpf_attr` for `BPF_LINK_CREATE` with its `uprobe_multi` member
+/// (zeroed, as the `perf_event` member of `super::perf_link`: no cookie).
 #[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_fd: u32,
-    attach_type: u32,
-    flags: u32,
-    path: u64,
-    offsets: u64,
-    ref_ctr_offsets: u64,
-    cookies: u64,
-    cnt: u32,
-    multi_flags: u32,
-    pid: u32,
-    _padding: u32,
+#[derive(Default)]
+pub(super) struct LinkCreateAttr {
+    pub prog_fd: u32,
+    pub target_fd: u32,
+    pub attach_type: u32,
+    pub flags: u32,
+    pub path: u64,
+    pub offsets: u64,
+    pub ref_ctr_offsets: u64,
+    pub cookies: u64,
+    pub cnt: u32,
+    pub multi_flags: u32,
+    pub pid: u32,
+    pub _padding: u32,
 }

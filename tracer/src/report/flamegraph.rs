@@ -95,6 +95,7 @@ mod tests {
             file: None,
             line: None,
             inlined: false,
+            offset: None,
         };
         let stacks = [StackReport {
             kind: StackKind::Heap,

@@ -4,9 +4,10 @@
 
 use super::{StackKind, StackReport};
 
-/// The folded lines for `stacks`, in their order. When mapped memory is
-/// among them, each line starts at a root frame naming its kind, `[heap]`
-/// or `[mmap]`, so the flamegraph splits the two at its base.
+/// The folded lines for `stacks`, in their order. When mapped memory (or
+/// the kernel's) is among them, each line starts at a root frame naming its
+/// kind, `[heap]`, `[mmap]` or `[kernel]`, so the flamegraph splits them at
+/// its base.
 pub fn folded_lines(stacks: &[StackReport]) -> Vec<String> {
     let by_kind = stacks.iter().any(|stack| stack.kind != StackKind::Heap);
     stacks
@@ -26,6 +27,7 @@ fn kind_root(kind: StackKind) -> &'static str {
     match kind {
         StackKind::Heap => "[heap]",
         StackKind::Mmap => "[mmap]",
+        StackKind::Kernel => "[kernel]",
     }
 }
 

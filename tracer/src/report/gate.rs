@@ -73,6 +73,7 @@ mod tests {
             file: Some("/src/growth.c".to_owned()),
             line: Some(30),
             inlined: false,
+            offset: None,
         };
         let named = NamedOffender {
             offender,

@@ -36,6 +36,7 @@ pub use views::{HeapViews, TickViews, why_suspect};
 
 use crate::{
     analysis::{AgeBuckets, Evidence, Suspect, timeline::TimelineReport},
+    armed::ProbeChecks,
     container::Container,
     ledger::{self, Ledger, StackUsage},
     stacks::StackId,
@@ -98,6 +99,12 @@ pub struct HostCounts {
     /// Of those, the ones not in `processes` (nothing outstanding, or
     /// beyond the number of exited processes kept).
     pub exited_processes_omitted: u64,
+    /// Committed mapped memory of the live processes, when it is traced
+    /// (`--trace-memory both` or `mapped`): bytes and pieces of mappings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_outstanding_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_outstanding_count: Option<u64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -151,6 +158,10 @@ pub struct Totals {
     /// The in-kernel DWARF unwinder's tables: memory and fallbacks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwind_tables: Option<TableStats>,
+    /// The probes' breakpoints looked for in the traced processes' code,
+    /// and how many were found missing (see `crate::armed`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe_checks: Option<ProbeChecks>,
 }
 
 impl Totals {
@@ -168,13 +179,14 @@ impl Totals {
             stacks: 0,
             evicted_stacks: 0,
             unwind_tables: None,
+            probe_checks: None,
         }
     }
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct StackReport {
-    /// What the bytes are: heap blocks or mapped memory.
+    /// What the bytes are: heap blocks, mapped memory or kernel memory.
     pub kind: StackKind,
     pub bytes: u64,
     pub count: u64,
@@ -197,6 +209,9 @@ pub enum StackKind {
     Heap,
     /// Anonymous private mappings made outside the allocator.
     Mmap,
+    /// The kernel's own allocations (`--kernel`): slab objects, pages and
+    /// per-CPU blocks, by kernel stack.
+    Kernel,
 }
 
 /// A stack suspected of leaking, with the evidence.
@@ -375,6 +390,7 @@ pub fn test_stack(bytes: u64, leaf_first: &[&str]) -> StackReport {
                 file: None,
                 line: None,
                 inlined: false,
+                offset: None,
             })
             .collect(),
     }

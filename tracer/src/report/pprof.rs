@@ -232,6 +232,7 @@ mod tests {
             file: Some("/src/app.c".to_owned()),
             line: Some(7),
             inlined,
+            offset: None,
         }
     }
 

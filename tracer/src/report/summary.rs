@@ -188,13 +188,14 @@ pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
             match stack.kind {
                 StackKind::Heap => "",
                 StackKind::Mmap => "[mmap] ",
+                StackKind::Kernel => "[kernel] ",
             },
             // Events were lost while these blocks were live: at most.
             if stack.approximate { "<=" } else { "" },
             bytes(stack.bytes),
             stack.count,
             match stack.kind {
-                StackKind::Heap => "blocks",
+                StackKind::Heap | StackKind::Kernel => "blocks",
                 StackKind::Mmap => "mappings",
             },
             stack.oldest_age_s,
@@ -212,8 +213,8 @@ pub fn describe_frames(frames: &[Frame]) -> String {
         .iter()
         .take(FRAMES_SHOWN)
         .map(|frame| match frame.location() {
-            Some(location) => format!("{} ({location})", frame.label()),
-            None => frame.label(),
+            Some(location) => format!("{} ({location})", frame.display_name()),
+            None => frame.display_name(),
         })
         .collect();
     shown.join(" < ")

@@ -18,6 +18,7 @@
 
 mod framepointers;
 mod module;
+mod segments;
 pub mod tables;
 
 use std::time::{Duration, Instant};

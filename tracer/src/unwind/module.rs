@@ -6,8 +6,9 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use anyhow::{Context as _, anyhow};
 use framehop::{ExplicitModuleSectionInfo, Module};
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _};
 
+use super::segments::{load_bias, load_segments};
 use crate::{
     maps::{Backing, Mapping},
     safe_open,
@@ -27,7 +28,7 @@ pub fn load(pid: u32, mapping: &Mapping) -> anyhow::Result<Module<SectionBytes>>
     let data = unsafe { memmap2::Mmap::map(&file) }
         .with_context(|| format!("mapping {}", path.display()))?;
     let elf = object::File::parse(&*data).with_context(|| format!("parsing {}", path.display()))?;
-    let bias = load_bias(&elf, mapping).ok_or_else(|| {
+    let bias = load_bias(&load_segments(&elf), mapping).ok_or_else(|| {
         anyhow!(
             "{}: no segment maps offset {:#x}",
             path.display(),
@@ -78,27 +79,6 @@ fn open_mapped_file(pid: u32, mapping: &Mapping, path: &Path) -> anyhow::Result<
     File::open(map_file)
         .or_else(|_| safe_open::open_in_root(pid, path))
         .with_context(|| format!("opening {}", path.display()))
-}
-
-/// What to add to the file's virtual addresses to get the process's: found
-/// from the load segment that holds the mapping's file offset. (Linkers need
-/// not put a segment at the same virtual address as its file offset.)
-fn load_bias(elf: &object::File<'_>, mapping: &Mapping) -> Option<u64> {
-    const PAGE: u64 = 4096;
-    elf.segments().find_map(|segment| {
-        let (offset, size) = segment.file_range();
-        let holds =
-            offset & !(PAGE - 1) <= mapping.file_offset && mapping.file_offset < offset + size;
-        holds.then(|| {
-            // The mapping puts file offset `file_offset` at `start`, and
-            // `offset` at `address + bias`.
-            mapping
-                .start
-                .wrapping_sub(mapping.file_offset)
-                .wrapping_add(offset)
-                .wrapping_sub(segment.address())
-        })
-    })
 }
 
 #[cfg(test)]

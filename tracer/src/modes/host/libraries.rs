@@ -49,6 +49,8 @@ pub struct Libraries {
     /// Processes whose allocator libraries are known, by pid, with their
     /// start time (so a reused pid is read again).
     read: HashMap<u32, u64>,
+    /// Of those, the ones that map an allocator library.
+    with_allocator: HashSet<u32>,
 }
 
 impl Libraries {
@@ -58,6 +60,7 @@ impl Libraries {
             own_pid,
             known: HashSet::new(),
             read: HashMap::new(),
+            with_allocator: HashSet::new(),
         }
     }
 
@@ -119,15 +122,28 @@ impl Libraries {
             if has_allocator || maps.iter().next().is_none() {
                 self.read.insert(pid, stat.starttime);
             }
+            if has_allocator {
+                self.with_allocator.insert(pid);
+            }
         }
         self.read.retain(|pid, _| present.contains(pid));
+        self.with_allocator
+            .retain(|pid| self.read.contains_key(pid));
         found
+    }
+
+    /// The processes known to map an allocator library, by pid.
+    pub fn traced(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.with_allocator.iter().copied().collect();
+        pids.sort_unstable();
+        pids
     }
 
     /// Reads `pid` again at the next scan: it ran `execve`, so it maps
     /// another program's libraries.
     pub fn exec_seen(&mut self, pid: u32) {
         self.read.remove(&pid);
+        self.with_allocator.remove(&pid);
     }
 }
 

@@ -11,6 +11,11 @@
 //! `execve` ends a process's ledger and starts a new one. The ticks rank
 //! processes by growth ([`summary`]) and the final outputs cover every
 //! process, exited ones included ([`outputs`]).
+//!
+//! With `--trace-memory both` (or `mapped`) the mapped-memory programs run
+//! for every process the filter lets through, and each process's mappings
+//! and break get their own ledger beside its heap blocks (see
+//! [`processes`]). With `mapped` alone, no allocator library is probed.
 
 mod libraries;
 mod outputs;
@@ -31,6 +36,8 @@ use self::{
     summary::{HostTick, ProcessTick},
 };
 use crate::{
+    armed::{HostWatch, ProbeChecks, ProbeSites},
+    cli::MemoryKinds,
     config::{Common, HostConfig},
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
     events::{Arrived, Carried},
@@ -71,6 +78,8 @@ pub struct HostMode {
     metrics: Option<Metrics>,
     /// Allocator events applied (markers left out).
     events: u64,
+    /// Tracing has stopped (the probes are gone): the final tick remains.
+    stopped: bool,
 }
 
 impl HostMode {
@@ -92,6 +101,11 @@ impl HostMode {
             load_running_processes(tables, &config, own_pid);
         }
         probes.attach_process_markers()?;
+        // Before the uprobes, as in one-process mode: a mapping made inside
+        // an allocator call is told apart by the call in flight.
+        if config.memory.mapped() {
+            probes.attach_mapped()?;
+        }
         let programs = if common.floor {
             Programs::Floor
         } else {
@@ -99,21 +113,31 @@ impl HostMode {
         };
         let mut libraries = Libraries::new(config.filters.clone(), own_pid);
         let mut probed = Probed::default();
-        for library in libraries.scan() {
-            probed.attach(&mut probes, &library, programs);
-        }
-        if probed.libraries == 0 {
-            bail!("no process maps a C library or known allocator that could be probed");
+        if config.memory.heap() {
+            for library in libraries.scan() {
+                probed.attach(&mut probes, &library, programs);
+            }
+            if probed.libraries == 0 {
+                bail!("no process maps a C library or known allocator that could be probed");
+            }
         }
         let unwinding = match config.unwind {
             UnwindMode::Auto => "DWARF unwinding where frame pointers are missing",
             UnwindMode::Dwarf => "DWARF unwinding",
             UnwindMode::Fp | UnwindMode::StackCopy => "frame-pointer unwinding",
         };
-        eprintln!(
-            "alloctrace: tracing all processes ({} allocator libraries, {} functions, {unwinding})",
-            probed.libraries, probed.functions
-        );
+        let what = match config.memory {
+            MemoryKinds::Heap => format!(
+                "{} allocator libraries, {} functions",
+                probed.libraries, probed.functions
+            ),
+            MemoryKinds::Both => format!(
+                "{} allocator libraries, {} functions, mapped memory",
+                probed.libraries, probed.functions
+            ),
+            MemoryKinds::Mapped => "mapped memory only".to_owned(),
+        };
+        eprintln!("alloctrace: tracing all processes ({what}, {unwinding})");
         let started = Instant::now();
         let mode = Self {
             common: common.clone(),
@@ -121,6 +145,7 @@ impl HostMode {
                 SharedSymbols::new(),
                 Budget::new(common.max_tracked),
                 StackBudget::new(common.max_stacks, maps.known_stacks.take()),
+                config.memory,
             ),
             libraries,
             probed,
@@ -128,6 +153,7 @@ impl HostMode {
             rescan_timer: driver::periodic(tokio::time::Instant::from_std(started), RESCAN_PERIOD),
             metrics,
             events: 0,
+            stopped: false,
             config,
         };
         let attached = Attached {
@@ -163,13 +189,22 @@ fn load_running_processes(tables: &mut TableLoader, config: &HostConfig, own_pid
         .collect();
     pids.sort_unstable_by(|a, b| b.cmp(a));
     let started = Instant::now();
-    for pid in pids {
+    let mut loaded_now = 0;
+    for &pid in &pids {
         if started.elapsed() < STARTUP_TABLE_BUDGET {
             tables.load_process(pid);
+            loaded_now += 1;
         } else {
             tables.load_process_in_background(pid);
         }
     }
+    log::debug!(
+        "unwind tables of {loaded_now} of {} running processes loaded in {:.1}s, the others in \
+         the background",
+        pids.len(),
+        started.elapsed().as_secs_f64()
+    );
+    tables.stats().log();
 }
 
 /// The libraries probed so far.
@@ -177,6 +212,8 @@ fn load_running_processes(tables: &mut TableLoader, config: &HostConfig, own_pid
 struct Probed {
     libraries: usize,
     functions: usize,
+    /// Their breakpoints, looked at in a few processes at each summary.
+    watch: HostWatch,
 }
 
 impl Probed {
@@ -185,10 +222,15 @@ impl Probed {
     fn attach(&mut self, probes: &mut Probes, library: &Library, programs: Programs) {
         let attached = Plan::for_object(library.file.path()).and_then(|plan| {
             probes.attach_library(&plan, library.file.path(), programs)?;
-            Ok(plan.function_count)
+            Ok(plan)
         });
         match attached {
-            Ok(functions) => {
+            Ok(plan) => {
+                let functions = plan.function_count;
+                match ProbeSites::new(library.file.path(), &plan) {
+                    Ok(sites) => self.watch.add(sites),
+                    Err(error) => log::debug!("not watching {}: {error:#}", library.path.display()),
+                }
                 self.libraries += 1;
                 self.functions += functions;
                 eprintln!(
@@ -226,7 +268,11 @@ impl Mode for HostMode {
 
     fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, now: &Now) -> Option<Stop> {
         match event.kind() {
-            Some(EventKind::Exec) => self.libraries.exec_seen(event.pid),
+            // Only heap tracing probes the libraries a new program maps.
+            Some(EventKind::Exec) if self.config.memory.heap() => {
+                self.libraries.exec_seen(event.pid)
+            }
+            Some(EventKind::Exec) => {}
             Some(EventKind::ProcessExit) => {}
             _ => self.events += 1,
         }
@@ -250,6 +296,10 @@ impl Mode for HostMode {
         self.processes.totals()
     }
 
+    fn probe_checks(&self) -> Option<ProbeChecks> {
+        Some(self.probed.watch.stats())
+    }
+
     async fn wakeup(&mut self) {
         self.rescan_timer.tick().await;
     }
@@ -260,6 +310,9 @@ impl Mode for HostMode {
         probes: &mut Probes,
         _now: &Now,
     ) -> anyhow::Result<Option<Stop>> {
+        if !self.config.memory.heap() {
+            return Ok(None);
+        }
         for library in self.libraries.scan() {
             self.probed.attach(probes, &library, self.programs);
         }
@@ -268,6 +321,9 @@ impl Mode for HostMode {
 
     fn tick(&mut self, now: &Now, totals: Totals, summaries: &mut SummaryState) -> HostTick {
         let top = self.common.top;
+        if !self.stopped {
+            self.probed.watch.check(&self.libraries.traced());
+        }
         let unwind_tables = totals
             .unwind_tables
             .as_ref()
@@ -308,6 +364,10 @@ impl Mode for HostMode {
 
     fn report(&self, now: &Now, totals: Totals) -> Report {
         self.final_report(now, totals)
+    }
+
+    fn stopped(&mut self, _stop: Stop) {
+        self.stopped = true;
     }
 
     fn folded_lines(&self, report: &Report) -> Vec<String> {

@@ -11,6 +11,12 @@
 //! with the events, so a reused pid can never reach the ledger of the
 //! process that had it before; should a marker be lost anyway, each tick
 //! compares every tracked pid's start time with `/proc`.
+//!
+//! With mapped memory traced, each process also has a ledger of its
+//! mappings and break (see `ledger::mapped`), created, counted in the same
+//! `--max-tracked` budget and released with its heap ledger. A process is
+//! ranked by the growth of both together; its heap and mapped bytes are
+//! shown apart.
 
 use std::{collections::HashMap, rc::Rc};
 
@@ -19,6 +25,7 @@ use tracer_ebpf::{Event, EventKind};
 use super::residue::PerPid;
 use crate::{
     analysis::{AgeBuckets, History},
+    cli::MemoryKinds,
     clock::monotonic_ns,
     container::{self, Container},
     driver::{Now, Tracee},
@@ -53,9 +60,16 @@ pub const MAX_METRIC_PROCESSES: usize = 100;
 pub struct Ranked {
     pub pid: u32,
     pub comm: String,
+    /// Heap blocks outstanding.
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,
-    /// Change of its outstanding bytes per second over the last ticks.
+    /// Committed mapped memory, when it is traced: bytes and pieces.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mapped_count: Option<u64>,
+    /// Change of its outstanding bytes (heap and mapped together) per
+    /// second over the last ticks.
     pub growth_bytes_per_s: f64,
     /// Its cgroup and the container or pod that names.
     pub container: Option<Container>,
@@ -92,7 +106,7 @@ impl Exited {
     fn add(&mut self, report: ProcessReport, totals: ledger::Totals) {
         self.count += 1;
         add_totals(&mut self.totals, totals);
-        if report.totals.outstanding_bytes == 0 {
+        if held_bytes(&report) == 0 {
             self.omitted += 1;
             return;
         }
@@ -102,7 +116,7 @@ impl Exited {
                 .kept
                 .iter()
                 .enumerate()
-                .min_by_key(|(_, report)| report.totals.outstanding_bytes)
+                .min_by_key(|(_, report)| held_bytes(report))
                 .map(|(index, _)| index);
             if let Some(index) = smallest {
                 self.kept.swap_remove(index);
@@ -119,10 +133,12 @@ pub struct LiveViews(HashMap<u32, StackView>);
 
 pub struct Processes {
     shared: Rc<SharedSymbols>,
-    /// `--max-tracked`, shared by every process's ledger.
+    /// `--max-tracked`, shared by every process's ledgers.
     budget: Budget,
     /// `--max-stacks`, shared by every process's stack table.
     stack_budget: StackBudget,
+    /// `--trace-memory`: whether each process gets a mapped-memory ledger.
+    memory: MemoryKinds,
     live: HashMap<u32, Process>,
     /// Each live process's outstanding bytes at the last ticks.
     growth: History<u32>,
@@ -132,11 +148,17 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn new(shared: Rc<SharedSymbols>, budget: Budget, stack_budget: StackBudget) -> Self {
+    pub fn new(
+        shared: Rc<SharedSymbols>,
+        budget: Budget,
+        stack_budget: StackBudget,
+        memory: MemoryKinds,
+    ) -> Self {
         Self {
             shared,
             budget,
             stack_budget,
+            memory,
             live: HashMap::new(),
             growth: History::new(GROWTH_TICKS + 1),
             names: HashMap::new(),
@@ -251,23 +273,25 @@ impl Processes {
             process.tracee.record(now.elapsed_s, &view);
             views.0.insert(process.pid, view);
         }
-        let outstanding = self.live.values().map(|process| {
-            (
-                process.pid,
-                process.tracee.ledger.totals().outstanding_bytes,
-            )
-        });
+        let outstanding = self
+            .live
+            .values()
+            .map(|process| (process.pid, process.held_bytes()));
         self.growth.record_bytes(now.elapsed_s, outstanding);
         let mut ranked: Vec<Ranked> = self
             .live
             .values()
             .map(|process| {
                 let totals = process.tracee.ledger.totals();
+                let (mapped_bytes, mapped_count) = process.tracee.mapped_outstanding();
+                let mapped = self.memory.mapped();
                 Ranked {
                     pid: process.pid,
                     comm: process.comm.clone(),
                     outstanding_bytes: totals.outstanding_bytes,
                     outstanding_count: totals.outstanding_count,
+                    mapped_bytes: mapped.then_some(mapped_bytes),
+                    mapped_count: mapped.then_some(mapped_count),
                     growth_bytes_per_s: self.growth.growth_bytes_per_s(&process.pid),
                     container: process.container.clone(),
                 }
@@ -276,16 +300,16 @@ impl Processes {
         ranked.sort_by(|a, b| {
             b.growth_bytes_per_s
                 .total_cmp(&a.growth_bytes_per_s)
-                .then(b.outstanding_bytes.cmp(&a.outstanding_bytes))
+                .then(b.held_bytes().cmp(&a.held_bytes()))
                 .then(a.pid.cmp(&b.pid))
         });
         (ranked, views)
     }
 
-    /// The `limit` largest stacks of a live process.
+    /// The `limit` largest stacks of a live process, heap and mapped.
     pub fn top_stacks(&self, pid: u32, views: &LiveViews, limit: usize) -> Vec<StackReport> {
         match (self.live.get(&pid), views.0.get(&pid)) {
-            (Some(process), Some(view)) => process.tracee.largest(view, limit),
+            (Some(process), Some(view)) => process.tracee.largest_of_both(view, limit),
             _ => Vec::new(),
         }
     }
@@ -369,7 +393,7 @@ impl Processes {
         let mut largest = Vec::new();
         let mut suspects = Vec::new();
         for (process, view) in self.with_views(views) {
-            largest.extend(process.tracee.largest(view, limit));
+            largest.extend(process.tracee.largest_of_both(view, limit));
             suspects.extend(process.tracee.suspects(view, limit));
         }
         largest.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
@@ -411,10 +435,20 @@ impl Processes {
     }
 
     pub fn counts(&self) -> HostCounts {
+        let mapped = self.memory.mapped().then(|| {
+            self.live
+                .values()
+                .map(|process| process.tracee.mapped_outstanding())
+                .fold((0, 0), |(bytes, count), (more_bytes, more_count)| {
+                    (bytes + more_bytes, count + more_count)
+                })
+        });
         HostCounts {
             tracked_processes: self.live.len(),
             exited_processes: self.exited.count,
             exited_processes_omitted: self.exited.omitted,
+            mapped_outstanding_bytes: mapped.map(|(bytes, _)| bytes),
+            mapped_outstanding_count: mapped.map(|(_, count)| count),
         }
     }
 
@@ -430,12 +464,7 @@ impl Processes {
             })
             .chain(self.exited.kept.iter().cloned())
             .collect();
-        reports.sort_by(|a, b| {
-            b.totals
-                .outstanding_bytes
-                .cmp(&a.totals.outstanding_bytes)
-                .then(a.pid.cmp(&b.pid))
-        });
+        reports.sort_by(|a, b| held_bytes(b).cmp(&held_bytes(a)).then(a.pid.cmp(&b.pid)));
         reports
     }
 
@@ -446,14 +475,18 @@ impl Processes {
         let budget = &self.budget;
         let stack_budget = &self.stack_budget;
         let growth = &mut self.growth;
+        let memory = self.memory;
         self.live.entry(pid).or_insert_with(|| {
             growth.start(pid, elapsed_s);
             let ledger = Ledger::new(budget.clone(), None);
-            Process::start(
-                pid,
-                names.remove(&pid),
-                Tracee::new(pid, ledger, Rc::clone(shared), stack_budget.clone()),
-            )
+            let mut tracee = Tracee::new(pid, ledger, Rc::clone(shared), stack_budget.clone());
+            // A name from an exec marker: a new image, whose first `brk`
+            // call (the loader's `brk(NULL)`) tells where its break starts.
+            let name = names.remove(&pid);
+            if memory.mapped() {
+                tracee.trace_mapped(budget.clone(), name.is_none());
+            }
+            Process::start(pid, name, tracee)
         })
     }
 
@@ -515,6 +548,11 @@ impl Process {
             .map_or_else(|| self.comm.clone(), |exe| exe.display().to_string());
     }
 
+    /// Heap and committed mapped bytes it holds.
+    fn held_bytes(&self) -> u64 {
+        self.tracee.ledger.totals().outstanding_bytes + self.tracee.mapped_outstanding().0
+    }
+
     /// Whether the process that has this pid is still the one traced.
     fn still_running(&self) -> bool {
         let stat = procfs::process::Process::new(self.pid as i32).and_then(|proc| proc.stat());
@@ -535,9 +573,9 @@ impl Process {
             libc: self.libc(),
             container: self.container.clone(),
             totals: Totals::new(self.tracee.ledger.totals(), now.lost_events),
-            mapped: None,
+            mapped: self.tracee.mapped.as_ref().map(|mapped| mapped.totals()),
             age_bytes: view.total_ages(),
-            stacks: self.tracee.largest(&view, usize::MAX),
+            stacks: self.tracee.all_stacks(&view),
             timeline: Some(
                 self.tracee
                     .timeline(&self.tracee.rank(&self.tracee.view(now.now_ns))),
@@ -560,6 +598,17 @@ impl Process {
             })
             .unwrap_or_default()
     }
+}
+
+impl Ranked {
+    fn held_bytes(&self) -> u64 {
+        self.outstanding_bytes + self.mapped_bytes.unwrap_or(0)
+    }
+}
+
+/// Heap and committed mapped bytes a process report holds.
+fn held_bytes(report: &ProcessReport) -> u64 {
+    report.totals.outstanding_bytes + report.mapped.map_or(0, |mapped| mapped.outstanding_bytes)
 }
 
 /// The `limit` highest-scoring of `suspects`.

@@ -57,13 +57,18 @@ impl TickLine for HostTick {
         let mut text = self.summary.headline();
         let _ = writeln!(
             text,
-            "  processes: {} traced, {} exited",
-            self.counts.tracked_processes, self.counts.exited_processes
+            "  processes: {} traced, {} exited{}",
+            self.counts.tracked_processes,
+            self.counts.exited_processes,
+            mapped_part(
+                self.counts.mapped_outstanding_bytes,
+                self.counts.mapped_outstanding_count
+            ),
         );
         for (rank, ProcessTick { process, top }) in self.processes.iter().enumerate() {
             let _ = writeln!(
                 text,
-                "  #{} {} (pid {}{}): {} in {} blocks, {}/s",
+                "  #{} {} (pid {}{}): {} in {} blocks{}, {}/s",
                 rank + 1,
                 process.comm,
                 process.pid,
@@ -73,6 +78,7 @@ impl TickLine for HostTick {
                     .map_or_else(String::new, in_container),
                 bytes(process.outstanding_bytes),
                 process.outstanding_count,
+                mapped_part(process.mapped_bytes, process.mapped_count),
                 signed_bytes(process.growth_bytes_per_s.round() as i64),
             );
             if rank < PROCESSES_WITH_STACKS {
@@ -81,6 +87,14 @@ impl TickLine for HostTick {
         }
         self.summary.write_suspects(&mut text);
         text
+    }
+}
+
+/// `, mapped 2.5 MiB in 12 mappings` when mapped memory is traced.
+fn mapped_part(bytes_held: Option<u64>, count: Option<u64>) -> String {
+    match (bytes_held, count) {
+        (Some(held), Some(count)) => format!(", mapped {} in {count} mappings", bytes(held)),
+        _ => String::new(),
     }
 }
 

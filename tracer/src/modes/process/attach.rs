@@ -28,6 +28,8 @@ pub(super) struct Attachment {
     /// The probes' breakpoints in a running target, checked again at each
     /// summary.
     pub armed: Option<ArmedWatch>,
+    /// A launched command's probe sites, watched once it runs its program.
+    pub sites_after_exec: Option<ProbeSites>,
     pub probes: Probes,
     pub maps: KernelMaps,
     pub exit: ProcessExit,
@@ -123,23 +125,32 @@ impl Attachment {
             }
             (None, _) => false,
         };
-        probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+        if config.memory.heap() {
+            probes.attach(&plan, &target.allocator.host_path, target.pid, programs)?;
+        } else {
+            probes.attach_exec_marker()?;
+        }
         // A launched command is held before its exec: its probes are armed
         // when its new image maps the library, after the ready line.
-        let mut armed = None;
-        if launched.is_none() {
+        // Without heap probes (`--trace-memory mapped`) there is nothing to arm.
+        let (armed, sites_after_exec) = if !config.memory.heap() {
+            (None, None)
+        } else if launched.is_none() {
             if !target.is_alive() {
                 bail!("pid {} exited while alloctrace was attaching", target.pid);
             }
             sites.await_armed(target.pid)?;
-            armed = Some(ArmedWatch::new(sites, target.pid));
-        }
+            (Some(ArmedWatch::new(sites, target.pid)), None)
+        } else {
+            (None, Some(sites))
+        };
         let unwinder = (stack_copy_bytes > 0).then(|| StackUnwinder::new(target.pid));
         Ok(Self {
             target,
             plan,
             forks,
             armed,
+            sites_after_exec,
             probes,
             maps,
             exit,

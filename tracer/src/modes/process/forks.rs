@@ -120,9 +120,28 @@ impl ForkedChildren {
             if byte[0] == BREAKPOINT && place.original != BREAKPOINT {
                 mem.write_all_at(&[place.original], place.address)?;
                 removed += 1;
+                if removed == 1 {
+                    pause_if_a_test_asks(pid);
+                }
             }
         }
         Ok(removed)
+    }
+}
+
+/// The environment variable that makes alloctrace stop for good in the
+/// middle of a child's clean-up (one breakpoint removed, the others not),
+/// for a test to `SIGKILL` it at that very moment: the child must be left
+/// runnable, its remaining breakpoints taken out when the guardian
+/// releases the probes.
+const PAUSE_VARIABLE: &str = "ALLOCTRACE_TEST_PAUSE_IN_FORK_CLEAN_UP";
+
+fn pause_if_a_test_asks(pid: u32) {
+    if std::env::var_os(PAUSE_VARIABLE).is_some() {
+        eprintln!("alloctrace: paused in the fork clean-up of pid {pid} ({PAUSE_VARIABLE})");
+        loop {
+            std::thread::park();
+        }
     }
 }
 

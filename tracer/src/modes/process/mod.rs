@@ -31,7 +31,8 @@ use self::{
 };
 use crate::{
     analysis::LeakGate,
-    armed::ArmedWatch,
+    armed::{ArmedWatch, ProbeChecks, ProbeSites},
+    cli::MemoryKinds,
     config::{Common, ProcessConfig, ProcessTarget},
     container::{self, Container},
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
@@ -62,6 +63,8 @@ pub struct ProcessMode {
     forks: ForkedChildren,
     /// Whether the probes are still armed in a running target.
     armed: Option<ArmedWatch>,
+    /// A launched command's probe sites, watched from its exec on.
+    sites_after_exec: Option<ProbeSites>,
     /// `execve`s of the target that do not end tracing (launch mode's own).
     execs_expected: u32,
     gate: Option<LeakGate>,
@@ -102,6 +105,7 @@ impl ProcessMode {
             plan,
             forks,
             armed,
+            sites_after_exec,
             probes,
             mut maps,
             exit,
@@ -110,17 +114,29 @@ impl ProcessMode {
             tables,
             dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
+        let what = if config.memory.heap() {
+            format!(
+                "{} {}{}, {} functions",
+                target.allocator.kind.describe(),
+                target.allocator.path.display(),
+                if target.allocator.deleted {
+                    " (deleted on disk)"
+                } else {
+                    ""
+                },
+                plan.function_count,
+            )
+        } else {
+            "mapped memory only".to_owned()
+        };
         eprintln!(
-            "alloctrace: tracing pid {} ({} {}{}, {} functions, {} unwinding{})",
+            "alloctrace: tracing pid {} ({what}{}, {} unwinding{})",
             target.pid,
-            target.allocator.kind.describe(),
-            target.allocator.path.display(),
-            if target.allocator.deleted {
-                " (deleted on disk)"
+            if config.memory == MemoryKinds::Both {
+                ", mapped memory"
             } else {
                 ""
             },
-            plan.function_count,
             if dwarf { "DWARF" } else { "frame-pointer" },
             match &config.sampling {
                 Some(sampling) => format!(", sampling 1 per {} B", sampling.rate()),
@@ -139,7 +155,8 @@ impl ProcessMode {
             launched.release()?;
         }
         let started = Instant::now();
-        let ledger = Ledger::new(Budget::new(common.max_tracked), config.sampling.clone());
+        let budget = Budget::new(common.max_tracked);
+        let ledger = Ledger::new(budget.clone(), config.sampling.clone());
         let gate = config
             .gate
             .map(|gate| LeakGate::new(gate.threshold_bytes, gate.after));
@@ -150,7 +167,7 @@ impl ProcessMode {
         let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
         let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new(), stack_budget);
         if config.memory.mapped() {
-            tracee.mapped = Some(MappedLedger::new());
+            tracee.trace_mapped(budget, launched.is_none());
         }
         let mode = Self {
             container: container::of_process(target.pid),
@@ -162,6 +179,7 @@ impl ProcessMode {
             exit,
             forks,
             armed,
+            sites_after_exec,
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
             metrics,
@@ -206,7 +224,14 @@ impl Mode for ProcessMode {
     fn apply(&mut self, event: &Event, arrived: Arrived<'_, StackId>, _now: &Now) -> Option<Stop> {
         match event.kind() {
             Some(EventKind::Exec) => match self.execs_expected.checked_sub(1) {
-                Some(left) => self.execs_expected = left,
+                Some(left) => {
+                    self.execs_expected = left;
+                    // The launched command runs its program: its probes
+                    // are armed as its loader maps the library.
+                    if let Some(sites) = self.sites_after_exec.take() {
+                        self.armed = Some(ArmedWatch::new(sites, self.target.pid));
+                    }
+                }
                 None => return Some(Stop::TargetExeced(event.timestamp_ns)),
             },
             Some(EventKind::Fork) => self.forks.note_fork(),
@@ -220,10 +245,7 @@ impl Mode for ProcessMode {
 
     fn after_drain(&mut self) {
         self.forks.clean_up();
-        let excess = self.tracee.stacks.budget().excess();
-        if excess > 0 {
-            self.tracee.evict_stacks(excess);
-        }
+        self.tracee.evict_over_budget();
     }
 
     fn stack_stats(&self) -> StackStats {
@@ -236,6 +258,10 @@ impl Mode for ProcessMode {
 
     fn totals(&self) -> ledger::Totals {
         self.tracee.ledger.totals()
+    }
+
+    fn probe_checks(&self) -> Option<ProbeChecks> {
+        self.armed.as_ref().map(ArmedWatch::stats)
     }
 
     async fn wakeup(&mut self) -> Wakeup {
@@ -279,11 +305,7 @@ impl Mode for ProcessMode {
         }
         let view = self.tracee.view(now.now_ns);
         self.tracee.record(now.elapsed_s, &view);
-        let mut top = self.tracee.largest(&view, self.common.top);
-        // Mapped memory ranks among the heap's stacks, marked `[mmap]`.
-        top.extend(self.tracee.mapped_stacks(now.now_ns));
-        top.sort_by_key(|stack| std::cmp::Reverse(stack.bytes));
-        top.truncate(self.common.top);
+        let top = self.tracee.largest_of_both(&view, self.common.top);
         let suspects = self.tracee.suspects(&view, self.common.top);
         self.publish_metrics(totals, &view, &suspects);
         let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
@@ -319,11 +341,7 @@ impl Mode for ProcessMode {
                 totals,
                 mapped: self.tracee.mapped.as_ref().map(MappedLedger::totals),
                 age_bytes: view.total_ages(),
-                stacks: [
-                    self.tracee.largest(&view, usize::MAX),
-                    self.tracee.mapped_stacks(now.now_ns),
-                ]
-                .concat(),
+                stacks: self.tracee.all_stacks(&view),
                 timeline: Some(self.tracee.timeline(&ranked)),
                 growth_bytes_per_s: None,
             }],

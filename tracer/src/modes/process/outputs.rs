@@ -6,11 +6,9 @@ use std::collections::HashMap;
 
 use super::ProcessMode;
 use crate::{
-    analysis::{Evidence, gate::Ranked, suspects::MIN_TICKS},
     driver::Now,
     metrics::{MetricsSnapshot, ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{self, PprofInput, StackView, SuspectReport, Totals, write_atomically},
-    stacks::StackId,
 };
 
 impl ProcessMode {
@@ -38,57 +36,18 @@ impl ProcessMode {
     }
 
     pub(super) fn take_gate_baseline(&mut self) {
-        let usage = self.tracee.ledger.usage_by_stack(u64::MAX);
         if let Some(gate) = &mut self.gate {
-            gate.take_baseline(&usage);
+            self.tracee.take_gate_baseline(gate);
         }
     }
 
-    /// Judges the leak gate on the ledger as it was when tracing stopped,
-    /// printing the offending stacks to stderr.
-    /// Returns whether the gate failed.
+    /// Judges the leak gate (see `Tracee::judge_gate`); returns whether
+    /// it failed.
     pub(super) fn judge_leak_gate(&self) -> anyhow::Result<bool> {
-        let Some(gate) = &self.gate else {
-            return Ok(false);
-        };
-        // Judged as the suspects are: netted by site, sparing what the
-        // ranking cleared.
-        let view = self.tracee.view_at_last_tick();
-        let suspects: HashMap<StackId, Evidence> = self
-            .tracee
-            .rank(&view)
-            .into_iter()
-            .map(|suspect| (suspect.stack, suspect.evidence))
-            .collect();
-        let history = &self.tracee.history;
-        let ranked = |stack| {
-            if suspects.contains_key(&stack) {
-                Ranked::Suspect
-            } else if history.ticks_of(stack) >= MIN_TICKS {
-                Ranked::Cleared
-            } else {
-                Ranked::Unjudged
-            }
-        };
-        let stacks = view.usage.iter().map(|usage| usage.stack);
-        let sites = self.tracee.sites(stacks.chain(gate.baseline_stacks()));
-        let offenders = gate.judge(&view.usage, &sites, ranked)?;
-        if offenders.is_empty() {
-            return Ok(false);
+        match &self.gate {
+            Some(gate) => self.tracee.judge_gate(gate),
+            None => Ok(false),
         }
-        let named: Vec<_> = offenders
-            .into_iter()
-            .map(|offender| report::NamedOffender {
-                offender,
-                frames: report::NameStacks::frames(&self.tracee, offender.stack),
-                why: suspects.get(&offender.stack).map(report::why_suspect),
-            })
-            .collect();
-        eprint!(
-            "{}",
-            report::gate_failure(&named, gate.threshold_bytes(), gate.after())
-        );
-        Ok(true)
     }
 
     /// `--pprof`: every stack that allocated, with its outstanding numbers

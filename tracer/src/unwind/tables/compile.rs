@@ -16,7 +16,9 @@ use gimli::{
 };
 use object::{Object as _, ObjectSection as _};
 use serde::Serialize;
-use tracer_ebpf::dwarf::{UnwindRow, kind};
+use tracer_ebpf::dwarf::{
+    BUCKET_SEARCH_STEPS, MAX_BUCKET_ROWS, MAX_BUCKET_SHIFT, MIN_BUCKET_SHIFT, UnwindRow, kind,
+};
 
 /// Why rows of a table fall back to the frame pointer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -52,7 +54,101 @@ impl Fallbacks {
 pub struct Table {
     /// Sorted by `pc`, no two consecutive rows with the same rule.
     pub rows: Vec<UnwindRow>,
+    /// Where the probe's search over `rows` starts.
+    pub index: BucketIndex,
     pub fallbacks: Fallbacks,
+}
+
+/// A table's bucket index (the layout is `tracer_ebpf::dwarf::ProcessMapping`'s):
+/// the file's code cut into buckets of `1 << shift` bytes from the first
+/// row's address, each naming the last row starting at or before it, so the
+/// probe searches at most [`MAX_BUCKET_ROWS`] rows in
+/// [`BUCKET_SEARCH_STEPS`] steps instead of the whole table.
+///
+/// The shift is the coarsest whose buckets all span few enough rows: on
+/// Debian's libc, 128-byte buckets (42 KiB of index for 28,271 rows, 221
+/// KiB); one in 16 bytes always fits (see `MIN_BUCKET_SHIFT`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BucketIndex {
+    /// The first row's `pc`: where bucket 0 starts.
+    pub base: u32,
+    pub shift: u32,
+    /// Per bucket, the offset in the rows of the last row starting at or
+    /// before the bucket's first address.
+    pub buckets: Vec<u32>,
+}
+
+impl BucketIndex {
+    /// The index of `rows` (sorted, distinct `pc`s) with the coarsest
+    /// buckets spanning at most [`MAX_BUCKET_ROWS`] rows each.
+    pub fn new(rows: &[UnwindRow]) -> Self {
+        (MIN_BUCKET_SHIFT..=MAX_BUCKET_SHIFT)
+            .rev()
+            .find_map(|shift| Self::with_shift(rows, shift))
+            .unwrap_or_default()
+    }
+
+    /// The index with `1 << shift`-byte buckets, if none spans more than
+    /// [`MAX_BUCKET_ROWS`] rows.
+    fn with_shift(rows: &[UnwindRow], shift: u32) -> Option<Self> {
+        let (first, last) = (rows.first()?.pc, rows.last()?.pc);
+        let count = ((last - first) >> shift) as usize + 1;
+        let mut buckets = Vec::with_capacity(count);
+        // `at` is the last row starting at or before the current bucket,
+        // `next` the first row starting after it.
+        let (mut at, mut next) = (0, 0);
+        for bucket in 0..count as u64 {
+            let start = u64::from(first) + (bucket << shift);
+            let end = start + (1 << shift);
+            while at + 1 < rows.len() && u64::from(rows[at + 1].pc) <= start {
+                at += 1;
+            }
+            next = next.max(at + 1);
+            while next < rows.len() && u64::from(rows[next].pc) < end {
+                next += 1;
+            }
+            if next - at > MAX_BUCKET_ROWS as usize {
+                return None;
+            }
+            buckets.push(at as u32);
+        }
+        Some(Self {
+            base: first,
+            shift,
+            buckets,
+        })
+    }
+
+    /// Slots of the rows map the index takes: two buckets per 8-byte slot.
+    pub fn slots(&self) -> usize {
+        self.buckets.len().div_ceil(2)
+    }
+
+    /// The index as the kernel reads it, a slot's even bucket in its low half.
+    pub fn to_slots(&self) -> Vec<[u32; 2]> {
+        self.buckets
+            .chunks(2)
+            .map(|pair| [pair[0], pair.get(1).copied().unwrap_or(0)])
+            .collect()
+    }
+
+    /// The row covering ELF address `address`, found as the probe finds it
+    /// (a bucket, then [`BUCKET_SEARCH_STEPS`] halvings over at most
+    /// [`MAX_BUCKET_ROWS`] rows).
+    pub fn find(&self, rows: &[UnwindRow], address: u32) -> Option<usize> {
+        let offset = address.checked_sub(self.base)?;
+        let bucket = ((offset >> self.shift) as usize).min(self.buckets.len().checked_sub(1)?);
+        let mut base = self.buckets[bucket] as usize;
+        let mut size = (MAX_BUCKET_ROWS as usize).min(rows.len() - base);
+        for _ in 0..BUCKET_SEARCH_STEPS {
+            let half = size / 2;
+            if rows[base + half].pc <= address {
+                base += half;
+            }
+            size -= half;
+        }
+        (rows[base].pc <= address).then_some(base)
+    }
 }
 
 /// Why a file has no table at all (every frame in it falls back to the
@@ -104,7 +200,12 @@ pub fn compile(elf: &[u8], debug: Option<&[u8]>) -> Result<Table, CompileError> 
         );
     }
     let rows = flatten(fdes)?;
-    Ok(Table { rows, fallbacks })
+    let index = BucketIndex::new(&rows);
+    Ok(Table {
+        rows,
+        index,
+        fallbacks,
+    })
 }
 
 fn section<'data>(file: &object::File<'data>, name: &str) -> Option<(u64, &'data [u8])> {
@@ -343,6 +444,50 @@ mod tests {
         );
         // glibc's PLT stubs use a CFA expression.
         assert!(table.fallbacks.cfa_expression > 0);
+    }
+
+    /// The index finds, for every address of libc's and this binary's
+    /// code, the very row a search of the whole table finds, in its few
+    /// fixed steps, with buckets as coarse as they can be.
+    #[test]
+    fn bucket_index_finds_every_row_a_full_search_finds() {
+        for elf in [libc(), std::fs::read("/proc/self/exe").unwrap()] {
+            let table = compile(&elf, None).unwrap();
+            let (rows, index) = (&table.rows, &table.index);
+            assert!(index.shift > MIN_BUCKET_SHIFT, "shift {}", index.shift);
+            assert!(
+                BucketIndex::with_shift(rows, index.shift + 1).is_none(),
+                "a coarser index fits"
+            );
+            let (first, last) = (rows[0].pc, rows.last().unwrap().pc);
+            for address in first.saturating_sub(64)..last + 4096 {
+                let expected = lookup(rows, u64::from(address)).map(|row| row.pc);
+                let found = index.find(rows, address).map(|at| rows[at].pc);
+                assert_eq!(found, expected, "address {address:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_densest_table_gets_32_byte_buckets() {
+        // A row at every byte, the densest table there is: a 32-byte
+        // bucket spans the row at its start and the 31 after it, so 32
+        // bytes are the coarsest buckets that fit.
+        let rows: Vec<UnwindRow> = (0..1000u32)
+            .map(|pc| UnwindRow {
+                pc: 0x1000 + pc,
+                cfa_offset: (8 + pc % 2) as u16,
+                ..UnwindRow::default()
+            })
+            .collect();
+        let index = BucketIndex::new(&rows);
+        assert_eq!(index.shift, BUCKET_SEARCH_STEPS);
+        for address in 0x1000..0x1000 + 1100 {
+            assert_eq!(
+                index.find(&rows, address),
+                Some((address - 0x1000).min(999) as usize)
+            );
+        }
     }
 
     #[test]

@@ -30,7 +30,7 @@ use std::{
 use anyhow::{Context as _, anyhow};
 use aya::maps::{HashMap as BpfHashMap, Map, MapData};
 use memmap2::{MmapMut, MmapOptions};
-use object::{Object as _, ObjectSegment as _};
+use object::Object as _;
 use serde::Serialize;
 use tracer_ebpf::{
     Event, EventKind, INLINE_STACK_PARTIAL,
@@ -40,7 +40,10 @@ use tracer_ebpf::{
 use super::compile::{self, CompileError, Fallbacks};
 use crate::{
     maps::{self, Backing, Mapping},
-    unwind::keeps_frame_pointers,
+    unwind::{
+        keeps_frame_pointers,
+        segments::{LoadSegment, load_bias, load_segments},
+    },
 };
 
 /// Which processes get tables.
@@ -60,8 +63,11 @@ pub struct TableStats {
     /// Files whose table is loaded.
     pub files: u64,
     pub rows: u64,
-    /// Kernel memory in use by those rows and the processes' mapping lists.
+    /// Kernel memory in use by those rows, their bucket indexes and the
+    /// processes' mapping lists.
     pub kernel_bytes: u64,
+    /// Of which the bucket indexes (see [`compile::BucketIndex`]).
+    pub index_bytes: u64,
     /// The rows map's size: the cap.
     pub kernel_cap_bytes: u64,
     /// Userspace bookkeeping (files, processes, free lists), estimated.
@@ -92,19 +98,14 @@ struct FileKey {
     mtime_ns: i64,
 }
 
-/// A load segment: where file offsets land in the ELF's address space.
-#[derive(Clone, Copy, Debug)]
-struct Segment {
-    offset: u64,
-    file_size: u64,
-    address: u64,
-}
-
 enum FileTable {
     Loaded {
-        first_row: u32,
-        rows: u32,
-        segments: Vec<Segment>,
+        /// Where its index and rows are (`start`, `end` and `bias` unset):
+        /// one run of the rows map from `first_bucket`, the index first.
+        place: ProcessMapping,
+        /// Slots of the run: the index's, then the rows'.
+        slots: u32,
+        segments: Vec<LoadSegment>,
         /// Processes whose list points at the rows.
         users: u32,
         last_used: u64,
@@ -126,7 +127,11 @@ pub struct KernelTables {
     policy: Policy,
     rows: MappedArray<UnwindRow>,
     mappings: MappedArray<ProcessMapping>,
-    processes: BpfHashMap<MapData, u32, [u32; 2]>,
+    /// `tgid -> tracer_ebpf::dwarf::ProcessTable`, as its three fields.
+    processes: BpfHashMap<MapData, u32, [u32; 3]>,
+    /// The last generation given to a process's list (see
+    /// `tracer_ebpf::dwarf::ProcessTable::generation`).
+    generation: u32,
     files: HashMap<FileKey, FileTable>,
     live: HashMap<u32, ProcessState>,
     /// Whether each executable keeps frame pointers, by file (`auto`).
@@ -155,6 +160,7 @@ impl KernelTables {
             files: HashMap::new(),
             live: HashMap::new(),
             frame_pointers: HashMap::new(),
+            generation: 0,
             stats,
             tick: 0,
             warned_cap: false,
@@ -194,11 +200,11 @@ impl KernelTables {
                 ..ProcessMapping::default()
             };
             if let Some(key) = key
-                && let Some((first_row, rows, bias)) = self.file_rows(pid, mapping, key)
+                && let Some((place, bias)) = self.file_rows(pid, mapping, key)
             {
-                entry.first_row = first_row;
-                entry.row_count = rows;
-                entry.bias = bias;
+                entry = ProcessMapping { bias, ..place };
+                entry.start = mapping.start;
+                entry.end = mapping.end;
                 files.push(key);
             }
             list.push(entry);
@@ -212,7 +218,9 @@ impl KernelTables {
             return false;
         };
         self.mappings.write(first, &list);
-        if let Err(error) = self.processes.insert(pid, [first, list.len() as u32], 0) {
+        self.generation = self.generation.checked_add(1).unwrap_or(1);
+        let entry = [first, list.len() as u32, self.generation];
+        if let Err(error) = self.processes.insert(pid, entry, 0) {
             log::debug!("unwind tables of pid {pid}: {error}");
             self.mappings.free(first, list.len().max(1) as u32);
             return false;
@@ -280,9 +288,14 @@ impl KernelTables {
         }
     }
 
-    /// The rows of the file behind `mapping` (loading them if needed) and
-    /// the mapping's bias; `None` if the file has no table.
-    fn file_rows(&mut self, pid: u32, mapping: &Mapping, key: FileKey) -> Option<(u32, u32, u64)> {
+    /// Where the table of the file behind `mapping` is (loading it if
+    /// needed) and the mapping's bias; `None` if the file has no table.
+    fn file_rows(
+        &mut self,
+        pid: u32,
+        mapping: &Mapping,
+        key: FileKey,
+    ) -> Option<(ProcessMapping, u64)> {
         if !self.files.contains_key(&key) {
             let table = self.load_file(pid, mapping, key);
             self.files.insert(key, table);
@@ -290,15 +303,14 @@ impl KernelTables {
         let tick = self.tick;
         match self.files.get_mut(&key)? {
             FileTable::Loaded {
-                first_row,
-                rows,
+                place,
                 segments,
                 last_used,
                 ..
             } => {
                 *last_used = tick;
-                let bias = bias(segments, mapping)?;
-                Some((*first_row, *rows, bias))
+                let bias = load_bias(segments, mapping)?;
+                Some((*place, bias))
             }
             FileTable::None => None,
         }
@@ -346,7 +358,9 @@ impl KernelTables {
             return FileTable::None;
         }
         let count = table.rows.len() as u32;
-        let Some(first_row) = self.allocate_rows(count) else {
+        let index_slots = table.index.slots() as u32;
+        let slots = index_slots + count;
+        let Some(first_slot) = self.allocate_rows(slots) else {
             self.stats.files_over_cap += 1;
             if !std::mem::replace(&mut self.warned_cap, true) {
                 log::warn!(
@@ -357,25 +371,44 @@ impl KernelTables {
             }
             return FileTable::None;
         };
-        self.rows.write(first_row, &table.rows);
+        let index = &table.index;
+        let place = ProcessMapping {
+            first_row: first_slot + index_slots,
+            row_count: count,
+            first_bucket: first_slot,
+            bucket_count: index.buckets.len() as u32,
+            index_base: index.base,
+            bucket_shift: index.shift,
+            ..ProcessMapping::default()
+        };
+        self.rows.write_as(first_slot, &index.to_slots());
+        self.rows.write(place.first_row, &table.rows);
         self.stats.fallback_rows.add(&table.fallbacks);
-        log::debug!("unwind table of {name}: {count} rows");
+        log::debug!(
+            "unwind table of {name}: {count} rows, {} buckets of {} bytes",
+            index.buckets.len(),
+            1u32 << index.shift
+        );
         FileTable::Loaded {
-            first_row,
-            rows: count,
-            segments: segments(&data),
+            place,
+            slots,
+            segments: object::File::parse(&*data)
+                .map(|elf| load_segments(&elf))
+                .unwrap_or_default(),
             users: 0,
             last_used: self.tick,
         }
     }
 
     /// Rows for a new table, evicting tables no process uses (least
-    /// recently used first) until they fit.
+    /// recently used first) until they fit. Tables of the list being built
+    /// have no users yet but are not evictable: the list points at them.
     fn allocate_rows(&mut self, count: u32) -> Option<u32> {
         loop {
             if let Some(first) = self.rows.allocate(count) {
                 return Some(first);
             }
+            let tick = self.tick;
             let victim = self
                 .files
                 .iter()
@@ -384,33 +417,36 @@ impl KernelTables {
                         users: 0,
                         last_used,
                         ..
-                    } => Some((*last_used, *key)),
+                    } if *last_used < tick => Some((*last_used, *key)),
                     _ => None,
                 })
                 .min()?
                 .1;
-            if let Some(FileTable::Loaded {
-                first_row, rows, ..
-            }) = self.files.remove(&victim)
-            {
-                self.rows.free(first_row, rows);
+            if let Some(FileTable::Loaded { place, slots, .. }) = self.files.remove(&victim) {
+                self.rows.free(place.first_bucket, slots);
             }
         }
     }
 
     fn update_stats(&mut self) {
-        let (mut files, mut rows) = (0, 0);
+        let (mut files, mut rows, mut slots) = (0, 0, 0);
         for table in self.files.values() {
-            if let FileTable::Loaded { rows: count, .. } = table {
+            if let FileTable::Loaded {
+                place, slots: run, ..
+            } = table
+            {
                 files += 1;
-                rows += u64::from(*count);
+                rows += u64::from(place.row_count);
+                slots += u64::from(*run);
             }
         }
         let mapping_slots: u64 = self.live.values().map(|p| u64::from(p.run.1)).sum();
+        let slot_bytes = size_of::<UnwindRow>() as u64;
         self.stats.files = files;
         self.stats.rows = rows;
+        self.stats.index_bytes = (slots - rows) * slot_bytes;
         self.stats.processes = self.live.len() as u64;
-        self.stats.kernel_bytes = rows * size_of::<UnwindRow>() as u64
+        self.stats.kernel_bytes = slots * slot_bytes
             + mapping_slots * size_of::<ProcessMapping>() as u64
             + self.live.len() as u64 * 16;
         self.stats.user_bytes = (self.files.len() * (size_of::<FileKey>() + 96)
@@ -428,13 +464,14 @@ impl TableStats {
     pub fn log(&self) {
         let fallbacks = &self.fallback_rows;
         log::debug!(
-            "unwind tables: {} files, {} rows, {} KiB kernel memory (cap {} MiB) + {} KiB \
-             userspace, {} processes; files without CFI {}, unreadable {}, over the cap {}; \
+            "unwind tables: {} files, {} rows, {} KiB kernel memory (of which {} KiB of row \
+             index; cap {} MiB) + {} KiB userspace, {} processes; files without CFI {}, unreadable {}, over the cap {}; \
              frame-pointer rows: CFA expression {}, CFA register {}, CFA offset {}, rbp rule {}, \
              return address rule {}, corrupt entries {}",
             self.files,
             self.rows,
             self.kernel_bytes >> 10,
+            self.index_bytes >> 10,
             self.kernel_cap_bytes >> 20,
             self.user_bytes >> 10,
             self.processes,
@@ -503,39 +540,6 @@ fn separate_debug(data: &[u8]) -> Option<memmap2::Mmap> {
     unsafe { memmap2::Mmap::map(&file) }.ok()
 }
 
-fn segments(data: &[u8]) -> Vec<Segment> {
-    let Ok(elf) = object::File::parse(data) else {
-        return Vec::new();
-    };
-    elf.segments()
-        .map(|segment| {
-            let (offset, file_size) = segment.file_range();
-            Segment {
-                offset,
-                file_size,
-                address: segment.address(),
-            }
-        })
-        .collect()
-}
-
-/// What to subtract from a process address in `mapping` to get the file's
-/// ELF address: from the load segment holding the mapping's file offset.
-fn bias(segments: &[Segment], mapping: &Mapping) -> Option<u64> {
-    const PAGE: u64 = 4096;
-    segments.iter().find_map(|segment| {
-        let holds = segment.offset & !(PAGE - 1) <= mapping.file_offset
-            && mapping.file_offset < segment.offset + segment.file_size;
-        holds.then(|| {
-            mapping
-                .start
-                .wrapping_sub(mapping.file_offset)
-                .wrapping_add(segment.offset)
-                .wrapping_sub(segment.address)
-        })
-    })
-}
-
 /// A memory-mapped `BPF_F_MMAPABLE` array map with a first-fit allocator of
 /// its slots.
 struct MappedArray<T> {
@@ -579,11 +583,18 @@ impl<T: Copy> MappedArray<T> {
     }
 
     fn write(&mut self, first: u32, values: &[T]) {
+        self.write_as(first, values);
+    }
+
+    /// Writes `values` of another plain type of `T`'s size (the bucket
+    /// index's pairs into the rows map) into slots from `first`.
+    fn write_as<U: Copy>(&mut self, first: u32, values: &[U]) {
+        const { assert!(size_of::<U>() == size_of::<T>()) };
         let start = first as usize * size_of::<T>();
         let end = start + std::mem::size_of_val(values);
         let destination = &mut self.memory[start..end];
-        // SAFETY: `T` is plain `#[repr(C)]` data, copied byte for byte into
-        // slots allocated for it.
+        // SAFETY: `U` is plain `#[repr(C)]` data (or an array of integers),
+        // copied byte for byte into slots allocated for it.
         let source =
             unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), end - start) };
         destination.copy_from_slice(source);
@@ -630,6 +641,8 @@ struct Worker {
     refreshed: HashMap<u32, Instant>,
     /// Background loads not done yet, oldest first.
     background: VecDeque<u32>,
+    /// When the first of the background loads pending was asked for.
+    background_since: Option<Instant>,
 }
 
 impl Worker {
@@ -653,9 +666,28 @@ impl Worker {
                 }
             };
             match request {
-                Request::Background(pid) => self.background.push_back(pid),
+                Request::Background(pid) => self.queue_background(pid),
                 request => return Some(request),
             }
+        }
+    }
+
+    fn queue_background(&mut self, pid: u32) {
+        self.background_since.get_or_insert_with(Instant::now);
+        self.background.push_back(pid);
+    }
+
+    /// `--verbose`: once the background loads are done, how long they took
+    /// and what the tables hold then.
+    fn log_background_done(&mut self) {
+        if self.background.is_empty()
+            && let Some(since) = self.background_since.take()
+        {
+            log::debug!(
+                "unwind tables of the processes found running: done in the background after {:.1}s",
+                since.elapsed().as_secs_f64()
+            );
+            self.tables.stats().log();
         }
     }
 
@@ -667,7 +699,7 @@ impl Worker {
                     let _ = done.send(loaded);
                 }
             }
-            Request::Background(pid) => self.background.push_back(pid),
+            Request::Background(pid) => self.queue_background(pid),
             Request::Refresh(pid) => {
                 let now = Instant::now();
                 let recent = self
@@ -716,9 +748,11 @@ impl TableLoader {
                     tables,
                     refreshed: HashMap::new(),
                     background: VecDeque::new(),
+                    background_since: None,
                 };
                 while let Some(request) = worker.next(&receiver) {
                     worker.handle(request);
+                    worker.log_background_done();
                     *shared.lock().unwrap_or_else(|e| e.into_inner()) = worker.tables.stats();
                 }
             })
@@ -824,22 +858,5 @@ mod tests {
         fn free(&mut self, start: u32, len: u32) {
             free_run(self.0, start, len)
         }
-    }
-
-    #[test]
-    fn bias_places_the_file_where_the_mapping_is() {
-        let segments = [Segment {
-            offset: 0x1000,
-            file_size: 0x5000,
-            address: 0x1000,
-        }];
-        let mapping = Mapping {
-            start: 0x7f00_0000_1000,
-            end: 0x7f00_0000_6000,
-            file_offset: 0x1000,
-            executable: true,
-            backing: Backing::File("/lib/x.so".into()),
-        };
-        assert_eq!(bias(&segments, &mapping), Some(0x7f00_0000_0000));
     }
 }

@@ -1,0 +1,46 @@
+//! Attaching the kernel's-own-allocation programs (`--kernel`,
+//! `tracer-ebpf/src/kmem.rs`) to the `kmem` and `percpu` tracepoints.
+//!
+//! They are classic tracepoints, which need neither kprobes nor ftrace
+//! (neither is available to BPF on every machine): each is one
+//! `perf_event_open` and needs only the tracepoint itself.
+
+use anyhow::{Context as _, anyhow};
+use aya::programs::TracePoint;
+
+use super::Probes;
+
+/// Each program of `kmem.rs`, its tracepoint's category and name. Frees
+/// first: a block whose allocation is seen must have its free seen too,
+/// and the other way round a free of an unknown block is counted apart.
+const KMEM_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("kfree", "kmem", "kfree"),
+    ("kmem_cache_free", "kmem", "kmem_cache_free"),
+    ("mm_page_free", "kmem", "mm_page_free"),
+    ("percpu_free", "percpu", "percpu_free_percpu"),
+    ("kmalloc", "kmem", "kmalloc"),
+    ("kmem_cache_alloc", "kmem", "kmem_cache_alloc"),
+    ("mm_page_alloc", "kmem", "mm_page_alloc"),
+    ("percpu_alloc", "percpu", "percpu_alloc_percpu"),
+];
+
+impl Probes {
+    /// Attaches every program of the kernel's own allocations.
+    pub fn attach_kernel(&mut self) -> anyhow::Result<()> {
+        for (name, category, tracepoint) in KMEM_PROGRAMS {
+            let program: &mut TracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+                .try_into()?;
+            program.attach(category, tracepoint).with_context(|| {
+                format!(
+                    "--kernel needs the tracepoint {category}:{tracepoint} (see \
+                     /sys/kernel/tracing/events/{category}; needs CONFIG_TRACEPOINTS and a mounted \
+                     tracefs)"
+                )
+            })?;
+        }
+        Ok(())
+    }
+}
