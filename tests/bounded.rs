@@ -2,10 +2,14 @@
 //! ceiling. A target making tens of thousands of distinct stacks against a
 //! small `--max-stacks` has its idle stacks evicted and counted, while its
 //! leak, and stacks that recur after their eviction, are counted exactly.
+//! Host-wide, thousands of short processes and a process renaming itself
+//! in a loop leave no per-process residue: ledgers, names, histories,
+//! library scans, kernel unwind tables and metrics series return to where
+//! they were.
 
 use std::{collections::BTreeSet, time::Duration};
 
-use integration_tests::*;
+use integration_tests::{serde_json::Value, *};
 
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -83,4 +87,93 @@ fn idle_stacks_are_evicted_beyond_max_stacks_and_what_recurs_is_exact() {
         "{totals}"
     );
     assert_eq!(as_u64(totals, "lost_events"), 0, "{totals}");
+}
+
+/// The sizes of what host-wide mode keeps per process, from a JSON tick.
+fn per_pid(tick: &Value) -> [u64; 5] {
+    let per_pid = &tick["per_pid"];
+    [
+        "ledgers",
+        "names",
+        "growth_histories",
+        "library_scans",
+        "unwind_tables",
+    ]
+    .map(|key| as_u64(per_pid, key))
+}
+
+/// Distinct `pid` label values of a metrics scrape.
+fn metric_pids(text: &str) -> BTreeSet<String> {
+    text.lines()
+        .filter_map(|line| line.split("pid=\"").nth(1)?.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn thousands_of_short_processes_and_renames_leave_nothing_per_pid_behind() {
+    require_root();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut storm = Workload::spawn_bin(&stack_storm_bin(), &[]);
+    let tracer = Tracer::spawn_all(&[
+        "--interval",
+        "0.5",
+        "--log-format",
+        "json",
+        "--metrics-addr",
+        &addr,
+    ]);
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, scrape_before) = http_get(&addr, "/metrics");
+    // 3,000 processes, one after the other (a quarter exec), then 20,000
+    // task names.
+    storm_command(&mut storm, "fork 3000", COMMAND_TIMEOUT);
+    storm_command(&mut storm, "rename 20000", COMMAND_TIMEOUT);
+    std::thread::sleep(Duration::from_secs(3));
+    let (_, scrape_after) = http_get(&addr, "/metrics");
+    let out = tracer.stop(libc::SIGINT);
+    out.assert_success();
+    let ticks = parse_ticks(&out.stdout);
+    let before = ticks.first().expect("a tick before the churn");
+    let after = ticks.last().expect("a tick after the churn");
+    assert!(
+        as_u64(after, "exited_processes") >= as_u64(before, "exited_processes") + 3000,
+        "{after}"
+    );
+    // Other processes of the machine come and go meanwhile: a margin, far
+    // below the 3,000 a leak per process would leave.
+    for (key, (then, now)) in [
+        "ledgers",
+        "names",
+        "growth_histories",
+        "library_scans",
+        "unwind_tables",
+    ]
+    .iter()
+    .zip(per_pid(before).into_iter().zip(per_pid(after)))
+    {
+        assert!(now <= then + 100, "{key}: {then} before, {now} after");
+    }
+    assert!(
+        as_u64(&after["per_pid"], "exited_reports") <= 1000,
+        "{after}"
+    );
+    let storm_pid = storm.pid.to_string();
+    let storm_comms: BTreeSet<&str> = scrape_after
+        .lines()
+        .filter(|line| line.contains(&format!("pid=\"{storm_pid}\"")))
+        .filter_map(|line| line.split("comm=\"").nth(1)?.split('"').next())
+        .collect();
+    assert!(
+        storm_comms.len() <= 1,
+        "renames became labels: {storm_comms:?}"
+    );
+    let (pids_before, pids_after) = (metric_pids(&scrape_before), metric_pids(&scrape_after));
+    assert!(
+        pids_after.len() <= pids_before.len().max(100) + 2,
+        "metrics series grew from {} to {} processes",
+        pids_before.len(),
+        pids_after.len()
+    );
 }

@@ -135,13 +135,14 @@ pub trait Mode {
     /// The ledgers' totals, summed.
     fn totals(&self) -> ledger::Totals;
 
+    /// What the stack tables hold and have evicted (`--max-stacks`).
+    fn stack_stats(&self) -> StackStats;
+
     /// What the checks of the probes' breakpoints found, if the mode makes
     /// them.
     fn probe_checks(&self) -> Option<ProbeChecks> {
         None
     }
-    /// What the stack tables hold and have evicted (`--max-stacks`).
-    fn stack_stats(&self) -> StackStats;
 
     /// Waits for the mode's own reason to act.
     fn wakeup(&mut self) -> impl Future<Output = Self::Wakeup>;
@@ -442,9 +443,9 @@ impl Driver<'_> {
         let stacks = mode.stack_stats();
         Totals {
             unwind_tables: self.tables.as_ref().map(TableLoader::stats),
-            probe_checks: mode.probe_checks(),
             stacks: stacks.stacks,
             evicted_stacks: stacks.evicted,
+            probe_checks: mode.probe_checks(),
             ..Totals::new(mode.totals(), now.lost_events)
         }
     }

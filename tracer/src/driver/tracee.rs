@@ -64,12 +64,8 @@ impl Tracee {
         shared: Rc<SharedSymbols>,
         stack_budget: StackBudget,
     ) -> Self {
-        Self::with_symbols(
-            pid,
-            ledger,
-            ProcessSymbolizer::sharing(pid, shared),
-            stack_budget,
-        )
+        let symbols = ProcessSymbolizer::sharing(pid, shared);
+        Self::with_symbols(pid, ledger, symbols, stack_budget)
     }
 
     /// A tracee whose addresses `symbols` names (the kernel's, in
@@ -130,6 +126,15 @@ impl Tracee {
         }
         self.ledger.apply(event, stack);
         self.applied_ns = self.applied_ns.max(event.timestamp_ns);
+    }
+
+    /// Beyond the stack budget (`--max-stacks`), evicts what is over it
+    /// (the one table of a one-process run).
+    pub fn evict_over_budget(&mut self) {
+        let excess = self.stacks.budget().excess();
+        if excess > 0 {
+            self.evict_stacks(excess);
+        }
     }
 
     /// Evicts up to `count` of the stacks nothing is kept of (no

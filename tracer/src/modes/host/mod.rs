@@ -145,8 +145,8 @@ impl HostMode {
             processes: Processes::new(
                 SharedSymbols::new(),
                 Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked)),
-                config.memory,
                 StackBudget::new(common.max_stacks, maps.known_stacks.take()),
+                config.memory,
             ),
             libraries,
             probed,

@@ -135,10 +135,10 @@ pub struct Processes {
     shared: Rc<SharedSymbols>,
     /// `--max-tracked`, shared by every process's ledgers.
     budget: Budget,
-    /// `--trace-memory`: whether each process gets a mapped-memory ledger.
-    memory: MemoryKinds,
     /// `--max-stacks`, shared by every process's stack table.
     stack_budget: StackBudget,
+    /// `--trace-memory`: whether each process gets a mapped-memory ledger.
+    memory: MemoryKinds,
     live: HashMap<u32, Process>,
     /// Each live process's outstanding bytes at the last ticks.
     growth: History<u32>,
@@ -151,14 +151,14 @@ impl Processes {
     pub fn new(
         shared: Rc<SharedSymbols>,
         budget: Budget,
-        memory: MemoryKinds,
         stack_budget: StackBudget,
+        memory: MemoryKinds,
     ) -> Self {
         Self {
             shared,
             budget,
-            memory,
             stack_budget,
+            memory,
             live: HashMap::new(),
             growth: History::new(GROWTH_TICKS + 1),
             names: HashMap::new(),

@@ -251,10 +251,7 @@ impl Mode for ProcessMode {
 
     fn after_drain(&mut self) {
         self.forks.clean_up();
-        let excess = self.tracee.stacks.budget().excess();
-        if excess > 0 {
-            self.tracee.evict_stacks(excess);
-        }
+        self.tracee.evict_over_budget();
     }
 
     fn stack_stats(&self) -> StackStats {
