@@ -119,3 +119,28 @@ impl Drop for MemoryCgroup {
         }
     }
 }
+
+/// Waits (up to two minutes) until no `alloctrace --all` runs on the host:
+/// a host-wide tracer probes every libc, the tests' private copies too, so
+/// a test that counts the breakpoints left in a target waits for the
+/// host-wide tracers of other test runs on a shared machine to end.
+pub fn await_no_other_host_wide_tracer() {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while host_wide_tracer_running() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn host_wide_tracer_running() -> bool {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.flatten().any(|entry| {
+        fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| {
+            let mut args = cmdline.split(|&byte| byte == 0);
+            args.next()
+                .is_some_and(|program| program.ends_with(b"/alloctrace"))
+                && args.any(|arg| arg == b"--all")
+        })
+    })
+}
