@@ -380,3 +380,51 @@ fn host_wide_mode_checks_its_probes_in_a_sample_of_processes() {
     assert!(checks >= 2, "{checks} checks");
     assert!(missing >= 1, "{missing} missing of {restored} restored");
 }
+
+/// The memory limit of the tracer's cgroup: near what it needs to attach
+/// and trace, below what tracking every block of the hoard adds. Here (2
+/// CPUs, a ring of 8 MiB each) the cgroup holds 150 MiB once the probes are
+/// attached, most of it the maps' kernel memory, and peaks at 261 MiB
+/// tracking all 3 million blocks; under 224 MiB a tracer that does not size
+/// its budget from the limit is killed by the kernel with nothing written.
+fn tracer_memory_limit() -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (208 + 8 * cpus.min(4)) << 20
+}
+const HOARDED_BLOCKS: &str = "3000000";
+
+#[test]
+fn under_a_cgroup_memory_limit_it_drops_and_counts_instead_of_dying() {
+    require_root();
+    let cgroup = MemoryCgroup::new(tracer_memory_limit());
+    let mut hoard = Workload::spawn_bin(&hoard_bin(), &[HOARDED_BLOCKS]);
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut command = cgroup.command(&alloctrace_bin());
+    command
+        .args(["--pid", &hoard.pid.to_string(), "--interval", "1h"])
+        .args(["--report", report_path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let tracer = Tracer::spawn_command(command, hoard.pid);
+    hoard.run();
+    std::thread::sleep(SETTLE);
+    let out = tracer.stop(libc::SIGINT);
+    out.assert_success();
+    assert!(
+        out.stderr.contains("alloctrace: memory limit "),
+        "{}",
+        out.stderr
+    );
+    let totals = &read_json(&report_path)["totals"];
+    let tracked = as_u64(totals, "outstanding_count");
+    let dropped = as_u64(totals, "dropped_allocations");
+    assert!(tracked > 0 && dropped > 0, "{totals}");
+    assert_eq!(
+        tracked + dropped + as_u64(totals, "lost_events"),
+        3_000_000,
+        "{totals}"
+    );
+    assert_eq!(cgroup.oom_kills(), 0, "{totals}");
+}

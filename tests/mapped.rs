@@ -71,11 +71,17 @@ fn of_functions(
         .collect()
 }
 
-/// Runs the workload (built as `bin_name`, its comm) once under a tracer
+/// Runs the workload (built as `bin_name`, its comm; `workload_args` say
+/// what it does) once under a tracer
 /// with `args`: attached to it with `--pid`, or `host_wide`, started first
 /// and filtered to that comm. Returns the report of the workload alone, the
 /// folded stacks and the tracer's output.
-fn trace_workload(bin_name: &str, args: &[&str], host_wide: bool) -> (Value, String, TracerOutput) {
+fn trace_workload(
+    bin_name: &str,
+    workload_args: &[&str],
+    args: &[&str],
+    host_wide: bool,
+) -> (Value, String, TracerOutput) {
     require_root();
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
@@ -91,9 +97,9 @@ fn trace_workload(bin_name: &str, args: &[&str], host_wide: bool) -> (Value, Str
     let (mut w, tracer) = if host_wide {
         outputs.extend(["--comm", bin_name, "--interval", "1h"]);
         let tracer = Tracer::spawn_all(&outputs);
-        (Workload::spawn_bin(&bin, &[]), tracer)
+        (Workload::spawn_bin(&bin, workload_args), tracer)
     } else {
-        let w = Workload::spawn_bin(&bin, &[]);
+        let w = Workload::spawn_bin(&bin, workload_args);
         let tracer = Tracer::spawn(w.pid, &outputs, None);
         (w, tracer)
     };
@@ -160,13 +166,13 @@ fn from_the_loader(stack: &Value) -> bool {
 
 #[test]
 fn mapped_memory_is_exact_by_stack_and_large_malloc_blocks_count_once() {
-    let (report, folded, _) = trace_workload("mapped", &["--trace-memory", "both"], false);
+    let (report, folded, _) = trace_workload("mapped", &[], &["--trace-memory", "both"], false);
     assert_both_exact(&report, &folded);
 }
 
 #[test]
 fn host_wide_mapped_memory_is_exact_per_process_and_shown_apart() {
-    let (report, folded, _) = trace_workload("mapped_all", &["--trace-memory", "both"], true);
+    let (report, folded, _) = trace_workload("mapped_all", &[], &["--trace-memory", "both"], true);
     assert_both_exact(&report, &folded);
     let process = &processes(&report)[0];
     assert_eq!(process["comm"], "mapped_all");
@@ -180,7 +186,7 @@ fn host_wide_mapped_memory_is_exact_per_process_and_shown_apart() {
 
 #[test]
 fn mapped_alone_traces_no_heap_block_and_every_mapping() {
-    let (report, _, out) = trace_workload("mapped_only", &["--trace-memory", "mapped"], false);
+    let (report, _, out) = trace_workload("mapped_only", &[], &["--trace-memory", "mapped"], false);
     assert!(out.stderr.contains("mapped memory only"), "{}", out.stderr);
     // No heap probe: no heap block, no allocator call.
     assert!(of_kind(&report, "heap").is_empty());
@@ -229,4 +235,24 @@ fn mapped_alone_refuses_what_judges_heap_blocks() {
         );
         assert!(dir_entries(dir.path()).is_empty());
     }
+}
+
+#[test]
+fn sbrk_growth_is_named_at_its_caller_with_dwarf_unwinding() {
+    let args = ["--trace-memory", "both", "--unwind", "dwarf"];
+    let (report, _, _) = trace_workload("mapped", &["sbrk"], &args, false);
+    let mapped = &processes(&report)[0]["mapped"];
+    assert_eq!(as_u64(mapped, "break_moves"), 2, "{mapped}");
+    assert_eq!(as_u64(mapped, "outstanding_bytes"), 12 * PAGE, "{mapped}");
+    // glibc's sbrk is the leaf (it calls brk); its caller comes next.
+    let pool: Vec<&Value> = of_kind(&report, "mmap")
+        .into_iter()
+        .filter(|stack| frame_functions(stack).get(1) == Some(&"sbrk_pool"))
+        .collect();
+    assert_eq!(
+        by_leaf(&pool).into_values().collect::<Vec<_>>(),
+        [(12 * PAGE, 1)],
+        "{}",
+        summarize_report(&report)
+    );
 }

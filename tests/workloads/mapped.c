@@ -19,6 +19,10 @@
 //   grow_break      a custom allocator's break: brk() 40 pages up, then 16
 //                   back down; it holds 24 pages
 //
+// With the argument `sbrk`, only sbrk_pool runs: sbrk() 16 pages up, then
+// 4 back; it holds 12 pages (glibc's sbrk keeps the old break in rbp, so
+// only the DWARF unwinder walks past it).
+//
 // Protocol: stdout "ready <pid>"; on the first stdin line, do the above
 // and print "done"; exit when stdin closes.
 #define _GNU_SOURCE
@@ -153,12 +157,29 @@ NOINLINE void grow_break(void) {
     memset(start, 1, 24 * PAGE);
 }
 
-int main(void) {
+NOINLINE void sbrk_pool(void) {
+    char *start = sbrk(16 * PAGE);
+    if (start == (void *)-1 || sbrk(-4 * (long)PAGE) == (void *)-1) {
+        perror("sbrk");
+        exit(1);
+    }
+    memset(start, 1, 12 * PAGE);
+}
+
+int main(int argc, char **argv) {
     (void)anon;
+    int sbrk_only = argc > 1 && strcmp(argv[1], "sbrk") == 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready %d\n", getpid());
     char line[64];
     if (!fgets(line, sizeof line, stdin)) {
+        return 0;
+    }
+    if (sbrk_only) {
+        sbrk_pool();
+        printf("done\n");
+        while (fgets(line, sizeof line, stdin)) {
+        }
         return 0;
     }
     leak_mmap();

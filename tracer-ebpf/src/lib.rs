@@ -93,6 +93,10 @@ shared_names! {
     /// [`UNWIND_MAPPINGS_MAP`] each table-unwound process's executable
     /// mappings are.
     UNWIND_PROCESSES_MAP = "UNWIND_PROCESSES";
+    /// Array of one `u32`: userspace gives it a new value after every change
+    /// to [`UNWIND_PROCESSES_MAP`], so that the probe's per-CPU copy of the
+    /// last process's entry is looked up again.
+    UNWIND_GENERATION_MAP = "UNWIND_GENERATION";
     /// Array of [`dwarf::UnwindRow`]s: every loaded file's table, each a
     /// contiguous run sorted by `pc` after the file's bucket index (see
     /// [`dwarf::ProcessMapping`]). Its size (set at load time) is the
@@ -457,7 +461,9 @@ impl Event {
 /// [`UNWIND_PROCESSES_MAP`] entry. A process without an entry keeps the
 /// frame-pointer walk.
 pub mod dwarf {
-    pub use super::{UNWIND_MAPPINGS_MAP, UNWIND_PROCESSES_MAP, UNWIND_ROWS_MAP};
+    pub use super::{
+        UNWIND_GENERATION_MAP, UNWIND_MAPPINGS_MAP, UNWIND_PROCESSES_MAP, UNWIND_ROWS_MAP,
+    };
 
     /// Entries of [`UNWIND_PROCESSES_MAP`]: processes unwound with tables at once.
     pub const MAX_UNWIND_PROCESSES: u32 = 16384;
@@ -556,7 +562,8 @@ pub mod dwarf {
         pub first_mapping: u32,
         pub mapping_count: u32,
         /// Different for every list userspace writes (never 0): what the
-        /// probe found with an older list of the process is not used.
+        /// probe found with an older list of the process is not used. The
+        /// value [`UNWIND_GENERATION_MAP`] holds once the entry is written.
         pub generation: u32,
     }
 

@@ -205,8 +205,6 @@ fn traced_call(
     if (-4095..0).contains(&result) {
         return None;
     }
-    // SAFETY: reading the slot only.
-    let in_allocator = thread_slot(hit.tid()).is_some_and(|slot| unsafe { (*slot).entry_sp } != 0);
     // SAFETY: helpers without preconditions; the task's saved user
     // registers are then read through the fault-tolerant helper.
     let regs = unsafe {
@@ -214,5 +212,11 @@ fn traced_call(
         bpf_probe_read_kernel(regs_ptr)
     }
     .ok()?;
+    // Inside the call in flight: the system call's stack is below the
+    // allocator's entry (as the allocator probes tell nesting apart); a slot
+    // left by a call whose return went unseen is not above us.
+    // SAFETY: reading the slot only.
+    let entry_sp = thread_slot(hit.tid()).map_or(0, |slot| unsafe { (*slot).entry_sp });
+    let in_allocator = entry_sp != 0 && regs.rsp < entry_sp;
     Some((hit, regs, result as u64, in_allocator))
 }

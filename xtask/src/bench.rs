@@ -482,7 +482,8 @@ fn host_wide_filtered_out(bench: &Bench) -> Command {
     cmd.args(["--all", "--unwind", "dwarf", "--comm", "no-such-comm"])
         .args(["--interval", "1h"])
         .arg("--report")
-        .arg(bench.out.join("alloctrace-all.json"));
+        .arg(bench.out.join("alloctrace-all.json"))
+        .current_dir(&bench.out);
     cmd
 }
 
@@ -491,7 +492,10 @@ fn alloctrace<S: AsRef<OsStr>>(bench: &Bench, pid: u32, extra: &[S]) -> Command 
     cmd.args(["--pid", &pid.to_string()])
         // No periodic summaries during the measurement.
         .args(["--interval", "1h"])
-        .args(extra);
+        .args(extra)
+        // Its default report and flamegraph land beside the bench's results,
+        // not in the checkout the bench was started from.
+        .current_dir(&bench.out);
     cmd
 }
 

@@ -64,8 +64,12 @@ impl Tracee {
         shared: Rc<SharedSymbols>,
         stack_budget: StackBudget,
     ) -> Self {
-        let symbols = ProcessSymbolizer::sharing(pid, shared);
-        Self::with_symbols(pid, ledger, symbols, stack_budget)
+        Self::with_symbols(
+            pid,
+            ledger,
+            ProcessSymbolizer::sharing(pid, shared),
+            stack_budget,
+        )
     }
 
     /// A tracee whose addresses `symbols` names (the kernel's, in
@@ -92,11 +96,13 @@ impl Tracee {
     }
 
     /// Traces the process's mapped memory too, in a ledger that counts in
-    /// `budget`. A process already `running` (not about to `execve`) gets
-    /// the break it has now from `/proc`, so its first `brk` growth counts.
-    pub fn trace_mapped(&mut self, budget: Budget, running: bool) {
+    /// `budget`. A process already running (not about to `execve`) gives
+    /// the break it had when its events began (`crate::maps::program_break`,
+    /// read once the probes were attached and before anything waits on the
+    /// tracer), so its first `brk` growth counts.
+    pub fn trace_mapped(&mut self, budget: Budget, program_break: Option<u64>) {
         let mut mapped = MappedLedger::new(budget);
-        if running && let Some(program_break) = crate::maps::program_break(self.pid) {
+        if let Some(program_break) = program_break {
             mapped.set_break(program_break);
         }
         self.mapped = Some(mapped);

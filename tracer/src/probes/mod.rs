@@ -153,6 +153,7 @@ pub struct UnwindMaps {
     pub rows: aya::maps::Map,
     pub mappings: aya::maps::Map,
     pub processes: aya::maps::Map,
+    pub generation: aya::maps::Map,
 }
 
 /// Maps userspace reads, detached from the programs' lifetime.
@@ -311,6 +312,7 @@ impl Probes {
                 rows: take_map(&mut ebpf, dwarf::UNWIND_ROWS_MAP)?,
                 mappings: take_map(&mut ebpf, dwarf::UNWIND_MAPPINGS_MAP)?,
                 processes: take_map(&mut ebpf, dwarf::UNWIND_PROCESSES_MAP)?,
+                generation: take_map(&mut ebpf, dwarf::UNWIND_GENERATION_MAP)?,
             }),
             known_stacks: Some(KnownStacks::new(take_map(&mut ebpf, KNOWN_STACKS_MAP)?)?),
         };

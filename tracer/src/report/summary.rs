@@ -6,7 +6,10 @@ use std::{fmt::Write as _, time::SystemTime};
 use serde::Serialize;
 
 use super::{StackKind, StackReport, SuspectReport, TickViews, Totals};
-use crate::{analysis::AgeBuckets, symbolize::Frame};
+use crate::{
+    analysis::AgeBuckets,
+    symbolize::{Frame, TASK_MODULE},
+};
 
 /// One interval's summary. JSON key names are a public interface.
 #[derive(Debug, Serialize)]
@@ -183,7 +186,7 @@ pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
     for (rank, stack) in top.iter().enumerate() {
         let _ = writeln!(
             text,
-            "{indent}#{} {}{}{} in {} {}, oldest {:.0}s: {}",
+            "{indent}#{} {}{}{} in {} {}, oldest {:.0}s{}: {}",
             rank + 1,
             match stack.kind {
                 StackKind::Heap => "",
@@ -199,8 +202,19 @@ pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
                 StackKind::Mmap => "mappings",
             },
             stack.oldest_age_s,
+            task_of(&stack.frames).map_or(String::new(), |task| format!(", by {task}")),
             describe_frames(&stack.frames),
         );
+    }
+}
+
+/// The task a kernel stack's last frame names (see `symbolize::TASK_MODULE`).
+fn task_of(frames: &[Frame]) -> Option<&str> {
+    let last = frames.last()?;
+    if last.module.as_deref() == Some(TASK_MODULE) {
+        last.function.as_deref()
+    } else {
+        None
     }
 }
 

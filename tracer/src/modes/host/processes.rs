@@ -31,7 +31,7 @@ use crate::{
     driver::{Now, Tracee},
     events::Arrived,
     ledger::{self, Budget, Ledger},
-    maps::Backing,
+    maps::{Backing, program_break},
     metrics::{ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
     stacks::{StackBudget, StackId, StackStats},
@@ -135,10 +135,10 @@ pub struct Processes {
     shared: Rc<SharedSymbols>,
     /// `--max-tracked`, shared by every process's ledgers.
     budget: Budget,
-    /// `--max-stacks`, shared by every process's stack table.
-    stack_budget: StackBudget,
     /// `--trace-memory`: whether each process gets a mapped-memory ledger.
     memory: MemoryKinds,
+    /// `--max-stacks`, shared by every process's stack table.
+    stack_budget: StackBudget,
     live: HashMap<u32, Process>,
     /// Each live process's outstanding bytes at the last ticks.
     growth: History<u32>,
@@ -151,14 +151,14 @@ impl Processes {
     pub fn new(
         shared: Rc<SharedSymbols>,
         budget: Budget,
-        stack_budget: StackBudget,
         memory: MemoryKinds,
+        stack_budget: StackBudget,
     ) -> Self {
         Self {
             shared,
             budget,
-            stack_budget,
             memory,
+            stack_budget,
             live: HashMap::new(),
             growth: History::new(GROWTH_TICKS + 1),
             names: HashMap::new(),
@@ -484,7 +484,8 @@ impl Processes {
             // call (the loader's `brk(NULL)`) tells where its break starts.
             let name = names.remove(&pid);
             if memory.mapped() {
-                tracee.trace_mapped(budget.clone(), name.is_none());
+                let program_break = name.is_none().then(|| program_break(pid)).flatten();
+                tracee.trace_mapped(budget.clone(), program_break);
             }
             Process::start(pid, name, tracee)
         })

@@ -95,10 +95,14 @@ impl KernelMode {
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
         let ledger = Ledger::new(Budget::new(common.max_tracked), None);
-        let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
         let mode = Self {
             common: common.clone(),
-            tracee: Tracee::with_symbols(0, ledger, symbols, stack_budget),
+            tracee: Tracee::with_symbols(
+                0,
+                ledger,
+                symbols,
+                StackBudget::new(common.max_stacks, maps.known_stacks.take()),
+            ),
             tasks: Tasks::default(),
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),

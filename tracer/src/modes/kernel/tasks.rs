@@ -13,14 +13,16 @@
 
 use std::collections::HashMap;
 
-use crate::{driver::Tracee, report::NameStacks, stacks::StackId, symbolize::Frame};
+use crate::{
+    driver::Tracee,
+    report::NameStacks,
+    stacks::StackId,
+    symbolize::{Frame, TASK_MODULE},
+};
 
 /// Task frames are addresses no kernel return address can be (the kernel
 /// half starts at 0xffff8...): this base, plus the task's index.
 const TASK_FRAME_BASE: u64 = 0x7a5c_0000_0000_0000;
-
-/// The module task frames are in.
-pub const TASK_MODULE: &str = "[task]";
 
 /// Name of the allocations made in interrupt context (pid 0).
 pub const INTERRUPT_TASK: &str = "[interrupt]";

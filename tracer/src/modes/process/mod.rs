@@ -38,6 +38,7 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger, mapped::MappedLedger},
+    maps, memory_limit,
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
@@ -114,6 +115,11 @@ impl ProcessMode {
             tables,
             dwarf,
         } = Attachment::attach(common, &config, launched.as_ref())?;
+        // Before the ready line: once it is out, the target may move its
+        // break, and that move must be counted from where it was.
+        let program_break = (config.memory.mapped() && launched.is_none())
+            .then(|| maps::program_break(target.pid))
+            .flatten();
         let what = if config.memory.heap() {
             format!(
                 "{} {}{}, {} functions",
@@ -155,7 +161,7 @@ impl ProcessMode {
             launched.release()?;
         }
         let started = Instant::now();
-        let budget = Budget::new(common.max_tracked);
+        let budget = Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked));
         let ledger = Ledger::new(budget.clone(), config.sampling.clone());
         let gate = config
             .gate
@@ -167,7 +173,7 @@ impl ProcessMode {
         let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
         let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new(), stack_budget);
         if config.memory.mapped() {
-            tracee.trace_mapped(budget, launched.is_none());
+            tracee.trace_mapped(budget, program_break);
         }
         let mode = Self {
             container: container::of_process(target.pid),
