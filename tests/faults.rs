@@ -163,6 +163,7 @@ fn a_target_that_execs_ends_tracing_and_keeps_no_probe_in_its_new_program() {
         report["totals"]
     );
     // The new program's code is its files' bytes: no breakpoint is left.
+    await_no_other_host_wide_tracer();
     assert_eq!(
         code_bytes_changed(target.pid, &libc.path),
         0,
@@ -265,6 +266,7 @@ fn sigkill_in_the_middle_of_the_fork_clean_up_leaves_the_children_runnable() {
             .map(|&pid| code_bytes_changed(pid, &libc.path))
             .sum::<usize>()
     };
+    await_no_other_host_wide_tracer();
     while left() > 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -379,4 +381,53 @@ fn host_wide_mode_checks_its_probes_in_a_sample_of_processes() {
     let (checks, missing) = probe_checks(&read_json(&report_path));
     assert!(checks >= 2, "{checks} checks");
     assert!(missing >= 1, "{missing} missing of {restored} restored");
+}
+
+/// The memory limit of the tracer's cgroup: near what it needs to attach
+/// and trace, below what tracking every block of the hoard adds. Here (2
+/// CPUs, a ring of 8 MiB each) the cgroup holds 150 MiB once the probes are
+/// attached, most of it the maps' kernel memory (more on a busy host), and
+/// peaks at 261 MiB tracking 3 million blocks; under 224 MiB a tracer that
+/// does not size its budget from the limit was killed by the kernel with
+/// nothing written.
+fn tracer_memory_limit() -> u64 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u64;
+    (240 + 8 * cpus.min(4)) << 20
+}
+const HOARDED_BLOCKS: &str = "3000000";
+
+#[test]
+fn under_a_cgroup_memory_limit_it_drops_and_counts_instead_of_dying() {
+    require_root();
+    let cgroup = MemoryCgroup::new(tracer_memory_limit());
+    let mut hoard = Workload::spawn_bin(&hoard_bin(), &[HOARDED_BLOCKS]);
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut command = cgroup.command(&alloctrace_bin());
+    command
+        .args(["--pid", &hoard.pid.to_string(), "--interval", "1h"])
+        .args(["--report", report_path.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let tracer = Tracer::spawn_command(command, hoard.pid);
+    hoard.run();
+    std::thread::sleep(SETTLE);
+    let out = tracer.stop(libc::SIGINT);
+    out.assert_success();
+    assert!(
+        out.stderr.contains("alloctrace: memory limit "),
+        "{}",
+        out.stderr
+    );
+    let totals = &read_json(&report_path)["totals"];
+    let tracked = as_u64(totals, "outstanding_count");
+    let dropped = as_u64(totals, "dropped_allocations");
+    assert!(tracked > 0 && dropped > 0, "{totals}");
+    assert_eq!(
+        tracked + dropped + as_u64(totals, "lost_events"),
+        3_000_000,
+        "{totals}"
+    );
+    assert_eq!(cgroup.oom_kills(), 0, "{totals}");
 }

@@ -3,7 +3,8 @@
 //! so the kernel allocates N objects from each of three slab caches on
 //! three known paths; the report taken while it holds them must attribute
 //! exactly those bytes to those paths under its name, and the one taken
-//! after it closed them (it still runs) must show them released.
+//! after it closed them (it still runs) must show them released (all but
+//! the rare free the kernel skips, see below).
 
 use integration_tests::*;
 use serde_json::Value;
@@ -74,10 +75,15 @@ fn held_sockets_show_as_kernel_memory_of_their_paths_and_go_when_closed() {
             "{leaf} ({cache}, {per_object} B per object) while held:\n{}",
             describe(&held)
         );
-        assert_eq!(
-            task_path_totals(&released, TASK, leaf, SOCKET_CALL),
-            (0, 0),
-            "{leaf} after close:\n{}",
+        // Bounded, not exact: the socket inodes and socks are freed in RCU
+        // callbacks, in softirqs, which the kernel does not trace while a
+        // tracing program runs on the same CPU (it counts them as the
+        // program's recursion misses; about 0.2% of frees under the
+        // bench's load). A missed free leaves its object outstanding.
+        let (bytes, count) = task_path_totals(&released, TASK, leaf, SOCKET_CALL);
+        assert!(
+            count <= SOCKETS / 100 && bytes == count * per_object,
+            "{leaf} after close: {count} objects, {bytes} B left:\n{}",
             describe(&released)
         );
     }

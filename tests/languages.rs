@@ -45,6 +45,18 @@ const RUST_SITES: &[RustSite] = &[
         bytes: 3 * 2222,
         count: 3,
     },
+    // Over-aligned: through `posix_memalign`, called from a real
+    // `__rdl_alloc` frame, which is left out like `malloc`.
+    RustSite {
+        chain: &[
+            "rust_nofp::inner_c",
+            "rust_nofp::outer_c",
+            "rust_nofp::run_all",
+            "rust_nofp::main",
+        ],
+        bytes: 2 * 3392,
+        count: 2,
+    },
 ];
 
 /// Where every process's stack ends, above `main`: glibc's start code.
@@ -79,8 +91,9 @@ fn outstanding(stacks: &[&Value]) -> (u64, u64) {
 /// Built with `rustc -C opt-level=3 -C force-frame-pointers=no`, every leak
 /// site's stack holds its whole chain in order up to `main`, below only the
 /// standard library's allocation code inlined into the allocating function
-/// (Rust's `__rust_alloc` and `__rdl_alloc` jump to `malloc`, so they leave
-/// no frame); every name is demangled and the bytes are exact.
+/// (Rust's `__rust_alloc` and `__rdl_alloc` jump to `malloc`, leaving no
+/// frame, and a real `__rdl_alloc` frame, for an over-aligned type, is left
+/// out like `malloc`); every name is demangled and the bytes are exact.
 #[test]
 fn rust_release_build_unwinds_whole_chains_to_main() {
     require_root();

@@ -19,6 +19,8 @@
 //! * [`faults`]: signals, process states and cgroups for the fault tests.
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
+//! * [`bounded`]: the bounded-memory tests' `stack_storm` target and the
+//!   tracer's resident memory,
 //! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
 //!   `integration_tests::browser::Browser`),
 //! * [`verdicts`]: the leak-verdict battery and its scoring (not
@@ -32,6 +34,7 @@ use std::time::Duration;
 pub use serde_json;
 pub use tempfile;
 
+pub mod bounded;
 pub mod browser;
 mod child;
 pub mod environment;
@@ -53,6 +56,7 @@ pub mod unwinding;
 pub mod verdicts;
 pub mod workloads;
 
+pub use bounded::*;
 pub use environment::*;
 pub use expected::*;
 pub use folded::*;

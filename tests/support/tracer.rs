@@ -62,10 +62,16 @@ pub struct Tracer {
     pub spawned_at: Instant,
 }
 
-/// A `Command` for the tracer binary with piped stdout/stderr.
+/// A `Command` for the tracer binary with piped stdout/stderr, run in a
+/// scratch directory so that default outputs (`alloctrace-PID.json`, the
+/// flamegraph) never land in the checkout; tests that read them set their
+/// own directory.
 pub fn tracer_command() -> Command {
+    let scratch = std::env::temp_dir().join("alloctrace-tests-cwd");
+    std::fs::create_dir_all(&scratch).expect("create the tracer's scratch directory");
     let mut c = Command::new(alloctrace_bin());
-    c.stdin(Stdio::null())
+    c.current_dir(scratch)
+        .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c

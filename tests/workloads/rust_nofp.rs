@@ -11,7 +11,8 @@
 //! result afterwards (so no call is a tail call): the chain is exactly the
 //! one written here. The allocation goes through Rust's global allocator
 //! (`__rust_alloc` -> `__rdl_alloc` -> `malloc`). Each site leaks a
-//! distinct size into `SINK`, which lives until the process exits.
+//! distinct size into `SINK` (or `ALIGNED`), which lives until the process
+//! exits.
 //!
 //! KEEP IN SYNC with RUST_SITES in tests/languages.rs.
 
@@ -20,6 +21,13 @@ use std::io::{BufRead, Write};
 use std::sync::Mutex;
 
 static SINK: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+/// Over-aligned: the default allocator takes it from `posix_memalign`, in a
+/// real `__rdl_alloc` frame (3333 bytes rounded up to 3392).
+#[repr(align(64))]
+struct Aligned([u8; 3333]);
+
+static ALIGNED: Mutex<Vec<Box<Aligned>>> = Mutex::new(Vec::new());
 
 /// Leaks `size` bytes (a `Vec<u8>` kept in `SINK`); returns its first byte.
 #[inline(never)]
@@ -64,6 +72,20 @@ fn outer_b(n: usize) -> usize {
     black_box(middle_b(n + 1)) - 2
 }
 
+// Chain C: outer_c -> inner_c -> allocation of an over-aligned box,
+// 2 x 3392 B.
+#[inline(never)]
+fn inner_c(n: usize) -> usize {
+    let block = Box::new(Aligned([black_box(3u8); 3333]));
+    let first = block.0[0] as usize;
+    ALIGNED.lock().unwrap().push(block);
+    first + n
+}
+#[inline(never)]
+fn outer_c(n: usize) -> usize {
+    black_box(inner_c(n + 1)) << 1
+}
+
 #[inline(never)]
 fn run_all() -> usize {
     let mut total = 0;
@@ -72,6 +94,9 @@ fn run_all() -> usize {
     }
     for i in 0..3 {
         total += outer_b(black_box(i));
+    }
+    for i in 0..2 {
+        total += outer_c(black_box(i));
     }
     total
 }

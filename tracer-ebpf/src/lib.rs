@@ -93,6 +93,10 @@ shared_names! {
     /// [`UNWIND_MAPPINGS_MAP`] each table-unwound process's executable
     /// mappings are.
     UNWIND_PROCESSES_MAP = "UNWIND_PROCESSES";
+    /// Array of one `u32`: userspace gives it a new value after every change
+    /// to [`UNWIND_PROCESSES_MAP`], so that the probe's per-CPU copy of the
+    /// last process's entry is looked up again.
+    UNWIND_GENERATION_MAP = "UNWIND_GENERATION";
     /// Array of [`dwarf::UnwindRow`]s: every loaded file's table, each a
     /// contiguous run sorted by `pc` after the file's bucket index (see
     /// [`dwarf::ProcessMapping`]). Its size (set at load time) is the
@@ -114,6 +118,11 @@ shared_names! {
     EXCLUDED_TGIDS_MAP = "EXCLUDED_TGIDS";
     /// Hash map `[u8; COMM_LEN] -> u8`: the task names `--comm` allows.
     TRACED_COMMS_MAP = "TRACED_COMMS";
+    /// Array of `u64` stack hashes, [`KNOWN_STACK_SLOTS`] long: the stacks
+    /// whose frames were sent (see [`STACK_HASH`]), each at slot
+    /// `hash % KNOWN_STACK_SLOTS`. Userspace zeroes a slot when it forgets
+    /// the stack, so the frames are sent again if the stack recurs.
+    KNOWN_STACKS_MAP = "KNOWN_STACKS";
 
     // Globals: `aya_ebpf::Global`s in the kernel's read-only data, set at
     // load time (`EbpfLoader::override_global`).
@@ -336,6 +345,14 @@ pub const STACK_COPY_CHUNK: u32 = 4096;
 /// (or again once their record of it is evicted).
 pub const STACK_HASH: i32 = -4;
 
+/// Slots of [`KNOWN_STACKS_MAP`].
+pub const KNOWN_STACK_SLOTS: u32 = 1 << 16;
+
+/// The slot of [`KNOWN_STACKS_MAP`] that remembers the stack hashed `hash`.
+pub const fn known_stack_slot(hash: u64) -> u32 {
+    hash as u32 % KNOWN_STACK_SLOTS
+}
+
 /// Frames carried by an [`EventWithStack`].
 pub const MAX_INLINE_FRAMES: usize = 64;
 
@@ -444,7 +461,9 @@ impl Event {
 /// [`UNWIND_PROCESSES_MAP`] entry. A process without an entry keeps the
 /// frame-pointer walk.
 pub mod dwarf {
-    pub use super::{UNWIND_MAPPINGS_MAP, UNWIND_PROCESSES_MAP, UNWIND_ROWS_MAP};
+    pub use super::{
+        UNWIND_GENERATION_MAP, UNWIND_MAPPINGS_MAP, UNWIND_PROCESSES_MAP, UNWIND_ROWS_MAP,
+    };
 
     /// Entries of [`UNWIND_PROCESSES_MAP`]: processes unwound with tables at once.
     pub const MAX_UNWIND_PROCESSES: u32 = 16384;
@@ -543,7 +562,8 @@ pub mod dwarf {
         pub first_mapping: u32,
         pub mapping_count: u32,
         /// Different for every list userspace writes (never 0): what the
-        /// probe found with an older list of the process is not used.
+        /// probe found with an older list of the process is not used. The
+        /// value [`UNWIND_GENERATION_MAP`] holds once the entry is written.
         pub generation: u32,
     }
 

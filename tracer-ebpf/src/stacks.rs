@@ -12,12 +12,12 @@ use aya_ebpf::{
     EbpfContext, Global,
     bindings::{BPF_RB_FORCE_WAKEUP, pt_regs},
     helpers::generated,
-    macros::map,
     maps::Array,
 };
 use tracer_ebpf::{
     Counter, EventKind, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_PARTIAL,
-    MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, STACK_COPY, STACK_COPY_CHUNK, STACK_HASH,
+    KNOWN_STACK_SLOTS, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, STACK_COPY, STACK_COPY_CHUNK,
+    STACK_HASH, known_stack_slot,
 };
 
 use crate::{
@@ -36,15 +36,16 @@ use crate::{
 #[unsafe(export_name = tracer_ebpf::shared_name!(STACK_COPY_BYTES_GLOBAL))]
 static STACK_COPY_BYTES: Global<u32> = Global::new(0);
 
-/// Hashes of the frame-pointer stacks already sent to userspace with their
-/// frames (see `tracer_ebpf::STACK_HASH`), direct-mapped by their low bits:
-/// the verifier inlines an array lookup, where a hash map lookup cost ~40 ns
-/// per allocation. Two stacks sharing a slot evict each other, and a stack
-/// evicted is simply sent again.
-#[map]
-static KNOWN_STACKS: Array<u64> = Array::with_max_entries(KNOWN_STACK_SLOTS, 0);
-
-const KNOWN_STACK_SLOTS: u32 = 1 << 16;
+shared_map!(
+    KNOWN_STACKS_MAP,
+    /// Hashes of the frame-pointer stacks already sent to userspace with their
+    /// frames (see `tracer_ebpf::STACK_HASH`), direct-mapped by their low bits:
+    /// the verifier inlines an array lookup, where a hash map lookup cost ~40 ns
+    /// per allocation. Two stacks sharing a slot evict each other, and a stack
+    /// evicted is simply sent again; userspace evicts the stacks it forgets
+    /// (`--max-stacks`) the same way.
+    static KNOWN_STACKS: Array<u64> = Array::with_max_entries(KNOWN_STACK_SLOTS, 0);
+);
 
 /// Writes an allocation event with the caller's user stack: a copy of the
 /// stack for userspace to unwind in DWARF mode; otherwise the frame-pointer
@@ -86,7 +87,7 @@ pub fn emit_with_stack_at<C: EbpfContext>(
     // The process is part of the name: the same addresses mean other code
     // in another process (host-wide mode).
     let (hash, _) = walk_frames(ip, bp, tgid, |_, _| {});
-    let known_slot = hash as u32 % KNOWN_STACK_SLOTS;
+    let known_slot = known_stack_slot(hash);
     if KNOWN_STACKS.get(known_slot) == Some(&hash) {
         return emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, hash);
     }
@@ -133,7 +134,7 @@ pub fn emit_walked<C: EbpfContext>(
     size: u64,
     walk: &dwarf::Walk,
 ) -> Outcome {
-    let known_slot = walk.hash as u32 % KNOWN_STACK_SLOTS;
+    let known_slot = known_stack_slot(walk.hash);
     if walk.complete && KNOWN_STACKS.get(known_slot) == Some(&walk.hash) {
         return emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, walk.hash);
     }

@@ -135,6 +135,14 @@ pub struct TraceArgs {
     #[arg(long, value_name = "N", default_value = "20000000", value_parser = parse_count)]
     pub max_tracked: u64,
 
+    /// Keep at most this many distinct stacks in all (with --all: over all
+    /// processes together); beyond it the stacks that hold no outstanding
+    /// block are forgotten, least recently seen first, and counted
+    /// (`evicted_stacks`). A forgotten stack that recurs is a new stack,
+    /// counted exactly. Each costs ~1 KiB with its symbols.
+    #[arg(long, value_name = "N", default_value_t = crate::stacks::DEFAULT_MAX_STACKS as u64, value_parser = parse_count)]
+    pub max_stacks: u64,
+
     /// Sample allocations instead of tracing every one: a mean of one
     /// reported block per BYTES allocated (Poisson sampling by bytes, as
     /// heapprofd does); every number is then an unbiased estimate. Cheaper

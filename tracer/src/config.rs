@@ -47,6 +47,9 @@ pub struct Common {
     pub unwind_table_rows: u32,
     /// Outstanding allocations tracked at most, over every traced process.
     pub max_tracked: u64,
+    /// Distinct stacks kept at most, over every traced process, beyond
+    /// those holding outstanding blocks.
+    pub max_stacks: usize,
     pub verbose: bool,
     /// Attach empty programs and record nothing (see `Cli::floor`).
     pub floor: bool,
@@ -197,6 +200,7 @@ impl Config {
             ring_size: args.ring_size,
             unwind_table_rows: unwind_table_rows(&args),
             max_tracked: args.max_tracked,
+            max_stacks: usize::try_from(args.max_stacks).unwrap_or(usize::MAX),
             verbose: args.verbose,
             floor: args.floor,
             snapshots: snapshots(&args.watch)?,

@@ -571,6 +571,25 @@ mod tests {
     }
 
     #[test]
+    fn a_drain_out_of_time_leaves_the_rest_in_order_for_the_next() {
+        let mut merge = Merge::default();
+        let mut keep = |_: &Event, _: Carried<'_>| None::<()>;
+        for timestamp_ns in (0..1000).rev() {
+            merge.push(
+                &item(EventKind::Alloc, timestamp_ns, timestamp_ns),
+                &mut keep,
+            );
+        }
+        let mut out = Vec::new();
+        let past = Some(Instant::now());
+        let first = merge.release_until(900, past, |event, _| out.push(event.timestamp_ns));
+        // The deadline is checked every 256 events.
+        assert_eq!(first, 256);
+        merge.release(u64::MAX, |event, _| out.push(event.timestamp_ns));
+        assert_eq!(out, (0..1000).collect::<Vec<u64>>());
+    }
+
+    #[test]
     fn stacks_are_resolved_when_read_and_kept_otherwise() {
         // Ring records are 8-byte aligned: build them in words.
         let frames_record = |stack_hash| {

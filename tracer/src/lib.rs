@@ -32,6 +32,7 @@ pub mod kallsyms;
 pub mod ledger;
 pub mod mapped;
 pub mod maps;
+pub mod memory_limit;
 pub mod metrics;
 pub mod modes;
 pub mod perfmap;

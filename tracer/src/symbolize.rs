@@ -46,6 +46,10 @@ use crate::{
     perfmap::PerfMap,
 };
 
+/// Module name of the frame that ends each `--kernel` stack, naming the
+/// task the allocation was made for (see `modes::kernel`).
+pub const TASK_MODULE: &str = "[task]";
+
 /// Module name of frames in JIT-compiled code (anonymous executable memory),
 /// named from the runtime's perf map.
 const JIT_MODULE: &str = "[jit]";
@@ -119,8 +123,24 @@ const ALLOCATOR_WRAPPERS: &[&str] = &[
     "__libc_realloc",
 ];
 
+/// Rust's global allocator shims: `__rust_alloc` jumps to the default
+/// `__rdl_alloc`, which calls `malloc`, or `posix_memalign` for an
+/// over-aligned type (a frame of its own then). Recent compilers mangle
+/// them, demangled as `__rustc::__rdl_alloc`.
+const RUST_ALLOCATOR_SHIMS: &[&str] = &[
+    "__rust_alloc",
+    "__rust_alloc_zeroed",
+    "__rust_realloc",
+    "__rdl_alloc",
+    "__rdl_alloc_zeroed",
+    "__rdl_realloc",
+];
+
 fn is_allocator_wrapper(function: &str) -> bool {
-    ALLOCATOR_WRAPPERS.contains(&function) || function.starts_with("operator new")
+    let rust_shim = function.strip_prefix("__rustc::").unwrap_or(function);
+    ALLOCATOR_WRAPPERS.contains(&function)
+        || function.starts_with("operator new")
+        || RUST_ALLOCATOR_SHIMS.contains(&rust_shim)
 }
 
 /// The kernel's allocator entry points and internals the `kmem` and
@@ -307,6 +327,17 @@ impl ProcessSymbolizer {
         self.target_alive = false;
     }
 
+    /// Addresses whose frames are cached.
+    pub fn cached_addresses(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Drops the cached frames of every address not in `keep` (those of
+    /// stacks evicted from the stack table).
+    pub fn retain_addresses(&mut self, keep: &HashSet<u64>) {
+        self.frames.retain(|address, _| keep.contains(address));
+    }
+
     /// Symbolizes, in one batch, the addresses of a stack seen for the
     /// first time that were not symbolized before.
     pub fn symbolize_new(&mut self, addresses: &[u64]) {
@@ -330,11 +361,13 @@ impl ProcessSymbolizer {
     }
 
     /// The frames of a stack's `addresses` (leaf first), starting at the
-    /// first frame that is not an allocator wrapper.
+    /// first frame that is not an allocator wrapper: past every address in
+    /// a wrapper, with what was inlined into it (Rust's `__rdl_alloc` holds
+    /// `std`'s `aligned_malloc`), then past inlined frames named like one.
     pub fn frames(&self, addresses: &[u64]) -> Vec<Frame> {
-        let frames: Vec<Frame> = addresses
+        let by_address: Vec<Vec<Frame>> = addresses
             .iter()
-            .flat_map(|address| {
+            .map(|address| {
                 self.frames
                     .get(address)
                     .map(|frames| frames.to_vec())
@@ -345,6 +378,21 @@ impl ProcessSymbolizer {
             Some(_) => is_kernel_allocator(function),
             None => is_allocator_wrapper(function),
         };
+        let in_wrapper = |frames: &Vec<Frame>| {
+            frames
+                .last()
+                .and_then(|real| real.function.as_deref())
+                .is_some_and(wrapper)
+        };
+        let first_address = by_address
+            .iter()
+            .position(|frames| !in_wrapper(frames))
+            .unwrap_or(0);
+        let frames: Vec<Frame> = by_address
+            .into_iter()
+            .skip(first_address)
+            .flatten()
+            .collect();
         let first_meaningful = frames
             .iter()
             .position(|frame| !frame.function.as_deref().is_some_and(wrapper))
@@ -586,5 +634,42 @@ impl ProcessSymbolizer {
             inlined: false,
             offset: None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel_frame(address: u64, function: &str, offset: u64) -> Frame {
+        Frame {
+            address,
+            function: Some(function.to_owned()),
+            module: Some("[kernel]".to_owned()),
+            file: None,
+            line: None,
+            inlined: false,
+            offset: Some(offset),
+        }
+    }
+
+    #[test]
+    fn kernel_stacks_start_below_the_allocator_and_show_offsets() {
+        let mut symbols = ProcessSymbolizer::kernel(SharedSymbols::new());
+        symbols.name_address(kernel_frame(1, "kmem_cache_alloc_lru_noprof", 0x397));
+        symbols.name_address(kernel_frame(2, "sock_alloc_inode", 0x1e));
+        symbols.name_address(kernel_frame(3, "__sys_socket", 0x92));
+        let frames = symbols.frames(&[1, 2, 3]);
+        let names: Vec<String> = frames.iter().map(Frame::display_name).collect();
+        assert_eq!(names, ["sock_alloc_inode+0x1e", "__sys_socket+0x92"]);
+        // The label, which folded stacks use, has no offset.
+        assert_eq!(frames[0].label(), "sock_alloc_inode");
+    }
+
+    #[test]
+    fn user_stacks_keep_kernel_named_functions() {
+        let mut symbols = ProcessSymbolizer::new(0);
+        symbols.name_address(kernel_frame(1, "kmem_cache_alloc_lru_noprof", 0));
+        assert_eq!(symbols.frames(&[1]).len(), 1);
     }
 }

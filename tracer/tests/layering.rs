@@ -20,6 +20,7 @@ const STAGES: &[(&str, u32)] = &[
     ("perfmap", 1),
     ("container", 0),
     ("privileges", 0),
+    ("memory_limit", 0),
     ("placement", 1),
     ("target", 2),
     ("armed", 2),

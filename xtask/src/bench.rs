@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use serde_json::{Value, json};
 
-use crate::{bench_kernel, bench_tracer, build, util};
+use crate::{bench_kernel, bench_soak, bench_tracer, build, util};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -44,6 +44,9 @@ pub struct Args {
     /// Outstanding allocations for the tracer-memory measurement (0 skips it)
     #[arg(long, default_value_t = 10_000_000)]
     pub tracked: u64,
+    /// Run only the soak (the tracer's memory under days of churn)
+    #[arg(long)]
+    pub soak_only: bool,
 }
 
 /// How long a tracer may take to attach before the run is abandoned.
@@ -174,6 +177,11 @@ pub fn run(args: &Args) -> Result<()> {
     let tracer = build::build(false)?;
     let out = util::target_dir().join("bench");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if args.soak_only {
+        let soak = bench_soak::measure(&tracer, &out)?;
+        soak.print();
+        return soak.check();
+    }
     let churn = compile_churn(&out, "churn", "-fno-omit-frame-pointer")?;
     let churn_nofp = compile_churn(&out, "churn_nofp", "-fomit-frame-pointer")?;
 
@@ -225,12 +233,14 @@ pub fn run(args: &Args) -> Result<()> {
         count => Some(bench_tracer::measure(&bench.tracer, &bench.out, count)?),
     };
     let aggregator = bench_tracer::aggregator_throughput(&bench.tracer)?;
+    let soak = bench_soak::measure(&bench.tracer, &bench.out)?;
     let mut summary = summarize(&bench, args.rounds, &results, &skipped);
     if let Some(memory) = &memory {
         summary["memory"] = memory.to_json();
     }
     summary["aggregator_events_per_s"] = json!(aggregator);
     summary["kernel"] = kernel.to_json();
+    summary["soak"] = soak.to_json();
     let json_path = bench.out.join("results.json");
     let text = serde_json::to_string_pretty(&summary).context("serializing results")?;
     std::fs::write(&json_path, text + "\n")
@@ -246,9 +256,10 @@ pub fn run(args: &Args) -> Result<()> {
         memory.print();
     }
     kernel.print();
+    soak.print();
     println!();
     println!("results: {}", json_path.display());
-    Ok(())
+    soak.check()
 }
 
 /// Compile the workload into `out/name`, with `frame_pointers` (the gcc
@@ -471,7 +482,8 @@ fn host_wide_filtered_out(bench: &Bench) -> Command {
     cmd.args(["--all", "--unwind", "dwarf", "--comm", "no-such-comm"])
         .args(["--interval", "1h"])
         .arg("--report")
-        .arg(bench.out.join("alloctrace-all.json"));
+        .arg(bench.out.join("alloctrace-all.json"))
+        .current_dir(&bench.out);
     cmd
 }
 
@@ -480,7 +492,10 @@ fn alloctrace<S: AsRef<OsStr>>(bench: &Bench, pid: u32, extra: &[S]) -> Command 
     cmd.args(["--pid", &pid.to_string()])
         // No periodic summaries during the measurement.
         .args(["--interval", "1h"])
-        .args(extra);
+        .args(extra)
+        // Its default report and flamegraph land beside the bench's results,
+        // not in the checkout the bench was started from.
+        .current_dir(&bench.out);
     cmd
 }
 

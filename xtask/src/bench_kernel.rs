@@ -167,6 +167,8 @@ impl KernelTracer {
         let mut cmd = Command::new(tracer);
         cmd.args(["--kernel", "--interval", "1h", "--report"])
             .arg(report)
+            // Its default flamegraph lands beside the report.
+            .current_dir(report.parent().unwrap_or(Path::new(".")))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());

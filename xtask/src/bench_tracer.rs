@@ -194,7 +194,7 @@ impl Drop for Workload {
     }
 }
 
-fn lines_of<R: std::io::Read + Send + 'static>(stream: R) -> mpsc::Receiver<String> {
+pub fn lines_of<R: std::io::Read + Send + 'static>(stream: R) -> mpsc::Receiver<String> {
     let (sender, receiver) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -206,7 +206,7 @@ fn lines_of<R: std::io::Read + Send + 'static>(stream: R) -> mpsc::Receiver<Stri
     receiver
 }
 
-fn wait_for(lines: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> Result<String> {
+pub fn wait_for(lines: &mpsc::Receiver<String>, prefix: &str, timeout: Duration) -> Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -237,7 +237,7 @@ fn wait_for_tick(ticks: &mpsc::Receiver<String>, count: u64) -> Result<Value> {
 }
 
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`).
-fn status_kib(pid: u32, field: &str) -> Result<u64> {
+pub fn status_kib(pid: u32, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

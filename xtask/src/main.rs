@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_kernel;
+mod bench_soak;
 mod bench_tracer;
 mod build;
 mod demo;

@@ -201,9 +201,12 @@ impl<K: Copy + Eq + Hash> History<K> {
     }
 
     /// Number of keys tracked.
-    #[cfg(test)]
-    fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.stacks.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.stacks.is_empty()
     }
 }
 

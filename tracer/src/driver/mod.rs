@@ -43,7 +43,7 @@ use crate::{
         self, LogFormat, Report, SummaryState, Totals, folded_lines, write_atomically,
         write_flamegraph_lines,
     },
-    stacks::StackId,
+    stacks::{StackId, StackStats},
     unwind::{
         self, StackUnwinder, UnwindMode,
         tables::{TableLoader, TableStats},
@@ -135,6 +135,9 @@ pub trait Mode {
     /// The ledgers' totals, summed.
     fn totals(&self) -> ledger::Totals;
 
+    /// What the stack tables hold and have evicted (`--max-stacks`).
+    fn stack_stats(&self) -> StackStats;
+
     /// What the checks of the probes' breakpoints found, if the mode makes
     /// them.
     fn probe_checks(&self) -> Option<ProbeChecks> {
@@ -204,7 +207,13 @@ pub fn table_loader(
     let (Some(policy), Some(unwind)) = (unwind::table_policy(mode), maps.unwind.take()) else {
         return Ok(None);
     };
-    TableLoader::spawn(unwind.rows, unwind.mappings, unwind.processes, policy).map(Some)
+    let maps = [
+        unwind.rows,
+        unwind.mappings,
+        unwind.processes,
+        unwind.generation,
+    ];
+    TableLoader::spawn(maps, policy).map(Some)
 }
 
 /// Runs `mode` from its ready line until stopped, then ends the run.
@@ -317,6 +326,14 @@ impl Driver<'_> {
                     if let Some(stop) = self.drain(mode) {
                         return Ok(stop);
                     }
+                    if self.common.duration.is_some_and(|d| self.started.elapsed() >= d) {
+                        return Ok(Stop::Duration);
+                    }
+                    // With batches always waiting (a backlog), the loop
+                    // would not let the runtime turn its timer and signal
+                    // drivers: host-wide on a saturated VM, `--duration` and
+                    // the ticks were heard tens of seconds late.
+                    tokio::task::yield_now().await;
                 }
                 _ = summary_timer.tick() => {
                     if let Some(stop) = self.drain(mode) {
@@ -397,8 +414,8 @@ impl Driver<'_> {
         if !self.warned_dropping && mode.totals().dropped_allocations > 0 {
             self.warned_dropping = true;
             eprintln!(
-                "alloctrace: tracking {} allocations (--max-tracked): newer ones are dropped and \
-                 counted as dropped_allocations",
+                "alloctrace: tracking budget spent (--max-tracked {}, or less under a memory \
+                 limit): newer allocations are dropped and counted as dropped_allocations",
                 self.common.max_tracked
             );
         }
@@ -423,8 +440,11 @@ impl Driver<'_> {
     }
 
     fn totals<M: Mode>(&self, mode: &M, now: &Now) -> Totals {
+        let stacks = mode.stack_stats();
         Totals {
             unwind_tables: self.tables.as_ref().map(TableLoader::stats),
+            stacks: stacks.stacks,
+            evicted_stacks: stacks.evicted,
             probe_checks: mode.probe_checks(),
             ..Totals::new(mode.totals(), now.lost_events)
         }

@@ -4,7 +4,10 @@
 //! symbolizer. One-process mode has one; host-wide mode one per live
 //! process.
 
-use std::{collections::HashMap, rc::Rc};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+};
 
 use tracer_ebpf::Event;
 
@@ -23,7 +26,7 @@ use crate::{
     report::{
         self, NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS,
     },
-    stacks::{StackId, StackTable},
+    stacks::{StackBudget, StackId, StackTable},
     symbolize::{Frame, ProcessSymbolizer, SharedSymbols},
 };
 
@@ -43,26 +46,48 @@ pub struct Tracee {
     last_tick_ns: u64,
     /// The process's totals at every tick of the run (bounded).
     pub timeline: Timeline,
+    /// Timestamp of the latest event applied: stacks seen after it belong
+    /// to events still on their way, and are not evicted.
+    applied_ns: u64,
+    /// Addresses whose frames the symbolizer held after the last pruning.
+    symbols_pruned_at: usize,
 }
 
+/// The symbolizer's cache of frames is pruned of evicted stacks' addresses
+/// once it has doubled since the last pruning, and never below this size.
+const MIN_SYMBOLS_PRUNED: usize = 4096;
+
 impl Tracee {
-    pub fn new(pid: u32, ledger: Ledger, shared: Rc<SharedSymbols>) -> Self {
-        Self::with_symbols(pid, ledger, ProcessSymbolizer::sharing(pid, shared))
+    pub fn new(
+        pid: u32,
+        ledger: Ledger,
+        shared: Rc<SharedSymbols>,
+        stack_budget: StackBudget,
+    ) -> Self {
+        let symbols = ProcessSymbolizer::sharing(pid, shared);
+        Self::with_symbols(pid, ledger, symbols, stack_budget)
     }
 
     /// A tracee whose addresses `symbols` names (the kernel's, in
     /// `--kernel` mode).
-    pub fn with_symbols(pid: u32, ledger: Ledger, symbols: ProcessSymbolizer) -> Self {
+    pub fn with_symbols(
+        pid: u32,
+        ledger: Ledger,
+        symbols: ProcessSymbolizer,
+        stack_budget: StackBudget,
+    ) -> Self {
         Self {
             pid,
             ledger,
             mapped: None,
-            stacks: StackTable::new(),
+            stacks: StackTable::with_budget(stack_budget),
             symbols,
             history: History::new(DEFAULT_WINDOW),
             sites: Sites::new(),
             last_tick_ns: 0,
             timeline: Timeline::default(),
+            applied_ns: 0,
+            symbols_pruned_at: 0,
         }
     }
 
@@ -100,6 +125,54 @@ impl Tracee {
             mapped.apply(event, stack);
         }
         self.ledger.apply(event, stack);
+        self.applied_ns = self.applied_ns.max(event.timestamp_ns);
+    }
+
+    /// Beyond the stack budget (`--max-stacks`), evicts what is over it
+    /// (the one table of a one-process run).
+    pub fn evict_over_budget(&mut self) {
+        let excess = self.stacks.budget().excess();
+        if excess > 0 {
+            self.evict_stacks(excess);
+        }
+    }
+
+    /// Evicts up to `count` of the stacks nothing is kept of (no
+    /// outstanding block or mapping, no bytes at the peak, no event on its
+    /// way), least recently seen first, and everything kept under them:
+    /// their history, allocation site, counters and cached frames. Returns
+    /// how many were evicted.
+    pub fn evict_stacks(&mut self, count: usize) -> usize {
+        let mapped: HashSet<StackId> = self
+            .mapped
+            .as_ref()
+            .map(|mapped| mapped.by_stack().into_keys().collect())
+            .unwrap_or_default();
+        let evicted = {
+            let keeps = self.ledger.keeps_stacks();
+            self.stacks.evict(count, self.applied_ns, |stack| {
+                keeps(stack) || mapped.contains(&stack)
+            })
+        };
+        self.ledger.forget_stacks(&evicted);
+        for stack in &evicted {
+            self.history.remove(stack);
+            self.sites.remove(stack);
+        }
+        self.prune_symbols();
+        evicted.len()
+    }
+
+    /// Drops the cached frames of addresses no stack held has any more,
+    /// once the cache has doubled since it was last pruned.
+    fn prune_symbols(&mut self) {
+        let cached = self.symbols.cached_addresses();
+        if cached <= MIN_SYMBOLS_PRUNED.max(2 * self.symbols_pruned_at) {
+            return;
+        }
+        let keep: HashSet<u64> = self.stacks.all_addresses().collect();
+        self.symbols.retain_addresses(&keep);
+        self.symbols_pruned_at = self.symbols.cached_addresses();
     }
 
     /// The stacks holding mapped memory at `now_ns`, largest first, named.

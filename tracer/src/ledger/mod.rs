@@ -347,6 +347,25 @@ impl Ledger {
             .collect()
     }
 
+    /// Whether the ledger keeps anything of a stack: outstanding blocks
+    /// (one whose realloc is in flight included) or bytes at the peak. The
+    /// stack table may evict the others.
+    pub fn keeps_stacks(&self) -> impl Fn(StackId) -> bool + '_ {
+        let in_flight: HashSet<StackId> = self
+            .in_flight
+            .values()
+            .filter_map(|in_flight| Some(in_flight.allocation?.stack))
+            .collect();
+        move |stack| in_flight.contains(&stack) || self.per_stack.keeps(stack)
+    }
+
+    /// Drops what the ledger counted of stacks the stack table evicted
+    /// (they hold no block): their share of the hot spots and temporary
+    /// allocations views goes with them.
+    pub fn forget_stacks(&mut self, stacks: &[StackId]) {
+        self.per_stack.remove(stacks);
+    }
+
     /// The largest outstanding total since tracing began.
     pub fn peak(&self) -> Peak {
         let peak = self.per_stack.peak();
@@ -487,7 +506,8 @@ impl Ledger {
         let weight = self.weigh(allocation.size);
         self.tally.outstanding_bytes += weight.bytes;
         self.tally.outstanding_units += weight.units;
-        self.per_stack.restored(allocation.stack, weight.bytes);
+        self.per_stack
+            .restored(allocation.stack, weight.bytes, weight.units);
         if let Some(previous) = self.live.insert(addr, allocation) {
             self.overwritten += 1;
             self.forget(previous);

@@ -30,6 +30,9 @@ struct StackCounters {
     temporary_units: u64,
     replaced_bytes: u64,
     live_bytes: u64,
+    /// Outstanding blocks (in units), for eviction: a block of 0 bytes
+    /// still holds its stack.
+    live_units: u64,
     /// `live_bytes` at the latest peak, valid when `generation` is the
     /// peak's generation; otherwise the stack has not changed since and
     /// `live_bytes` is its value at the peak.
@@ -66,6 +69,7 @@ impl PerStack {
         counters.allocated_bytes += bytes;
         counters.allocated_units += units;
         counters.live_bytes += bytes;
+        counters.live_units += units;
     }
 
     /// A block of `stack` left the ledger; `temporary` when it was freed
@@ -73,6 +77,7 @@ impl PerStack {
     pub fn released(&mut self, stack: StackId, bytes: u64, units: u64, temporary: bool) {
         let counters = self.touch(stack);
         counters.live_bytes = counters.live_bytes.saturating_sub(bytes);
+        counters.live_units = counters.live_units.saturating_sub(units);
         if temporary {
             counters.temporary_bytes += bytes;
             counters.temporary_units += units;
@@ -86,8 +91,25 @@ impl PerStack {
     }
 
     /// A block came back to `stack` (a failed realloc).
-    pub fn restored(&mut self, stack: StackId, bytes: u64) {
-        self.touch(stack).live_bytes += bytes;
+    pub fn restored(&mut self, stack: StackId, bytes: u64, units: u64) {
+        let counters = self.touch(stack);
+        counters.live_bytes += bytes;
+        counters.live_units += units;
+    }
+
+    /// Whether `stack` holds outstanding blocks, or held bytes at the peak
+    /// (the peak view names it): then it must not be evicted.
+    pub fn keeps(&self, stack: StackId) -> bool {
+        self.stacks
+            .get(&stack)
+            .is_some_and(|counters| counters.live_units > 0 || self.bytes_at_peak(counters) > 0)
+    }
+
+    /// Drops the counters of stacks evicted from the stack table.
+    pub fn remove(&mut self, stacks: &[StackId]) {
+        for stack in stacks {
+            self.stacks.remove(stack);
+        }
     }
 
     /// Called after every change of the outstanding totals: a new maximum

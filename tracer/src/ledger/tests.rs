@@ -364,3 +364,33 @@ fn an_allocation_right_after_its_thread_freed_a_block_from_before_tracing_replac
     assert_eq!(replaced(&ledger, 3), 64);
     assert_eq!(replaced(&ledger, 4), 70);
 }
+
+#[test]
+fn a_stack_is_kept_while_it_holds_a_block_of_any_size_or_held_bytes_at_the_peak() {
+    let [start, _] = realloc(OTHER, 0x30, 0x40, 8, 4);
+    let mut ledger = ledger_after(&[
+        alloc(0x10, 100, 1),
+        free(0x10),
+        alloc(0x20, 0, 2),
+        alloc(0x30, 1, 4),
+        start,
+        alloc(0x50, 200, 3),
+        free(0x50),
+    ]);
+    // Stack 1 held its 100 bytes at a peak, 200 bytes ago; stack 3 made
+    // the current peak, then freed it.
+    {
+        let keeps = ledger.keeps_stacks();
+        assert!(keeps(StackId::from(2)), "a block of 0 bytes");
+        assert!(
+            keeps(StackId::from(4)),
+            "a block whose realloc is in flight"
+        );
+        assert!(keeps(StackId::from(3)), "bytes at the peak");
+        assert!(!keeps(StackId::from(1)));
+    }
+    apply(&mut ledger, &alloc(0x60, 500, 5));
+    let keeps = ledger.keeps_stacks();
+    assert!(!keeps(StackId::from(3)), "a peak since, without it");
+    assert!(keeps(StackId::from(5)));
+}

@@ -9,6 +9,7 @@
 
 pub mod guardian;
 mod kmem;
+mod known;
 mod multi;
 mod perf_link;
 
@@ -28,10 +29,11 @@ use aya::{
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
     EVENT_RING_MAPS, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FILTER_VERDICTS_MAP, FilterMode,
-    MAX_THREAD_SLOTS, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL,
-    TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP, dwarf,
+    KNOWN_STACKS_MAP, MAX_THREAD_SLOTS, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP,
+    STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP, dwarf,
 };
 
+pub use self::known::KnownStacks;
 use self::{
     guardian::{Guardian, LinkKind},
     multi::{LinkTarget, MultiPrograms},
@@ -151,6 +153,7 @@ pub struct UnwindMaps {
     pub rows: aya::maps::Map,
     pub mappings: aya::maps::Map,
     pub processes: aya::maps::Map,
+    pub generation: aya::maps::Map,
 }
 
 /// Maps userspace reads, detached from the programs' lifetime.
@@ -160,6 +163,9 @@ pub struct KernelMaps {
     pub counters: Counters,
     /// The in-kernel unwinder's tables (see `unwind::tables`), until taken.
     pub unwind: Option<UnwindMaps>,
+    /// The stacks the kernel sends by hash, for the stack tables to forget
+    /// (see `stacks`), until taken.
+    pub known_stacks: Option<KnownStacks>,
 }
 
 impl Probes {
@@ -302,7 +308,9 @@ impl Probes {
                 rows: take_map(&mut ebpf, dwarf::UNWIND_ROWS_MAP)?,
                 mappings: take_map(&mut ebpf, dwarf::UNWIND_MAPPINGS_MAP)?,
                 processes: take_map(&mut ebpf, dwarf::UNWIND_PROCESSES_MAP)?,
+                generation: take_map(&mut ebpf, dwarf::UNWIND_GENERATION_MAP)?,
             }),
+            known_stacks: Some(KnownStacks::new(take_map(&mut ebpf, KNOWN_STACKS_MAP)?)?),
         };
         let probes = Self {
             ebpf,

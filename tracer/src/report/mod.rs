@@ -150,6 +150,11 @@ pub struct Totals {
     pub dropped_bytes: u64,
     /// Bytes of every allocation seen, freed or not.
     pub allocated_bytes: u64,
+    /// Distinct stacks held at the end, over every traced process.
+    pub stacks: u64,
+    /// Stacks evicted beyond `--max-stacks` (holding nothing outstanding);
+    /// one that recurred was counted again, as a new stack.
+    pub evicted_stacks: u64,
     /// The in-kernel DWARF unwinder's tables: memory and fallbacks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwind_tables: Option<TableStats>,
@@ -171,6 +176,8 @@ impl Totals {
             dropped_allocations: ledger.dropped_allocations,
             dropped_bytes: ledger.dropped_bytes,
             allocated_bytes: ledger.allocated_bytes,
+            stacks: 0,
+            evicted_stacks: 0,
             unwind_tables: None,
             probe_checks: None,
         }

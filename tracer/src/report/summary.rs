@@ -6,7 +6,10 @@ use std::{fmt::Write as _, time::SystemTime};
 use serde::Serialize;
 
 use super::{StackKind, StackReport, SuspectReport, TickViews, Totals};
-use crate::{analysis::AgeBuckets, symbolize::Frame};
+use crate::{
+    analysis::AgeBuckets,
+    symbolize::{Frame, TASK_MODULE},
+};
 
 /// One interval's summary. JSON key names are a public interface.
 #[derive(Debug, Serialize)]
@@ -29,6 +32,8 @@ pub struct Summary {
     pub lost_events: u64,
     pub preexisting_frees: u64,
     pub dropped_allocations: u64,
+    /// Stacks evicted since tracing began (`--max-stacks`).
+    pub evicted_stacks: u64,
     /// Largest outstanding stacks.
     pub top: Vec<StackReport>,
     /// Outstanding bytes of all stacks by age.
@@ -74,6 +79,7 @@ impl SummaryState {
             lost_events: totals.lost_events,
             preexisting_frees: totals.preexisting_frees,
             dropped_allocations: totals.dropped_allocations,
+            evicted_stacks: totals.evicted_stacks,
             top,
             age_bytes,
             suspects,
@@ -99,7 +105,7 @@ impl Summary {
     /// The totals line and the ages line.
     pub fn headline(&self) -> String {
         let mut text = format!(
-            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}\n",
+            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}{}\n",
             self.ts,
             bytes(self.outstanding_bytes),
             self.outstanding_count,
@@ -110,6 +116,11 @@ impl Summary {
             self.lost_events,
             if self.dropped_allocations > 0 {
                 format!(" | dropped {} (--max-tracked)", self.dropped_allocations)
+            } else {
+                String::new()
+            },
+            if self.evicted_stacks > 0 {
+                format!(" | evicted {} stacks (--max-stacks)", self.evicted_stacks)
             } else {
                 String::new()
             },
@@ -175,7 +186,7 @@ pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
     for (rank, stack) in top.iter().enumerate() {
         let _ = writeln!(
             text,
-            "{indent}#{} {}{}{} in {} {}, oldest {:.0}s: {}",
+            "{indent}#{} {}{}{} in {} {}, oldest {:.0}s{}: {}",
             rank + 1,
             match stack.kind {
                 StackKind::Heap => "",
@@ -191,8 +202,19 @@ pub fn write_top_stacks(text: &mut String, indent: &str, top: &[StackReport]) {
                 StackKind::Mmap => "mappings",
             },
             stack.oldest_age_s,
+            task_of(&stack.frames).map_or(String::new(), |task| format!(", by {task}")),
             describe_frames(&stack.frames),
         );
+    }
+}
+
+/// The task a kernel stack's last frame names (see `symbolize::TASK_MODULE`).
+fn task_of(frames: &[Frame]) -> Option<&str> {
+    let last = frames.last()?;
+    if last.module.as_deref() == Some(TASK_MODULE) {
+        last.function.as_deref()
+    } else {
+        None
     }
 }
 

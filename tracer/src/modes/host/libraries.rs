@@ -64,6 +64,11 @@ impl Libraries {
         }
     }
 
+    /// Processes whose libraries are known (pruned at each scan).
+    pub fn processes_read(&self) -> usize {
+        self.read.len()
+    }
+
     /// Looks at processes not read before; returns the libraries none of
     /// the earlier scans found.
     pub fn scan(&mut self) -> Vec<Library> {

@@ -20,6 +20,7 @@
 mod libraries;
 mod outputs;
 mod processes;
+mod residue;
 mod summary;
 
 use std::time::{Duration, Instant};
@@ -30,7 +31,8 @@ use tracer_ebpf::{Event, EventKind};
 
 use self::{
     libraries::{Libraries, Library},
-    processes::Processes,
+    processes::{MAX_METRIC_PROCESSES, Processes},
+    residue::PerPid,
     summary::{HostTick, ProcessTick},
 };
 use crate::{
@@ -40,11 +42,12 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals},
     events::{Arrived, Carried},
     ledger::{self, Budget},
+    memory_limit,
     metrics::{Metrics, MetricsSnapshot},
     placement::Plan,
     probes::{Probes, Programs},
     report::{Report, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     unwind::{UnwindMode, tables::TableLoader},
 };
@@ -141,7 +144,8 @@ impl HostMode {
             common: common.clone(),
             processes: Processes::new(
                 SharedSymbols::new(),
-                Budget::new(common.max_tracked),
+                Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked)),
+                StackBudget::new(common.max_stacks, maps.known_stacks.take()),
                 config.memory,
             ),
             libraries,
@@ -166,7 +170,7 @@ impl HostMode {
 }
 
 /// How long the tables of the processes already running may delay the
-/// ready line. Newest first: the process a user just started is the likely
+/// ready line (a table still compiling then is finished without waiting). Newest first: the process a user just started is the likely
 /// suspect. Measured on the development VM with ~60 processes of compilers
 /// (8.3 million rows, ~400,000 rows compiled per second) the whole set took
 /// ~20 s; a process whose tables come later walks frame pointers until then.
@@ -187,10 +191,13 @@ fn load_running_processes(tables: &mut TableLoader, config: &HostConfig, own_pid
     pids.sort_unstable_by(|a, b| b.cmp(a));
     let started = Instant::now();
     let mut loaded_now = 0;
-    for &pid in &pids {
-        if started.elapsed() < STARTUP_TABLE_BUDGET {
-            tables.load_process(pid);
-            loaded_now += 1;
+    for (index, &pid) in pids.iter().enumerate() {
+        let left = STARTUP_TABLE_BUDGET.saturating_sub(started.elapsed());
+        // The newest process, the likeliest suspect (a program the user
+        // just started, the only one a filter admits), is waited for.
+        let limit = if index == 0 { Duration::MAX } else { left };
+        if !limit.is_zero() {
+            loaded_now += usize::from(tables.load_process_within(pid, limit));
         } else {
             tables.load_process_in_background(pid);
         }
@@ -281,6 +288,14 @@ impl Mode for HostMode {
         self.processes.note_loss(at_ns);
     }
 
+    fn after_drain(&mut self) {
+        self.processes.evict_stacks();
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.processes.stack_stats()
+    }
+
     fn totals(&self) -> ledger::Totals {
         self.processes.totals()
     }
@@ -313,7 +328,16 @@ impl Mode for HostMode {
         if !self.stopped {
             self.probed.watch.check(&self.libraries.traced());
         }
+        let unwind_tables = totals
+            .unwind_tables
+            .as_ref()
+            .map_or(0, |tables| tables.processes);
         let (ranked, views) = self.processes.tick(now);
+        let with_metrics: Vec<u32> = ranked
+            .iter()
+            .take(MAX_METRIC_PROCESSES)
+            .map(|ranked| ranked.pid)
+            .collect();
         let processes = ranked
             .into_iter()
             .take(top)
@@ -327,13 +351,18 @@ impl Mode for HostMode {
         if let Some(metrics) = &self.metrics {
             metrics.publish(MetricsSnapshot {
                 events: Some(self.events),
-                processes: self.processes.metrics(now, &views, top),
+                processes: self.processes.metrics(now, &views, top, &with_metrics),
             });
         }
         HostTick {
             summary: summaries.next(totals, now.elapsed_s, largest, ages, suspects),
             counts: self.processes.counts(),
             processes,
+            per_pid: PerPid {
+                library_scans: self.libraries.processes_read(),
+                unwind_tables,
+                ..self.processes.per_pid()
+            },
         }
     }
 

@@ -22,6 +22,7 @@ use std::{collections::HashMap, rc::Rc};
 
 use tracer_ebpf::{Event, EventKind};
 
+use super::residue::PerPid;
 use crate::{
     analysis::{AgeBuckets, History},
     cli::MemoryKinds,
@@ -33,7 +34,7 @@ use crate::{
     maps::{Backing, program_break},
     metrics::{ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     target::allocator_library,
 };
@@ -44,6 +45,15 @@ pub const GROWTH_TICKS: usize = 3;
 /// Final reports of exited processes kept at most (the largest by
 /// outstanding bytes); the rest are only counted.
 pub const MAX_EXITED_REPORTS: usize = 1000;
+
+/// Stacks an exited process's final report keeps (its largest): with
+/// [`MAX_EXITED_REPORTS`], what exited processes cost the tracer is bounded
+/// whatever they did (its totals stay whole).
+pub const MAX_EXITED_STACKS: usize = 20;
+
+/// Processes with series of their own in the metrics (the first of the
+/// ranking); the others are summed into one (see [`Processes::metrics`]).
+pub const MAX_METRIC_PROCESSES: usize = 100;
 
 /// One line of a tick's ranking (JSON ticks carry its keys).
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
@@ -125,6 +135,8 @@ pub struct Processes {
     shared: Rc<SharedSymbols>,
     /// `--max-tracked`, shared by every process's ledgers.
     budget: Budget,
+    /// `--max-stacks`, shared by every process's stack table.
+    stack_budget: StackBudget,
     /// `--trace-memory`: whether each process gets a mapped-memory ledger.
     memory: MemoryKinds,
     live: HashMap<u32, Process>,
@@ -136,10 +148,16 @@ pub struct Processes {
 }
 
 impl Processes {
-    pub fn new(shared: Rc<SharedSymbols>, budget: Budget, memory: MemoryKinds) -> Self {
+    pub fn new(
+        shared: Rc<SharedSymbols>,
+        budget: Budget,
+        stack_budget: StackBudget,
+        memory: MemoryKinds,
+    ) -> Self {
         Self {
             shared,
             budget,
+            stack_budget,
             memory,
             live: HashMap::new(),
             growth: History::new(GROWTH_TICKS + 1),
@@ -191,6 +209,47 @@ impl Processes {
         for process in self.live.values_mut() {
             process.tracee.ledger.note_loss(at_ns);
         }
+    }
+
+    /// Beyond `--max-stacks`, evicts idle stacks, from the processes with
+    /// the most stacks first.
+    pub fn evict_stacks(&mut self) {
+        let mut excess = self.stack_budget.excess();
+        if excess == 0 {
+            return;
+        }
+        let mut largest: Vec<(usize, u32)> = self
+            .live
+            .values()
+            .map(|process| (process.tracee.stacks.len(), process.pid))
+            .collect();
+        largest.sort_unstable_by(|a, b| b.cmp(a));
+        for (_, pid) in largest {
+            let Some(process) = self.live.get_mut(&pid) else {
+                continue;
+            };
+            excess = excess.saturating_sub(process.tracee.evict_stacks(excess));
+            if excess == 0 {
+                break;
+            }
+        }
+    }
+
+    /// The sizes of what is kept per process (the library scan's and the
+    /// unwinder's left at 0).
+    pub fn per_pid(&self) -> PerPid {
+        PerPid {
+            ledgers: self.live.len(),
+            names: self.names.len(),
+            growth_histories: self.growth.len(),
+            exited_reports: self.exited.kept.len(),
+            stacks: self.stack_budget.stats().stacks,
+            ..PerPid::default()
+        }
+    }
+
+    pub fn stack_stats(&self) -> StackStats {
+        self.stack_budget.stats()
     }
 
     /// One tick: records each process's outstanding bytes and stacks, ends
@@ -265,11 +324,23 @@ impl Processes {
             .filter_map(|process| Some((process, views.0.get(&process.pid)?)))
     }
 
-    /// The series of every live process: its totals, ages and suspects,
-    /// its `top` largest stacks and the rest summed (so a process with
-    /// thousands of stacks still has `top` + 1 stack series).
-    pub fn metrics(&self, now: &Now, views: &LiveViews, top: usize) -> Vec<ProcessMetrics> {
-        self.with_views(views)
+    /// The series of the live processes `shown` (the first
+    /// [`MAX_METRIC_PROCESSES`] of the ranking): each one's totals, ages
+    /// and suspects, its `top` largest stacks and the rest summed (so a
+    /// process with thousands of stacks still has `top` + 1 stack series);
+    /// then every other live process summed as one, `pid="0"`,
+    /// `comm="[other]"`, so the series stay bounded however many processes
+    /// run and still add up to the host's numbers.
+    pub fn metrics(
+        &self,
+        now: &Now,
+        views: &LiveViews,
+        top: usize,
+        shown: &[u32],
+    ) -> Vec<ProcessMetrics> {
+        let mut series: Vec<ProcessMetrics> = shown
+            .iter()
+            .filter_map(|pid| Some((self.live.get(pid)?, views.0.get(pid)?)))
             .map(|(process, view)| {
                 let totals = Totals::new(process.tracee.ledger.totals(), now.lost_events);
                 let largest = process.tracee.largest(view, top);
@@ -289,7 +360,27 @@ impl Processes {
                     stacks: bounded_stacks(&largest, top, totals.outstanding_bytes),
                 }
             })
-            .collect()
+            .collect();
+        let mut others = self
+            .with_views(views)
+            .filter(|(process, _)| !shown.contains(&process.pid))
+            .peekable();
+        if others.peek().is_some() {
+            let mut totals = ledger::Totals::default();
+            let mut age_bytes = AgeBuckets::default();
+            for (process, view) in others {
+                add_totals(&mut totals, process.tracee.ledger.totals());
+                age_bytes.merge(&view.total_ages());
+            }
+            series.push(ProcessMetrics {
+                pid: 0,
+                comm: "[other]".to_owned(),
+                totals: Totals::new(totals, now.lost_events),
+                age_bytes,
+                ..ProcessMetrics::default()
+            });
+        }
+        series
     }
 
     /// The `limit` largest stacks and the `limit` most suspicious ones of
@@ -382,12 +473,13 @@ impl Processes {
         let names = &mut self.names;
         let shared = &self.shared;
         let budget = &self.budget;
+        let stack_budget = &self.stack_budget;
         let growth = &mut self.growth;
         let memory = self.memory;
         self.live.entry(pid).or_insert_with(|| {
             growth.start(pid, elapsed_s);
             let ledger = Ledger::new(budget.clone(), None);
-            let mut tracee = Tracee::new(pid, ledger, Rc::clone(shared));
+            let mut tracee = Tracee::new(pid, ledger, Rc::clone(shared), stack_budget.clone());
             // A name from an exec marker: a new image, whose first `brk`
             // call (the loader's `brk(NULL)`) tells where its break starts.
             let name = names.remove(&pid);
@@ -407,7 +499,8 @@ impl Processes {
         };
         self.growth.remove(&pid);
         process.tracee.symbols.target_exited();
-        let report = process.report(now);
+        let mut report = process.report(now);
+        report.stacks.truncate(MAX_EXITED_STACKS);
         self.exited.add(report, process.tracee.ledger.totals());
         process.tracee.symbols.release();
     }

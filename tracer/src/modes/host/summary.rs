@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
-use super::processes::Ranked;
+use super::{processes::Ranked, residue::PerPid};
 use crate::{
     container::Container,
     driver::TickLine,
@@ -28,6 +28,8 @@ pub struct HostTick {
     pub counts: HostCounts,
     /// The fastest-growing processes, fastest first.
     pub processes: Vec<ProcessTick>,
+    /// What is kept per process, counted.
+    pub per_pid: PerPid,
 }
 
 /// One ranked process of a tick: its ranking line (`pid`, `comm`,

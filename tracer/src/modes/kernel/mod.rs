@@ -31,9 +31,10 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, StopSignals, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger},
+    memory_limit,
     probes::{Probes, Settings, UprobeLinks},
     report::{self, Report, StackKind, StackReport, Summary, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::{ProcessSymbolizer, SharedSymbols},
 };
 
@@ -94,10 +95,14 @@ impl KernelMode {
             + gate
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
-        let ledger = Ledger::new(Budget::new(common.max_tracked), None);
+        let ledger = Ledger::new(
+            Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked)),
+            None,
+        );
+        let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
         let mode = Self {
             common: common.clone(),
-            tracee: Tracee::with_symbols(0, ledger, symbols),
+            tracee: Tracee::with_symbols(0, ledger, symbols, stack_budget),
             tasks: Tasks::default(),
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
@@ -167,6 +172,14 @@ impl Mode for KernelMode {
 
     fn totals(&self) -> ledger::Totals {
         self.tracee.ledger.totals()
+    }
+
+    fn after_drain(&mut self) {
+        self.tracee.evict_over_budget();
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.tracee.stacks.budget().stats()
     }
 
     async fn wakeup(&mut self) -> Wakeup {

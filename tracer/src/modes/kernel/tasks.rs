@@ -13,14 +13,16 @@
 
 use std::collections::HashMap;
 
-use crate::{driver::Tracee, report::NameStacks, stacks::StackId, symbolize::Frame};
+use crate::{
+    driver::Tracee,
+    report::NameStacks,
+    stacks::StackId,
+    symbolize::{Frame, TASK_MODULE},
+};
 
 /// Task frames are addresses no kernel return address can be (the kernel
 /// half starts at 0xffff8...): this base, plus the task's index.
 const TASK_FRAME_BASE: u64 = 0x7a5c_0000_0000_0000;
-
-/// The module task frames are in.
-pub const TASK_MODULE: &str = "[task]";
 
 /// Name of the allocations made in interrupt context (pid 0).
 pub const INTERRUPT_TASK: &str = "[interrupt]";
@@ -121,5 +123,42 @@ fn task_name(pid: u32) -> String {
     match std::fs::read_to_string(format!("/proc/{pid}/comm")) {
         Ok(comm) => comm.trim_end_matches('\n').to_owned(),
         Err(_) => EXITED_TASK.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(functions: &[&str]) -> Vec<Frame> {
+        functions
+            .iter()
+            .map(|function| Frame {
+                address: 1,
+                function: Some((*function).to_owned()),
+                module: None,
+                file: None,
+                line: None,
+                inlined: false,
+                offset: None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stacks_through_an_interrupt_entry_run_in_interrupt_context() {
+        assert!(in_interrupt(&frames(&[
+            "kmem_cache_free",
+            "rcu_core",
+            "handle_softirqs",
+            "irq_exit_rcu",
+            "asm_sysvec_apic_timer_interrupt",
+        ])));
+        assert!(!in_interrupt(&frames(&[
+            "sock_alloc_inode",
+            "__sys_socket",
+            "do_syscall_64",
+            "entry_SYSCALL_64_after_hwframe",
+        ])));
     }
 }

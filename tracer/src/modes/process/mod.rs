@@ -38,11 +38,11 @@ use crate::{
     driver::{self, Attached, Mode, Now, Outcome, Stop, Tracee},
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger, mapped::MappedLedger},
-    maps,
+    maps, memory_limit,
     metrics::Metrics,
     probes::Probes,
     report::{self, Report, Summary, SummaryState, Totals},
-    stacks::StackId,
+    stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
     target::Target,
 };
@@ -108,7 +108,7 @@ impl ProcessMode {
             armed,
             sites_after_exec,
             probes,
-            maps,
+            mut maps,
             exit,
             signals,
             unwinder,
@@ -161,7 +161,7 @@ impl ProcessMode {
             launched.release()?;
         }
         let started = Instant::now();
-        let budget = Budget::new(common.max_tracked);
+        let budget = Budget::new(memory_limit::cap_tracked_blocks(common.max_tracked));
         let ledger = Ledger::new(budget.clone(), config.sampling.clone());
         let gate = config
             .gate
@@ -170,7 +170,8 @@ impl ProcessMode {
             + gate
                 .as_ref()
                 .map_or(std::time::Duration::ZERO, LeakGate::after);
-        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new());
+        let stack_budget = StackBudget::new(common.max_stacks, maps.known_stacks.take());
+        let mut tracee = Tracee::new(target.pid, ledger, SharedSymbols::new(), stack_budget);
         if config.memory.mapped() {
             tracee.trace_mapped(budget, program_break);
         }
@@ -250,6 +251,11 @@ impl Mode for ProcessMode {
 
     fn after_drain(&mut self) {
         self.forks.clean_up();
+        self.tracee.evict_over_budget();
+    }
+
+    fn stack_stats(&self) -> StackStats {
+        self.tracee.stacks.budget().stats()
     }
 
     fn note_loss(&mut self, at_ns: u64) {

@@ -28,7 +28,7 @@ use std::{
 };
 
 use anyhow::{Context as _, anyhow};
-use aya::maps::{HashMap as BpfHashMap, Map, MapData};
+use aya::maps::{Array as BpfArray, HashMap as BpfHashMap, Map, MapData};
 use memmap2::{MmapMut, MmapOptions};
 use object::Object as _;
 use serde::Serialize;
@@ -130,8 +130,10 @@ pub struct KernelTables {
     /// `tgid -> tracer_ebpf::dwarf::ProcessTable`, as its three fields.
     processes: BpfHashMap<MapData, u32, [u32; 3]>,
     /// The last generation given to a process's list (see
-    /// `tracer_ebpf::dwarf::ProcessTable::generation`).
+    /// `tracer_ebpf::dwarf::ProcessTable::generation`), published in
+    /// `generation_map` after every change to `processes`.
     generation: u32,
+    generation_map: BpfArray<MapData, u32>,
     files: HashMap<FileKey, FileTable>,
     live: HashMap<u32, ProcessState>,
     /// Whether each executable keeps frame pointers, by file (`auto`).
@@ -143,11 +145,13 @@ pub struct KernelTables {
 
 impl KernelTables {
     /// Takes over the kernel unwinder's maps (`tracer_ebpf::dwarf`): rows,
-    /// mappings and processes.
-    pub fn new(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
+    /// mappings, processes and generation.
+    pub fn new(maps: [Map; 4], policy: Policy) -> anyhow::Result<Self> {
+        let [rows, mappings, processes, generation] = maps;
         let rows = MappedArray::new(rows, "rows")?;
         let mappings = MappedArray::new(mappings, "mappings")?;
         let processes = BpfHashMap::try_from(processes)?;
+        let generation_map = BpfArray::try_from(generation)?;
         let stats = TableStats {
             kernel_cap_bytes: rows.capacity as u64 * size_of::<UnwindRow>() as u64,
             ..TableStats::default()
@@ -161,6 +165,7 @@ impl KernelTables {
             live: HashMap::new(),
             frame_pointers: HashMap::new(),
             generation: 0,
+            generation_map,
             stats,
             tick: 0,
             warned_cap: false,
@@ -225,6 +230,7 @@ impl KernelTables {
             self.mappings.free(first, list.len().max(1) as u32);
             return false;
         }
+        self.publish_generation();
         for key in &files {
             if let Some(FileTable::Loaded { users, .. }) = self.files.get_mut(key) {
                 *users += 1;
@@ -245,11 +251,24 @@ impl KernelTables {
     /// Process `pid` is gone (or no longer traced): its list is dropped, and
     /// its files' tables become evictable once no process uses them.
     pub fn forget_process(&mut self, pid: u32) {
-        let _ = self.processes.remove(&pid);
+        if self.processes.remove(&pid).is_ok() {
+            self.generation = self.generation.checked_add(1).unwrap_or(1);
+            self.publish_generation();
+        }
         if let Some(old) = self.live.remove(&pid) {
             self.release(old);
         }
         self.update_stats();
+    }
+
+    /// Tells the probes that `processes` changed: each CPU's copy of the
+    /// last process's entry is looked up again (before a process's old list
+    /// is freed: a walk that began before still reads it, as it would
+    /// without the copy).
+    fn publish_generation(&mut self) {
+        if let Err(error) = self.generation_map.set(0, self.generation, 0) {
+            log::debug!("unwind generation: {error}");
+        }
     }
 
     pub fn is_loaded(&self, pid: u32) -> bool {
@@ -736,8 +755,8 @@ const REFRESH_PERIOD: Duration = Duration::from_millis(20);
 impl TableLoader {
     /// Starts the loader over the kernel unwinder's maps (see
     /// [`KernelTables::new`]).
-    pub fn spawn(rows: Map, mappings: Map, processes: Map, policy: Policy) -> anyhow::Result<Self> {
-        let tables = KernelTables::new(rows, mappings, processes, policy)?;
+    pub fn spawn(maps: [Map; 4], policy: Policy) -> anyhow::Result<Self> {
+        let tables = KernelTables::new(maps, policy)?;
         let (requests, receiver) = mpsc::channel();
         let stats = Arc::new(Mutex::new(tables.stats()));
         let shared = Arc::clone(&stats);
@@ -794,12 +813,25 @@ impl TableLoader {
 
     /// Loads `pid`'s tables now (see [`KernelTables::load_process`]).
     pub fn load_process(&mut self, pid: u32) -> bool {
+        self.load_process_within(pid, Duration::MAX)
+    }
+
+    /// Loads `pid`'s tables, waiting at most `limit` for them: past it they
+    /// are loaded all the same, without this caller (a libLLVM of 1.4
+    /// million rows takes seconds to compile, more on a busy machine).
+    /// Whether they were loaded in time.
+    pub fn load_process_within(&mut self, pid: u32, limit: Duration) -> bool {
         self.seen.insert(pid);
         let (done, wait) = mpsc::sync_channel(1);
         if self.requests.send(Request::Load(pid, Some(done))).is_err() {
             return false;
         }
-        wait.recv().unwrap_or(false)
+        match Instant::now().checked_add(limit) {
+            Some(deadline) => wait
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or(false),
+            None => wait.recv().unwrap_or(false),
+        }
     }
 
     /// Loads `pid`'s tables soon, without waiting (a process just seen, or
