@@ -5,8 +5,7 @@
 //! (neither is available to BPF on every machine): each is one
 //! `perf_event_open` and needs only the tracepoint itself.
 
-use anyhow::{Context as _, anyhow};
-use aya::programs::TracePoint;
+use anyhow::Context as _;
 
 use super::Probes;
 
@@ -28,11 +27,7 @@ impl Probes {
     /// Attaches every program of the kernel's own allocations.
     pub fn attach_kernel(&mut self) -> anyhow::Result<()> {
         for (name, category, tracepoint) in KMEM_PROGRAMS {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-                .try_into()?;
+            let program = self.loaded_tracepoint(name)?;
             program.attach(category, tracepoint).with_context(|| {
                 format!(
                     "--kernel needs the tracepoint {category}:{tracepoint} (see \

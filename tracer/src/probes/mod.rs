@@ -284,15 +284,11 @@ impl Probes {
                         .ok_or_else(|| anyhow!("no tracepoint for program {name}"))?;
                     program.load(tracepoint, &btf)
                 }
-                Program::TracePoint(program) => {
-                    // Not fatal here: only mapped-memory tracing and
-                    // `--kernel` need them, and `attach_mapped` and
-                    // `attach_kernel` say so when one is missing.
-                    if let Err(error) = program.load() {
-                        log::debug!("loading {name}: {error}");
-                    }
-                    Ok(())
-                }
+                // Loaded when attached (`attach_mapped`, `attach_kernel`):
+                // only those runs need them, and verifying them (each one
+                // walks stacks) is most of a run's start-up on a loaded
+                // machine.
+                Program::TracePoint(_) => Ok(()),
                 _ => return Err(anyhow!("unexpected program type for {name}")),
             }
             .with_context(|| format!("loading program {name} into the kernel"))?;
@@ -376,11 +372,7 @@ impl Probes {
     /// `mprotect` of the traced processes).
     pub fn attach_mapped(&mut self) -> anyhow::Result<()> {
         for (name, tracepoint) in MAPPED_PROGRAMS {
-            let program: &mut TracePoint = self
-                .ebpf
-                .program_mut(name)
-                .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-                .try_into()?;
+            let program = self.loaded_tracepoint(name)?;
             program.attach("syscalls", tracepoint).with_context(|| {
                 format!(
                     "cannot trace mapped memory: the tracepoint syscalls:{tracepoint} is missing \
@@ -389,6 +381,20 @@ impl Probes {
             })?;
         }
         Ok(())
+    }
+
+    /// The `syscalls`/`kmem`-style tracepoint program `name`, loaded into
+    /// the kernel (not at [`Probes::load`]: see there).
+    fn loaded_tracepoint(&mut self, name: &str) -> anyhow::Result<&mut TracePoint> {
+        let program: &mut TracePoint = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
+            .try_into()?;
+        program
+            .load()
+            .with_context(|| format!("loading program {name} into the kernel"))?;
+        Ok(program)
     }
 
     fn attach_tracepoint(&mut self, name: &str) -> anyhow::Result<()> {
