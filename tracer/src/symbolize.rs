@@ -415,17 +415,30 @@ impl ProcessSymbolizer {
                     .is_some_and(|mapping| matches!(mapping.backing, Backing::File(_)))
             });
         if !outside_files.is_empty() && self.target_alive {
-            if self.maps_read_at.elapsed() < MAPS_REREAD_PERIOD {
+            let maps_fresh = self.maps_read_at.elapsed() >= MAPS_REREAD_PERIOD;
+            let still_unnamed = if maps_fresh {
+                self.read_maps();
+                self.symbolize_once(outside_files)
+            } else {
+                outside_files
+            };
+            // The perf map is looked at either way (a `stat` when it has not
+            // changed): a JIT stack is sent once, and the runtime may have
+            // named its code since the map was last read.
+            self.perf_map.refresh(self.pid);
+            self.name_from_perf_map(&still_unnamed);
+            if !maps_fresh {
                 // Not named now, nor remembered as unnamed: a later stack
                 // with the address tries again.
-                for address in &outside_files {
-                    self.frames.remove(address);
+                for address in &still_unnamed {
+                    if self
+                        .frames
+                        .get(address)
+                        .is_some_and(|frames| frames[0].function.is_none())
+                    {
+                        self.frames.remove(address);
+                    }
                 }
-            } else {
-                self.read_maps();
-                let still_unnamed = self.symbolize_once(outside_files);
-                self.perf_map.refresh(self.pid);
-                self.name_from_perf_map(&still_unnamed);
             }
         }
         self.symbolize_in_files(&unnamed_in_files);
