@@ -20,7 +20,10 @@ use std::{
     fmt,
     fs::File,
     io,
-    os::{fd::AsRawFd as _, unix::fs::MetadataExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -30,8 +33,7 @@ use crate::safe_open;
 /// What the kernel appends to a mapped file's path once it is unlinked.
 const DELETED_MARK: &str = " (deleted)";
 
-/// A mapped file's identity: device and inode.
-pub type FileId = (u64, u64);
+pub use crate::maps::{FileId, device};
 
 /// A file a process maps, held open.
 #[derive(Clone)]
@@ -63,6 +65,24 @@ impl MappedFile {
             }
             opened => opened?,
         };
+        Self::from_file(file)
+    }
+
+    /// Opens `name` in alloctrace's own root for a process that is gone
+    /// (its `map_files` and root with it), only if what is there is still
+    /// the regular file it mapped (`id`): a name the process chose (a
+    /// symlink or FIFO planted where its library was, a container's path
+    /// that means another file here) never makes alloctrace read anything
+    /// else. Not following a last symlink, nor blocking on a FIFO.
+    pub fn reopen_by_name(name: &Path, id: FileId) -> io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+            .open(name)?;
+        let metadata = file.metadata()?;
+        if (metadata.dev(), metadata.ino()) != id {
+            return Err(io::Error::other("not the file that was mapped"));
+        }
         Self::from_file(file)
     }
 
@@ -109,15 +129,51 @@ pub fn executable(process: &procfs::process::Process) -> Option<PathBuf> {
     Some(without_deleted_mark(&exe).0)
 }
 
-/// The device number `/proc/PID/maps` shows as `major:minor`, as `stat`
-/// gives it.
-pub fn device(major: i32, minor: i32) -> u64 {
-    libc::makedev(major as u32, minor as u32)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn id_of(path: &Path) -> FileId {
+        let metadata = std::fs::symlink_metadata(path).unwrap();
+        (metadata.dev(), metadata.ino())
+    }
+
+    #[test]
+    fn a_file_is_reopened_by_name_only_while_it_is_the_one_mapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let library = dir.path().join("libx.so");
+        std::fs::write(&library, b"mapped").unwrap();
+        let mapped = id_of(&library);
+        assert!(MappedFile::reopen_by_name(&library, mapped).is_ok());
+
+        // Replaced since (a new inode at the same name): refused.
+        let replacement = dir.path().join("new");
+        std::fs::write(&replacement, b"other").unwrap();
+        std::fs::rename(&replacement, &library).unwrap();
+        assert!(MappedFile::reopen_by_name(&library, mapped).is_err());
+
+        // A symlink planted at the name, even to the very file mapped: the
+        // link is not followed.
+        let kept = dir.path().join("kept");
+        std::fs::write(&kept, b"mapped").unwrap();
+        let kept_id = id_of(&kept);
+        std::fs::remove_file(&library).unwrap();
+        std::os::unix::fs::symlink(&kept, &library).unwrap();
+        assert!(MappedFile::reopen_by_name(&library, kept_id).is_err());
+
+        // A FIFO at the name: refused at once, never waited on.
+        std::fs::remove_file(&library).unwrap();
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &library,
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+            0,
+        )
+        .unwrap();
+        let fifo = id_of(&library);
+        assert!(MappedFile::reopen_by_name(&library, fifo).is_err());
+    }
 
     #[test]
     fn strips_the_deleted_mark() {

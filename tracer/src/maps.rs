@@ -30,6 +30,19 @@ pub struct Mapping {
     pub file_offset: u64,
     pub executable: bool,
     pub backing: Backing,
+    /// The mapped file's device and inode, as the maps line gives them
+    /// (`None` for anything but a file): what a file opened later by its
+    /// path must still be.
+    pub file_id: Option<FileId>,
+}
+
+/// A file's identity: device and inode, as `stat` gives them.
+pub type FileId = (u64, u64);
+
+/// The device number `/proc/PID/maps` shows as `major:minor`, as `stat`
+/// gives it.
+pub fn device(major: i32, minor: i32) -> u64 {
+    libc::makedev(major as u32, minor as u32)
 }
 
 impl Mapping {
@@ -82,6 +95,8 @@ pub fn read(pid: u32) -> Option<Vec<Mapping>> {
                     MMapPath::Vdso => Backing::Special("[vdso]".into()),
                     other => Backing::Special(format!("{other:?}")),
                 },
+                file_id: matches!(map.pathname, MMapPath::Path(_))
+                    .then(|| (device(map.dev.0, map.dev.1), map.inode)),
             })
             .collect(),
     )
@@ -119,6 +134,7 @@ mod tests {
             file_offset: 0x1000,
             executable: true,
             backing,
+            file_id: None,
         }
     }
 

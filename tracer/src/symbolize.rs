@@ -42,6 +42,7 @@ use serde::{Serialize, Serializer};
 use crate::{
     debuginfo,
     kallsyms::KernelModules,
+    mapped::{FileId, MappedFile},
     maps::{self, Backing, Mapping},
     perfmap::PerfMap,
 };
@@ -472,26 +473,37 @@ impl ProcessSymbolizer {
     /// Symbolizes `addresses` from the files mapped there, by file offset:
     /// what is left when the process is gone (it may exit right after its
     /// last allocation, before the tracer has read its stacks) and with it
-    /// `/proc/PID/map_files` and `/proc/PID/root`.
+    /// `/proc/PID/map_files` and `/proc/PID/root`. A file is opened by its
+    /// path in alloctrace's own root only while it is still the very file
+    /// the process mapped (see [`MappedFile::reopen_by_name`]); any other is
+    /// left unnamed.
     fn symbolize_in_files(&mut self, addresses: &[u64]) {
-        let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        let mut by_file: HashMap<(PathBuf, FileId), Vec<(u64, u64)>> = HashMap::new();
         for &address in addresses {
             if let Some(mapping) = maps::find(&self.mappings, address)
                 && let Backing::File(path) = &mapping.backing
+                && let Some(id) = mapping.file_id
             {
                 // One byte back, into the call (see `symbolize_once`).
                 let offset = address.saturating_sub(1) - mapping.start + mapping.file_offset;
                 by_file
-                    .entry(path.clone())
+                    .entry((path.clone(), id))
                     .or_default()
                     .push((address, offset));
             }
         }
         let shared = Rc::clone(&self.shared);
         let symbolizer = shared.symbolizer.borrow();
-        for (path, addresses) in by_file {
+        for ((path, id), addresses) in by_file {
+            let file = match MappedFile::reopen_by_name(&path, id) {
+                Ok(file) => file,
+                Err(error) => {
+                    log::debug!("not symbolizing in {}: {error}", path.display());
+                    continue;
+                }
+            };
             let offsets: Vec<u64> = addresses.iter().map(|&(_, offset)| offset).collect();
-            let source = Source::Elf(Elf::new(&path));
+            let source = Source::Elf(Elf::new(file.path()));
             match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
                 Ok(results) => {
                     let addresses: Vec<u64> =
@@ -503,57 +515,38 @@ impl ProcessSymbolizer {
         }
     }
 
-    /// Symbolizes `addresses` into `self.frames`; returns those no symbol
-    /// covered.
+    /// Symbolizes `addresses` into `self.frames` through the process's
+    /// `/proc/PID/map_files` (the exact files mapped, even in another mount
+    /// namespace); returns those no symbol covered, all of them once the
+    /// process is gone (then [`Self::symbolize_in_files`] names what it
+    /// safely can). Never by the paths the process's maps name: in a
+    /// container those would be opened in alloctrace's root.
     fn symbolize_once(&mut self, addresses: Vec<u64>) -> Vec<u64> {
         let Some(pid) = NonZeroU32::new(self.pid) else {
             return Vec::new();
         };
+        if !self.target_alive {
+            return addresses;
+        }
         // Return addresses point after the call; the call itself is one byte
         // back, which gives the caller's line rather than the next one.
         let lookups: Vec<u64> = addresses.iter().map(|a| a.saturating_sub(1)).collect();
-        // map_files (/proc/PID/map_files) reaches the exact files mapped, even
-        // in another mount namespace, but only while the process lives; after
-        // it exits the cached VMAs' symbolic paths are all that is left. The
-        // target may exit at any moment, so fall back rather than predict.
         // Perf maps are read by `crate::perfmap`, which takes every
         // runtime's format (see there).
-        let with_map_files = |map_files| {
-            Source::Process(Process {
-                map_files,
-                perf_map: false,
-                ..Process::new(Pid::Pid(pid))
-            })
-        };
-        let attempts = if self.target_alive {
-            &[true, false][..]
-        } else {
-            &[false][..]
-        };
+        let source = Source::Process(Process {
+            map_files: true,
+            perf_map: false,
+            ..Process::new(Pid::Pid(pid))
+        });
         let shared = Rc::clone(&self.shared);
         let symbolizer = shared.symbolizer.borrow();
-        let mut results = None;
-        for &map_files in attempts {
-            match symbolizer.symbolize(&with_map_files(map_files), Input::AbsAddr(&lookups)) {
-                Ok(symbolized) => {
-                    // A target that exited a moment ago has no map_files left
-                    // to open: nothing is named then, and the cached paths
-                    // are worth a try.
-                    let named_any = symbolized
-                        .iter()
-                        .any(|result| matches!(result, Symbolized::Sym(_)));
-                    results = Some(symbolized);
-                    if named_any {
-                        break;
-                    }
-                }
-                Err(error) => log::debug!("symbolizing {} addresses: {error}", lookups.len()),
+        match symbolizer.symbolize(&source, Input::AbsAddr(&lookups)) {
+            Ok(results) => self.store(&addresses, results),
+            Err(error) => {
+                log::debug!("symbolizing {} addresses: {error}", lookups.len());
+                addresses
             }
         }
-        let Some(results) = results else {
-            return Vec::new();
-        };
-        self.store(&addresses, results)
     }
 
     /// Symbolizes kernel `addresses` into `self.frames`.

@@ -252,6 +252,7 @@ mod tests {
             file_offset: 0,
             executable: true,
             backing: crate::maps::Backing::File(PathBuf::from("/bin/app")),
+            file_id: None,
         }];
         let main = frame(0x1500, "main", false);
         let input = PprofInput {

@@ -81,6 +81,7 @@ mod tests {
             file_offset,
             executable: true,
             backing: Backing::File("/bin/x".into()),
+            file_id: None,
         }
     }
 
