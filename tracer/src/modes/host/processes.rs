@@ -48,8 +48,10 @@ pub const MAX_EXITED_REPORTS: usize = 1000;
 
 /// Stacks an exited process's final report keeps (its largest): with
 /// [`MAX_EXITED_REPORTS`], what exited processes cost the tracer is bounded
-/// whatever they did (its totals stay whole).
-pub const MAX_EXITED_STACKS: usize = 20;
+/// whatever they did (its totals stay whole): at most 1000 x 64 stacks of
+/// about 1 KiB each. 64 rather than fewer so that a service's whole set of
+/// leak sites survives its exit (the host tests' workload has 25).
+pub const MAX_EXITED_STACKS: usize = 64;
 
 /// Processes with series of their own in the metrics (the first of the
 /// ranking); the others are summed into one (see [`Processes::metrics`]).
