@@ -77,6 +77,18 @@ fn a_busy_target_stopped_inside_its_allocator_calls_loses_and_doubles_nothing() 
         ],
         None,
     );
+    // Frees of blocks allocated before the probes were all in place count
+    // apart, as `preexisting_frees`: the free probes are armed first (so
+    // that no block is recorded without its free), and this spinner frees
+    // hundreds of thousands of blocks a second, so a few land in that
+    // window (2 to 14 here). Counted once tracing runs; the stops must add
+    // none.
+    std::thread::sleep(Duration::from_millis(300));
+    let at_start = as_u64(
+        &kernel::report_now(&tracer, &report_path)["totals"],
+        "preexisting_frees",
+    );
+    fs::remove_file(&report_path).expect("remove the report taken at start");
     let mut moments = Moments::seeded();
     for _ in 0..STOPS {
         std::thread::sleep(Duration::from_millis(moments.below(60)));
@@ -107,7 +119,10 @@ fn a_busy_target_stopped_inside_its_allocator_calls_loses_and_doubles_nothing() 
     assert_eq!(as_u64(totals, "lost_events"), 0, "{totals}");
     assert!(as_u64(totals, "allocs") > 10_000, "{totals}");
     assert!(as_u64(totals, "outstanding_count") <= 1, "{totals}");
-    assert!(as_u64(totals, "preexisting_frees") <= 1, "{totals}");
+    assert!(
+        as_u64(totals, "preexisting_frees") <= at_start + 1,
+        "{at_start} preexisting frees at start; {totals}"
+    );
     assert!(
         as_u64(totals, "allocs").abs_diff(as_u64(totals, "frees")) <= 1,
         "{totals}"
