@@ -313,6 +313,11 @@ impl Tracee {
     pub fn suspects(&self, view: &StackView, limit: usize) -> Vec<SuspectReport> {
         view.suspects(&self.rank(view), self, self.pid, limit)
     }
+
+    /// The tick's heap views (its top hot spot, named) as of `now`.
+    pub fn tick_views(&self, now: &super::Now) -> report::TickViews {
+        report::TickViews::of(&self.ledger, self, self.pid, now.elapsed_s, now.now_ns)
+    }
 }
 
 /// The allocation site of a stack named `frames`, as a key the leak ranking

@@ -217,13 +217,7 @@ impl Mode for KernelMode {
             suspect.stack.kind = StackKind::Kernel;
         }
         let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
-        summary.views = Some(report::TickViews::of(
-            &self.tracee.ledger,
-            &self.tracee,
-            0,
-            now.elapsed_s,
-            now.now_ns,
-        ));
+        summary.views = Some(self.tracee.tick_views(now));
         summary
     }
 

@@ -315,13 +315,7 @@ impl Mode for ProcessMode {
         let suspects = self.tracee.suspects(&view, self.common.top);
         self.publish_metrics(totals, &view, &suspects);
         let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
-        summary.views = Some(report::TickViews::of(
-            &self.tracee.ledger,
-            &self.tracee,
-            self.target.pid,
-            now.elapsed_s,
-            now.now_ns,
-        ));
+        summary.views = Some(self.tracee.tick_views(now));
         summary
     }
 
