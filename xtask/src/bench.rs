@@ -265,17 +265,12 @@ pub fn run(args: &Args) -> Result<()> {
 /// Compile the workload into `out/name`, with `frame_pointers` (the gcc
 /// flag that keeps or omits them), and return its path.
 fn compile_churn(out: &Path, name: &str, frame_pointers: &str) -> Result<PathBuf> {
-    let source = util::workspace_root().join("xtask/bench/churn.c");
-    let bin = out.join(name);
-    util::run(
-        Command::new("cc")
-            .args(["-O2", "-g", frame_pointers, "-pthread"])
-            .arg("-o")
-            .arg(&bin)
-            .arg(&source),
+    util::compile_c(
+        "xtask/bench/churn.c",
+        out,
+        name,
+        &["-O2", "-g", frame_pointers, "-pthread"],
     )
-    .context("compiling the churn workload")?;
-    Ok(bin)
 }
 
 /// Whether the tracer accepts the hidden `--floor` flag (clap rejects an

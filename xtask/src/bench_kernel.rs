@@ -113,17 +113,12 @@ pub fn measure(tracer: &Path, out: &Path, rounds: u32, seconds: f64) -> Result<K
 }
 
 fn compile(out: &Path) -> Result<PathBuf> {
-    let source = util::workspace_root().join("xtask/bench/kernel_churn.c");
-    let bin = out.join("kernel_churn");
-    util::run(
-        Command::new("cc")
-            .args(["-O2", "-g"])
-            .arg("-o")
-            .arg(&bin)
-            .arg(&source),
+    util::compile_c(
+        "xtask/bench/kernel_churn.c",
+        out,
+        "kernel_churn",
+        &["-O2", "-g"],
     )
-    .context("compiling the kernel workload")?;
-    Ok(bin)
 }
 
 /// Runs the workload for `seconds`; returns its CPU ns per operation.

@@ -159,20 +159,17 @@ impl Drop for Storm {
 }
 
 fn compile_storm(out: &Path) -> Result<PathBuf> {
-    let bin = out.join("stack_storm");
-    util::run(
-        Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-            ])
-            .arg("-o")
-            .arg(&bin)
-            .arg(util::workspace_root().join("tests/workloads/stack_storm.c")),
-    )?;
-    Ok(bin)
+    util::compile_c(
+        "tests/workloads/stack_storm.c",
+        out,
+        "stack_storm",
+        &[
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+        ],
+    )
 }
 
 pub fn measure(tracer: &Path, out: &Path) -> Result<Soak> {

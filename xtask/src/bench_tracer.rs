@@ -142,15 +142,12 @@ pub fn measure(tracer: &Path, out: &Path, count: u64) -> Result<Memory> {
 }
 
 fn compile_hold(out: &Path) -> Result<std::path::PathBuf> {
-    let bin = out.join("hold");
-    util::run(
-        Command::new("cc")
-            .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
-            .arg(&bin)
-            .arg(util::workspace_root().join("xtask/bench/hold.c")),
+    util::compile_c(
+        "xtask/bench/hold.c",
+        out,
+        "hold",
+        &["-O2", "-g", "-fno-omit-frame-pointer"],
     )
-    .context("compiling the hold workload")?;
-    Ok(bin)
 }
 
 struct Workload {

@@ -34,22 +34,18 @@ pub fn run(args: &Args) -> Result<()> {
     let out = util::target_dir().join("demo");
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
 
-    let source = root.join("xtask/demo/leaky_service.c");
-    let service_bin = out.join("leaky_service");
-    util::run(
-        Command::new("cc")
-            .args([
-                "-O1",
-                "-g",
-                "-fno-omit-frame-pointer",
-                "-fno-optimize-sibling-calls",
-                "-pthread",
-            ])
-            .arg("-o")
-            .arg(&service_bin)
-            .arg(&source),
-    )
-    .context("compiling the demo service")?;
+    let service_bin = util::compile_c(
+        "xtask/demo/leaky_service.c",
+        &out,
+        "leaky_service",
+        &[
+            "-O1",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-fno-optimize-sibling-calls",
+            "-pthread",
+        ],
+    )?;
 
     let svg = out.join("alloctrace-demo.svg");
     let json = out.join("alloctrace-demo.json");

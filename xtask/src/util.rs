@@ -1,7 +1,7 @@
 //! Helpers shared by the subcommands.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 
 use anyhow::{Context, Result, bail};
@@ -155,4 +155,17 @@ pub fn require_root() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Compiles the C program `source` (relative to the workspace root) with
+/// `cc` and `flags` into `out/name`; returns the binary's path.
+pub fn compile_c(source: &str, out: &Path, name: &str, flags: &[&str]) -> Result<PathBuf> {
+    let bin = out.join(name);
+    run(Command::new("cc")
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(workspace_root().join(source)))
+    .with_context(|| format!("compiling {source}"))?;
+    Ok(bin)
 }
