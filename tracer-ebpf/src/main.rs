@@ -96,6 +96,8 @@ mod framewalk;
 #[cfg(target_arch = "bpf")]
 mod hit;
 #[cfg(target_arch = "bpf")]
+mod kernel_stacks;
+#[cfg(target_arch = "bpf")]
 mod kmem;
 #[cfg(target_arch = "bpf")]
 mod lifecycle;
