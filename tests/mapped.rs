@@ -256,3 +256,64 @@ fn sbrk_growth_is_named_at_its_caller_with_dwarf_unwinding() {
         summarize_report(&report)
     );
 }
+
+/// KEEP IN SYNC with tests/workloads/mapped.c (`dontunmap`): (bytes,
+/// pieces) held by the mappings each function of the workload made.
+fn expected_dontunmap() -> BTreeMap<&'static str, (u64, u64)> {
+    BTreeMap::from([
+        ("dontunmap_source", (10 * PAGE, 1)),
+        ("keep_move", (12 * PAGE, 1)),
+        ("part_source", (8 * PAGE, 1)),
+        ("part_move", (2 * PAGE, 1)),
+        ("reserve_move", (4 * PAGE, 1)),
+    ])
+}
+
+/// The first frame of `stack` in the workload itself (below libc's
+/// wrappers), by function.
+fn workload_caller<'a>(stack: &'a Value, bin_name: &str) -> Option<&'a str> {
+    frames(stack)
+        .iter()
+        .find(|frame| {
+            frame["module"]
+                .as_str()
+                .is_some_and(|module| module.ends_with(&format!("/{bin_name}")))
+        })
+        .and_then(|frame| frame["function"].as_str())
+}
+
+#[test]
+fn mremap_dontunmap_keeps_the_old_range_and_gives_the_new_one_the_caller_s_stack() {
+    let args = ["--trace-memory", "both", "--unwind", "dwarf"];
+    let (report, _, _) = trace_workload("mapped", &["dontunmap"], &args, false);
+    let mapped = &processes(&report)[0]["mapped"];
+    assert_eq!(as_u64(mapped, "outstanding_bytes"), 36 * PAGE, "{mapped}");
+    // The old ranges stay mapped and tracked: giving back part of one is
+    // no unmap of unknown memory.
+    assert_eq!(as_u64(mapped, "untracked_unmapped_bytes"), 0, "{mapped}");
+    let stacks = of_kind(&report, "mmap");
+    let mut by_caller: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for stack in &stacks {
+        let caller = workload_caller(stack, "mapped").unwrap_or("?");
+        let entry = by_caller.entry(caller).or_default();
+        entry.0 += as_u64(stack, "bytes");
+        entry.1 += as_u64(stack, "count");
+    }
+    assert_eq!(
+        by_caller,
+        expected_dontunmap(),
+        "{}",
+        summarize_report(&report)
+    );
+    // The new range's stack starts at the system call, in libc's wrapper
+    // (it keeps a frame without a frame pointer; DWARF walks past it).
+    let moved = stacks
+        .iter()
+        .find(|stack| workload_caller(stack, "mapped") == Some("keep_move"))
+        .expect("keep_move's stack");
+    assert!(
+        leaf_function(moved).is_some_and(|leaf| leaf.contains("mremap")),
+        "{:?}",
+        frame_functions(moved)
+    );
+}

@@ -23,6 +23,17 @@
 // 4 back; it holds 12 pages (glibc's sbrk keeps the old break in rbp, so
 // only the DWARF unwinder walks past it).
 //
+// With the argument `dontunmap`, only the MREMAP_DONTUNMAP cases run:
+//   dontunmap_source  16 pages, moved away by keep_move; the old range stays
+//                     mapped (and charged), and gives 6 pages back: 10
+//   keep_move         the 16 pages moved (MREMAP_DONTUNMAP), 4 given back: 12
+//   part_source       8 pages, 2 of which part_move moves: still 8
+//   part_move         the 2 pages moved out of the middle of part_source's
+//   reserve_move      a 16-page reservation moved, 4 pages of it then
+//                     committed by mprotect: 4
+//   file_move         a private file mapping moved: not counted
+// 36 pages in all.
+//
 // Protocol: stdout "ready <pid>"; on the first stdin line, do the above
 // and print "done"; exit when stdin closes.
 #define _GNU_SOURCE
@@ -166,17 +177,88 @@ NOINLINE void sbrk_pool(void) {
     memset(start, 1, 12 * PAGE);
 }
 
+static char *moved(char *old, size_t len) {
+    char *p = mremap(old, len, len, MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL);
+    if (p == MAP_FAILED) {
+        perror("mremap");
+        exit(1);
+    }
+    return p;
+}
+
+/* The mremap calls are in each named function, as the mmap calls are. */
+#define KEEP_MOVING(old, len) \
+    mremap((old), (len), (len), MREMAP_MAYMOVE | MREMAP_DONTUNMAP, NULL)
+
+NOINLINE char *dontunmap_source(void) {
+    char *p = ANON(16 * PAGE, PROT_READ | PROT_WRITE, 0);
+    keep(p);
+    memset(p, 1, 16 * PAGE);
+    return p;
+}
+
+NOINLINE void keep_move(char *old) {
+    char *p = KEEP_MOVING(old, 16 * PAGE);
+    keep(p);
+    /* The pages moved; the old range reads as zero-fill. */
+    if (p[0] != 1 || old[0] != 0) {
+        fprintf(stderr, "mremap: pages did not move\n");
+        exit(1);
+    }
+    munmap(old, 6 * PAGE);
+    munmap(p + 12 * PAGE, 4 * PAGE);
+}
+
+NOINLINE char *part_source(void) {
+    char *p = ANON(8 * PAGE, PROT_READ | PROT_WRITE, 0);
+    keep(p);
+    return p;
+}
+
+NOINLINE void part_move(char *old) { keep(KEEP_MOVING(old + 2 * PAGE, 2 * PAGE)); }
+
+NOINLINE void reserve_move(void) {
+    char *r = ANON(16 * PAGE, PROT_NONE, MAP_NORESERVE);
+    keep(r);
+    char *p = KEEP_MOVING(r, 16 * PAGE);
+    keep(p);
+    mprotect(p, 4 * PAGE, PROT_READ | PROT_WRITE);
+}
+
+NOINLINE void file_move(void) {
+    int fd = open("/proc/self/exe", O_RDONLY);
+    if (fd < 0) {
+        exit(1);
+    }
+    char *p = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    keep(p);
+    keep(moved(p, PAGE));
+}
+
+static void dontunmap_cases(void) {
+    keep_move(dontunmap_source());
+    part_move(part_source());
+    reserve_move();
+    file_move();
+}
+
 int main(int argc, char **argv) {
     (void)anon;
     int sbrk_only = argc > 1 && strcmp(argv[1], "sbrk") == 0;
+    int dontunmap_only = argc > 1 && strcmp(argv[1], "dontunmap") == 0;
     setvbuf(stdout, NULL, _IOLBF, 0);
     printf("ready %d\n", getpid());
     char line[64];
     if (!fgets(line, sizeof line, stdin)) {
         return 0;
     }
-    if (sbrk_only) {
-        sbrk_pool();
+    if (sbrk_only || dontunmap_only) {
+        if (sbrk_only) {
+            sbrk_pool();
+        } else {
+            dontunmap_cases();
+        }
         printf("done\n");
         while (fgets(line, sizeof line, stdin)) {
         }
