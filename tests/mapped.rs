@@ -82,6 +82,18 @@ fn trace_workload(
     args: &[&str],
     host_wide: bool,
 ) -> (Value, String, TracerOutput) {
+    trace_workload_then(bin_name, workload_args, args, host_wide, |_| {})
+}
+
+/// [`trace_workload`], calling `once_done` with the workload's pid when it
+/// has done its work, before the tracer stops.
+fn trace_workload_then(
+    bin_name: &str,
+    workload_args: &[&str],
+    args: &[&str],
+    host_wide: bool,
+    once_done: impl FnOnce(u32),
+) -> (Value, String, TracerOutput) {
     require_root();
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
@@ -95,7 +107,10 @@ fn trace_workload(
         folded_path.to_str().unwrap(),
     ]);
     let (mut w, tracer) = if host_wide {
-        outputs.extend(["--comm", bin_name, "--interval", "1h"]);
+        outputs.extend(["--comm", bin_name]);
+        if !args.contains(&"--interval") {
+            outputs.extend(["--interval", "1h"]);
+        }
         let tracer = Tracer::spawn_all(&outputs);
         (Workload::spawn_bin(&bin, workload_args), tracer)
     } else {
@@ -105,6 +120,7 @@ fn trace_workload(
     };
     w.run();
     std::thread::sleep(SETTLE);
+    once_done(w.pid);
     let out = tracer.stop(libc::SIGINT);
     out.assert_success();
     let report = report_of_process(&read_json(&report_path), w.pid);
@@ -316,4 +332,104 @@ fn mremap_dontunmap_keeps_the_old_range_and_gives_the_new_one_the_caller_s_stack
         "{:?}",
         frame_functions(moved)
     );
+}
+
+/// Scrapes `addr` until `alloctrace_mapped_outstanding_bytes` of `pid` reads
+/// the same at two scrapes a tick apart and at least `at_least` (the
+/// workload is idle by then); returns that scrape.
+fn settled_scrape(addr: &str, pid: u32, at_least: u64) -> String {
+    let pid = pid.to_string();
+    let read = |body: &str| {
+        metric_value(
+            body,
+            "alloctrace_mapped_outstanding_bytes",
+            &[("pid", &pid)],
+        )
+        .map(|value| value as u64)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut last = None;
+    loop {
+        let (_, body) = http_get(addr, "/metrics");
+        let now = read(&body);
+        if now.is_some_and(|bytes| bytes >= at_least) && now == last {
+            return body;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "mapped series never settled:\n{body}"
+        );
+        last = now;
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+}
+
+/// `--metrics-addr` with mapped memory traced: per process, the committed
+/// bytes and pieces the report has, and the largest mapped stacks (the rest
+/// summed, so the series add up), in series of their own beside the
+/// heap's, which keep the heap's numbers.
+#[test]
+fn metrics_show_mapped_memory_apart_from_the_heap() {
+    let own: u64 = expected_mapped().values().map(|(bytes, _)| bytes).sum();
+    for host_wide in [false, true] {
+        let addr = format!("127.0.0.1:{}", free_port());
+        let args = [
+            "--trace-memory",
+            "both",
+            "--interval",
+            "250ms",
+            "--top",
+            "3",
+            "--metrics-addr",
+            &addr,
+        ];
+        let mut scrape = String::new();
+        let (report, _, _) = trace_workload_then("mapped", &[], &args, host_wide, |pid| {
+            scrape = settled_scrape(&addr, pid, own);
+        });
+        let process = &processes(&report)[0];
+        let pid = process["pid"].as_u64().unwrap().to_string();
+        let labels = [("pid", pid.as_str()), ("comm", "mapped")];
+        let metric = |name: &str, more: &[(&str, &str)]| {
+            let labels: Vec<(&str, &str)> = labels.iter().chain(more).copied().collect();
+            metric_value(&scrape, name, &labels)
+                .unwrap_or_else(|| panic!("no {name} {labels:?} in\n{scrape}")) as u64
+        };
+        let mapped = &process["mapped"];
+        let mapped_bytes = as_u64(mapped, "outstanding_bytes");
+        if !host_wide {
+            // Attached after start-up: exactly the workload's own.
+            assert_eq!(mapped_bytes, own);
+        }
+        assert_eq!(
+            metric("alloctrace_mapped_outstanding_bytes", &[]),
+            mapped_bytes
+        );
+        assert_eq!(
+            metric("alloctrace_mapped_outstanding_mappings", &[]),
+            as_u64(mapped, "outstanding_count")
+        );
+        // The heap's series keep the heap's numbers.
+        assert_eq!(
+            metric("alloctrace_outstanding_bytes", &[]),
+            as_u64(&process["totals"], "outstanding_bytes")
+        );
+        // The largest mapped stack, by its caller, and the rest summed:
+        // --top 3 stacks and one `other`, adding up to the total.
+        let leak = metric(
+            "alloctrace_mapped_stack_outstanding_bytes",
+            &[("frame", "leak_mmap")],
+        );
+        assert_eq!(leak, 10 * 256 * KIB);
+        let series: Vec<u64> = scrape
+            .lines()
+            .filter(|line| {
+                line.starts_with("alloctrace_mapped_stack_outstanding_bytes{")
+                    && line.contains(&format!("pid=\"{pid}\""))
+            })
+            .map(|line| line.rsplit(' ').next().unwrap().parse().unwrap())
+            .collect();
+        assert_eq!(series.len(), 4, "{scrape}");
+        assert_eq!(series.iter().sum::<u64>(), mapped_bytes, "{scrape}");
+    }
 }
