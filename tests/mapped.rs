@@ -1,12 +1,16 @@
 //! Mapped memory (`--trace-memory both`, and `mapped` alone): the anonymous
 //! private mappings and break growth a process makes itself are ledgered by
 //! range and reported as stacks of kind `mmap`, exact by stack, beside its
-//! heap blocks, in one-process and host-wide mode alike. The workload
+//! heap blocks, with `--pid`, in launch mode and host-wide alike, and in
+//! `--metrics-addr` series of their own. The workload
 //! (tests/workloads/mapped.c) holds a known number of bytes from each of its
 //! functions through partial unmaps, a reservation committed in part,
 //! MAP_FIXED over a mapping, mremap growth and a break moved with `brk`, and
 //! maps large malloc blocks, grows glibc's main arena, makes transient
-//! mappings and maps a file, none of which may count as mapped memory.
+//! mappings and maps a file, none of which may count as mapped memory; its
+//! `more` mode runs the other hard cases (MREMAP_DONTUNMAP, an mremap that
+//! must move, MAP_FIXED over a reservation, MADV_DONTNEED, a shared
+//! mapping, a thread with its own arena and stack).
 
 use std::collections::BTreeMap;
 
@@ -273,15 +277,19 @@ fn sbrk_growth_is_named_at_its_caller_with_dwarf_unwinding() {
     );
 }
 
-/// KEEP IN SYNC with tests/workloads/mapped.c (`dontunmap`): (bytes,
-/// pieces) held by the mappings each function of the workload made.
-fn expected_dontunmap() -> BTreeMap<&'static str, (u64, u64)> {
+/// KEEP IN SYNC with tests/workloads/mapped.c (`more`): (bytes, pieces)
+/// held by the mappings each function of the workload made.
+fn expected_more() -> BTreeMap<&'static str, (u64, u64)> {
     BTreeMap::from([
         ("dontunmap_source", (10 * PAGE, 1)),
         ("keep_move", (12 * PAGE, 1)),
         ("part_source", (8 * PAGE, 1)),
         ("part_move", (2 * PAGE, 1)),
         ("reserve_move", (4 * PAGE, 1)),
+        ("move_grow", (16 * PAGE, 1)),
+        ("fixed_commit", (10 * PAGE, 1)),
+        ("advise_dontneed", (8 * PAGE, 1)),
+        ("spawn_arena_thread", (256 * KIB, 1)),
     ])
 }
 
@@ -298,33 +306,49 @@ fn workload_caller<'a>(stack: &'a Value, bin_name: &str) -> Option<&'a str> {
         .and_then(|frame| frame["function"].as_str())
 }
 
+/// The other hard cases, in `--unwind dwarf` so that stacks starting in
+/// libc (glibc's `mremap` and `pthread_create`) reach the workload:
+/// `MREMAP_DONTUNMAP` (the old range stays, the new one is the caller's),
+/// an `mremap` that must move to grow, `MAP_FIXED` committing part of a
+/// reservation, `madvise(MADV_DONTNEED)` (still counts), a shared anonymous
+/// mapping (left out), and a thread whose arena glibc reserves inside
+/// malloc (heap blocks only) and whose stack it maps in `pthread_create`.
 #[test]
-fn mremap_dontunmap_keeps_the_old_range_and_gives_the_new_one_the_caller_s_stack() {
+fn mremap_dontunmap_forced_moves_fixed_commits_and_threads_are_exact() {
     let args = ["--trace-memory", "both", "--unwind", "dwarf"];
-    let (report, _, _) = trace_workload("mapped", &["dontunmap"], &args, false);
+    let (report, _, _) = trace_workload("mapped", &["more"], &args, false);
     let mapped = &processes(&report)[0]["mapped"];
-    assert_eq!(as_u64(mapped, "outstanding_bytes"), 36 * PAGE, "{mapped}");
-    // The old ranges stay mapped and tracked: giving back part of one is
-    // no unmap of unknown memory.
-    assert_eq!(as_u64(mapped, "untracked_unmapped_bytes"), 0, "{mapped}");
-    let stacks = of_kind(&report, "mmap");
-    let mut by_caller: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for stack in &stacks {
-        let caller = workload_caller(stack, "mapped").unwrap_or("?");
-        let entry = by_caller.entry(caller).or_default();
-        entry.0 += as_u64(stack, "bytes");
-        entry.1 += as_u64(stack, "count");
-    }
+    let expected = expected_more();
+    let expected_bytes: u64 = expected.values().map(|(bytes, _)| bytes).sum();
     assert_eq!(
-        by_caller,
-        expected_dontunmap(),
-        "{}",
-        summarize_report(&report)
+        as_u64(mapped, "outstanding_bytes"),
+        expected_bytes,
+        "{mapped}"
+    );
+    // The old ranges of MREMAP_DONTUNMAP stay mapped and tracked: giving
+    // back part of one is no unmap of unknown memory.
+    assert_eq!(as_u64(mapped, "untracked_unmapped_bytes"), 0, "{mapped}");
+    let by_caller = |kind: &str| {
+        let mut totals: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+        for stack in of_kind(&report, kind) {
+            let caller = workload_caller(stack, "mapped").unwrap_or("?");
+            let entry = totals.entry(caller).or_default();
+            entry.0 += as_u64(stack, "bytes");
+            entry.1 += as_u64(stack, "count");
+        }
+        totals
+    };
+    assert_eq!(by_caller("mmap"), expected, "{}", summarize_report(&report));
+    let heap = by_caller("heap");
+    assert_eq!(
+        heap.get("arena_thread"),
+        Some(&(4 * 16 * KIB, 4)),
+        "{heap:?}"
     );
     // The new range's stack starts at the system call, in libc's wrapper
     // (it keeps a frame without a frame pointer; DWARF walks past it).
-    let moved = stacks
-        .iter()
+    let moved = of_kind(&report, "mmap")
+        .into_iter()
         .find(|stack| workload_caller(stack, "mapped") == Some("keep_move"))
         .expect("keep_move's stack");
     assert!(
@@ -332,6 +356,42 @@ fn mremap_dontunmap_keeps_the_old_range_and_gives_the_new_one_the_caller_s_stack
         "{:?}",
         frame_functions(moved)
     );
+}
+
+/// Launch mode traces the program from its `execve`: the same mappings
+/// (and the loader's own, apart), counted until it exits. The program runs
+/// at once and exits in milliseconds, before its stacks through libc can be
+/// named (or walked by DWARF tables loaded after it started): the totals
+/// are exact, and so is each mapping whose `mmap` its function made itself.
+#[test]
+fn launch_mode_traces_mapped_memory_from_exec() {
+    require_root();
+    let bin = compile_c("mapped.c", "mapped_launch", WORKLOAD_CFLAGS);
+    let bin = bin.to_str().unwrap();
+    let (out, report) = launch(&["--trace-memory", "both"], &[bin, "more", "now"]);
+    out.assert_success();
+    let (loader, own): (Vec<&Value>, Vec<&Value>) = of_kind(&report, "mmap")
+        .into_iter()
+        .partition(|stack| from_the_loader(stack));
+    assert!(!loader.is_empty(), "{}", summarize_report(&report));
+    let expected = expected_more();
+    let own_bytes: u64 = own.iter().map(|stack| as_u64(stack, "bytes")).sum();
+    assert_eq!(
+        own_bytes,
+        expected.values().map(|(bytes, _)| bytes).sum::<u64>(),
+        "{}",
+        summarize_report(&report)
+    );
+    let direct = by_leaf(&own);
+    for function in [
+        "dontunmap_source",
+        "part_source",
+        "move_grow",
+        "fixed_commit",
+        "advise_dontneed",
+    ] {
+        assert_eq!(direct.get(function), expected.get(function), "{function}");
+    }
 }
 
 /// Scrapes `addr` until `alloctrace_mapped_outstanding_bytes` of `pid` reads
