@@ -75,6 +75,9 @@ static void *anon(size_t len, int prot, int flags) {
  * named function is the first frame of its stack. */
 #define ANON(len, prot, flags) \
     mmap(NULL, (len), (prot), MAP_PRIVATE | MAP_ANONYMOUS | (flags), -1, 0)
+/* An accessible mapping at `at`, over whatever was there. */
+#define FIXED(at, len) \
+    mmap((at), (len), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
 
 static void *kept[64];
 static int nkept;
@@ -113,10 +116,7 @@ NOINLINE void reserve_commit(void) {
     mprotect(heap + 256 * 1024, (1 << 20) - 256 * 1024, PROT_NONE);
 }
 
-NOINLINE void fixed_over(char *base) {
-    keep(mmap(base + 4 * PAGE, 4 * PAGE, PROT_READ | PROT_WRITE,
-              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
-}
+NOINLINE void fixed_over(char *base) { keep(FIXED(base + 4 * PAGE, 4 * PAGE)); }
 
 NOINLINE void map_base(void) {
     char *base = ANON(16 * PAGE, PROT_READ | PROT_WRITE, 0);
@@ -269,10 +269,7 @@ NOINLINE char *reserve_fixed(void) {
     return r;
 }
 
-NOINLINE void fixed_commit(char *reservation) {
-    keep(mmap(reservation + 8 * PAGE, 10 * PAGE, PROT_READ | PROT_WRITE,
-              MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
-}
+NOINLINE void fixed_commit(char *reservation) { keep(FIXED(reservation + 8 * PAGE, 10 * PAGE)); }
 
 NOINLINE void advise_dontneed(void) {
     char *p = ANON(8 * PAGE, PROT_READ | PROT_WRITE, 0);
