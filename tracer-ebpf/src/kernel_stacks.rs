@@ -6,8 +6,8 @@
 //!
 //! An unwind costs ~2.8 µs per allocation on the bench's kernel workload
 //! (bpf_stats), and made `--kernel` slow that workload 3.55-3.7x; with the
-//! cache, 1.7x (a hit costs a few hundred ns: the stack scan of
-//! [`path_of`] and the event), 0.1-0.2% of checked hits wrong.
+//! cache, 1.6-1.7x, ~0.1% of checked hits wrong. The tracepoints alone,
+//! with programs that return at once, cost 1.3x (bpf_stats on).
 //!
 //! A hit is sent by hash only while userspace still knows the stack's
 //! frames (`stacks::is_known`): userspace forgets stacks beyond
@@ -61,8 +61,9 @@ shared_map!(
 /// Sends the allocation of `bytes` at `key` with its kernel stack: cached
 /// when `path` (see [`path_of`]) has a stack userspace knows, unwound
 /// otherwise, and every [`CHECK_EVERY`]th hit on this CPU unwound and
-/// compared with the cache (a check costs an unwind: 2.8 µs / 64 = ~45 ns
-/// per hit, for ~10,000 checks a second on the bench's workload).
+/// compared with the cache (a check costs an unwind: 2.8 µs / 256 = ~11
+/// ns per hit, for ~2,000 checks a second on the bench's workload; one in
+/// 64 cost 0.05-0.1x more slowdown for no better estimate).
 #[inline(always)]
 pub fn emit_alloc(ctx: &TracePointContext, key: u64, bytes: u64, path: Option<u64>) -> Outcome {
     let hit = Hit::new(ctx);
@@ -105,15 +106,17 @@ pub fn emit_alloc(ctx: &TracePointContext, key: u64, bytes: u64, path: Option<u6
 ///   stack by a random 0-1 KiB (`CONFIG_RANDOMIZE_KSTACK_OFFSET`, on by
 ///   default), so a path had dozens of depths and paths of different
 ///   depths met at one;
-/// - this scan, without the system call: 0.13% wrong (38 of 30,341), 96%
-///   of stacks cached; with it (`bpf_task_pt_regs(current)->orig_ax`, two
-///   helper calls), 0.18% (43 of 23,627): the same, on that workload. It
-///   stays because what it tells apart matters: `socket` and `accept`
-///   reach `sock_alloc_inode` and `alloc_empty_file` through the same
-///   nearest frames, and without it the held-sockets test
-///   (tests/kernel.rs) once found sockets under `accept`'s stack;
-/// - a 256-byte scan left more paths ambiguous (106,551 ambiguous hits
-///   against 26,245) for fewer distinct paths.
+/// - a scan of the stack instead: 512 bytes, 0.05-0.18% wrong, and
+///   6-9% of allocations unwound (misses: more distinct paths); 384
+///   bytes, 0.05-0.12% wrong, 2-3% unwound, the slowdown 1.6-1.7x
+///   against 1.7-1.8x; 256 bytes, 0.3-0.6% wrong and 25% unwound (more
+///   paths found ambiguous);
+/// - without the system call (`bpf_task_pt_regs(current)->orig_ax`, two
+///   helper calls) the bench's workload was as rarely wrong (0.13%
+///   against 0.18%), but what it tells apart matters: `socket` and
+///   `accept` reach `sock_alloc_inode` and `alloc_empty_file` through the
+///   same nearest frames, and without it the held-sockets test
+///   (tests/kernel.rs) once found sockets under `accept`'s stack.
 #[inline(always)]
 pub fn path_of(ctx: &TracePointContext, call_site: u64) -> Option<u64> {
     // The kernel writes the address of the registers it fetched at the
@@ -150,8 +153,9 @@ pub fn path_of(ctx: &TracePointContext, call_site: u64) -> Option<u64> {
 }
 
 /// Bytes of stack above the tracepoint handler's frame that name a path:
-/// 64 words, read at once and filtered in a bounded loop.
-const SCAN_BYTES: usize = 512;
+/// 48 words, read at once and filtered in a bounded loop (see
+/// [`path_of`] for the sizes measured).
+const SCAN_BYTES: usize = 384;
 const SCAN_WORDS: usize = SCAN_BYTES / 8;
 const _: () = assert!(SCAN_WORDS <= MAX_INLINE_FRAMES);
 
