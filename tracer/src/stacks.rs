@@ -24,7 +24,7 @@ use std::{collections::HashMap, rc::Rc};
 use foldhash::fast::FixedState;
 use tracer_ebpf::{Event, STACK_HASH};
 
-pub use self::budget::{DEFAULT_MAX_STACKS, StackBudget, StackStats};
+pub use self::budget::{Cuts, DEFAULT_MAX_STACKS, StackBudget, StackStats};
 use crate::{clock::monotonic_ns, events::Carried};
 
 /// One distinct stack of one process, or [`StackId::NONE`] for blocks whose
@@ -397,7 +397,8 @@ mod tests {
             budget.stats(),
             StackStats {
                 stacks: 2,
-                evicted: 2
+                evicted: 2,
+                cut: Cuts::default(),
             }
         );
         drop(table);
