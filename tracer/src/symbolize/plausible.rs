@@ -55,3 +55,49 @@ impl ProcessSymbolizer {
             .map(|index| index + 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An address in this test binary's code, and one in no mapping.
+    fn own_code() -> u64 {
+        own_code as fn() -> u64 as usize as u64
+    }
+    const GARBAGE: u64 = 0x1234567;
+
+    #[test]
+    fn a_stack_ends_before_its_first_frame_outside_the_code() {
+        let mut symbols = ProcessSymbolizer::new(std::process::id());
+        let code = own_code();
+        let frames = [code, code + 1, GARBAGE, code + 2];
+        assert_eq!(symbols.plausible_frames(&frames, 0, false), 2);
+        assert_eq!(symbols.plausible_frames(&[code, code + 1], 0, false), 2);
+    }
+
+    #[test]
+    fn the_leaf_is_kept_whatever_it_is() {
+        let mut symbols = ProcessSymbolizer::new(std::process::id());
+        assert_eq!(symbols.plausible_frames(&[GARBAGE, GARBAGE], 0, false), 1);
+    }
+
+    #[test]
+    fn an_exited_process_is_judged_by_the_maps_read_while_it_ran() {
+        let mut symbols = ProcessSymbolizer::new(std::process::id());
+        symbols.target_exited();
+        let code = own_code();
+        // Stamped long after the maps were read: no re-read once exited.
+        let later = u64::MAX;
+        assert_eq!(
+            symbols.plausible_frames(&[code, code, GARBAGE], later, true),
+            2
+        );
+    }
+
+    #[test]
+    fn a_process_whose_maps_were_never_read_keeps_its_frames() {
+        // pid 0 is never read.
+        let mut symbols = ProcessSymbolizer::new(0);
+        assert_eq!(symbols.plausible_frames(&[1, GARBAGE, 2], 0, false), 3);
+    }
+}
