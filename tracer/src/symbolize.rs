@@ -41,6 +41,8 @@ use serde::{Serialize, Serializer};
 
 mod plausible;
 
+pub use self::plausible::Plausible;
+
 use crate::{
     debuginfo,
     kallsyms::KernelModules,

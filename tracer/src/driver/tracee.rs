@@ -118,18 +118,23 @@ impl Tracee {
 
     /// The frames `event` carries up to the first that is not a return
     /// address (see `symbolize::plausible`), counting the stacks cut here
-    /// and those the kernel cut.
+    /// and those the kernel cut. A cut that code mapped since may undo
+    /// has the kernel send the stack again, to be judged again.
     fn cut_implausible<'a>(&mut self, event: &Event, carried: Carried<'a>) -> Carried<'a> {
         let Carried::Frames(frames) = carried else {
             return carried;
         };
         let maps_changed = event.stack_id == INLINE_STACK_PARTIAL;
-        let kept = (self.symbols).plausible_frames(frames, event.timestamp_ns, maps_changed);
+        let judged = (self.symbols).plausible_frames(frames, event.timestamp_ns, maps_changed);
+        let cut = judged.kept < frames.len();
         let in_kernel = event.stack_id == INLINE_STACK_CUT;
-        if in_kernel || kept < frames.len() {
-            (self.stacks.budget()).count_cut(in_kernel, kept < frames.len());
+        if in_kernel || cut {
+            (self.stacks.budget()).count_cut(in_kernel, cut);
         }
-        Carried::Frames(&frames[..kept])
+        if judged.unsure && event.stack_hash != 0 {
+            self.stacks.send_again(event.stack_hash);
+        }
+        Carried::Frames(&frames[..judged.kept])
     }
 
     /// Applies one allocator event to the ledger.
