@@ -244,6 +244,7 @@ fn unwind(ctx: &TracePointContext) -> Option<Walk> {
         hash: hash.finish(),
         count,
         complete: true,
+        cut: false,
         frames,
     })
 }

@@ -39,6 +39,10 @@ use blazesym::{
 };
 use serde::{Serialize, Serializer};
 
+mod plausible;
+
+pub use self::plausible::Plausible;
+
 use crate::{
     debuginfo,
     kallsyms::KernelModules,
@@ -202,6 +206,8 @@ pub struct ProcessSymbolizer {
     target_alive: bool,
     /// When the memory map was last read (see [`MAPS_REREAD_PERIOD`]).
     maps_read_at: Instant,
+    /// The same on the events' clock (see [`Self::plausible_frames`]).
+    maps_read_ns: u64,
     /// Set for the kernel's own stacks (see [`ProcessSymbolizer::kernel`]).
     kernel: Option<KernelModules>,
 }
@@ -228,6 +234,7 @@ impl ProcessSymbolizer {
             perf_map: PerfMap::default(),
             target_alive: true,
             maps_read_at: Instant::now(),
+            maps_read_ns: 0,
             kernel: None,
         };
         this.refresh_maps();
@@ -244,6 +251,7 @@ impl ProcessSymbolizer {
             perf_map: PerfMap::default(),
             target_alive: true,
             maps_read_at: Instant::now(),
+            maps_read_ns: 0,
             kernel: Some(KernelModules::read()),
         }
     }
@@ -275,11 +283,15 @@ impl ProcessSymbolizer {
         // A process that has exited (a zombie, until it is reaped) reads as
         // having no maps at all; caching that would replace the last good
         // view, the only one left to symbolize its stacks with.
+        // Stamped before the read: an event stamped after it began may have
+        // code the read missed.
+        let read_ns = crate::clock::monotonic_ns();
         let Some(mappings) = maps::read(self.pid).filter(|mappings| !mappings.is_empty()) else {
             return;
         };
         self.mappings = mappings;
         self.maps_read_at = Instant::now();
+        self.maps_read_ns = read_ns;
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
             ..cache::Process::new(Pid::Pid(pid))
