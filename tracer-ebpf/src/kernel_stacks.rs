@@ -18,9 +18,9 @@
 use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
-    helpers::{bpf_probe_read_kernel, generated},
+    helpers::generated,
     maps::{Array, PerCpuArray},
-    programs::TracePointContext,
+    programs::RawTracePointContext,
 };
 use tracer_ebpf::{
     Counter, EventKind, MAX_INLINE_FRAMES, NO_STACK, STACK_HASH,
@@ -66,7 +66,7 @@ shared_map!(
 /// ns per hit, for ~2,000 checks a second on the bench's workload; one in
 /// 64 cost 0.05-0.1x more slowdown for no better estimate).
 #[inline(always)]
-pub fn emit_alloc(ctx: &TracePointContext, key: u64, bytes: u64, path: Option<u64>) -> Outcome {
+pub fn emit_alloc(ctx: &RawTracePointContext, key: u64, bytes: u64, path: Option<u64>) -> Outcome {
     let hit = Hit::new(ctx);
     let cached = path.and_then(cached_stack);
     let usable = cached.filter(|&stack| stack != AMBIGUOUS && is_known(stack));
@@ -94,8 +94,8 @@ pub fn emit_alloc(ctx: &TracePointContext, key: u64, bytes: u64, path: Option<u6
 
 /// The path key of the allocation `ctx` reports, made by `call_site` (0
 /// for pages, which have none): the caller, the current system call, and
-/// the kernel addresses in the top [`SCAN_BYTES`] of the stack above the
-/// tracepoint (the nearest return addresses). `None` when the stack
+/// the kernel addresses in the [`SCAN_BYTES`] of stack above the
+/// tracepoint's arguments (the nearest return addresses). `None` when the stack
 /// cannot be read.
 ///
 /// Measured on the bench's kernel workload, host-wide on a busy machine
@@ -119,18 +119,17 @@ pub fn emit_alloc(ctx: &TracePointContext, key: u64, bytes: u64, path: Option<u6
 ///   same nearest frames, and without it the held-sockets test
 ///   (tests/kernel.rs) once found sockets under `accept`'s stack.
 #[inline(always)]
-pub fn path_of(ctx: &TracePointContext, call_site: u64) -> Option<u64> {
-    // The kernel writes the address of the registers it fetched at the
-    // tracepoint (`perf_fetch_caller_regs`: `sp` is the tracepoint
-    // handler's frame address) over the record's first 8 bytes, which a
-    // program may not load directly. Above that frame are the allocator's
-    // and its callers' frames, whose return addresses tell the path.
+pub fn path_of(ctx: &RawTracePointContext, call_site: u64) -> Option<u64> {
+    // A raw tracepoint's arguments are an array on the kernel stack, in
+    // `bpf_trace_run<N>`'s frame, just above the program's: above it are
+    // the tracepoint's glue (`__bpf_trace_*`, `__traceiter_*`, the same on
+    // every run) and the allocator's and its callers' frames, whose return
+    // addresses tell the path. (The program's own frame pointer is no
+    // stack address since 6.13: the JIT gives programs with a big stack a
+    // private per-CPU one.)
     // SAFETY (all reads): the helper faults safely, and the scan buffer
     // is this CPU's, SCAN_BYTES long.
-    let regs: u64 = unsafe { ctx.read_at(0) }.ok()?;
-    let sp: u64 =
-        unsafe { bpf_probe_read_kernel((regs as *const pt_regs).cast::<u64>().add(RSP_WORD)) }
-            .ok()?;
+    let sp = ctx.as_ptr() as u64;
     let scan = KERNEL_FRAMES.get_ptr_mut(0)?;
     if unsafe { generated::bpf_probe_read_kernel(scan.cast(), SCAN_BYTES as u32, sp as *const _) }
         != 0
@@ -153,7 +152,7 @@ pub fn path_of(ctx: &TracePointContext, call_site: u64) -> Option<u64> {
     Some((path ^ (path >> 29)) | 1)
 }
 
-/// Bytes of stack above the tracepoint handler's frame that name a path:
+/// Bytes of stack above the tracepoint's arguments that name a path:
 /// 48 words, read at once and filtered in a bounded loop (see
 /// [`path_of`] for the sizes measured).
 const SCAN_BYTES: usize = 384;
@@ -165,9 +164,6 @@ const _: () = assert!(SCAN_WORDS <= MAX_INLINE_FRAMES);
 /// below. A stack word above it is a return address, or a pointer to the
 /// kernel's static data, both the same every time a path runs.
 const KERNEL_IMAGE_START: u64 = 0xffff_ffff_8000_0000;
-
-/// Index of `rsp` in `pt_regs`, in words.
-const RSP_WORD: usize = core::mem::offset_of!(pt_regs, rsp) / 8;
 
 /// The system call the current task is in (`orig_ax` of its user
 /// registers; -1 in none, or a fault's error code).
@@ -214,9 +210,17 @@ fn remember(path: u64, cached: Option<u64>, stack: u64, checking: bool) {
     }
 }
 
+/// `bpf_get_stack`'s flags: skip the first frame, which in a raw tracepoint
+/// is the program's own call of the helper (the stack starts at the
+/// registers the helper fetches), an address that differs between the
+/// program's call sites and would give one stack several hashes. The
+/// tracepoint's glue frames below it are the same on every run; userspace
+/// drops them (`symbolize`).
+const SKIP_PROGRAM_FRAME: u64 = 1;
+
 /// The kernel stack of the allocation `ctx` reports, unwound and hashed.
 #[inline(always)]
-fn unwind(ctx: &TracePointContext) -> Option<Walk> {
+fn unwind(ctx: &RawTracePointContext) -> Option<Walk> {
     bump(Counter::KernelStackUnwinds);
     let frames = KERNEL_FRAMES.get_ptr_mut(0)?;
     // SAFETY: the buffer is this CPU's and holds MAX_INLINE_FRAMES frames,
@@ -226,7 +230,7 @@ fn unwind(ctx: &TracePointContext) -> Option<Walk> {
             ctx.as_ptr(),
             frames.cast(),
             size_of::<[u64; MAX_INLINE_FRAMES]>() as u32,
-            0,
+            SKIP_PROGRAM_FRAME,
         )
     };
     if written <= 0 {

@@ -156,6 +156,10 @@ shared_names! {
     /// Global (`u32`): the depth of [`CGROUP_ID_GLOBAL`] below the root cgroup
     /// (the root is level 0), where the caller's ancestor is compared with it.
     CGROUP_LEVEL_GLOBAL = "CGROUP_LEVEL";
+    /// Global (`u32`): the byte offset of `size` in the kernel's `struct
+    /// kmem_cache`, read from its BTF at load time (`--kernel`: a
+    /// `kmem_cache_alloc` raw tracepoint has the cache, not its size).
+    KMEM_CACHE_SIZE_OFFSET_GLOBAL = "KMEM_CACHE_SIZE_OFFSET";
 }
 
 /// Slots of [`SAMPLE_TABLE_MAP`].

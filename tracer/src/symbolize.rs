@@ -149,7 +149,7 @@ fn is_allocator_wrapper(function: &str) -> bool {
 }
 
 /// The kernel's allocator entry points and internals the `kmem` and
-/// `percpu` tracepoints fire in (Linux 6.x names, `_noprof` since 6.10): a
+/// `percpu` tracepoints fire in, and the glue that runs their programs (Linux 6.x names, `_noprof` since 6.10): a
 /// kernel stack's first meaningful frame is below them, so that the
 /// stacks of a slab cache are told apart by who calls it.
 const KERNEL_ALLOCATOR_PREFIXES: &[&str] = &[
@@ -166,6 +166,12 @@ const KERNEL_ALLOCATOR_PREFIXES: &[&str] = &[
     "folio_alloc",
     "pcpu_alloc",
     "__alloc_percpu",
+    // The raw tracepoints' glue between the allocator and the program
+    // (`bpf_trace_run<N>`, and `__bpf_trace_*`, `__traceiter_*` where the
+    // tracepoint's static call does not skip them).
+    "bpf_trace_run",
+    "__bpf_trace_",
+    "__traceiter_",
 ];
 
 fn is_kernel_allocator(function: &str) -> bool {

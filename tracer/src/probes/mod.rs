@@ -25,13 +25,16 @@ use anyhow::{Context as _, anyhow};
 use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProbeKind, Program, TracePoint, UProbe, uprobe::UProbeScope},
+    programs::{
+        BtfTracePoint, ProbeKind, Program, ProgramError, TracePoint, UProbe, uprobe::UProbeScope,
+    },
 };
 use tracer_ebpf::{
     CGROUP_ID_GLOBAL, CGROUP_LEVEL_GLOBAL, COMM_FILTER_GLOBAL, COMM_LEN, COUNTERS_MAP, Counter,
     EVENT_RING_MAPS, EXCLUDED_TGIDS_MAP, FILTER_MODE_GLOBAL, FILTER_VERDICTS_MAP, FilterMode,
-    KNOWN_STACKS_MAP, MAX_THREAD_SLOTS, SAMPLE_STEP_GLOBAL, SAMPLE_TABLE_MAP,
-    STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP, dwarf,
+    KMEM_CACHE_SIZE_OFFSET_GLOBAL, KNOWN_STACKS_MAP, MAX_THREAD_SLOTS, SAMPLE_STEP_GLOBAL,
+    SAMPLE_TABLE_MAP, STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL,
+    TRACED_COMMS_MAP, dwarf,
 };
 
 use self::{
@@ -122,6 +125,9 @@ pub struct Settings<'a> {
     /// process is unwound with tables.
     pub unwind_table_rows: u32,
     pub uprobe_links: UprobeLinks,
+    /// `--kernel`: the kernel's allocations are traced (see
+    /// [`Probes::attach_kernel`]).
+    pub kernel_allocations: bool,
     pub verbose: bool,
 }
 
@@ -183,6 +189,7 @@ impl Probes {
             thread_slots,
             unwind_table_rows,
             uprobe_links,
+            kernel_allocations,
             verbose,
         } = settings;
         let sample_step = sampling.map_or(0, Sampling::step);
@@ -194,6 +201,12 @@ impl Probes {
             .override_global(SAMPLE_STEP_GLOBAL, &sample_step, true)
             .override_global(THREAD_SLOTS_GLOBAL, &thread_slots, true)
             .map_max_entries(FILTER_VERDICTS_MAP, 1);
+        let cache_size_offset = if kernel_allocations {
+            kmem::cache_size_offset()?
+        } else {
+            0
+        };
+        loader.override_global(KMEM_CACHE_SIZE_OFFSET_GLOBAL, &cache_size_offset, true);
         size_unwind_maps(&mut loader, unwind_table_rows);
         let (mut probes, maps) = Self::load_with(loader, ring_size, uprobe_links, verbose)?;
         if let Some(sampling) = sampling {
@@ -289,7 +302,7 @@ impl Probes {
                 // only those runs need them, and verifying them (each one
                 // walks stacks) is most of a run's start-up on a loaded
                 // machine.
-                Program::TracePoint(_) => Ok(()),
+                Program::TracePoint(_) | Program::RawTracePoint(_) => Ok(()),
                 _ => return Err(anyhow!("unexpected program type for {name}")),
             }
             .with_context(|| format!("loading program {name} into the kernel"))?;
@@ -387,23 +400,27 @@ impl Probes {
     /// The `syscalls`/`kmem`-style tracepoint program `name`, loaded into
     /// the kernel (not at [`Probes::load`]: see there).
     fn loaded_tracepoint(&mut self, name: &str) -> anyhow::Result<&mut TracePoint> {
-        let program: &mut TracePoint = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-            .try_into()?;
+        let program: &mut TracePoint = self.program_as(name)?;
         program
             .load()
             .with_context(|| format!("loading program {name} into the kernel"))?;
         Ok(program)
     }
 
-    fn attach_tracepoint(&mut self, name: &str) -> anyhow::Result<()> {
-        let program: &mut BtfTracePoint = self
+    /// The program `name` of the eBPF object, as its type `T`.
+    fn program_as<'a, T>(&'a mut self, name: &str) -> anyhow::Result<&'a mut T>
+    where
+        &'a mut T: TryFrom<&'a mut Program, Error = ProgramError>,
+    {
+        Ok(self
             .ebpf
             .program_mut(name)
             .ok_or_else(|| anyhow!("the eBPF object has no program {name}"))?
-            .try_into()?;
+            .try_into()?)
+    }
+
+    fn attach_tracepoint(&mut self, name: &str) -> anyhow::Result<()> {
+        let program: &mut BtfTracePoint = self.program_as(name)?;
         program
             .attach()
             .with_context(|| format!("attaching the tracepoint program {name}"))?;

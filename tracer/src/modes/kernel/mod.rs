@@ -75,6 +75,7 @@ impl KernelMode {
             unwind_table_rows: 0,
             // No uprobes at all: perf events need no guardian process.
             uprobe_links: UprobeLinks::PerfEvents,
+            kernel_allocations: true,
             verbose: common.verbose,
         })?;
         // Kernel stacks are the kernel's to walk: no tables.

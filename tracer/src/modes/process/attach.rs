@@ -102,6 +102,7 @@ impl Attachment {
             } else {
                 UprobeLinks::Fastest
             },
+            kernel_allocations: false,
             verbose: common.verbose,
         })?;
         let programs = if common.floor {
