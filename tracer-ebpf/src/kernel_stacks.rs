@@ -6,9 +6,10 @@
 //!
 //! An unwind costs ~2.8 µs per allocation on the bench's kernel workload
 //! (bpf_stats), and made `--kernel` slow that workload 3.55-3.7x; with the
-//! cache, 1.6-1.7x (an allocation's program 340-500 ns, misses included),
-//! ~0.1% of checked hits wrong. The tracepoints alone, with programs that
-//! return at once, cost 1.3x (bpf_stats on).
+//! cache, 1.6-1.7x on classic tracepoints (an allocation's program 340-500
+//! ns, misses included), 1.41-1.47x on raw ones, ~0.1% of checked hits
+//! wrong. Raw tracepoints alone, with programs that return at once, cost
+//! 1.1x (see `kmem`).
 //!
 //! A hit is sent by hash only while userspace still knows the stack's
 //! frames (`stacks::is_known`): userspace forgets stacks beyond
@@ -99,7 +100,9 @@ pub fn emit_alloc(ctx: &RawTracePointContext, key: u64, bytes: u64, path: Option
 /// cannot be read.
 ///
 /// Measured on the bench's kernel workload, host-wide on a busy machine
-/// (3 s runs; "wrong": checked hits whose unwound stack differed):
+/// (3 s runs; "wrong": checked hits whose unwound stack differed), with
+/// classic tracepoints, whose scan started at the perf handler's frame
+/// (raw tracepoints, from their arguments: 0-0.12% wrong, 2.7% unwound):
 /// - the first design, the stack's depth at the tracepoint with the call
 ///   site and the system call, was wrong on 6.8% of checks (1,198 of
 ///   17,700), and still cached only 57% of stacks once paths found with
