@@ -160,9 +160,7 @@ fn a_fifo_where_a_debug_file_would_be_never_blocks() {
         chroot.inside(&format!("{LIBRARY}.dwp")),
     ];
     for fifo in &fifos {
-        let path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: creates a FIFO at a NUL-terminated path.
-        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        make_fifo(fifo);
     }
     chroot.trace_refused(&[&fifos[0], &fifos[1]], "not a regular file");
 }

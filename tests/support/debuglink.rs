@@ -1,8 +1,8 @@
 //! Support for the debug-link tests (`tests/debuglink.rs`): a library
 //! (`chain_nofp.c`, which `dlopen_nofp` loads) whose debug information is
 //! in a separate file its `.gnu_debuglink` names (any name, with the CRC of
-//! any file), and a watch on host files that says whether anything opened
-//! or read them.
+//! any file), FIFOs, and a watch on host files that says whether anything
+//! opened or read them.
 
 use std::{
     ffi::CString,
@@ -87,6 +87,15 @@ fn objcopy(args: &[&str], input: &Path, output: &Path) {
         .status()
         .expect("run objcopy (binutils)");
     assert!(status.success(), "objcopy {args:?} {}", input.display());
+}
+
+/// Makes a FIFO at `path`: a file whose open for reading waits for a
+/// writer, forever.
+pub fn make_fifo(path: &Path) {
+    let name = CString::new(path.as_os_str().as_bytes()).unwrap();
+    // SAFETY: creates a FIFO at a NUL-terminated path.
+    let made = unsafe { libc::mkfifo(name.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo {}", path.display());
 }
 
 /// An inotify watch for opens and reads of some files.

@@ -17,10 +17,10 @@
 //! one plain file name, `DIR/NAME`, `DIR/.debug/NAME` and
 //! `/usr/lib/debug/DIR/NAME`, `DIR` being the binary's directory as the
 //! target sees it; then the host's debuginfod caches by build id
-//! ([`crate::debuginfo`]). A candidate must be a regular file (looked at
-//! through an `O_PATH` descriptor before it is opened, so a FIFO or device
-//! is never opened) whose build id or CRC matches. Each file refused for
-//! another reason than absence gets one warning line per binary.
+//! ([`crate::debuginfo`]). A candidate must be a regular file (see
+//! [`safe_open::open_regular_in`]: a FIFO or a device is never opened)
+//! whose build id or CRC matches. A binary whose candidate is refused for
+//! another reason than absence gets one warning line.
 //!
 //! blazesym is then only given files that link to nothing, by paths from
 //! which it derives nothing (`/proc/self/fd/N`, whose `.dwp` cannot exist):
@@ -38,10 +38,7 @@ use std::{
     collections::{HashMap, HashSet},
     fs::File,
     io,
-    os::{
-        fd::{AsFd, AsRawFd as _},
-        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
-    },
+    os::unix::fs::{MetadataExt as _, OpenOptionsExt as _},
     path::{Component, Path, PathBuf},
     rc::{Rc, Weak},
 };
@@ -55,12 +52,12 @@ use blazesym::{
     },
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
-use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
 
 use crate::{
     debuginfo,
     mapped::{MappedFile, without_deleted_mark},
     maps::FileId,
+    safe_open,
 };
 
 /// The distribution's debug tree, in the target's root.
@@ -458,41 +455,22 @@ fn open_nonblocking(path: &Path) -> io::Result<File> {
         .open(path)
 }
 
-/// Opens `path` inside `root` (never out of it, nor through a magic link)
-/// if it is a regular file: what it is is looked at through an `O_PATH`
-/// descriptor first, so that a FIFO or a device is never opened. `Ok(None)`
-/// when there is nothing there; `Err` says why what is there is refused.
+/// Opens `path` inside `root` if it is a regular file (see
+/// [`safe_open::open_regular_in`]): `Ok(None)` when there is nothing
+/// there; `Err` says why what is there is refused.
 fn open_regular_in(root: &File, path: &Path) -> Result<Option<File>, String> {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    let resolve = ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS;
-    let look = |flags| {
-        openat2(
-            root.as_fd(),
-            relative,
-            OFlags::PATH | OFlags::CLOEXEC | flags,
-            Mode::empty(),
-            resolve,
-        )
-    };
-    let fd = match look(OFlags::empty()) {
-        Ok(fd) => fd,
-        Err(rustix::io::Errno::NOENT) => {
-            // Nothing inside the root; a symlink there leads out of it.
-            return match look(OFlags::NOFOLLOW) {
-                Ok(_) => Err("a symlink to nothing inside the process's root".to_owned()),
-                Err(_) => Ok(None),
-            };
+    match safe_open::open_regular_in(root, path) {
+        Ok(file) => Ok(Some(file)),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {
+            if safe_open::is_symlink_in(root, path) {
+                Err("a symlink to nothing inside the process's root".to_owned())
+            } else {
+                Ok(None)
+            }
         }
-        Err(rustix::io::Errno::NOTDIR) => return Ok(None),
-        Err(error) => return Err(io::Error::from(error).to_string()),
-    };
-    let stat = rustix::fs::fstat(&fd).map_err(|error| io::Error::from(error).to_string())?;
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
-        return Err("not a regular file".to_owned());
+        Err(error) if error.raw_os_error() == Some(libc::ENOTDIR) => Ok(None),
+        Err(error) => Err(error.to_string()),
     }
-    open_nonblocking(Path::new(&format!("/proc/self/fd/{}", fd.as_raw_fd())))
-        .map(Some)
-        .map_err(|error| error.to_string())
 }
 
 /// The contents of the file at `path`, mapped read-only.
@@ -653,7 +631,7 @@ mod tests {
             rustix::fs::CWD,
             dir.path().join("fifo"),
             rustix::fs::FileType::Fifo,
-            Mode::from_raw_mode(0o600),
+            rustix::fs::Mode::from_raw_mode(0o600),
             0,
         )
         .unwrap();

@@ -284,8 +284,12 @@ impl ProcessSymbolizer {
         };
         self.mappings = mappings;
         self.maps_read_at = Instant::now();
+        // Not its perf map: blazesym would open `/proc/PID/root/tmp/...` by
+        // path, following a symlink out of the process's root or waiting on
+        // a FIFO forever; `crate::perfmap` reads it safely.
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
+            cache_perf_map: false,
             ..cache::Process::new(Pid::Pid(pid))
         });
         if let Err(error) = self.shared.symbolizer.borrow().cache(&cache) {
