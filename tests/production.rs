@@ -201,6 +201,10 @@ fn kill_tracers_at_random_moments(count: usize, args: &[&str]) {
         holder.status.success() && String::from_utf8_lossy(&holder.stdout).starts_with("holding"),
         "another uprobe user cannot attach: {holder:?}"
     );
+    // And bcc's memleak, the tool the leaked probes used to lock out.
+    if let Err(why) = bcc_memleak_attaches(&libc.path, spinner.pid) {
+        panic!("bcc's memleak cannot attach after the kills: {why}");
+    }
     let mut spinner = spinner;
     assert!(spinner.is_alive(), "the target died");
 }

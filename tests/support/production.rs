@@ -180,6 +180,28 @@ pub fn leaked_uprobes(log: &[String], pids: &[u32]) -> Vec<String> {
         .collect()
 }
 
+/// bcc's `memleak` (installed by `cargo xtask setup`), attached to the
+/// allocator functions of `libc` for `pid` for one one-second interval: the
+/// tool a leaked uprobe used to lock out (`cannot attach uprobe, Invalid
+/// argument`; the kernel says `ref_ctr_offset mismatch`). Its output, or why
+/// it did not attach.
+pub fn bcc_memleak_attaches(libc: &Path, pid: u32) -> Result<String, String> {
+    let output = Command::new("memleak-bpfcc")
+        .arg("-O")
+        .arg(libc)
+        .args(["-p", &pid.to_string(), "1", "1"])
+        .output()
+        .map_err(|error| format!("cannot run memleak-bpfcc: {error}"))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // memleak prints its interval's heading only once every probe is on.
+    if output.status.success() && stdout.contains("stacks with outstanding allocations") {
+        Ok(stdout)
+    } else {
+        Err(format!("{}\n{stdout}\n{stderr}", output.status))
+    }
+}
+
 /// The children of `pid` (by the parent pids in `/proc`).
 pub fn children_of(pid: u32) -> Vec<u32> {
     let Ok(entries) = fs::read_dir("/proc") else {

@@ -279,94 +279,16 @@ fn has_floor(tracer: &Path) -> bool {
     util::probe(&tracer.to_string_lossy(), ["--floor", "--help"]).is_some()
 }
 
-/// memleak-bpfcc compiles its programs against the running kernel's headers;
-/// say in one line why it cannot run here, or return its path.
+/// The path of memleak-bpfcc, which `cargo xtask setup` installs and makes
+/// runnable on this kernel (`setup::bcc_kernel_headers`), or why it is not
+/// there.
 fn find_memleak() -> Result<PathBuf, String> {
-    prepare_memleak()?;
     let path_dirs = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path_dirs)
         .chain([PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join("memleak-bpfcc"))
         .find(|path| path.is_file())
         .ok_or_else(|| "memleak-bpfcc not installed (apt-get install bpfcc-tools)".to_string())
-}
-
-/// Makes Debian's bcc memleak runnable on this kernel, as far as it can:
-/// installs `bpfcc-tools` and Debian's kernel headers, and when the running
-/// kernel (a custom build here) has no headers of its own, points
-/// `/lib/modules/RELEASE/{build,source}` at Debian's: memleak's programs
-/// only need `pt_regs` and basic types from them. It also mounts tracefs,
-/// which bcc's clean-up expects. Every step is idempotent.
-fn prepare_memleak() -> Result<(), String> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_string())
-        .map_err(|e| format!("cannot read the kernel release: {e}"))?;
-    let modules = PathBuf::from(format!("/lib/modules/{release}"));
-    let have_headers = modules.join("build").exists();
-    let have_bcc = std::path::Path::new("/usr/sbin/memleak-bpfcc").exists();
-    if !have_bcc || !have_headers {
-        let mut packages = vec!["bpfcc-tools"];
-        if !have_headers {
-            packages.push("linux-headers-amd64");
-        }
-        eprintln!(
-            "bench: installing {} for the bcc comparison",
-            packages.join(" ")
-        );
-        let install = |update: bool| {
-            if update {
-                let _ = util::run(Command::new("apt-get").arg("update"));
-            }
-            util::run(
-                Command::new("apt-get")
-                    .args(["install", "-y"])
-                    .args(&packages),
-            )
-        };
-        install(false)
-            .or_else(|_| install(true))
-            .map_err(|e| format!("cannot install {}: {e:#}", packages.join(" ")))?;
-    }
-    if !modules.join("build").exists() {
-        let build = newest_headers("-amd64")
-            .ok_or("no /usr/src/linux-headers-*-amd64 after installing linux-headers-amd64")?;
-        let source = newest_headers("-common").unwrap_or_else(|| build.clone());
-        eprintln!(
-            "bench: no headers for kernel {release}; linking {}/build and source to {} and {}",
-            modules.display(),
-            build.display(),
-            source.display()
-        );
-        std::fs::create_dir_all(&modules)
-            .map_err(|e| format!("mkdir {}: {e}", modules.display()))?;
-        for (name, target) in [("build", &build), ("source", &source)] {
-            let link = modules.join(name);
-            let _ = std::fs::remove_file(&link);
-            std::os::unix::fs::symlink(target, &link)
-                .map_err(|e| format!("symlink {}: {e}", link.display()))?;
-        }
-    }
-    if !std::path::Path::new("/sys/kernel/tracing/uprobe_events").exists() {
-        let _ = Command::new("mount")
-            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
-            .status();
-    }
-    Ok(())
-}
-
-/// The newest `/usr/src/linux-headers-*SUFFIX` directory.
-fn newest_headers(suffix: &str) -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/src")
-        .ok()?
-        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("linux-headers-") && name.ends_with(suffix))
-        })
-        .collect();
-    dirs.sort();
-    dirs.pop()
 }
 
 /// Run every setup once per round, in rotation, and collect the samples.

@@ -3,10 +3,10 @@
 //! Every step checks first and prints a single `ok: …` line when nothing needs
 //! doing, so a second run takes a couple of seconds.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::util::{self, probe};
 
@@ -18,7 +18,9 @@ use crate::util::{self, probe};
 /// the HTML report in it), and what tests/fleet.rs deploys
 /// with: podman and runc (the image), prometheus (scraping, `promtool`) and
 /// systemd (`systemd-analyze verify` on the unit), and the headless browser
-/// tests/html.rs loads the HTML report in.
+/// tests/html.rs loads the HTML report in; bcc's tools with Debian's kernel
+/// headers (tests/production.rs checks that bcc's `memleak` still attaches
+/// after alloctrace was killed; the bench compares against it).
 const APT_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -36,6 +38,8 @@ const APT_PACKAGES: &[&str] = &[
     "prometheus",
     "systemd",
     "chromium",
+    "bpfcc-tools",
+    "linux-headers-amd64",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const BTF: &str = "/sys/kernel/btf/vmlinux";
@@ -48,6 +52,7 @@ pub fn run() -> Result<()> {
         );
     }
     apt_packages()?;
+    bcc_kernel_headers()?;
     bpf_linker()?;
     nightly()?;
     Ok(())
@@ -77,6 +82,59 @@ fn apt_packages() -> Result<()> {
             .args(&missing),
     )?;
     Ok(())
+}
+
+/// bcc compiles its programs against the running kernel's headers. When
+/// the running kernel (a custom build here) has none of its own, points
+/// `/lib/modules/RELEASE/{build,source}` at Debian's: memleak's programs only
+/// need `pt_regs` and basic types from them. Also mounts tracefs, which bcc's
+/// clean-up expects.
+fn bcc_kernel_headers() -> Result<()> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .context("reading the kernel release")?;
+    let modules = PathBuf::from(format!("/lib/modules/{}", release.trim()));
+    if modules.join("build").exists() {
+        println!("ok: kernel headers for bcc ({})", modules.display());
+    } else {
+        let build = newest_headers("-amd64")
+            .context("no /usr/src/linux-headers-*-amd64 after installing linux-headers-amd64")?;
+        let source = newest_headers("-common").unwrap_or_else(|| build.clone());
+        println!(
+            "linking {}/build and source to {} and {} for bcc",
+            modules.display(),
+            build.display(),
+            source.display()
+        );
+        std::fs::create_dir_all(&modules)
+            .with_context(|| format!("mkdir {}", modules.display()))?;
+        for (name, target) in [("build", &build), ("source", &source)] {
+            let link = modules.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(target, &link)
+                .with_context(|| format!("symlink {}", link.display()))?;
+        }
+    }
+    if !Path::new("/sys/kernel/tracing/uprobe_events").exists() {
+        let _ = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+    Ok(())
+}
+
+/// The newest `/usr/src/linux-headers-*SUFFIX` directory.
+fn newest_headers(suffix: &str) -> Option<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/src")
+        .ok()?
+        .filter_map(|entry| entry.ok().map(|entry| entry.path()))
+        .filter(|path| {
+            path.file_name()
+                .and_then(|name| name.to_str())
+                .is_some_and(|name| name.starts_with("linux-headers-") && name.ends_with(suffix))
+        })
+        .collect();
+    dirs.sort();
+    dirs.pop()
 }
 
 fn bpf_linker() -> Result<()> {
