@@ -37,10 +37,18 @@ struct Chroot {
 
 impl Chroot {
     fn new(link_name: impl FnOnce(&Path) -> Vec<u8>) -> Self {
+        Self::with(SplitLibrary::new, link_name)
+    }
+
+    /// Like [`Chroot::new`], with the library `build` makes in a directory.
+    fn with(
+        build: impl FnOnce(&Path) -> SplitLibrary,
+        link_name: impl FnOnce(&Path) -> Vec<u8>,
+    ) -> Self {
         let dir = temp_dir();
         let root = dir.path().join("root");
         let program = chroot_with(&dlopen_nofp_bin(), &root);
-        let library = SplitLibrary::new(dir.path());
+        let library = build(dir.path());
         let decoy = dir.path().join("decoy.debug");
         fs::copy(&library.debug, &decoy).unwrap();
         let name = link_name(&decoy);
@@ -182,4 +190,28 @@ fn a_checked_debug_file_inside_the_chroot_names_the_lines() {
         assert!(file.ends_with("chain_nofp.c"), "{file}");
         assert_eq!(at, line, "{file}");
     }
+}
+
+#[test]
+fn a_debug_file_needing_a_supplementary_file_names_functions_without_lines() {
+    require_root();
+    // As `dwz` leaves Debian's debug files: their DWARF needs another file,
+    // named by an absolute path (here a host decoy that must stay closed).
+    let mut supplementary = PathBuf::new();
+    let chroot = Chroot::with(
+        |dir| {
+            supplementary = dir.join("decoy.dwz");
+            let library = SplitLibrary::hiding_the_chain(dir);
+            library.needing(&supplementary);
+            fs::copy(&library.debug, &supplementary).unwrap();
+            library
+        },
+        |_| DEBUG_NAME.as_bytes().to_vec(),
+    );
+    fs::copy(&chroot.library.debug, chroot.inside("lib").join(DEBUG_NAME)).unwrap();
+    // The leaf is named (only the debug file's symbol table has it), with
+    // no line.
+    let (stderr, report) = chroot.trace(&[&chroot.decoy, &supplementary]);
+    assert!(!stderr.contains(WARNING), "{stderr}");
+    assert_eq!(leaf_lines(&report), [], "{}", summarize_report(&report));
 }

@@ -32,33 +32,58 @@ pub struct SplitLibrary {
 
 impl SplitLibrary {
     pub fn new(dir: &Path) -> Self {
-        let mut flags = NO_FRAME_POINTER_CFLAGS.to_vec();
-        flags.extend(["-shared", "-fPIC", "-Wl,--build-id"]);
-        let built = compile_c("chain_nofp.c", "libchain_linked.so", &flags);
+        Self::build(dir, &[], "libchain_linked.so", "--strip-debug")
+    }
+
+    /// The library exporting only `chain_1`, stripped of all symbols: the
+    /// rest of the chain is named only by its debug file's symbol table.
+    pub fn hiding_the_chain(dir: &Path) -> Self {
+        let script = dir.join("exports.map");
+        fs::write(&script, "{ global: chain_1; local: *; };\n").unwrap();
+        let exports = format!("-Wl,--version-script={}", script.display());
+        Self::build(dir, &[&exports], "libchain_hidden.so", "--strip-all")
+    }
+
+    fn build(dir: &Path, flags: &[&str], name: &str, strip: &str) -> Self {
+        let mut all = NO_FRAME_POINTER_CFLAGS.to_vec();
+        all.extend(["-shared", "-fPIC", "-Wl,--build-id"]);
+        all.extend(flags);
+        let built = compile_c("chain_nofp.c", name, &all);
         let debug = dir.join("libchain.debug");
         let stripped = dir.join("libchain-stripped.so");
         objcopy(&["--only-keep-debug"], &built, &debug);
-        objcopy(&["--strip-debug"], &built, &stripped);
+        objcopy(&[strip], &built, &stripped);
         Self { stripped, debug }
+    }
+
+    /// Gives the debug file a `.gnu_debugaltlink` to `supplementary`, as
+    /// `dwz` does: its DWARF then needs that file.
+    pub fn needing(&self, supplementary: &Path) {
+        let mut section = supplementary.as_os_str().as_bytes().to_vec();
+        section.push(0);
+        section.extend([0xab; 20]);
+        self.add_section(".gnu_debugaltlink", &section, &self.debug, &self.debug);
     }
 
     /// The library with a `.gnu_debuglink` naming `name` with `crc`,
     /// written to `out`.
     pub fn linked(&self, name: &[u8], crc: u32, out: &Path) {
-        let section = out.with_extension("debuglink");
-        fs::write(&section, debuglink_section(name, crc)).unwrap();
-        let add = format!(".gnu_debuglink={}", section.display());
+        let section = debuglink_section(name, crc);
+        self.add_section(".gnu_debuglink", &section, &self.stripped, out);
+    }
+
+    /// Copies `input` to `output` with a section `name` holding `bytes`.
+    fn add_section(&self, name: &str, bytes: &[u8], input: &Path, output: &Path) {
+        let contents = output.with_extension(name.trim_start_matches('.'));
+        fs::write(&contents, bytes).unwrap();
+        let add = format!("{name}={}", contents.display());
+        let flags = format!("{name}=readonly");
         objcopy(
-            &[
-                "--add-section",
-                &add,
-                "--set-section-flags",
-                ".gnu_debuglink=readonly",
-            ],
-            &self.stripped,
-            out,
+            &["--add-section", &add, "--set-section-flags", &flags],
+            input,
+            output,
         );
-        fs::remove_file(&section).ok();
+        fs::remove_file(&contents).ok();
     }
 
     /// The CRC a debug link to [`SplitLibrary::debug`] carries.

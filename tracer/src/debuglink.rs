@@ -25,9 +25,9 @@
 //! blazesym is then only given files that link to nothing, by paths from
 //! which it derives nothing (`/proc/self/fd/N`, whose `.dwp` cannot exist):
 //! the binary itself when it carries its own DWARF, or the checked debug
-//! file. Everything else (a binary whose debug file is not found, a debug
-//! file that needs a supplementary file) is named from ELF symbols only.
-//! Split DWARF packages (`.dwp`) are not looked up.
+//! file. A debug file that needs a supplementary file (`dwz`) is named from
+//! its ELF symbols, read here; a binary whose debug file is not found, from
+//! its own ELF symbols. Split DWARF packages (`.dwp`) are not looked up.
 //!
 //! A process that is gone by the time its stacks are named has no root to
 //! look in: its files are then only matched with debug files by build id
@@ -47,11 +47,11 @@ use blazesym::{
     Addr,
     helper::ElfResolver,
     symbolize::{
-        FindSymOpts, ProcessMemberInfo, ProcessMemberType, Reason, Resolve, ResolvedSym, Symbolize,
-        TranslateFileOffset,
+        FindSymOpts, ProcessMemberInfo, ProcessMemberType, Reason, Resolve, ResolvedSym, SrcLang,
+        Symbolize, TranslateFileOffset,
     },
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _, ObjectSymbol as _};
 
 use crate::{
     debuginfo,
@@ -155,9 +155,10 @@ fn version(metadata: &std::fs::Metadata) -> FileVersion {
 /// about once per binary.
 pub struct DebugFiles {
     cache_dirs: Vec<PathBuf>,
-    /// DWARF resolvers, by the version of the file they read, while some
-    /// process's resolver holds them.
-    dwarf: RefCell<HashMap<FileVersion, Weak<ElfResolver>>>,
+    /// Resolvers of checked files, by the version of the file they read
+    /// and whether they read its DWARF, while some process's resolver holds
+    /// them.
+    resolvers: RefCell<HashMap<(FileVersion, bool), Weak<dyn Symbolize>>>,
     /// Debug files whose CRC matched the one expected.
     crc_matched: RefCell<HashSet<(FileVersion, u32)>>,
     /// Binaries a refusal was warned about.
@@ -170,7 +171,7 @@ impl DebugFiles {
     pub fn new(cache_dirs: Vec<PathBuf>) -> Rc<Self> {
         Rc::new(Self {
             cache_dirs,
-            dwarf: RefCell::default(),
+            resolvers: RefCell::default(),
             crc_matched: RefCell::default(),
             warned: RefCell::default(),
         })
@@ -202,18 +203,13 @@ impl DebugFiles {
         let binary = MappedFile::from_file(open_nonblocking(maps_file).ok()?).ok()?;
         let place = Place::of_process(pid, symbolic)?;
         let label = format!("{} (pid {pid})", without_deleted_mark(symbolic).0.display());
-        match self.choose(&binary, &label, &place) {
-            DebugInfo::Own => {
-                let dwarf = self.dwarf_of(binary.path())?;
-                Some(Box::new(Whole(dwarf)))
-            }
-            DebugInfo::Separate { file, dwarf: true } => {
-                let segments = Segments::read(binary.path())?;
-                let debug = self.dwarf_of(file.path())?;
-                Some(Box::new(Split { segments, debug }))
-            }
-            DebugInfo::Separate { dwarf: false, .. } | DebugInfo::SymbolsOnly => None,
-        }
+        let names = match self.choose(&binary, &label, &place) {
+            DebugInfo::Own => self.resolver_of(binary.path(), true)?,
+            DebugInfo::Separate { file, dwarf } => self.resolver_of(file.path(), dwarf)?,
+            DebugInfo::SymbolsOnly => return None,
+        };
+        let segments = Segments::read(binary.path())?;
+        Some(Box::new(Named { segments, names }))
     }
 
     /// How to symbolize `binary` (held open) of a process that is gone,
@@ -381,27 +377,32 @@ impl DebugFiles {
         }
     }
 
-    /// blazesym's DWARF resolver of the file at `path` (`/proc/self/fd/N`
-    /// of a file that links to nothing), shared by every process mapping
-    /// that version of it.
-    fn dwarf_of(&self, path: &Path) -> Option<Rc<ElfResolver>> {
-        let key = version(&std::fs::metadata(path).ok()?);
-        if let Some(resolver) = self.dwarf.borrow().get(&key).and_then(Weak::upgrade) {
+    /// The resolver of the file at `path` (`/proc/self/fd/N` of a checked
+    /// file), shared by every process mapping that version of it: blazesym's
+    /// DWARF resolver when `dwarf` (the file links to nothing), else its
+    /// ELF symbols read here.
+    fn resolver_of(&self, path: &Path, dwarf: bool) -> Option<Rc<dyn Symbolize>> {
+        let key = (version(&std::fs::metadata(path).ok()?), dwarf);
+        if let Some(resolver) = self.resolvers.borrow().get(&key).and_then(Weak::upgrade) {
             return Some(resolver);
         }
-        let no_debug_dirs: [&Path; 0] = [];
-        let resolver = match ElfResolver::open_with_debug_dirs(path, no_debug_dirs) {
-            Ok(resolver) => Rc::new(resolver),
-            Err(error) => {
-                log::debug!("reading the DWARF of {}: {error}", path.display());
-                return None;
+        let resolver: Rc<dyn Symbolize> = if dwarf {
+            let no_debug_dirs: [&Path; 0] = [];
+            match ElfResolver::open_with_debug_dirs(path, no_debug_dirs) {
+                Ok(resolver) => Rc::new(resolver),
+                Err(error) => {
+                    log::debug!("reading the DWARF of {}: {error}", path.display());
+                    return None;
+                }
             }
+        } else {
+            Rc::new(Symbols::read(path)?)
         };
-        let mut dwarf = self.dwarf.borrow_mut();
-        if dwarf.len() >= MEMORY_LIMIT {
-            dwarf.retain(|_, resolver| resolver.strong_count() > 0);
+        let mut resolvers = self.resolvers.borrow_mut();
+        if resolvers.len() >= MEMORY_LIMIT {
+            resolvers.retain(|_, resolver| resolver.strong_count() > 0);
         }
-        dwarf.insert(key, Rc::downgrade(&resolver));
+        resolvers.insert(key, Rc::downgrade(&resolver));
         Some(resolver)
     }
 }
@@ -509,47 +510,86 @@ impl Segments {
     }
 }
 
-/// A binary named from its own DWARF.
+/// A mapped file as blazesym symbolizes it: addresses placed with the
+/// file's own segments (a debug-only file's have no file contents), named
+/// by `names` (its own DWARF, or its debug file's DWARF or symbols).
 #[derive(Debug)]
-struct Whole(Rc<ElfResolver>);
-
-impl Symbolize for Whole {
-    fn find_sym(
-        &self,
-        addr: Addr,
-        opts: &FindSymOpts,
-    ) -> blazesym::Result<Result<ResolvedSym<'_>, Reason>> {
-        self.0.find_sym(addr, opts)
-    }
-}
-
-impl TranslateFileOffset for Whole {
-    fn file_offset_to_virt_offset(&self, file_offset: u64) -> blazesym::Result<Option<Addr>> {
-        self.0.file_offset_to_virt_offset(file_offset)
-    }
-}
-
-/// A binary named from a separate debug file: addresses placed with the
-/// binary's segments, named from the debug file.
-#[derive(Debug)]
-struct Split {
+struct Named {
     segments: Segments,
-    debug: Rc<ElfResolver>,
+    names: Rc<dyn Symbolize>,
 }
 
-impl Symbolize for Split {
+impl Symbolize for Named {
     fn find_sym(
         &self,
         addr: Addr,
         opts: &FindSymOpts,
     ) -> blazesym::Result<Result<ResolvedSym<'_>, Reason>> {
-        self.debug.find_sym(addr, opts)
+        self.names.find_sym(addr, opts)
     }
 }
 
-impl TranslateFileOffset for Split {
+impl TranslateFileOffset for Named {
     fn file_offset_to_virt_offset(&self, file_offset: u64) -> blazesym::Result<Option<Addr>> {
         Ok(self.segments.virtual_offset(file_offset))
+    }
+}
+
+/// The function symbols of an ELF file, for a debug file whose DWARF
+/// blazesym may not read (it needs a supplementary file): names without
+/// lines, demangled by blazesym like any other.
+#[derive(Debug)]
+struct Symbols {
+    /// (start, size, name), sorted by start.
+    functions: Vec<(u64, u64, String)>,
+}
+
+impl Symbols {
+    fn read(path: &Path) -> Option<Self> {
+        let data = map(path)?;
+        let elf = object::File::parse(&*data).ok()?;
+        let mut functions: Vec<(u64, u64, String)> = elf
+            .symbols()
+            .filter(|symbol| symbol.kind() == object::SymbolKind::Text && symbol.is_definition())
+            .filter_map(|symbol| {
+                let name = symbol.name().ok()?;
+                Some((symbol.address(), symbol.size(), name.to_owned()))
+            })
+            .collect();
+        functions.sort_unstable();
+        Some(Self { functions })
+    }
+}
+
+impl Symbolize for Symbols {
+    fn find_sym(
+        &self,
+        addr: Addr,
+        _opts: &FindSymOpts,
+    ) -> blazesym::Result<Result<ResolvedSym<'_>, Reason>> {
+        let after = self
+            .functions
+            .partition_point(|&(start, _, _)| start <= addr);
+        // The closest symbols below `addr`: one of them covers it, unless a
+        // function's size is wrong (nested symbols are few).
+        let covering = self.functions[..after]
+            .iter()
+            .rev()
+            .take(8)
+            .find(|&&(start, size, _)| addr < start + size.max(1));
+        Ok(match covering {
+            Some((start, size, name)) => Ok(ResolvedSym {
+                name,
+                module: None,
+                addr: *start,
+                size: usize::try_from(*size).ok(),
+                lang: SrcLang::Unknown,
+                code_info: None,
+                inlined: Box::new([]),
+                _non_exhaustive: (),
+            }),
+            None => Err(Reason::UnknownAddr),
+        })
     }
 }
 
