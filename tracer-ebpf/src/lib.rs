@@ -277,6 +277,11 @@ pub enum EventKind {
     /// but attributes nothing; otherwise the event carries the stack of the
     /// call.
     Brk = 12,
+    /// `mremap(old_addr, size, size, MREMAP_MAYMOVE | MREMAP_DONTUNMAP)`
+    /// returned `addr`, called from `stack_id`: the pages moved to `addr`,
+    /// and the old range stays mapped (the kernel keeps it charged; it
+    /// reads as zero-fill from then on). The call cannot resize.
+    RemapKeep = 13,
 }
 
 impl EventKind {
@@ -295,6 +300,7 @@ impl EventKind {
             10 => Some(Self::Remap),
             11 => Some(Self::Protect),
             12 => Some(Self::Brk),
+            13 => Some(Self::RemapKeep),
             _ => None,
         }
     }

@@ -1,7 +1,7 @@
 //! Mapped memory: programs on the `syscalls:sys_exit_*` tracepoints of
 //! `mmap`, `munmap`, `mremap`, `mprotect` and `brk`, turned for traced
-//! processes into `EventKind::Map`, `Unmap`, `Remap`, `Protect` and `Brk`
-//! events.
+//! processes into `EventKind::Map`, `Unmap`, `Remap` (`RemapKeep` for
+//! `MREMAP_DONTUNMAP`), `Protect` and `Brk` events.
 //!
 //! One program per call, at its exit: the arguments are still in the
 //! task's saved user registers (`bpf_task_pt_regs`), so no entry program
@@ -52,6 +52,7 @@ const PROT_NONE: u64 = 0;
 const MAP_SHARED: u64 = 0x01;
 const MAP_ANONYMOUS: u64 = 0x20;
 const MAP_NORESERVE: u64 = 0x4000;
+const MREMAP_DONTUNMAP: u64 = 4;
 
 #[tracepoint(category = "syscalls", name = "sys_exit_mmap")]
 pub fn mmap_exit(ctx: TracePointContext) -> i32 {
@@ -139,7 +140,15 @@ fn try_mremap_exit(ctx: &TracePointContext) -> Outcome {
         return Ok(());
     };
     // mremap(old_addr, old_len, new_len, flags, new_addr)
-    let (old, old_len, new_len) = (regs.rdi, regs.rsi, regs.rdx);
+    let (old, old_len, new_len, flags) = (regs.rdi, regs.rsi, regs.rdx, regs.r10);
+    if flags & MREMAP_DONTUNMAP != 0 {
+        // A mapping of the caller's own, the old one kept: it gets the
+        // stack of the call. glibc's `mremap` is no leaf (it keeps its
+        // `va_list` in a frame, without a frame pointer), so the stack
+        // starts in the wrapper, at the system call: a frame-pointer walk
+        // from there misses the wrapper's caller, `--unwind dwarf` does not.
+        return emit_with_stack_at(&hit, &regs, EventKind::RemapKeep, result, old, new_len);
+    }
     emit_hashed(
         &hit,
         EventKind::Remap,

@@ -66,6 +66,21 @@ pub struct ProcessMetrics {
     /// The largest stacks, largest first, then the rest summed: a bounded
     /// set of series per process however many stacks it has.
     pub stacks: Vec<StackMetric>,
+    /// Mapped memory, when it is traced (`--trace-memory both|mapped`).
+    pub mapped: Option<MappedMetrics>,
+}
+
+/// The mapped-memory series of one process: series of their own, beside
+/// the heap's (whose names and labels stay as they were), so a dashboard
+/// that sums `alloctrace_outstanding_bytes` keeps meaning the heap.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct MappedMetrics {
+    /// Committed bytes outstanding.
+    pub bytes: u64,
+    /// Pieces of mappings holding them.
+    pub count: u64,
+    /// The largest mapped stacks, then the rest summed, as for the heap.
+    pub stacks: Vec<StackMetric>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -243,6 +258,9 @@ struct Families {
     suspect_bytes: Family<Labels, Gauge>,
     suspect_growth: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     stack_bytes: Family<Labels, Gauge>,
+    mapped_bytes: Family<Labels, Gauge>,
+    mapped_count: Family<Labels, Gauge>,
+    mapped_stack_bytes: Family<Labels, Gauge>,
 }
 
 /// The OpenMetrics text of `snapshot`.
@@ -302,12 +320,18 @@ impl Families {
                 .get_or_create(&labels)
                 .set(suspect.growth_bytes_per_s);
         }
-        for stack in &process.stacks {
-            let mut labels = with("stack", &stack.stack);
-            labels.push(("frame".to_owned(), stack.frame.clone()));
-            self.stack_bytes
-                .get_or_create(&labels)
-                .set(stack.bytes as i64);
+        let stacks = |family: &Family<Labels, Gauge>, stacks: &[StackMetric]| {
+            for stack in stacks {
+                let mut labels = with("stack", &stack.stack);
+                labels.push(("frame".to_owned(), stack.frame.clone()));
+                family.get_or_create(&labels).set(stack.bytes as i64);
+            }
+        };
+        stacks(&self.stack_bytes, &process.stacks);
+        if let Some(mapped) = &process.mapped {
+            gauge(&self.mapped_bytes, mapped.bytes);
+            gauge(&self.mapped_count, mapped.count);
+            stacks(&self.mapped_stack_bytes, &mapped.stacks);
         }
     }
 
@@ -364,6 +388,21 @@ impl Families {
             "Outstanding bytes of the largest stacks of each process, and of the rest summed (stack other)",
             self.stack_bytes,
         );
+        r.register(
+            "alloctrace_mapped_outstanding_bytes",
+            "Committed bytes of the anonymous mappings and break growth the process made itself and still holds (--trace-memory both|mapped)",
+            self.mapped_bytes,
+        );
+        r.register(
+            "alloctrace_mapped_outstanding_mappings",
+            "Pieces of mappings holding those bytes (a mapping split by a partial munmap is two)",
+            self.mapped_count,
+        );
+        r.register(
+            "alloctrace_mapped_stack_outstanding_bytes",
+            "Committed mapped bytes of the largest mapping stacks of each process, and of the rest summed (stack other)",
+            self.mapped_stack_bytes,
+        );
         registry
     }
 }
@@ -402,6 +441,10 @@ mod tests {
             crate::report::test_stack(96, &["other_site", "main"]),
             crate::report::test_stack(60, &["third_site", "main"]),
         ];
+        let mapped_stacks = [
+            crate::report::test_stack(8192, &["pool_grow", "main"]),
+            crate::report::test_stack(4096, &["ring_map", "main"]),
+        ];
         let container = crate::container::parse(
             "/kubepods/burstable/pod0f1e2d3c-4b5a-6978-8a9b-0c1d2e3f4a5b/\
              4c2e5a9b1f3d8e7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a29180716f5e4d3c2b1a0",
@@ -429,6 +472,11 @@ mod tests {
                     growth_bytes_per_s: 80.5,
                 }],
                 stacks: bounded_stacks(&stacks, 1, 4156),
+                mapped: Some(MappedMetrics {
+                    bytes: 12288,
+                    count: 2,
+                    stacks: bounded_stacks(&mapped_stacks, 1, 12288),
+                }),
             }],
         };
         let text = render(&snapshot);
@@ -452,6 +500,15 @@ mod tests {
             format!(
                 r#"alloctrace_stack_outstanding_bytes{{{labels},stack="other",frame="[other]"}} 156"#
             ),
+            format!("alloctrace_mapped_outstanding_bytes{{{labels}}} 12288"),
+            format!("alloctrace_mapped_outstanding_mappings{{{labels}}} 2"),
+            format!(
+                r#"alloctrace_mapped_stack_outstanding_bytes{{{labels},stack="{}",frame="pool_grow"}} 8192"#,
+                stack_key(&mapped_stacks[0])
+            ),
+            format!(
+                r#"alloctrace_mapped_stack_outstanding_bytes{{{labels},stack="other",frame="[other]"}} 4096"#
+            ),
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line} in\n{text}");
         }
@@ -463,6 +520,24 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_process_without_mapped_memory_traced_has_no_mapped_series() {
+        let snapshot = MetricsSnapshot {
+            events: None,
+            processes: vec![ProcessMetrics {
+                pid: 7,
+                comm: "app".to_owned(),
+                ..ProcessMetrics::default()
+            }],
+        };
+        let text = render(&snapshot);
+        assert!(text.contains("alloctrace_outstanding_bytes{"), "{text}");
+        assert!(
+            !text.contains("alloctrace_mapped_outstanding_bytes{"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -7,7 +7,10 @@
  * xorshift) sequence, picks a slot, frees the block in it if any, and mallocs
  * a new one of 16..1040 bytes: the small-allocation churn of a busy service.
  * With `mmap`, each pair is instead an anonymous private mmap of 64 KiB and
- * its munmap (untouched: the system calls alone, the cost tracing adds to).
+ * its munmap (untouched: the system calls alone, the cost tracing adds to),
+ * after WARMUP_PAIRS untimed ones (the first calls of a process pay for its
+ * first page-table pages and the kernel's caches of VMAs and maple-tree
+ * nodes). `cargo xtask bench` runs it with one thread: see there why.
  *
  * Protocol, so a tracer can attach before anything is measured:
  *   1. print `ready <pid>` on stdout;
@@ -35,6 +38,7 @@
 #define BATCH 256
 #define MAX_THREADS 256
 #define MAP_BYTES (64 * 1024)
+#define WARMUP_PAIRS 1000
 
 /* `mmap` on the command line: map/unmap pairs instead of malloc/free. */
 static int map_pairs;
@@ -80,6 +84,16 @@ static uint64_t xorshift64(uint64_t *state)
     return *state = x;
 }
 
+static void map_pair(void)
+{
+    void *map = mmap(NULL, MAP_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED) {
+        perror("churn: mmap");
+        exit(1);
+    }
+    munmap(map, MAP_BYTES);
+}
+
 static void *churn(void *arg)
 {
     struct worker *w = arg;
@@ -87,21 +101,16 @@ static void *churn(void *arg)
     uint64_t state = 0x9E3779B97F4A7C15ull * (uint64_t)(w->index + 1);
     uint64_t pairs = 0;
 
+    for (int i = 0; i < WARMUP_PAIRS && map_pairs; i++)
+        map_pair();
     pthread_barrier_wait(w->start);
     uint64_t start = now_ns();
     uint64_t cpu_start = thread_cpu_ns();
     uint64_t deadline = start + (uint64_t)(w->seconds * 1e9);
     uint64_t end;
     do {
-        for (int i = 0; i < BATCH && map_pairs; i++) {
-            void *map = mmap(NULL, MAP_BYTES, PROT_READ | PROT_WRITE,
-                             MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (map == MAP_FAILED) {
-                perror("churn: mmap");
-                exit(1);
-            }
-            munmap(map, MAP_BYTES);
-        }
+        for (int i = 0; i < BATCH && map_pairs; i++)
+            map_pair();
         for (int i = 0; i < BATCH && !map_pairs; i++) {
             uint64_t r = xorshift64(&state);
             unsigned slot = r % SLOTS;

@@ -23,6 +23,7 @@ use crate::{
     },
     events::{Arrived, Carried},
     ledger::{Budget, Ledger, mapped::MappedLedger},
+    metrics::{MappedMetrics, bounded_stacks},
     report::{
         self, NameStacks, StackKind, StackReport, StackView, SuspectReport, TIMELINE_SUSPECTS,
     },
@@ -298,6 +299,18 @@ impl Tracee {
             self.mapped_stacks(view.now_ns),
         ]
         .concat()
+    }
+
+    /// The mapped-memory series of `--metrics-addr` at `now_ns`: its
+    /// totals and its `top` largest stacks, the rest summed (`None` when
+    /// mapped memory is not traced).
+    pub fn mapped_metrics(&self, now_ns: u64, top: usize) -> Option<MappedMetrics> {
+        let totals = self.mapped.as_ref()?.totals();
+        Some(MappedMetrics {
+            bytes: totals.outstanding_bytes,
+            count: totals.outstanding_count,
+            stacks: bounded_stacks(&self.mapped_stacks(now_ns), top, totals.outstanding_bytes),
+        })
     }
 
     /// Committed mapped bytes and pieces now (0 when not traced).

@@ -213,7 +213,8 @@ impl Ledger {
             | EventKind::Unmap
             | EventKind::Remap
             | EventKind::Protect
-            | EventKind::Brk => {}
+            | EventKind::Brk
+            | EventKind::RemapKeep => {}
         }
     }
 

@@ -32,7 +32,7 @@ use crate::{
     events::Arrived,
     ledger::{self, Budget, Ledger},
     maps::{Backing, program_break},
-    metrics::{ProcessMetrics, SuspectMetric, bounded_stacks},
+    metrics::{MappedMetrics, ProcessMetrics, SuspectMetric, bounded_stacks},
     report::{HostCounts, ProcessReport, StackReport, StackView, SuspectReport, Totals},
     stacks::{StackBudget, StackId, StackStats},
     symbolize::SharedSymbols,
@@ -360,6 +360,7 @@ impl Processes {
                         .map(SuspectMetric::from)
                         .collect(),
                     stacks: bounded_stacks(&largest, top, totals.outstanding_bytes),
+                    mapped: process.tracee.mapped_metrics(view.now_ns, top),
                 }
             })
             .collect();
@@ -370,15 +371,22 @@ impl Processes {
         if others.peek().is_some() {
             let mut totals = ledger::Totals::default();
             let mut age_bytes = AgeBuckets::default();
+            let mut mapped = self.memory.mapped().then(MappedMetrics::default);
             for (process, view) in others {
                 add_totals(&mut totals, process.tracee.ledger.totals());
                 age_bytes.merge(&view.total_ages());
+                if let Some(mapped) = &mut mapped {
+                    let (bytes, count) = process.tracee.mapped_outstanding();
+                    mapped.bytes += bytes;
+                    mapped.count += count;
+                }
             }
             series.push(ProcessMetrics {
                 pid: 0,
                 comm: "[other]".to_owned(),
                 totals: Totals::new(totals, now.lost_events),
                 age_bytes,
+                mapped,
                 ..ProcessMetrics::default()
             });
         }

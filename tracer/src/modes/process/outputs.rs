@@ -31,6 +31,7 @@ impl ProcessMode {
                 age_bytes: view.total_ages(),
                 suspects: suspects.iter().map(SuspectMetric::from).collect(),
                 stacks: bounded_stacks(&largest, self.common.top, totals.outstanding_bytes),
+                mapped: self.tracee.mapped_metrics(view.now_ns, self.common.top),
             }],
         });
     }
