@@ -5,7 +5,9 @@
 //! (`--unwind stack-copy`) finds them; and inlined frames with their own
 //! file:line. Host-wide, `--unwind auto` gives tables to a process in a
 //! chroot with its own libc; and a table cap too small for every file
-//! leaves the others to frame pointers, with one warning.
+//! leaves the others to frame pointers, with one warning. No stack shows a
+//! frame that is not code of its process: a walk stops at an rbp that is
+//! data (in the kernel, or here for frame-pointer walks).
 
 use std::path::Path;
 use std::process::Command;
@@ -49,32 +51,38 @@ const DEEP_SITES: &[DeepSite] = &[
 /// count are exact.
 fn assert_deep_chains_whole(report: &Value) {
     for site in DEEP_SITES {
-        let stacks = stacks_with_leaf(report, site.chain[0]);
-        assert!(
-            !stacks.is_empty(),
-            "no stack for {}:\n{}",
+        assert_site_exact(
+            report,
             site.chain[0],
-            summarize_report(report)
-        );
-        let (mut bytes, mut count) = (0, 0);
-        for stack in stacks {
-            let functions = frame_functions(stack);
-            assert!(
-                functions.starts_with(site.chain),
-                "stack of {} is not the whole chain {:?}: {functions:?}",
-                site.chain[0],
-                site.chain
-            );
-            bytes += as_u64(stack, "bytes");
-            count += as_u64(stack, "count");
-        }
-        assert_eq!(
-            (bytes, count),
             (site.bytes, site.count),
-            "outstanding at {}",
-            site.chain[0]
+            |functions| {
+                assert!(
+                    functions.starts_with(site.chain),
+                    "stack of {} is not the whole chain {:?}: {functions:?}",
+                    site.chain[0],
+                    site.chain
+                );
+            },
         );
     }
+}
+
+/// Checks the functions of each stack of `report` whose leaf is `leaf`
+/// with `check`, and that their bytes and count add up to `expected`.
+fn assert_site_exact(report: &Value, leaf: &str, expected: (u64, u64), check: impl Fn(&[&str])) {
+    let stacks = stacks_with_leaf(report, leaf);
+    assert!(
+        !stacks.is_empty(),
+        "no stack for {leaf}:\n{}",
+        summarize_report(report)
+    );
+    let (mut bytes, mut count) = (0, 0);
+    for stack in stacks {
+        check(&frame_functions(stack));
+        bytes += as_u64(stack, "bytes");
+        count += as_u64(stack, "count");
+    }
+    assert_eq!((bytes, count), expected, "outstanding at {leaf}");
 }
 
 /// Runs `bin` (ready/go/done protocol) under `alloctrace <args>` and returns
@@ -348,11 +356,13 @@ fn host_wide_auto_unwinds_a_chroot_with_its_own_libc_as_stack_copies_do() {
 /// libc falls back to frame pointers (counted in the totals, one warning
 /// line), tracing goes on, and the chains, all in the program's own code,
 /// stay whole with exact bytes. The table loaded first is not evicted to
-/// make room for the next one of the same process.
+/// make room for the next one of the same process. Where the walk goes on
+/// through libc by rbp (`__libc_start_call_main`, `start_thread`), no frame
+/// it shows is outside the process's code.
 #[test]
 fn files_over_the_table_cap_fall_back_to_frame_pointers_with_one_warning() {
     require_root();
-    let (_, report, output) = trace_command_with_output(
+    let (report, output, code) = trace_with_code(
         Command::new(deep_nofp_bin()),
         &["--unwind", "dwarf", "--unwind-table-memory", "64K"],
     );
@@ -367,4 +377,78 @@ fn files_over_the_table_cap_fall_back_to_frame_pointers_with_one_warning() {
     assert_eq!(warnings.len(), 1, "{}", output.stderr);
     assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
     assert_deep_chains_whole(&report);
+    assert_eq!(frames_outside(&report, &code), Vec::<String>::new());
+    as_u64(&report["totals"], "stacks_cut_in_kernel");
+    as_u64(&report["totals"], "stacks_cut_at_unmapped");
+}
+
+/// One leak site of `tests/workloads/garbage_rbp.c`: the leaf function, the
+/// frames a walk may rightly show (its caller `with_rbp` is the frame whose
+/// rbp is data), and what stays outstanding there.
+struct GarbageSite {
+    leaf: &'static str,
+    bytes: u64,
+    count: u64,
+}
+
+/// KEEP IN SYNC with tests/workloads/garbage_rbp.c.
+const GARBAGE_SITES: &[GarbageSite] = &[
+    GarbageSite {
+        leaf: "leak_below",
+        bytes: 5 * 1100,
+        count: 5,
+    },
+    GarbageSite {
+        leaf: "leak_above",
+        bytes: 7 * 1200,
+        count: 7,
+    },
+];
+
+/// Checks every [`GARBAGE_SITES`] site of `report`: its stacks are exactly
+/// `frames` after the leaf (what the walk may rightly show above it), and
+/// its bytes and count are exact.
+fn assert_garbage_sites_cut(report: &Value, after_leaf: &[&str]) {
+    for site in GARBAGE_SITES {
+        assert_site_exact(report, site.leaf, (site.bytes, site.count), |functions| {
+            assert_eq!(functions[1..], *after_leaf, "stack of {}", site.leaf);
+        });
+    }
+}
+
+/// Under the table cap, a frame whose rbp is data (a heap address below the
+/// stack; a fake frame on the stack whose return address is in no mapping)
+/// is where the in-kernel walk stops: the stack shows the frames up to it,
+/// never the garbage above it, and the cut is counted. Bytes stay exact.
+#[test]
+fn dwarf_walk_stops_at_a_frame_pointer_that_is_data() {
+    require_root();
+    let (report, _, code) = trace_with_code(
+        Command::new(garbage_rbp_bin()),
+        &["--unwind", "dwarf", "--unwind-table-memory", "64K"],
+    );
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    assert_eq!(frames_outside(&report, &code), Vec::<String>::new());
+    assert_garbage_sites_cut(&report, &["with_rbp"]);
+    let totals = &report["totals"];
+    assert!(as_u64(totals, "stacks_cut_in_kernel") >= 2, "{totals}");
+    assert!(
+        as_u64(&totals["unwind_tables"], "files_over_cap") >= 1,
+        "{totals}"
+    );
+}
+
+/// The frame-pointer walk cannot judge rbp (it has no tables), so it shows
+/// the fake frames' return address; alloctrace ends each such stack before
+/// that frame, in no executable mapping of the process, and counts it.
+#[test]
+fn frames_outside_the_process_code_are_cut_from_frame_pointer_stacks() {
+    require_root();
+    let (report, _, code) = trace_with_code(Command::new(garbage_rbp_bin()), &["--unwind", "fp"]);
+    assert_eq!(as_u64(&report["totals"], "lost_events"), 0);
+    assert_eq!(frames_outside(&report, &code), Vec::<String>::new());
+    assert_garbage_sites_cut(&report, &[]);
+    let totals = &report["totals"];
+    assert!(as_u64(totals, "stacks_cut_at_unmapped") >= 2, "{totals}");
+    assert_eq!(as_u64(totals, "stacks_cut_in_kernel"), 0, "{totals}");
 }

@@ -26,6 +26,16 @@ pub fn trace_command(command: Command, args: &[&str]) -> (String, Value) {
 
 /// [`trace_command`], with what the tracer printed.
 pub fn trace_command_with_output(command: Command, args: &[&str]) -> (String, Value, TracerOutput) {
+    trace_command_observing(command, args, |_| {})
+}
+
+/// [`trace_command_with_output`], calling `observe` with the workload's
+/// pid once it has made its allocations, while it and the tracer still run.
+pub fn trace_command_observing(
+    command: Command,
+    args: &[&str],
+    observe: impl FnOnce(u32),
+) -> (String, Value, TracerOutput) {
     let dir = temp_dir();
     let report_path = dir.path().join("report.json");
     let mut w = Workload::spawn_command(command);
@@ -34,6 +44,7 @@ pub fn trace_command_with_output(command: Command, args: &[&str]) -> (String, Va
     let tracer = Tracer::spawn(w.pid, &all, None);
     w.run();
     std::thread::sleep(SETTLE);
+    observe(w.pid);
     let ready = tracer.ready_line.clone();
     let output = tracer.stop(libc::SIGINT);
     output.assert_success();

@@ -21,6 +21,8 @@
 //!   names, and a watch on opens of host files (the debug-link tests),
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
+//! * [`plausible`]: the garbage-frame tests' workload, and the check that
+//!   every frame of a report is code of its process,
 //! * [`bounded`]: the bounded-memory tests' `stack_storm` target and the
 //!   tracer's resident memory,
 //! * [`browser`]: a headless Chromium for the HTML report (not re-exported:
@@ -49,6 +51,7 @@ pub mod java;
 pub mod kernel;
 pub mod languages;
 pub mod metrics;
+pub mod plausible;
 pub mod pprof;
 pub mod production;
 pub mod protocol;
@@ -67,6 +70,7 @@ pub use java::*;
 pub use kernel::*;
 pub use languages::*;
 pub use metrics::*;
+pub use plausible::*;
 pub use pprof::read_pprof;
 pub use protocol::*;
 pub use report::*;

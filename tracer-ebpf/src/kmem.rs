@@ -187,6 +187,7 @@ fn alloc(ctx: &TracePointContext, key: u64, bytes: u64) -> Outcome {
         hash: hash.finish(),
         count,
         complete: true,
+        cut: false,
         frames,
     };
     emit_walked(&hit, EventKind::Alloc, key, 0, bytes, &walk)

@@ -324,6 +324,15 @@ pub const INLINE_STACK: i32 = -2;
 /// stack's hash, so it is sent whole until the walk is complete.
 pub const INLINE_STACK_PARTIAL: i32 = -5;
 
+/// `stack_id` of an [`EventWithStack`] whose frames the DWARF unwinder cut
+/// short where it would have followed a frame pointer it does not believe
+/// (see [`dwarf::FRAME_POINTER_SPAN`]): in code without a table row (a
+/// file over the table-memory cap, without CFI, JIT code) rbp is a general
+/// register unless the code keeps frame pointers, and following it read
+/// garbage frames. The frames it has are right; the kernel remembers its
+/// hash as for [`INLINE_STACK`], since walking again would cut it again.
+pub const INLINE_STACK_CUT: i32 = -6;
+
 /// `stack_id` of an event that carries a copy of the caller's registers and
 /// the top of its user stack, for userspace to unwind with DWARF CFI: the
 /// record is an [`EventWithStackCopy`] followed by `stack_len` stack bytes.
@@ -498,6 +507,14 @@ pub mod dwarf {
     pub const MIN_BUCKET_SHIFT: u32 = 4;
     /// The coarsest bucket tried (64 KiB).
     pub const MAX_BUCKET_SHIFT: u32 = 16;
+    /// How far above the walk's first stack pointer a frame pointer may
+    /// point for the walk to follow it (a [`kind::FRAME_POINTER`] frame):
+    /// the largest `--stack-bytes`, as much stack as the stack-copy
+    /// unwinder ever sees. Besides, it must be 8-aligned and at or above
+    /// the current stack pointer, so that the chain strictly rises; any
+    /// other rbp is not a frame pointer, and the walk stops there
+    /// ([`super::INLINE_STACK_CUT`]).
+    pub const FRAME_POINTER_SPAN: u64 = super::MAX_STACK_COPY_BYTES as u64;
 
     /// How a row finds the caller's frame.
     pub mod kind {

@@ -15,9 +15,9 @@ use aya_ebpf::{
     maps::Array,
 };
 use tracer_ebpf::{
-    Counter, EventKind, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_PARTIAL,
-    KNOWN_STACK_SLOTS, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, STACK_COPY, STACK_COPY_CHUNK,
-    STACK_HASH, known_stack_slot,
+    Counter, EventKind, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_CUT,
+    INLINE_STACK_PARTIAL, KNOWN_STACK_SLOTS, MAX_INLINE_FRAMES, MAX_STACK_COPY_BYTES, STACK_COPY,
+    STACK_COPY_CHUNK, STACK_HASH, known_stack_slot,
 };
 
 use crate::{
@@ -155,10 +155,10 @@ pub fn emit_walked<C: EbpfContext>(
             entry.discard(0);
             return Err(Counter::StackErrors);
         }
-        let stack_id = if walk.complete {
-            INLINE_STACK
-        } else {
-            INLINE_STACK_PARTIAL
+        let stack_id = match (walk.complete, walk.cut) {
+            (false, _) => INLINE_STACK_PARTIAL,
+            (true, true) => INLINE_STACK_CUT,
+            (true, false) => INLINE_STACK,
         };
         let mut event = event(hit.pid_tgid, kind, addr, old_addr, size, stack_id);
         event.stack_hash = walk.hash;

@@ -22,8 +22,8 @@ use tokio::{
     sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
 };
 use tracer_ebpf::{
-    Event, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_PARTIAL, NO_STACK,
-    STACK_COPY,
+    Event, EventWithStack, EventWithStackCopy, INLINE_STACK, INLINE_STACK_CUT,
+    INLINE_STACK_PARTIAL, NO_STACK, STACK_COPY,
 };
 
 use crate::{
@@ -474,7 +474,7 @@ impl Epoll {
 pub fn decode(item: &[u8]) -> Option<(Event, Carried<'_>)> {
     let event = read_record::<Event>(item)?;
     let carried = match event.stack_id {
-        INLINE_STACK | INLINE_STACK_PARTIAL => {
+        INLINE_STACK | INLINE_STACK_PARTIAL | INLINE_STACK_CUT => {
             let record = read_record::<EventWithStack>(item)?;
             let count = record.frames().len();
             let offset = std::mem::offset_of!(EventWithStack, frames);

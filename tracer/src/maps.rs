@@ -123,6 +123,11 @@ pub fn find(mappings: &[Mapping], address: u64) -> Option<&Mapping> {
         .filter(|mapping| mapping.contains(address))
 }
 
+/// Whether `address` is in an executable mapping: code, compiled or JIT.
+pub fn is_code(mappings: &[Mapping], address: u64) -> bool {
+    find(mappings, address).is_some_and(|mapping| mapping.executable)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +154,23 @@ mod tests {
         assert!(find(&maps, 0x2000).is_none());
         assert!(find(&maps, 0x500).is_none());
         assert!(find(&maps, 0x4000).is_none());
+    }
+
+    #[test]
+    fn code_is_what_executable_mappings_hold() {
+        let data = Mapping {
+            executable: false,
+            ..mapping(0x5000, 0x6000, Backing::Special("[heap]".into()))
+        };
+        let maps = [
+            mapping(0x1000, 0x2000, Backing::File("/bin/a".into())),
+            mapping(0x3000, 0x4000, Backing::Anonymous),
+            data,
+        ];
+        assert!(is_code(&maps, 0x1abc));
+        assert!(is_code(&maps, 0x3010), "JIT code in anonymous memory");
+        assert!(!is_code(&maps, 0x5010), "the heap");
+        assert!(!is_code(&maps, 0x2010), "between mappings");
     }
 
     #[test]

@@ -24,7 +24,7 @@ use std::{collections::HashMap, rc::Rc};
 use foldhash::fast::FixedState;
 use tracer_ebpf::{Event, STACK_HASH};
 
-pub use self::budget::{DEFAULT_MAX_STACKS, StackBudget, StackStats};
+pub use self::budget::{Cuts, DEFAULT_MAX_STACKS, StackBudget, StackStats};
 use crate::{clock::monotonic_ns, events::Carried};
 
 /// One distinct stack of one process, or [`StackId::NONE`] for blocks whose
@@ -190,8 +190,15 @@ impl StackTable {
     }
 
     /// `hash` names stack `id` from now on.
+    /// A hash the kernel was asked to send again ([`Self::send_again`])
+    /// may come back with other frames: it then moves to their stack.
     fn learn(&mut self, hash: u64, id: StackId) {
-        self.hashed.insert(hash, id);
+        if let Some(before) = self.hashed.insert(hash, id)
+            && before != id
+            && let Some(entry) = self.entries.get_mut(&before)
+        {
+            entry.hashes.retain(|&other| other != hash);
+        }
         self.retiring.remove(&hash);
         if let Some(entry) = self.entries.get_mut(&id)
             && !entry.hashes.contains(&hash)
@@ -270,6 +277,16 @@ impl StackTable {
         });
     }
 
+    /// Makes the kernel send the frames hashed `hash` again the next time
+    /// it walks that stack (their stack was made from a judgement that may
+    /// change, see `symbolize::plausible`); meanwhile the hash keeps
+    /// naming the stack it names.
+    pub fn send_again(&self, hash: u64) {
+        if let Some(kernel) = self.budget.kernel() {
+            kernel.forget(hash);
+        }
+    }
+
     /// The return addresses of `stack`, leaf first (none for
     /// [`StackId::NONE`], an evicted stack or an id of another table).
     pub fn addresses(&self, stack: StackId) -> &[u64] {
@@ -338,6 +355,24 @@ mod tests {
     }
 
     #[test]
+    fn a_hash_sent_again_with_other_frames_names_the_new_stack_only() {
+        let mut table = StackTable::new();
+        let cut = table.stack_of(&event_at(INLINE_STACK, 9, 10), Carried::Frames(&[5]));
+        let whole = table.stack_of(&event_at(INLINE_STACK, 9, 20), Carried::Frames(&[5, 6]));
+        assert_ne!(cut, whole);
+        assert_eq!(
+            table.stack_of(&event_at(STACK_HASH, 9, 30), Carried::Nothing),
+            whole
+        );
+        // Evicting the first stack leaves the hash to the second.
+        assert_eq!(table.evict(1, 40, |stack| stack == whole), [cut]);
+        assert_eq!(
+            table.stack_of(&event_at(STACK_HASH, 9, 50), Carried::Nothing),
+            whole
+        );
+    }
+
+    #[test]
     fn identical_stacks_share_one_id_and_different_ones_do_not() {
         let mut table = StackTable::new();
         let a = table.intern(&[1, 2, 3]);
@@ -397,7 +432,8 @@ mod tests {
             budget.stats(),
             StackStats {
                 stacks: 2,
-                evicted: 2
+                evicted: 2,
+                cut: Cuts::default(),
             }
         );
         drop(table);

@@ -39,6 +39,10 @@ use blazesym::{
 };
 use serde::{Serialize, Serializer};
 
+mod plausible;
+
+pub use self::plausible::Plausible;
+
 use crate::{
     debuginfo,
     debuglink::{self, DebugFiles, DebugInfo},
@@ -206,6 +210,8 @@ pub struct ProcessSymbolizer {
     target_alive: bool,
     /// When the memory map was last read (see [`MAPS_REREAD_PERIOD`]).
     maps_read_at: Instant,
+    /// The same on the events' clock (see [`Self::plausible_frames`]).
+    maps_read_ns: u64,
     /// Set for the kernel's own stacks (see [`ProcessSymbolizer::kernel`]).
     kernel: Option<KernelModules>,
 }
@@ -232,6 +238,7 @@ impl ProcessSymbolizer {
             perf_map: PerfMap::default(),
             target_alive: true,
             maps_read_at: Instant::now(),
+            maps_read_ns: 0,
             kernel: None,
         };
         this.refresh_maps();
@@ -248,6 +255,7 @@ impl ProcessSymbolizer {
             perf_map: PerfMap::default(),
             target_alive: true,
             maps_read_at: Instant::now(),
+            maps_read_ns: 0,
             kernel: Some(KernelModules::read()),
         }
     }
@@ -279,11 +287,15 @@ impl ProcessSymbolizer {
         // A process that has exited (a zombie, until it is reaped) reads as
         // having no maps at all; caching that would replace the last good
         // view, the only one left to symbolize its stacks with.
+        // Stamped before the read: an event stamped after it began may have
+        // code the read missed.
+        let read_ns = crate::clock::monotonic_ns();
         let Some(mappings) = maps::read(self.pid).filter(|mappings| !mappings.is_empty()) else {
             return;
         };
         self.mappings = mappings;
         self.maps_read_at = Instant::now();
+        self.maps_read_ns = read_ns;
         // Not its perf map: blazesym would open `/proc/PID/root/tmp/...` by
         // path, following a symlink out of the process's root or waiting on
         // a FIFO forever; `crate::perfmap` reads it safely.

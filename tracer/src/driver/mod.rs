@@ -445,6 +445,8 @@ impl Driver<'_> {
             unwind_tables: self.tables.as_ref().map(TableLoader::stats),
             stacks: stacks.stacks,
             evicted_stacks: stacks.evicted,
+            stacks_cut_in_kernel: stacks.cut.in_kernel,
+            stacks_cut_at_unmapped: stacks.cut.at_unmapped,
             probe_checks: mode.probe_checks(),
             ..Totals::new(mode.totals(), now.lost_events)
         }

@@ -9,7 +9,7 @@ use std::{
     rc::Rc,
 };
 
-use tracer_ebpf::Event;
+use tracer_ebpf::{Event, INLINE_STACK_CUT, INLINE_STACK_PARTIAL};
 
 use crate::{
     analysis::{
@@ -108,12 +108,34 @@ impl Tracee {
     /// The id of the stack `event` carries; a stack seen for the first time
     /// is symbolized now, while the process is there to be read.
     pub fn resolve(&mut self, event: &Event, carried: Carried<'_>) -> StackId {
+        let carried = self.cut_implausible(event, carried);
         let known = self.stacks.len();
         let stack = self.stacks.stack_of(event, carried);
         if self.stacks.len() > known {
             self.symbols.symbolize_new(self.stacks.addresses(stack));
         }
         stack
+    }
+
+    /// The frames `event` carries up to the first that is not a return
+    /// address (see `symbolize::plausible`), counting the stacks cut here
+    /// and those the kernel cut. A cut that code mapped since may undo
+    /// has the kernel send the stack again, to be judged again.
+    fn cut_implausible<'a>(&mut self, event: &Event, carried: Carried<'a>) -> Carried<'a> {
+        let Carried::Frames(frames) = carried else {
+            return carried;
+        };
+        let maps_changed = event.stack_id == INLINE_STACK_PARTIAL;
+        let judged = (self.symbols).plausible_frames(frames, event.timestamp_ns, maps_changed);
+        let cut = judged.kept < frames.len();
+        let in_kernel = event.stack_id == INLINE_STACK_CUT;
+        if in_kernel || cut {
+            (self.stacks.budget()).count_cut(in_kernel, cut);
+        }
+        if judged.unsure && event.stack_hash != 0 {
+            self.stacks.send_again(event.stack_hash);
+        }
+        Carried::Frames(&frames[..judged.kept])
     }
 
     /// Applies one allocator event to the ledger.

@@ -155,6 +155,14 @@ pub struct Totals {
     /// Stacks evicted beyond `--max-stacks` (holding nothing outstanding);
     /// one that recurred was counted again, as a new stack.
     pub evicted_stacks: u64,
+    /// Stacks the in-kernel DWARF unwinder ended at a frame pointer it did
+    /// not believe (in code without a table row, where rbp may hold
+    /// anything), rather than follow it to garbage frames.
+    pub stacks_cut_in_kernel: u64,
+    /// Stacks ended here at the first frame past the leaf in no executable
+    /// mapping of the process (and not named JIT code): a frame found
+    /// through a stale or garbage frame pointer.
+    pub stacks_cut_at_unmapped: u64,
     /// The in-kernel DWARF unwinder's tables: memory and fallbacks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unwind_tables: Option<TableStats>,
@@ -178,6 +186,8 @@ impl Totals {
             allocated_bytes: ledger.allocated_bytes,
             stacks: 0,
             evicted_stacks: 0,
+            stacks_cut_in_kernel: 0,
+            stacks_cut_at_unmapped: 0,
             unwind_tables: None,
             probe_checks: None,
         }

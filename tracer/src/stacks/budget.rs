@@ -25,6 +25,7 @@ struct State {
     max: usize,
     used: Cell<usize>,
     evicted: Cell<u64>,
+    cut: Cell<Cuts>,
     kernel: Option<KnownStacks>,
 }
 
@@ -35,6 +36,20 @@ pub struct StackStats {
     pub stacks: u64,
     /// Stacks evicted since tracing began.
     pub evicted: u64,
+    /// Stacks cut short rather than shown with garbage frames.
+    pub cut: Cuts,
+}
+
+/// Stacks cut short where a walk would have shown frames that are not
+/// return addresses, by where (each time the kernel sends the frames: once
+/// per stack, but for walks it sends again until they are complete).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Cuts {
+    /// By the in-kernel DWARF unwinder, at a frame pointer it did not
+    /// believe (`tracer_ebpf::INLINE_STACK_CUT`).
+    pub in_kernel: u64,
+    /// Here, at a frame in no executable mapping of the process.
+    pub at_unmapped: u64,
 }
 
 impl StackBudget {
@@ -45,6 +60,7 @@ impl StackBudget {
             max: max.max(1),
             used: Cell::new(0),
             evicted: Cell::new(0),
+            cut: Cell::new(Cuts::default()),
             kernel,
         }))
     }
@@ -73,7 +89,17 @@ impl StackBudget {
         StackStats {
             stacks: self.0.used.get() as u64,
             evicted: self.0.evicted.get(),
+            cut: self.0.cut.get(),
         }
+    }
+
+    /// Counts one stack the kernel cut (`in_kernel`) and one cut here at
+    /// an unmapped frame (`at_unmapped`).
+    pub fn count_cut(&self, in_kernel: bool, at_unmapped: bool) {
+        let mut cut = self.0.cut.get();
+        cut.in_kernel += u64::from(in_kernel);
+        cut.at_unmapped += u64::from(at_unmapped);
+        self.0.cut.set(cut);
     }
 
     pub(super) fn added(&self) {
