@@ -1,5 +1,6 @@
 //! `--kernel` runs: starting the tracer in kernel mode, asking it for its
-//! report while it runs (SIGUSR1), and reading kernel stacks: the task
+//! report while it runs (SIGUSR1), once or until it shows something, and
+//! reading kernel stacks: the task
 //! frame each ends with, a slab cache's object size.
 
 use std::{
@@ -42,6 +43,26 @@ pub fn report_now(tracer: &Tracer, path: &Path) -> Value {
         std::thread::sleep(Duration::from_millis(50));
     }
     read_json(path)
+}
+
+/// Asks the running `tracer` for its report at `path` (see [`report_now`])
+/// every half second until `done` accepts one or `timeout` passes; returns
+/// the last, with its file removed.
+pub fn wait_for_report(
+    tracer: &Tracer,
+    path: &Path,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let report = report_now(tracer, path);
+        std::fs::remove_file(path).unwrap_or_else(|e| panic!("remove {}: {e}", path.display()));
+        if done(&report) || Instant::now() > deadline {
+            return report;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// The name of the task a kernel stack ends with (its `[task]` frame).

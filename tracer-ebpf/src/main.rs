@@ -52,7 +52,8 @@
 //!   `alloc_exit` wrappers around fallible `try_*` bodies that apply the
 //!   nesting rules above; `lifecycle`: the tracepoint programs; `mapped`:
 //!   the `fexit` programs on the mapping system calls; `kmem`: the
-//!   kernel's own allocations (`--kernel`), with kernel stacks;
+//!   kernel's own allocations (`--kernel`), with kernel stacks from
+//!   `kernel_stacks` (unwound, or cached by allocation path);
 //! - `calls`: the call in flight on each thread; `sampling`:
 //!   `--sample-rate`; `filter`: the host-wide process filter;
 //! - `stacks`: the stack an allocation event carries (a walked stack, sent
@@ -95,6 +96,8 @@ mod filter;
 mod framewalk;
 #[cfg(target_arch = "bpf")]
 mod hit;
+#[cfg(target_arch = "bpf")]
+mod kernel_stacks;
 #[cfg(target_arch = "bpf")]
 mod kmem;
 #[cfg(target_arch = "bpf")]

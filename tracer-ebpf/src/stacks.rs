@@ -47,6 +47,13 @@ shared_map!(
     static KNOWN_STACKS: Array<u64> = Array::with_max_entries(KNOWN_STACK_SLOTS, 0);
 );
 
+/// Whether the frames of the stack hashed `hash` were sent and userspace
+/// still knows them: an event may then name the stack by its hash alone.
+#[inline(always)]
+pub fn is_known(hash: u64) -> bool {
+    KNOWN_STACKS.get(known_stack_slot(hash)) == Some(&hash)
+}
+
 /// Writes an allocation event with the caller's user stack: a copy of the
 /// stack for userspace to unwind in DWARF mode; otherwise the frame-pointer
 /// chain, as frames the first time this stack is seen and by hash after.
@@ -87,8 +94,7 @@ pub fn emit_with_stack_at<C: EbpfContext>(
     // The process is part of the name: the same addresses mean other code
     // in another process (host-wide mode).
     let (hash, _) = walk_frames(ip, bp, tgid, |_, _| {});
-    let known_slot = known_stack_slot(hash);
-    if KNOWN_STACKS.get(known_slot) == Some(&hash) {
+    if is_known(hash) {
         return emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, hash);
     }
     let mut entry = ring()
@@ -112,7 +118,7 @@ pub fn emit_with_stack_at<C: EbpfContext>(
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     // Only now: a CPU that finds the hash known must find the frames
     // already in the ring ahead of its own event.
-    if let Some(known) = KNOWN_STACKS.get_ptr_mut(known_slot) {
+    if let Some(known) = KNOWN_STACKS.get_ptr_mut(known_stack_slot(hash)) {
         // SAFETY: plain data; when two CPUs race for the slot, one of their
         // stacks is only sent again later.
         unsafe { *known = hash };
@@ -134,8 +140,7 @@ pub fn emit_walked<C: EbpfContext>(
     size: u64,
     walk: &dwarf::Walk,
 ) -> Outcome {
-    let known_slot = known_stack_slot(walk.hash);
-    if walk.complete && KNOWN_STACKS.get(known_slot) == Some(&walk.hash) {
+    if walk.complete && is_known(walk.hash) {
         return emit_hashed(hit, kind, addr, old_addr, size, STACK_HASH, walk.hash);
     }
     let mut entry = ring()
@@ -167,7 +172,7 @@ pub fn emit_walked<C: EbpfContext>(
     }
     entry.submit(BPF_RB_FORCE_WAKEUP as u64);
     if walk.complete
-        && let Some(known) = KNOWN_STACKS.get_ptr_mut(known_slot)
+        && let Some(known) = KNOWN_STACKS.get_ptr_mut(known_stack_slot(walk.hash))
     {
         // SAFETY: as in `emit_with_stack`.
         unsafe { *known = walk.hash };

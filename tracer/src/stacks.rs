@@ -148,8 +148,9 @@ impl StackTable {
         self.intern_at(frames, 0)
     }
 
-    /// [`Self::intern`] for an event stamped `at_ns`.
-    fn intern_at(&mut self, frames: &[u64], at_ns: u64) -> StackId {
+    /// [`Self::intern`] for an event stamped `at_ns`: the stack is not idle
+    /// (see [`Self::evict`]) until events up to then are applied.
+    pub fn intern_at(&mut self, frames: &[u64], at_ns: u64) -> StackId {
         if let Some(&id) = self.ids.get(frames) {
             self.touch(id, at_ns);
             return id;
@@ -207,7 +208,9 @@ impl StackTable {
         }
     }
 
-    fn touch(&mut self, id: StackId, at_ns: u64) {
+    /// Stack `id` is named by an event stamped `at_ns` (see
+    /// [`Self::intern_at`]).
+    pub fn touch(&mut self, id: StackId, at_ns: u64) {
         if let Some(entry) = self.entries.get_mut(&id) {
             entry.last_seen_ns = entry.last_seen_ns.max(at_ns);
         }

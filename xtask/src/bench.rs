@@ -50,6 +50,9 @@ pub struct Args {
     /// Run only the mmap+munmap rows (mapped-memory tracing's cost per pair)
     #[arg(long, conflicts_with = "soak_only")]
     pub mapped_only: bool,
+    /// Run only the kernel workload (`--kernel`'s slowdown)
+    #[arg(long, conflicts_with_all = ["soak_only", "mapped_only"])]
+    pub kernel_only: bool,
 }
 
 /// How long a tracer may take to attach before the run is abandoned.
@@ -187,6 +190,11 @@ pub fn run(args: &Args) -> Result<()> {
         let soak = bench_soak::measure(&tracer, &out)?;
         soak.print();
         return soak.check();
+    }
+    if args.kernel_only {
+        let kernel = bench_kernel::measure(&tracer, &out, args.rounds, args.seconds)?;
+        kernel.print();
+        return Ok(());
     }
     let churn = compile_churn(&out, "churn", "-fno-omit-frame-pointer")?;
     let churn_nofp = compile_churn(&out, "churn_nofp", "-fomit-frame-pointer")?;

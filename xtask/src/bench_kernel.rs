@@ -6,7 +6,8 @@
 //! for several rounds; the slowdown is the ratio of the medians of its CPU
 //! time (user + system, where the kernel programs run) per operation, and
 //! each round's ratio is kept too. The tracer's own report says how many
-//! kernel allocations it saw and whether any event was lost.
+//! kernel allocations it saw, whether any event was lost, and what its
+//! kernel stack cache did (stacks cached, unwound, checks found wrong).
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -30,6 +31,9 @@ pub struct KernelCost {
     /// Kernel allocations the tracer saw per round, and events it lost.
     allocs: Vec<u64>,
     lost_events: Vec<u64>,
+    /// The tracer's kernel stack cache and skipped runs, per round (its
+    /// report's `kernel_stack_*` and `recursion_*` totals).
+    cache: Vec<Value>,
 }
 
 impl KernelCost {
@@ -60,6 +64,7 @@ impl KernelCost {
             "round_ratios": self.round_ratios(),
             "kernel_allocs": self.allocs,
             "lost_events": self.lost_events,
+            "stack_cache": self.cache,
         })
     }
 
@@ -78,6 +83,18 @@ impl KernelCost {
             Self::median(&self.allocs.iter().map(|&n| n as f64).collect::<Vec<_>>()),
             self.lost_events,
         );
+        for (round, cache) in self.cache.iter().enumerate() {
+            let count = |key: &str| cache[key].as_u64().unwrap_or(0);
+            println!(
+                "  round {}: {} stacks from the cache, {} unwound; {} of {} checks wrong; {} frees skipped",
+                round + 1,
+                count("kernel_stack_cache_hits") - count("kernel_stack_cache_checks"),
+                count("kernel_stack_unwinds"),
+                count("kernel_stack_cache_mismatches"),
+                count("kernel_stack_cache_checks"),
+                count("recursion_missed_frees"),
+            );
+        }
     }
 }
 
@@ -90,6 +107,7 @@ pub fn measure(tracer: &Path, out: &Path, rounds: u32, seconds: f64) -> Result<K
         traced_ns: Vec::new(),
         allocs: Vec::new(),
         lost_events: Vec::new(),
+        cache: Vec::new(),
     };
     for round in 1..=rounds {
         let untraced = run_workload(&workload, seconds)?;
@@ -97,7 +115,9 @@ pub fn measure(tracer: &Path, out: &Path, rounds: u32, seconds: f64) -> Result<K
         let _ = std::fs::remove_file(&report);
         let tracing = KernelTracer::start(tracer, &report)?;
         let traced = run_workload(&workload, seconds)?;
-        let (allocs, lost) = tracing.finish(&report)?;
+        let totals = tracing.finish(&report)?;
+        let count = |key: &str| totals[key].as_u64().unwrap_or(0);
+        let (allocs, lost) = (count("allocs"), count("lost_events"));
         eprintln!(
             "bench: round {round}/{rounds} kernel workload {:.1} µs/op untraced, {:.1} µs/op with \
              --kernel ({allocs} kernel allocations, {lost} lost)",
@@ -108,6 +128,7 @@ pub fn measure(tracer: &Path, out: &Path, rounds: u32, seconds: f64) -> Result<K
         cost.traced_ns.push(traced);
         cost.allocs.push(allocs);
         cost.lost_events.push(lost);
+        cost.cache.push(cache_counts(&totals));
     }
     Ok(cost)
 }
@@ -152,6 +173,19 @@ fn run_workload(bin: &Path, seconds: f64) -> Result<f64> {
         .with_context(|| format!("the kernel workload printed `{line}`, expected `ns_per_op N`"))
 }
 
+/// The stack cache's and skipped runs' keys of a report's `totals`.
+fn cache_counts(totals: &Value) -> Value {
+    let keys = totals
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter(|(key, _)| key.starts_with("kernel_stack_") || key.starts_with("recursion_"));
+    Value::Object(
+        keys.map(|(key, value)| (key.clone(), value.clone()))
+            .collect(),
+    )
+}
+
 /// `alloctrace --kernel`, running.
 struct KernelTracer {
     child: Child,
@@ -190,9 +224,8 @@ impl KernelTracer {
         }
     }
 
-    /// Stops it (SIGINT) and returns the allocations and lost events of its
-    /// report.
-    fn finish(mut self, report: &Path) -> Result<(u64, u64)> {
+    /// Stops it (SIGINT) and returns its report's totals.
+    fn finish(mut self, report: &Path) -> Result<Value> {
         // SAFETY: kill(2) on our own child, which has not been reaped.
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
         let deadline = Instant::now() + TRACER_TIMEOUT;
@@ -208,12 +241,8 @@ impl KernelTracer {
         util::check(status, "alloctrace --kernel")?;
         let text = std::fs::read_to_string(report)
             .with_context(|| format!("reading {}", report.display()))?;
-        let report: Value = serde_json::from_str(&text)?;
-        let totals = &report["totals"];
-        Ok((
-            totals["allocs"].as_u64().unwrap_or(0),
-            totals["lost_events"].as_u64().unwrap_or(0),
-        ))
+        let mut report: Value = serde_json::from_str(&text)?;
+        Ok(report["totals"].take())
     }
 }
 

@@ -40,8 +40,8 @@ use crate::{
     ledger,
     probes::{Counters, KernelMaps, Probes},
     report::{
-        self, LogFormat, Report, SummaryState, Totals, folded_lines, write_atomically,
-        write_flamegraph_lines,
+        self, KernelCounts, LogFormat, Report, SummaryState, Totals, folded_lines,
+        write_atomically, write_flamegraph_lines,
     },
     stacks::{StackId, StackStats},
     unwind::{
@@ -141,6 +141,11 @@ pub trait Mode {
     /// What the checks of the probes' breakpoints found, if the mode makes
     /// them.
     fn probe_checks(&self) -> Option<ProbeChecks> {
+        None
+    }
+
+    /// `--kernel`'s own counts, read from the programs' `counters`.
+    fn kernel_counts(&self, _counters: &Counters) -> Option<KernelCounts> {
         None
     }
 
@@ -270,6 +275,7 @@ pub async fn run<M: Mode>(
     driver.print_tick(&mut mode);
     driver.write_outputs(&mode)?;
     driver.log_counters();
+    driver.warn_skipped_frees(&mode);
     mode.finish(stop)
 }
 
@@ -448,6 +454,7 @@ impl Driver<'_> {
             stacks_cut_in_kernel: stacks.cut.in_kernel,
             stacks_cut_at_unmapped: stacks.cut.at_unmapped,
             probe_checks: mode.probe_checks(),
+            kernel: mode.kernel_counts(&self.counters),
             ..Totals::new(mode.totals(), now.lost_events)
         }
     }
@@ -544,6 +551,16 @@ impl Driver<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Frees the kernel skipped leave blocks outstanding: say how many.
+    fn warn_skipped_frees<M: Mode>(&self, mode: &M) {
+        let warning = mode
+            .kernel_counts(&self.counters)
+            .and_then(|counts| counts.skipped_frees_warning());
+        if let Some(warning) = warning {
+            eprintln!("{warning}");
+        }
     }
 
     fn log_counters(&self) {

@@ -5,9 +5,12 @@
 //! (neither is available to BPF on every machine): each is one
 //! `perf_event_open` and needs only the tracepoint itself.
 
-use anyhow::Context as _;
+use std::os::fd::AsFd as _;
 
-use super::Probes;
+use anyhow::Context as _;
+use aya::programs::TracePoint;
+
+use super::{Probes, ProgramStats};
 
 /// Each program of `kmem.rs`, its tracepoint's category and name. Frees
 /// first: a block whose allocation is seen must have its free seen too,
@@ -23,9 +26,16 @@ const KMEM_PROGRAMS: &[(&str, &str, &str)] = &[
     ("percpu_alloc", "percpu", "percpu_alloc_percpu"),
 ];
 
+/// Whether the program named `name` (of [`KMEM_PROGRAMS`]) frees.
+pub fn is_free_program(name: &str) -> bool {
+    name.ends_with("free")
+}
+
 impl Probes {
-    /// Attaches every program of the kernel's own allocations.
-    pub fn attach_kernel(&mut self) -> anyhow::Result<()> {
+    /// Attaches every program of the kernel's own allocations; returns what
+    /// reads their skipped runs, which outlives their detaching.
+    pub fn attach_kernel(&mut self) -> anyhow::Result<ProgramStats> {
+        let mut programs = Vec::new();
         for (name, category, tracepoint) in KMEM_PROGRAMS {
             let program = self.loaded_tracepoint(name)?;
             program.attach(category, tracepoint).with_context(|| {
@@ -35,7 +45,13 @@ impl Probes {
                      tracefs)"
                 )
             })?;
+            programs.push((*name, owned_fd(program).context(*name)?));
         }
-        Ok(())
+        Ok(ProgramStats::new(programs))
     }
+}
+
+/// A duplicate of `program`'s file descriptor.
+fn owned_fd(program: &TracePoint) -> anyhow::Result<std::os::fd::OwnedFd> {
+    Ok(program.fd()?.as_fd().try_clone_to_owned()?)
 }

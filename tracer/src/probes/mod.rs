@@ -12,6 +12,7 @@ mod kmem;
 mod known;
 mod multi;
 mod perf_link;
+mod program_stats;
 
 use std::{
     num::NonZeroU32,
@@ -33,11 +34,11 @@ use tracer_ebpf::{
     STACK_COPY_BYTES_GLOBAL, TARGET_PID_GLOBAL, THREAD_SLOTS_GLOBAL, TRACED_COMMS_MAP, dwarf,
 };
 
-pub use self::known::KnownStacks;
 use self::{
     guardian::{Guardian, LinkKind},
     multi::{LinkTarget, MultiPrograms},
 };
+pub use self::{kmem::is_free_program, known::KnownStacks, program_stats::ProgramStats};
 use crate::{
     placement::{Plan, RETURN_PROGRAM, Returns},
     sampling::Sampling,

@@ -12,6 +12,7 @@ mod folded;
 mod frame_name;
 mod gate;
 pub mod html;
+mod kernel_counts;
 mod pprof;
 mod summary;
 mod views;
@@ -30,6 +31,7 @@ pub use flamegraph::{write_differential_flamegraph, write_flamegraph, write_flam
 pub use folded::{folded_line, folded_lines, folded_lines_under};
 pub use frame_name::FrameName;
 pub use gate::{NamedOffender, gate_failure};
+pub use kernel_counts::KernelCounts;
 pub use pprof::{PprofInput, PprofStack, write_pprof};
 pub use summary::{Summary, SummaryState, bytes, signed_bytes, write_top_stacks};
 pub use views::{HeapViews, TickViews, why_suspect};
@@ -170,6 +172,9 @@ pub struct Totals {
     /// and how many were found missing (see `crate::armed`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe_checks: Option<ProbeChecks>,
+    /// `--kernel`: the stack cache and the runs the kernel skipped.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounts>,
 }
 
 impl Totals {
@@ -190,6 +195,7 @@ impl Totals {
             stacks_cut_at_unmapped: 0,
             unwind_tables: None,
             probe_checks: None,
+            kernel: None,
         }
     }
 }

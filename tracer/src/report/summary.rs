@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::SystemTime};
 
 use serde::Serialize;
 
-use super::{StackKind, StackReport, SuspectReport, TickViews, Totals};
+use super::{KernelCounts, StackKind, StackReport, SuspectReport, TickViews, Totals};
 use crate::{
     analysis::AgeBuckets,
     symbolize::{Frame, TASK_MODULE},
@@ -34,6 +34,9 @@ pub struct Summary {
     pub dropped_allocations: u64,
     /// Stacks evicted since tracing began (`--max-stacks`).
     pub evicted_stacks: u64,
+    /// `--kernel`: the stack cache and the runs the kernel skipped.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<KernelCounts>,
     /// Largest outstanding stacks.
     pub top: Vec<StackReport>,
     /// Outstanding bytes of all stacks by age.
@@ -80,6 +83,7 @@ impl SummaryState {
             preexisting_frees: totals.preexisting_frees,
             dropped_allocations: totals.dropped_allocations,
             evicted_stacks: totals.evicted_stacks,
+            kernel: totals.kernel,
             top,
             age_bytes,
             suspects,
@@ -105,7 +109,7 @@ impl Summary {
     /// The totals line and the ages line.
     pub fn headline(&self) -> String {
         let mut text = format!(
-            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}{}\n",
+            "{} outstanding {} in {} blocks ({}, {:+} blocks) | {:.0} allocs/s {:.0} frees/s | lost {}{}{}{}\n",
             self.ts,
             bytes(self.outstanding_bytes),
             self.outstanding_count,
@@ -124,6 +128,10 @@ impl Summary {
             } else {
                 String::new()
             },
+            self.kernel
+                .as_ref()
+                .map(KernelCounts::headline)
+                .unwrap_or_default(),
         );
         let ages: Vec<String> = self
             .age_bytes

@@ -17,6 +17,7 @@
 //! leak gate's warm-up is its only wakeup. Stacks are of kind `kernel` in
 //! every output.
 
+mod counts;
 mod tasks;
 
 use std::pin::Pin;
@@ -32,8 +33,8 @@ use crate::{
     events::{Arrived, Carried},
     ledger::{self, Budget, Ledger},
     memory_limit,
-    probes::{Probes, Settings, UprobeLinks},
-    report::{self, Report, StackKind, StackReport, Summary, SummaryState, Totals},
+    probes::{Counters, Probes, ProgramStats, Settings, UprobeLinks},
+    report::{self, KernelCounts, Report, StackKind, StackReport, Summary, SummaryState, Totals},
     stacks::{StackBudget, StackId, StackStats},
     symbolize::{ProcessSymbolizer, SharedSymbols},
 };
@@ -53,6 +54,8 @@ pub struct KernelMode {
     warm_up: Pin<Box<Sleep>>,
     /// The running kernel's release, for the report.
     release: String,
+    /// The programs' skipped runs.
+    programs: ProgramStats,
 }
 
 /// What wakes kernel mode besides events and timers.
@@ -79,7 +82,7 @@ impl KernelMode {
         // Symbols first: a stack is named on first sight, and kallsyms is
         // read once.
         let symbols = ProcessSymbolizer::kernel(SharedSymbols::new());
-        probes.attach_kernel()?;
+        let programs = probes.attach_kernel()?;
         let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|release| release.trim().to_owned())
             .unwrap_or_default();
@@ -107,6 +110,7 @@ impl KernelMode {
             gate,
             warm_up: Box::pin(sleep_until(warm_up)),
             release,
+            programs,
         };
         let attached = Attached {
             probes,
@@ -126,7 +130,7 @@ impl KernelMode {
             return stack;
         }
         self.tasks
-            .stack_with_task(&mut self.tracee, stack, event.pid)
+            .stack_with_task(&mut self.tracee, stack, event.pid, event.timestamp_ns)
     }
 
     fn waiting_for_gate_baseline(&self) -> bool {
@@ -175,11 +179,19 @@ impl Mode for KernelMode {
     }
 
     fn after_drain(&mut self) {
+        let evicted = self.stack_stats().evicted;
         self.tracee.evict_over_budget();
+        if self.stack_stats().evicted != evicted {
+            self.tasks.forget_stacks();
+        }
     }
 
     fn stack_stats(&self) -> StackStats {
         self.tracee.stacks.budget().stats()
+    }
+
+    fn kernel_counts(&self, counters: &Counters) -> Option<KernelCounts> {
+        Some(counts::read(counters, &self.programs))
     }
 
     async fn wakeup(&mut self) -> Wakeup {
