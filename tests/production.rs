@@ -400,14 +400,14 @@ fn a_perf_map_owned_by_the_process_user_names_its_jit_frames() {
     );
 }
 
-#[test]
-fn a_perf_map_owned_by_another_user_is_ignored_with_a_warning() {
-    require_root();
+/// Traces `jitter` with `plant(path, address, size)` making its perf map
+/// at `path` (`/tmp/perf-PID.map`) one to refuse; checks that it names
+/// nothing and is warned about once, and returns the tracer's stderr.
+fn trace_with_a_refused_perf_map(plant: impl FnOnce(&Path, &str, &str)) -> String {
     let mut written = None;
     let (stderr, report) = trace_jitter(None, |pid, address, size| {
         let path = PathBuf::from(format!("/tmp/perf-{pid}.map"));
-        fs::write(&path, format!("{address} {size} {JIT_NAME}\n")).unwrap();
-        std::os::unix::fs::chown(&path, Some(12345), None).unwrap();
+        plant(&path, address, size);
         written = Some(path);
     });
     fs::remove_file(written.unwrap()).ok();
@@ -419,7 +419,26 @@ fn a_perf_map_owned_by_another_user_is_ignored_with_a_warning() {
     );
     let warnings = stderr.matches("ignoring the perf map of pid").count();
     assert_eq!(warnings, 1, "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_perf_map_owned_by_another_user_is_ignored_with_a_warning() {
+    require_root();
+    let stderr = trace_with_a_refused_perf_map(|path, address, size| {
+        fs::write(path, format!("{address} {size} {JIT_NAME}\n")).unwrap();
+        std::os::unix::fs::chown(path, Some(12345), None).unwrap();
+    });
     assert!(stderr.contains("owned by uid 12345"), "{stderr}");
+}
+
+#[test]
+fn a_perf_map_that_is_a_fifo_is_ignored_without_blocking() {
+    require_root();
+    let stderr = trace_with_a_refused_perf_map(|path, _, _| {
+        integration_tests::debuglink::make_fifo(path);
+    });
+    assert!(stderr.contains("not a regular file"), "{stderr}");
 }
 
 #[test]
@@ -436,10 +455,14 @@ fn a_perf_map_symlinked_out_of_a_chroot_is_not_followed() {
         chroot,
         vec![root.display().to_string(), inside.display().to_string()],
     );
+    let mut watch = None;
     let (stderr, report) = trace_jitter(Some(launcher), |pid, address, size| {
         fs::write(&secret, format!("{address} {size} host_secret\n")).unwrap();
         std::os::unix::fs::symlink(&secret, root.join(format!("tmp/perf-{pid}.map"))).unwrap();
+        watch = Some(integration_tests::debuglink::OpenWatch::new(&[&secret]));
     });
+    let watch = watch.unwrap();
+    assert_eq!(watch.events(), 0, "{:?} opened or read", watch.paths());
     assert_eq!(
         bytes_named(&report, "host_secret"),
         0,

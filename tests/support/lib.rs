@@ -17,6 +17,8 @@
 //!   each output (JSON report, folded stacks and SVG, JSON ticks, `--pprof`
 //!   files, `--metrics-addr`),
 //! * [`faults`]: signals, process states and cgroups for the fault tests.
+//! * [`debuglink`]: a library with a separate debug file its debug link
+//!   names, and a watch on opens of host files (the debug-link tests),
 //! * [`production`]: a private copy of libc, a busy target, the kernel log
 //!   and a target's code as it really is (the production-safety tests).
 //! * [`plausible`]: the garbage-frame tests' workload, and the check that
@@ -39,6 +41,7 @@ pub use tempfile;
 pub mod bounded;
 pub mod browser;
 mod child;
+pub mod debuglink;
 pub mod environment;
 pub mod expected;
 pub mod faults;

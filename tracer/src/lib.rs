@@ -23,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod container;
 pub mod debuginfo;
+pub mod debuglink;
 pub mod diff;
 pub mod driver;
 pub mod events;

@@ -8,28 +8,62 @@
 //! then resolves inside that root, never to the host's file, which a plain
 //! open of `/proc/PID/root/PATH` by root would reach. Mapped files are
 //! opened through `/proc/PID/map_files` instead (see the `mapped` module).
+//! Only regular files are opened, and without blocking: a FIFO planted
+//! where a file is expected never stalls alloctrace.
 
 use std::{
     fs::File,
     io,
-    os::unix::fs::MetadataExt as _,
+    os::{
+        fd::{AsRawFd as _, OwnedFd},
+        unix::fs::{MetadataExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
-use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
+use rustix::fs::{FileType, Mode, OFlags, ResolveFlags, openat2};
 
-/// Opens `path`, as process `pid` names it, inside its root.
+/// Opens `path`, as process `pid` names it, inside its root, if it is a
+/// regular file (see [`open_regular_in`]).
 pub fn open_in_root(pid: u32, path: &Path) -> io::Result<File> {
     let root = File::open(format!("/proc/{pid}/root"))?;
+    open_regular_in(&root, path)
+}
+
+/// Opens `path` inside the directory `root`, taken as `/`, for reading, if
+/// it is a regular file. What is there is looked at through an `O_PATH`
+/// descriptor first, so that a FIFO (whose open would wait for a writer,
+/// forever) or a device (whose open may act on it) is never opened.
+pub fn open_regular_in(root: &File, path: &Path) -> io::Result<File> {
+    let fd = look_in(root, path, OFlags::empty())?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("not a regular file"));
+    }
+    // Reopened through this process's own descriptor: the very file looked at.
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Whether `path` inside `root` is a symlink (which, when
+/// [`open_regular_in`] finds nothing, leads out of the root).
+pub fn is_symlink_in(root: &File, path: &Path) -> bool {
+    look_in(root, path, OFlags::NOFOLLOW).is_ok()
+}
+
+/// An `O_PATH` descriptor of `path` inside `root`, never resolved out of
+/// it nor through a magic link.
+fn look_in(root: &File, path: &Path, flags: OFlags) -> io::Result<OwnedFd> {
     let relative = path.strip_prefix("/").unwrap_or(path);
-    let fd = openat2(
-        &root,
+    Ok(openat2(
+        root,
         relative,
-        OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NOCTTY,
+        OFlags::PATH | OFlags::CLOEXEC | flags,
         Mode::empty(),
         ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    )?;
-    Ok(File::from(fd))
+    )?)
 }
 
 /// Whether a process's perf map (`/tmp/perf-PID.map` in its root, PID as

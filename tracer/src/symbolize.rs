@@ -9,9 +9,9 @@
 //! target exited before it was written. JIT frames are named from the
 //! runtime's perf map ([`crate::perfmap`]), re-read with the memory map
 //! when an address outside every mapped file turns up, and at every
-//! refresh, when frames it did not name before are named again; separate
-//! debug files come from
-//! [`crate::debuginfo`] as well as blazesym's own debug-link search. An
+//! refresh, when frames it did not name before are named again. Separate
+//! debug files are found by [`crate::debuglink`], never by blazesym, which
+//! only reads files that link to no other. An
 //! address that cannot be named still says which module and offset it is in.
 //!
 //! The kernel's own stacks (`--kernel`) are named by the same type, made
@@ -23,7 +23,7 @@ use std::{
     cell::RefCell,
     collections::{HashMap, HashSet},
     num::NonZeroU32,
-    path::PathBuf,
+    path::{Path, PathBuf},
     rc::Rc,
     time::{Duration, Instant},
 };
@@ -45,6 +45,7 @@ pub use self::plausible::Plausible;
 
 use crate::{
     debuginfo,
+    debuglink::{self, DebugFiles, DebugInfo},
     kallsyms::KernelModules,
     mapped::{FileId, MappedFile},
     maps::{self, Backing, Mapping},
@@ -185,18 +186,21 @@ fn is_kernel_allocator(function: &str) -> bool {
 /// once however many processes map it.
 pub struct SharedSymbols {
     symbolizer: RefCell<Symbolizer>,
+    debug_files: Rc<DebugFiles>,
 }
 
 impl SharedSymbols {
     pub fn new() -> Rc<Self> {
+        let debug_files = DebugFiles::new(debuginfo::cache_dirs());
         let symbolizer = Symbolizer::builder()
             .enable_code_info(true)
             .enable_inlined_fns(true)
             .enable_demangling(true)
-            .set_process_dispatcher(debuginfo::dispatcher(debuginfo::cache_dirs()))
+            .set_process_dispatcher(debug_files.dispatcher())
             .build();
         Rc::new(Self {
             symbolizer: RefCell::new(symbolizer),
+            debug_files,
         })
     }
 }
@@ -298,8 +302,12 @@ impl ProcessSymbolizer {
         self.mappings = mappings;
         self.maps_read_at = Instant::now();
         self.maps_read_ns = read_ns;
+        // Not its perf map: blazesym would open `/proc/PID/root/tmp/...` by
+        // path, following a symlink out of the process's root or waiting on
+        // a FIFO forever; `crate::perfmap` reads it safely.
         let cache = Cache::from(cache::Process {
             cache_vmas: true,
+            cache_perf_map: false,
             ..cache::Process::new(Pid::Pid(pid))
         });
         if let Err(error) = self.shared.symbolizer.borrow().cache(&cache) {
@@ -520,13 +528,10 @@ impl ProcessSymbolizer {
                     continue;
                 }
             };
-            let offsets: Vec<u64> = addresses.iter().map(|&(_, offset)| offset).collect();
-            let source = Source::Elf(Elf::new(file.path()));
-            match symbolizer.symbolize(&source, Input::FileOffset(&offsets)) {
+            let gone = GoneSource::new(&shared.debug_files, &file, &path, &addresses);
+            match symbolizer.symbolize(&gone.source, gone.input()) {
                 Ok(results) => {
-                    let addresses: Vec<u64> =
-                        addresses.iter().map(|&(address, _)| address).collect();
-                    self.store(&addresses, results);
+                    self.store(&gone.addresses, results);
                 }
                 Err(error) => log::debug!("symbolizing in {}: {error}", path.display()),
             }
@@ -551,9 +556,13 @@ impl ProcessSymbolizer {
         let lookups: Vec<u64> = addresses.iter().map(|a| a.saturating_sub(1)).collect();
         // Perf maps are read by `crate::perfmap`, which takes every
         // runtime's format (see there).
+        // DWARF comes only through the dispatcher (`crate::debuglink`):
+        // with debug symbols on, blazesym would look for a file's debug
+        // link and `.dwp` by names the target controls.
         let source = Source::Process(Process {
             map_files: true,
             perf_map: false,
+            debug_syms: false,
             ..Process::new(Pid::Pid(pid))
         });
         let shared = Rc::clone(&self.shared);
@@ -657,6 +666,72 @@ impl ProcessSymbolizer {
             line: None,
             inlined: false,
             offset: None,
+        }
+    }
+}
+
+/// What names a gone process's addresses in one of its files.
+struct GoneSource {
+    source: Source<'static>,
+    /// The addresses it can name, and their offsets in it.
+    addresses: Vec<u64>,
+    offsets: Offsets,
+    /// The debug file `source` reads, held open while it does.
+    _debug_file: Option<MappedFile>,
+}
+
+/// Offsets to symbolize: in the mapped file, or in its debug file.
+enum Offsets {
+    File(Vec<u64>),
+    Virtual(Vec<u64>),
+}
+
+impl GoneSource {
+    /// The source naming `binary` (a gone process's file, mapped as
+    /// `name`) as [`DebugFiles::for_gone_process`] chooses, for `addresses`
+    /// (with their offsets in `binary`).
+    fn new(
+        debug_files: &DebugFiles,
+        binary: &MappedFile,
+        name: &Path,
+        addresses: &[(u64, u64)],
+    ) -> Self {
+        let elf = |path: &Path, debug_syms| {
+            Source::Elf(Elf {
+                debug_syms,
+                ..Elf::new(path)
+            })
+        };
+        let file_offsets: Vec<u64> = addresses.iter().map(|&(_, offset)| offset).collect();
+        let (path, debug_syms) = match debug_files.for_gone_process(binary, name) {
+            DebugInfo::Own => (binary.path(), true),
+            DebugInfo::SymbolsOnly => (binary.path(), false),
+            DebugInfo::Separate { file, dwarf } => {
+                let (addresses, offsets) = addresses
+                    .iter()
+                    .zip(debuglink::virtual_offsets(binary, &file_offsets))
+                    .filter_map(|(&(address, _), offset)| Some((address, offset?)))
+                    .unzip();
+                return Self {
+                    source: elf(file.path(), dwarf),
+                    addresses,
+                    offsets: Offsets::Virtual(offsets),
+                    _debug_file: Some(file),
+                };
+            }
+        };
+        Self {
+            source: elf(path, debug_syms),
+            addresses: addresses.iter().map(|&(address, _)| address).collect(),
+            offsets: Offsets::File(file_offsets),
+            _debug_file: None,
+        }
+    }
+
+    fn input(&self) -> Input<&[u64]> {
+        match &self.offsets {
+            Offsets::File(offsets) => Input::FileOffset(offsets),
+            Offsets::Virtual(offsets) => Input::VirtOffset(offsets),
         }
     }
 }

@@ -17,6 +17,7 @@ const STAGES: &[(&str, u32)] = &[
     ("mapped", 1),
     ("sampling", 0),
     ("debuginfo", 0),
+    ("debuglink", 2),
     ("perfmap", 1),
     ("container", 0),
     ("privileges", 0),
