@@ -292,6 +292,41 @@ fn library_loaded_after_attaching_is_unwound_through_its_chain() {
     assert!(whole >= 4, "only {whole} of 5 blocks with the whole chain");
 }
 
+/// A library `dlopen`ed just before its first allocations is named even
+/// when they come faster than the memory map may be re-read (100 ms) and
+/// the run stops before the next summary: those addresses are named at the
+/// next re-read (here, the stop's), not left `[unknown]`.
+#[test]
+fn a_library_loaded_just_before_the_stop_is_named() {
+    require_root();
+    let library = chain_nofp_library();
+    let dir = temp_dir();
+    let report_path = dir.path().join("report.json");
+    let mut w = Workload::spawn_bin(&dlopen_nofp_bin(), &[library.to_str().unwrap()]);
+    let tracer = Tracer::spawn(
+        w.pid,
+        &[
+            "--report".as_ref(),
+            report_path.as_os_str(),
+            "--interval".as_ref(),
+            "1h".as_ref(),
+        ],
+        None,
+    );
+    w.go();
+    w.go();
+    w.expect_line("done", DONE_TIMEOUT);
+    w.expect_line("done", DONE_TIMEOUT);
+    std::thread::sleep(SETTLE);
+    tracer.stop(libc::SIGINT).assert_success();
+    let report = read_json(&report_path);
+    let total: u64 = stacks_with_leaf(&report, "chain_5")
+        .iter()
+        .map(|s| as_u64(s, "bytes"))
+        .sum();
+    assert_eq!(total, 2 * 700, "{}", summarize_report(&report));
+}
+
 /// The kernel's table-driven unwinder and the userspace unwinder of copied
 /// stacks find the same stacks, frame for frame, with the same bytes.
 #[test]

@@ -220,6 +220,10 @@ pub struct ProcessSymbolizer {
     maps_read_ns: u64,
     /// Set for the kernel's own stacks (see [`ProcessSymbolizer::kernel`]).
     kernel: Option<KernelModules>,
+    /// Addresses outside every known mapping that came while the memory
+    /// map could not be re-read yet: named at the next re-read (a library
+    /// `dlopen`ed just before them), not left `[unknown]`.
+    pending: HashSet<u64>,
 }
 
 /// The memory map is re-read for addresses outside every mapped file at
@@ -246,6 +250,7 @@ impl ProcessSymbolizer {
             maps_read_at: Instant::now(),
             maps_read_ns: 0,
             kernel: None,
+            pending: HashSet::new(),
         };
         this.refresh_maps();
         this
@@ -263,6 +268,7 @@ impl ProcessSymbolizer {
             maps_read_at: Instant::now(),
             maps_read_ns: 0,
             kernel: Some(KernelModules::read()),
+            pending: HashSet::new(),
         }
     }
 
@@ -274,6 +280,10 @@ impl ProcessSymbolizer {
             return;
         }
         self.read_maps();
+        let pending: Vec<u64> = self.pending.drain().collect();
+        if !pending.is_empty() {
+            self.symbolize(pending);
+        }
         if self.perf_map.refresh(self.pid) {
             let unnamed: Vec<u64> = self
                 .frames
@@ -363,6 +373,7 @@ impl ProcessSymbolizer {
     /// stacks evicted from the stack table).
     pub fn retain_addresses(&mut self, keep: &HashSet<u64>) {
         self.frames.retain(|address, _| keep.contains(address));
+        self.pending.retain(|address| keep.contains(address));
     }
 
     /// Symbolizes, in one batch, the addresses of a stack seen for the
@@ -373,10 +384,13 @@ impl ProcessSymbolizer {
 
     /// Symbolizes, in one batch, the addresses not symbolized before.
     fn symbolize_unseen(&mut self, addresses: impl IntoIterator<Item = u64>) {
-        let unseen: HashSet<u64> = addresses
+        let mut unseen: HashSet<u64> = addresses
             .into_iter()
             .filter(|address| !self.frames.contains_key(address))
             .collect();
+        if !unseen.is_empty() && self.maps_read_at.elapsed() >= MAPS_REREAD_PERIOD {
+            unseen.extend(self.pending.drain());
+        }
         if !unseen.is_empty() {
             // Not preceded by a look at the maps: a target that exits in
             // between would have its good cached view replaced by its empty
@@ -455,8 +469,8 @@ impl ProcessSymbolizer {
             self.perf_map.refresh(self.pid);
             self.name_from_perf_map(&still_unnamed);
             if !maps_fresh {
-                // Not named now, nor remembered as unnamed: a later stack
-                // with the address tries again.
+                // Not named now, nor remembered as unnamed: the next re-read
+                // of the maps, or a later stack with the address, tries again.
                 for address in &still_unnamed {
                     if self
                         .frames
@@ -464,6 +478,7 @@ impl ProcessSymbolizer {
                         .is_some_and(|frames| frames[0].function.is_none())
                     {
                         self.frames.remove(address);
+                        self.pending.insert(*address);
                     }
                 }
             }

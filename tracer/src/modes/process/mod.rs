@@ -366,6 +366,10 @@ impl Mode for ProcessMode {
             // The last word on the JVM's code, before the last events are
             // symbolized and the report names its stacks.
             jvm.write_now(false);
+        }
+        if matches!(stop, Stop::Signal(_) | Stop::Duration) {
+            // The target is still there: code it mapped since the last
+            // tick (a library just `dlopen`ed) is named from its maps now.
             self.tracee.symbols.refresh_maps();
         }
         match stop {
