@@ -308,15 +308,44 @@ fn has_floor(tracer: &Path) -> bool {
 }
 
 /// The path of memleak-bpfcc, which `cargo xtask setup` installs and makes
-/// runnable on this kernel (`setup::bcc_kernel_headers`), or why it is not
-/// there.
+/// runnable on this kernel (`setup::bcc_kernel_headers`), once it has
+/// attached to a process of the system libc for one interval; or why not.
 fn find_memleak() -> Result<PathBuf, String> {
     let path_dirs = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path_dirs)
+    let path = std::env::split_paths(&path_dirs)
         .chain([PathBuf::from("/usr/sbin")])
         .map(|dir| dir.join("memleak-bpfcc"))
         .find(|path| path.is_file())
-        .ok_or_else(|| "memleak-bpfcc not installed (apt-get install bpfcc-tools)".to_string())
+        .ok_or_else(|| "memleak-bpfcc not installed (apt-get install bpfcc-tools)".to_string())?;
+    memleak_attaches(&path)?;
+    Ok(path)
+}
+
+/// Whether memleak attaches its probes to the system libc: it announces
+/// `Attaching to pid` before it tries, and exits if the kernel refuses one
+/// (as it does where another tool left a differently registered uprobe at
+/// the same place), so its first interval's heading is the proof.
+fn memleak_attaches(memleak: &Path) -> Result<(), String> {
+    let mut sleeper = Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .map_err(|e| format!("cannot start sleep: {e}"))?;
+    let output = Command::new(memleak)
+        .args(["-p", &sleeper.id().to_string(), "1", "1"])
+        .output();
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let output = output.map_err(|e| format!("cannot run {}: {e}", memleak.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    if output.status.success() && stdout.contains("stacks with outstanding allocations") {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let last = stderr.lines().rev().find(|line| !line.trim().is_empty());
+    Err(format!(
+        "memleak-bpfcc cannot attach to this host's libc ({})",
+        last.unwrap_or("no error output").trim()
+    ))
 }
 
 /// Run every setup once per round, in rotation, and collect the samples.
