@@ -4,8 +4,9 @@
 //! The debuginfod client's cache, `<cache>/<build-id>/debuginfo`, is where
 //! `debuginfod-find` (and gdb, perf, systemd-coredump with debuginfod
 //! enabled) leave the debug files they fetched; it also works for binaries
-//! stripped without a debug link. The symbolizer looks there through
-//! [`crate::debuglink`], the unwinder through [`debug_file_by_build_id`].
+//! stripped without a debug link. The symbolizer's debug-file lookup (the
+//! `debuglink` module, a stage above this one) looks there through
+//! [`cache_dirs`], the unwinder through [`debug_file_by_build_id`].
 
 use std::path::{Path, PathBuf};
 

@@ -240,7 +240,20 @@ impl ProcessSymbolizer {
 
     /// A symbolizer for process `pid` that shares `shared` with others.
     pub fn sharing(pid: u32, shared: Rc<SharedSymbols>) -> Self {
-        let mut this = Self {
+        let mut this = Self::empty(pid, shared, None);
+        this.refresh_maps();
+        this
+    }
+
+    /// A symbolizer of the running kernel's addresses, sharing `shared`.
+    pub fn kernel(shared: Rc<SharedSymbols>) -> Self {
+        Self::empty(0, shared, Some(KernelModules::read()))
+    }
+
+    /// A symbolizer of `pid` (of the kernel, with `kernel`) that has named
+    /// nothing and read no maps yet.
+    fn empty(pid: u32, shared: Rc<SharedSymbols>, kernel: Option<KernelModules>) -> Self {
+        Self {
             pid,
             shared,
             frames: HashMap::new(),
@@ -249,25 +262,7 @@ impl ProcessSymbolizer {
             target_alive: true,
             maps_read_at: Instant::now(),
             maps_read_ns: 0,
-            kernel: None,
-            pending: HashSet::new(),
-        };
-        this.refresh_maps();
-        this
-    }
-
-    /// A symbolizer of the running kernel's addresses, sharing `shared`.
-    pub fn kernel(shared: Rc<SharedSymbols>) -> Self {
-        Self {
-            pid: 0,
-            shared,
-            frames: HashMap::new(),
-            mappings: Vec::new(),
-            perf_map: PerfMap::default(),
-            target_alive: true,
-            maps_read_at: Instant::now(),
-            maps_read_ns: 0,
-            kernel: Some(KernelModules::read()),
+            kernel,
             pending: HashSet::new(),
         }
     }

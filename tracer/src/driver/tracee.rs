@@ -349,6 +349,17 @@ impl Tracee {
         view.suspects(&self.rank(view), self, self.pid, limit)
     }
 
+    /// The final report's ranking of every block at `now_ns` and its
+    /// suspects; the ranking also draws the report's timeline, so it is
+    /// made once for both.
+    pub fn final_ranking(&self, now_ns: u64) -> (Vec<Suspect>, Vec<SuspectReport>) {
+        // Suspects are about all blocks, as the history is.
+        let all = self.view(now_ns);
+        let ranked = self.rank(&all);
+        let suspects = all.suspects(&ranked, self, self.pid, usize::MAX);
+        (ranked, suspects)
+    }
+
     /// The tick's heap views (its top hot spot, named) as of `now`.
     pub fn tick_views(&self, now: &super::Now) -> report::TickViews {
         report::TickViews::of(&self.ledger, self, self.pid, now.elapsed_s, now.now_ns)

@@ -34,7 +34,10 @@ use crate::{
     ledger::{self, Budget, Ledger},
     memory_limit,
     probes::{Counters, Probes, ProgramStats, Settings, UprobeLinks},
-    report::{self, KernelCounts, Report, StackKind, StackReport, Summary, SummaryState, Totals},
+    report::{
+        self, KernelCounts, Report, StackKind, StackReport, Summary, SummaryState, SuspectReport,
+        Totals,
+    },
     stacks::{StackBudget, StackId, StackStats},
     symbolize::{ProcessSymbolizer, SharedSymbols},
 };
@@ -149,6 +152,14 @@ fn kernel_kind(mut stacks: Vec<StackReport>) -> Vec<StackReport> {
     stacks
 }
 
+/// `suspects`, their stacks marked as the kernel's.
+fn kernel_suspects(mut suspects: Vec<SuspectReport>) -> Vec<SuspectReport> {
+    for suspect in &mut suspects {
+        suspect.stack.kind = StackKind::Kernel;
+    }
+    suspects
+}
+
 impl Mode for KernelMode {
     type Wakeup = Wakeup;
     type Tick = Summary;
@@ -225,10 +236,7 @@ impl Mode for KernelMode {
         let view = self.tracee.view(now.now_ns);
         self.tracee.record(now.elapsed_s, &view);
         let top = kernel_kind(self.tracee.largest(&view, self.common.top));
-        let mut suspects = self.tracee.suspects(&view, self.common.top);
-        for suspect in &mut suspects {
-            suspect.stack.kind = StackKind::Kernel;
-        }
+        let suspects = kernel_suspects(self.tracee.suspects(&view, self.common.top));
         let mut summary = summaries.next(totals, now.elapsed_s, top, view.total_ages(), suspects);
         summary.views = Some(self.tracee.tick_views(now));
         summary
@@ -237,13 +245,7 @@ impl Mode for KernelMode {
     fn report(&self, now: &Now, totals: Totals) -> Report {
         let view =
             report::StackView::of(&self.tracee.ledger, now.now_ns, now.allocated_before_ns());
-        // Suspects are about all blocks, as the history is.
-        let all = self.tracee.view(now.now_ns);
-        let ranked = self.tracee.rank(&all);
-        let mut suspects = all.suspects(&ranked, &self.tracee, 0, usize::MAX);
-        for suspect in &mut suspects {
-            suspect.stack.kind = StackKind::Kernel;
-        }
+        let (ranked, suspects) = self.tracee.final_ranking(now.now_ns);
         Report {
             version: report::REPORT_VERSION,
             duration_s: now.elapsed_s,
@@ -263,7 +265,7 @@ impl Mode for KernelMode {
                 timeline: Some(self.tracee.timeline(&ranked)),
                 growth_bytes_per_s: None,
             }],
-            suspects,
+            suspects: kernel_suspects(suspects),
             host: None,
             views: Some(report::HeapViews::of(
                 &self.tracee.ledger,

@@ -322,10 +322,7 @@ impl Mode for ProcessMode {
     fn report(&self, now: &Now, totals: Totals) -> Report {
         let view =
             report::StackView::of(&self.tracee.ledger, now.now_ns, now.allocated_before_ns());
-        // Suspects are about all blocks, as the history is.
-        let all = self.tracee.view(now.now_ns);
-        let ranked = self.tracee.rank(&all);
-        let suspects = all.suspects(&ranked, &self.tracee, self.target.pid, usize::MAX);
+        let (ranked, suspects) = self.tracee.final_ranking(now.now_ns);
         Report {
             version: report::REPORT_VERSION,
             duration_s: now.elapsed_s,
